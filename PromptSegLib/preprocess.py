@@ -1,0 +1,137 @@
+"""Preprocessing as in DuPLUS: one orientation, isotropic spacing, modality-specific intensity rules.
+
+The model grid is axis-aligned in LPS (identity direction) with isotropic spacing (mm) and covers the
+physical extent of the input. Arrays on it are indexed ``[z, y, x]``. ``to_original_grid`` maps model-grid
+probabilities back onto the input's own grid by linear interpolation in physical space.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError
+
+MODALITIES: tuple[str, ...] = ("CT", "MR", "PET")
+CT_WINDOW_HU: tuple[float, float] = (-990.0, 500.0)
+PERCENTILES: tuple[float, float] = (2.0, 98.0)
+
+
+def canonical_modality(modality: str) -> str:
+    """``"ct"``, ``"MRI"``, ``"pt"``... -> one of ``MODALITIES``.
+
+    Raises:
+        InputImageError: an unknown modality.
+    """
+    key = modality.strip().upper()
+    aliases = {"CT": "CT", "MR": "MR", "MRI": "MR", "PET": "PET", "PT": "PET"}
+    if key not in aliases:
+        raise InputImageError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+    return aliases[key]
+
+
+@dataclass(frozen=True)
+class IntensityRule:
+    """Clip to ``[low, high]`` then z-score with ``mean`` and ``std`` of the clipped input voxels."""
+
+    low: float
+    high: float
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, array: np.ndarray, modality: str) -> "IntensityRule":
+        """CT: fixed HU window; MR and PET: the volume's own 2nd and 98th percentiles."""
+        modality = canonical_modality(modality)
+        values = np.asarray(array, dtype=np.float32).ravel()
+        if modality == "CT":
+            low, high = CT_WINDOW_HU
+        else:
+            low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+        clipped = np.clip(values, low, high)
+        std = float(clipped.std())
+        if std == 0.0:
+            raise InputImageError(
+                f"all intensities fall on one value after clipping to [{low:g}, {high:g}] for {modality}: "
+                "is the modality right?")
+        return cls(float(low), float(high), float(clipped.mean()), std)
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """Normalised float32 copy of ``array``."""
+        out = np.clip(np.asarray(array, dtype=np.float32), self.low, self.high)
+        out -= self.mean
+        out /= self.std
+        return out
+
+
+@dataclass
+class ModelInput:
+    """A volume ready for the network.
+
+    Attributes:
+        array: normalised intensities on the model grid, float32, shape ``(Z, Y, X)``.
+        grid: an image carrying the model grid's geometry (its voxels are not used).
+        original: the input image, whose grid results go back to.
+    """
+
+    array: np.ndarray
+    grid: sitk.Image
+    original: sitk.Image
+
+
+def model_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """An empty image on the axis-aligned isotropic grid that covers ``image``'s physical extent."""
+    size = np.array(image.GetSize())
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                        for corner in itertools.product(*[(-0.5, s - 0.5) for s in size])])
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    new_size = np.maximum(np.ceil((high - low) / spacing_mm - 1e-6).astype(int), 1)
+    grid = sitk.Image([int(s) for s in new_size], sitk.sitkUInt8)
+    grid.SetSpacing([float(spacing_mm)] * 3)
+    grid.SetOrigin([float(v) for v in low + spacing_mm / 2.0])
+    grid.SetDirection(np.eye(3).ravel().tolist())
+    return grid
+
+
+def resample_to(image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.sitkLinear,
+                default_value: float = 0.0, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """``image`` resampled onto ``reference``'s grid through physical space (identity transform)."""
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default_value), pixel_type)
+
+
+def prepare(image: sitk.Image, modality: str, spacing_mm: float = 1.5) -> ModelInput:
+    """Resample ``image`` to the model grid and normalise it by ``modality``'s rule.
+
+    Args:
+        image: a validated 3D scalar image (see ``imageio.validate_volume``).
+        modality: CT, MR or PET (intensities in HU for CT, SUV or counts for PET).
+        spacing_mm: the isotropic spacing the model works at.
+    """
+    if spacing_mm <= 0:
+        raise InputImageError(f"spacing must be positive, got {spacing_mm} mm")
+    rule = IntensityRule.fit(sitk.GetArrayViewFromImage(image), modality)
+    grid = model_grid(image, spacing_mm)
+    background = float(np.min(sitk.GetArrayViewFromImage(image)))
+    resampled = resample_to(image, grid, sitk.sitkLinear, background)
+    return ModelInput(rule.apply(sitk.GetArrayViewFromImage(resampled)), grid, image)
+
+
+def to_original_grid(values: np.ndarray, model_input: ModelInput) -> np.ndarray:
+    """Map model-grid values back to the input grid (linear interpolation, 0 outside).
+
+    Args:
+        values: shape ``(Z, Y, X)`` on the model grid, or ``(T, Z, Y, X)`` for T targets.
+
+    Returns:
+        float32 array of shape ``(Z', Y', X')`` or ``(T, Z', Y', X')`` on ``model_input.original``'s grid.
+    """
+    stack = values[None] if values.ndim == 3 else values
+    out = []
+    for channel in stack:
+        moving = sitk.GetImageFromArray(np.asarray(channel, dtype=np.float32))
+        moving.CopyInformation(model_input.grid)
+        out.append(sitk.GetArrayFromImage(resample_to(moving, model_input.original)))
+    result = np.stack(out)
+    return result[0] if values.ndim == 3 else result
