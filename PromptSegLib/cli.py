@@ -35,6 +35,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     outputs = [check_writable(args.output)] + ([check_writable(args.overlay)] if args.overlay else [])
     image = read_image(args.image, args.series_uid)
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
+    segmenter.check_request(args.modality, args.region, args.target or (), args.target_text or (), args.context_text,
+                            args.allow_untrained)
     update, close = _progress_bar(not args.quiet)
     try:
         result = segmenter.segment(image, args.modality, args.region, args.target or (),
@@ -80,6 +82,34 @@ def cmd_vocabulary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .training import TrainConfig, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    for key in ("widths", "patch_size"):
+        if key in options:
+            options[key] = tuple(options[key])
+    folder = train(TrainConfig(**options))
+    print(f"wrote model {folder}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .datasets import load_spec, prepare_split
+    from .evaluation import evaluate_cases, markdown_table, write_scores
+    from .inference import Segmenter
+
+    segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
+    cases = prepare_split(load_spec(args.spec), args.split, segmenter.model.config.spacing_mm)
+    scores = evaluate_cases(segmenter, cases)
+    write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md")
+    print(markdown_table(scores), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptseg", description="Text-prompted 3D medical image segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +136,39 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a model's config after checking its files")
     info.add_argument("model", nargs="?", help="model folder (default: the bundled starter model)")
     info.set_defaults(func=cmd_info)
+
+    tr = sub.add_parser("train", help="train or fine-tune a model on a dataset spec (JSON)")
+    tr.add_argument("spec", help="dataset spec JSON (see PromptSegLib/datasets.py)")
+    tr.add_argument("-o", "--output", required=True, help="model folder to write")
+    tr.add_argument("--name")
+    tr.add_argument("--version")
+    tr.add_argument("--widths", type=int, nargs="+", help="channels per level, e.g. 16 32 64 128")
+    tr.add_argument("--patch-size", type=int, nargs=3)
+    tr.add_argument("--spacing-mm", type=float)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--foreground-ratio", type=float)
+    tr.add_argument("--validate-every", type=int)
+    tr.add_argument("--checkpoint-every", type=int)
+    tr.add_argument("--init", help="model folder to fine-tune from")
+    tr.add_argument("--freeze-backbone", action="store_true", default=None)
+    tr.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    tr.add_argument("--text-encoder")
+    tr.add_argument("--device")
+    tr.add_argument("--threads", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--resume", action="store_true", default=None, help="continue from OUTPUT.work/checkpoint.pt")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="Dice and HD95 per case and target on a dataset spec's split")
+    ev.add_argument("spec")
+    ev.add_argument("--model", help="model folder (default: the bundled starter model)")
+    ev.add_argument("--split", default="val")
+    ev.add_argument("-o", "--output", required=True, help="CSV path (a .md table is written beside it)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--threads", type=int)
+    ev.set_defaults(func=cmd_evaluate)
 
     voc = sub.add_parser("vocabulary", help="list known targets, or look one up")
     voc.add_argument("lookup", nargs="?", help="a name or synonym to resolve")

@@ -82,16 +82,18 @@ class Segmenter:
         model: a loaded ``Model`` or a model folder (default: the bundled starter model).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: CPU threads for torch (``None``: torch's default).
-        text_encoder: override the model's encoder folder (must give the same embedding size).
+        text_encoder: override the model's encoder (a loaded one, or a folder giving the same embedding size).
         vocabulary: target names and synonyms (default: the shipped vocabulary).
     """
 
     def __init__(self, model: Model | str | os.PathLike | None = None, device: str = "auto",
-                 threads: int | None = None, text_encoder: str | None = None, vocabulary: Vocabulary | None = None):
+                 threads: int | None = None, text_encoder: str | TextEncoder | None = None,
+                 vocabulary: Vocabulary | None = None):
         self.model = model if isinstance(model, Model) else load_model(model)
         self.device = select_device(device, threads)
         self.network = self.model.network.to(self.device).eval()
-        self.encoder = TextEncoder(text_encoder or self.model.config.text_encoder)
+        self.encoder = (text_encoder if isinstance(text_encoder, TextEncoder)
+                        else TextEncoder(text_encoder or self.model.config.text_encoder))
         if self.encoder.dim != self.model.config.network.text_dim:
             raise PromptError(f"text encoder {self.encoder.encoder_id} gives {self.encoder.dim}-d embeddings; "
                               f"the model expects {self.model.config.network.text_dim}")
@@ -120,6 +122,22 @@ class Segmenter:
             raise PromptError("give a body region or a context text")
         return context_prompt(modality, self.vocabulary.region(region).name)
 
+    def check_request(self, modality: str, region: str | None = None, targets: Sequence[str] = (),
+                      target_texts: Sequence[str] = (), context_text: str | None = None,
+                      allow_untrained: bool = False) -> tuple[str, list[TargetQuery], str]:
+        """Check a request before any work: (canonical modality, target queries, T1 text).
+
+        Raises:
+            InputImageError: the model has no input block for the modality.
+            PromptError: unknown or untrained target, unknown region, no target.
+        """
+        modality = canonical_modality(modality)
+        if modality not in self.model.config.network.modalities:
+            raise InputImageError(f"model {self.model.config.name} has no {modality} input; "
+                                  f"it takes {', '.join(self.model.config.network.modalities)}")
+        return (modality, self.queries(modality, targets, target_texts, allow_untrained),
+                self.context(modality, region, context_text))
+
     def segment(self, image: sitk.Image, modality: str, region: str | None = None,
                 targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
                 allow_untrained: bool = False, overlap: float = 0.25, sw_batch_size: int = 1,
@@ -142,13 +160,9 @@ class Segmenter:
             probabilities on ``image``'s grid, one channel per target.
         """
         report = progress or (lambda fraction, message: None)
-        modality = canonical_modality(modality)
-        if modality not in self.model.config.network.modalities:
-            raise InputImageError(f"model {self.model.config.name} has no {modality} input; "
-                                  f"it takes {', '.join(self.model.config.network.modalities)}")
         validate_volume(image)
-        queries = self.queries(modality, targets, target_texts, allow_untrained)
-        context = self.context(modality, region, context_text)
+        modality, queries, context = self.check_request(modality, region, targets, target_texts, context_text,
+                                                        allow_untrained)
         report(0.0, "preparing the volume")
         prepared = prepare(image, modality, self.model.config.spacing_mm)
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
@@ -178,7 +192,7 @@ class Segmenter:
                 raise Cancelled("segmentation cancelled")
             out = torch.sigmoid(self.network(window, modality, context, targets).float())
             done[0] += window.shape[0]
-            report(0.05 + 0.9 * min(done[0] / total, 1.0), f"window {done[0]} of {total}")
+            report(0.05 + 0.85 * min(done[0] / total, 1.0), f"window {done[0]} of {total}")
             return out
 
         return predict

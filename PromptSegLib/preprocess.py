@@ -87,7 +87,7 @@ def model_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
                         for corner in itertools.product(*[(-0.5, s - 0.5) for s in size])])
     low, high = corners.min(axis=0), corners.max(axis=0)
-    new_size = np.maximum(np.ceil((high - low) / spacing_mm - 1e-6).astype(int), 1)
+    new_size = np.maximum(np.ceil((high - low) / spacing_mm - 1e-3).astype(int), 1)
     grid = sitk.Image([int(s) for s in new_size], sitk.sitkUInt8)
     grid.SetSpacing([float(spacing_mm)] * 3)
     grid.SetOrigin([float(v) for v in low + spacing_mm / 2.0])

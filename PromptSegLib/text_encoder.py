@@ -51,6 +51,10 @@ class TextEncoder:
 
     def __init__(self, encoder: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
         self.encoder_id, folder = resolve_encoder(encoder)
         try:

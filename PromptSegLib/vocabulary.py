@@ -70,12 +70,12 @@ class Vocabulary:
         code = lambda c: tuple(c) if c else None  # noqa: E731
         targets = {
             normalize(t["name"]): Target(
-                name=normalize(t["name"]), synonyms=tuple(normalize(s) for s in t.get("synonyms", [])),
+                name=normalize(t["name"]), synonyms=_synonyms(t),
                 color=tuple(t.get("color", (0.5, 0.5, 0.5))), category=code(t.get("category")),
                 type=code(t.get("type")), modifier=code(t.get("modifier")),
                 interpreted_type=t.get("interpretedType", "ORGAN"), regions=tuple(t.get("regions", [])))
             for t in data["targets"]}
-        regions = {normalize(r["name"]): Region(normalize(r["name"]), tuple(normalize(s) for s in r.get("synonyms", [])))
+        regions = {normalize(r["name"]): Region(normalize(r["name"]), _synonyms(r))
                    for r in data["regions"]}
         return cls(targets, regions, data.get("contextName", ""), data.get("anatomicContextName", ""))
 
@@ -105,6 +105,12 @@ class Vocabulary:
         near = list(dict.fromkeys(index[k] for k in difflib.get_close_matches(key, index, n=8, cutoff=0.6)))
         hint = f"; nearest known: {', '.join(near[:5])}" if near else ""
         raise PromptError(f"unknown {kind} {text!r}{hint}")
+
+
+def _synonyms(entry: dict) -> tuple[str, ...]:
+    """Normalised synonyms without repeats or the entry's own name."""
+    name = normalize(entry["name"])
+    return tuple(s for s in dict.fromkeys(normalize(s) for s in entry.get("synonyms", [])) if s != name)
 
 
 def _index(entries) -> dict[str, str]:

@@ -1,0 +1,138 @@
+"""Training data: a dataset spec file (JSON) and its cases prepared on the model grid.
+
+Spec format (paths relative to the spec file)::
+
+    {"datasets": [{"name": "ts_ct", "modality": "CT", "regions": ["abdomen"],
+                   "labels": {"5": "liver", "10": "left lung", "11": "left lung"},
+                   "cases": [{"id": "s01", "image": "ct.nii.gz", "label": "seg.nii.gz", "split": "train"}]}]}
+
+Several label values may map to one target (lobes -> lung). A dataset supervises only the targets it names:
+a named target absent from a case has an empty ground truth there (partial labels are the normal case).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError, PromptSegError
+from .imageio import read_image, same_geometry
+from .preprocess import ModelInput, canonical_modality, prepare, resample_to
+from .vocabulary import Vocabulary, default_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaseSpec:
+    id: str
+    image: Path
+    label: Path
+    split: str = "train"
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset: modality, regions (context prompts), label values -> target names, cases."""
+
+    name: str
+    modality: str
+    regions: list[str]
+    labels: dict[int, str]
+    cases: list[CaseSpec] = field(default_factory=list)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(self.labels.values()))
+
+    def values_of(self, target: str) -> list[int]:
+        return [v for v, t in self.labels.items() if t == target]
+
+
+def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[DatasetSpec]:
+    """Read and check a dataset spec; target and region names are resolved through the vocabulary.
+
+    Raises:
+        PromptSegError: a malformed spec, an unknown target or region, a missing file.
+    """
+    path = Path(path)
+    vocabulary = vocabulary or default_vocabulary()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PromptSegError(f"cannot read dataset spec {path}: {exc}") from exc
+    out = []
+    for entry in data.get("datasets", []):
+        try:
+            labels = {int(v): vocabulary.target(t).name for v, t in entry["labels"].items()}
+            cases = [CaseSpec(str(c["id"]), path.parent / c["image"], path.parent / c["label"], c.get("split", "train"))
+                     for c in entry["cases"]]
+            spec = DatasetSpec(entry["name"], canonical_modality(entry["modality"]),
+                               [vocabulary.region(r).name for r in entry["regions"]], labels, cases)
+        except KeyError as exc:
+            raise PromptSegError(f"dataset spec {path}: entry {entry.get('name', '?')} lacks {exc}") from exc
+        for case in spec.cases:
+            for file in (case.image, case.label):
+                if not file.exists():
+                    raise PromptSegError(f"dataset {spec.name}, case {case.id}: no such file {file}")
+        out.append(spec)
+    if not out:
+        raise PromptSegError(f"dataset spec {path} lists no datasets")
+    return out
+
+
+@dataclass
+class PreparedCase:
+    """A case on the model grid: normalised image ``(Z, Y, X)`` float32 and label values ``(Z, Y, X)``."""
+
+    dataset: DatasetSpec
+    case: CaseSpec
+    input: ModelInput
+    label: np.ndarray
+    label_original: sitk.Image
+
+    def masks(self, targets: list[str], label: np.ndarray | None = None) -> np.ndarray:
+        """Binary ground truth ``(T, ...)`` for ``targets`` from ``label`` (default: the whole case)."""
+        label = self.label if label is None else label
+        return np.stack([np.isin(label, self.dataset.values_of(t)) for t in targets]).astype(np.float32)
+
+
+def read_label(case: CaseSpec, image: sitk.Image) -> sitk.Image:
+    """The case's label image on the image's grid (resampled by nearest neighbour when grids differ)."""
+    label = read_image(case.label) if case.label.is_dir() else sitk.ReadImage(str(case.label))
+    if label.GetDimension() != 3:
+        raise InputImageError(f"case {case.id}: label {case.label} is not 3D")
+    if not same_geometry(label, image, 1e-3):
+        log.warning("case %s: label grid differs from the image grid; resampling the label (nearest)", case.id)
+        label = resample_to(label, image, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    return sitk.Cast(label, sitk.sitkUInt16)
+
+
+def prepare_case(dataset: DatasetSpec, case: CaseSpec, spacing_mm: float) -> PreparedCase:
+    """Read, check and resample one case to the model grid."""
+    image = read_image(case.image)
+    label = read_label(case, image)
+    values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
+    missing = sorted(set(dataset.labels) - values)
+    if missing:
+        log.info("case %s: label values %s of dataset %s do not occur (empty targets there)", case.id, missing, dataset.name)
+    if not values & set(dataset.labels):
+        log.warning("case %s has no foreground for any target of dataset %s", case.id, dataset.name)
+    model_input = prepare(image, dataset.modality, spacing_mm)
+    on_grid = resample_to(label, model_input.grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    return PreparedCase(dataset, case, model_input, sitk.GetArrayFromImage(on_grid), label)
+
+
+def prepare_split(datasets: list[DatasetSpec], split: str, spacing_mm: float) -> list[PreparedCase]:
+    """All cases of ``split`` prepared; refuses a split whose cases hold no foreground at all."""
+    cases = [prepare_case(d, c, spacing_mm) for d in datasets for c in d.cases if c.split == split]
+    if split == "train":
+        if not cases:
+            raise PromptSegError("the dataset spec has no training cases")
+        if not any(np.isin(c.label, list(c.dataset.labels)).any() for c in cases):
+            raise PromptSegError("the training cases hold no foreground for any named target")
+    return cases

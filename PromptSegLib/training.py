@@ -1,0 +1,370 @@
+"""Training the dual-prompt model (DuPLUS recipe, sized for a CPU by default).
+
+Each step draws, per sample, a random crop (foreground-oversampled) of a training case, a paraphrase of
+its context prompt, and a paraphrase of every target its dataset names, present in the crop or not (an
+absent target's truth is empty: the model learns to obey the prompt). Loss: soft Dice + BCE per target.
+AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues); validation Dice on the
+original grid; a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .datasets import PreparedCase, load_spec, prepare_split
+from .errors import PromptSegError
+from .evaluation import evaluate_cases, markdown_table, summarize
+from .inference import Segmenter, select_device
+from .model_io import Model, ModelConfig, load_model, save_model
+from .network import DuPLUSNet, NetworkConfig, count_parameters
+from .preprocess import MODALITIES
+from .prompts import paraphrases
+from .text_encoder import TextEncoder
+from .vocabulary import default_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (every field is a ``promptseg train`` option)."""
+
+    spec: str
+    output: str
+    name: str = "promptseg-custom"
+    version: str = "0.1.0"
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    spacing_mm: float = 1.5
+    batch_size: int = 2
+    steps: int = 1000
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    foreground_ratio: float = 0.67
+    augment: bool = True
+    validate_every: int = 250
+    checkpoint_every: int = 100
+    init: str | None = None
+    freeze_backbone: bool = False
+    text_encoder: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    resume: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(f"{self.output}.work")
+
+
+def crop(case: PreparedCase, patch: tuple[int, int, int], foreground_ratio: float,
+         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``patch``-sized crop of image and label, centred on foreground with probability ``foreground_ratio``.
+
+    Out-of-volume parts are padded with the image minimum (label 0).
+    """
+    shape = np.array(case.label.shape)
+    size = np.array(patch)
+    foreground = np.isin(case.label, list(case.dataset.labels))
+    if rng.random() < foreground_ratio and foreground.any():
+        values = [v for v in case.dataset.labels if (case.label == v).any()]
+        points = np.argwhere(case.label == rng.choice(values))
+        centre = points[rng.integers(len(points))]
+    else:
+        centre = np.array([rng.integers(0, s) for s in shape])
+    start = np.clip(centre - size // 2, np.minimum(0, shape - size), np.maximum(0, shape - size))
+    image = np.full(patch, case.input.array.min(), np.float32)
+    label = np.zeros(patch, case.label.dtype)
+    src = tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, shape))
+    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
+    image[dst] = case.input.array[src]
+    label[dst] = case.label[src]
+    return image, label
+
+
+def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation (+-15 deg) and scaling (+-15%) with probability 0.3; brightness, contrast and gamma.
+
+    No mirroring: left and right are targets of their own.
+    """
+    from monai.transforms import RandAffine
+
+    if rng.random() < 0.3:
+        affine = RandAffine(prob=1.0, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.15, 0.15, 0.15),
+                            padding_mode="border")
+        affine.set_random_state(int(rng.integers(2**31)))
+        affine.randomize()
+        image = affine(image[None], mode="bilinear", randomize=False)[0].numpy()
+        label = affine(label[None].astype(np.float32), mode="nearest", randomize=False)[0].numpy().astype(label.dtype)
+    if rng.random() < 0.5:
+        image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
+    if rng.random() < 0.3:
+        low, high = image.min(), image.max()
+        unit = (image - low) / max(high - low, 1e-6)
+        image = unit ** rng.uniform(0.7, 1.5) * (high - low) + low
+    return np.ascontiguousarray(image, dtype=np.float32), label
+
+
+def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Soft Dice (per sample and target, smoothed so empty truths push towards empty) + BCE."""
+    probabilities = torch.sigmoid(logits)
+    dims = tuple(range(2, logits.dim()))
+    intersection = (probabilities * truth).sum(dims)
+    soft_dice = (2 * intersection + 1.0) / (probabilities.sum(dims) + truth.sum(dims) + 1.0)
+    return (1 - soft_dice).mean() + F.binary_cross_entropy_with_logits(logits, truth)
+
+
+class PromptBank:
+    """Embeddings of every paraphrase of each dataset's contexts and targets (encoded once)."""
+
+    def __init__(self, encoder: TextEncoder, cases: list[PreparedCase]):
+        vocabulary = default_vocabulary()
+        self.contexts: dict[str, list[str]] = {}
+        self.targets: dict[tuple[str, str], list[str]] = {}
+        for dataset in {c.dataset.name: c.dataset for c in cases}.values():
+            self.contexts[dataset.name] = [p for r in dataset.regions
+                                           for p in paraphrases(dataset.modality, r, vocabulary.region(r).synonyms)]
+            for target in dataset.targets:
+                self.targets[(dataset.modality, target)] = paraphrases(
+                    dataset.modality, target, vocabulary.target(target).synonyms)
+        texts = [t for v in self.contexts.values() for t in v] + [t for v in self.targets.values() for t in v]
+        self.embedding = dict(zip(texts, encoder.encode(texts)))
+
+    def context(self, dataset: str, rng: np.random.Generator) -> torch.Tensor:
+        options = self.contexts[dataset]
+        return self.embedding[options[rng.integers(len(options))]]
+
+    def target(self, modality: str, target: str, rng: np.random.Generator) -> torch.Tensor:
+        options = self.targets[(modality, target)]
+        return self.embedding[options[rng.integers(len(options))]]
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def build_network(config: TrainConfig, modalities: list[str], text_dim: int) -> tuple[DuPLUSNet, ModelConfig | None]:
+    """A new network, or one started from ``config.init`` with input blocks added for new modalities."""
+    if not config.init:
+        ordered = tuple(m for m in MODALITIES if m in modalities)
+        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim)), None
+    base = load_model(config.init)
+    net_config = base.config.network
+    if net_config.text_dim != text_dim:
+        raise PromptSegError(f"model {config.init} uses {net_config.text_dim}-d text embeddings, the encoder gives {text_dim}")
+    added = [m for m in modalities if m not in net_config.modalities]
+    net_config = NetworkConfig(**{**net_config.__dict__, "modalities": tuple(net_config.modalities) + tuple(added)})
+    network = DuPLUSNet(net_config)
+    network.load_state_dict(base.network.state_dict(), strict=False)
+    return network, base.config
+
+
+def train(config: TrainConfig) -> Path:
+    """Run training; returns the model folder written at ``config.output``."""
+    rank, world = _distributed()
+    device = select_device(config.device if world == 1 or not torch.cuda.is_available()
+                           else f"cuda:{os.environ.get('LOCAL_RANK', 0)}", config.threads)
+    rng = np.random.default_rng(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
+    datasets = load_spec(config.spec)
+    train_cases = prepare_split(datasets, "train", config.spacing_mm)
+    val_cases = prepare_split(datasets, "val", config.spacing_mm) if rank == 0 else []
+    encoder = TextEncoder(config.text_encoder)
+    bank = PromptBank(encoder, train_cases)
+    network, base = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim)
+    targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base.targets if base else []))
+    model_config = ModelConfig(
+        config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
+        targets, _regions(train_cases, base))
+    if config.freeze_backbone:
+        for name, parameter in network.named_parameters():
+            new_input = name.startswith("inputs.") and base and name.split(".")[1] not in base.network.modalities
+            parameter.requires_grad = name.startswith("head.") or bool(new_input)
+    network.to(device)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * 0.01)
+    step = 0
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = config.work_dir / "checkpoint.pt"
+    if config.resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        rng = np.random.default_rng(state["seed"] + step + rank)
+        log.info("resumed from %s at step %d", checkpoint, step)
+    model = torch.nn.parallel.DistributedDataParallel(network) if world > 1 else network
+    if rank == 0:
+        log.info("training %s: %d parameters (%d trainable), %d training and %d validation cases, targets %s",
+                 config.name, count_parameters(network), sum(p.numel() for p in trainable), len(train_cases),
+                 len(val_cases), ", ".join(targets))
+    log_path = config.work_dir / "log.csv"
+    started = time.time()
+    by_dataset: dict[str, list[PreparedCase]] = {}
+    for case in train_cases:
+        by_dataset.setdefault(case.dataset.name, []).append(case)
+    names = sorted(by_dataset)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    progress = _bar(config.steps, step, rank == 0)
+    validation: dict[str, float] = {}
+    try:
+        while step < config.steps:
+            dataset_cases = by_dataset[names[rng.integers(len(names))]]
+            dataset = dataset_cases[0].dataset
+            images, truths, contexts, prompts = [], [], [], []
+            for _ in range(config.batch_size):
+                case = dataset_cases[rng.integers(len(dataset_cases))]
+                image, label = crop(case, config.patch_size, config.foreground_ratio, rng)
+                if config.augment:
+                    image, label = augment(image, label, rng)
+                images.append(image[None])
+                truths.append(case.masks(dataset.targets, label))
+                contexts.append(bank.context(dataset.name, rng))
+                prompts.append(torch.stack([bank.target(dataset.modality, t, rng) for t in dataset.targets]))
+            model.train()
+            with autocast:
+                logits = model(torch.from_numpy(np.stack(images)).to(device), dataset.modality,
+                               torch.stack(contexts).to(device), torch.stack(prompts).to(device))
+            loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 12.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if rank != 0:
+                continue
+            progress(step, loss.item())
+            _append_csv(log_path, {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
+                                   "seconds": round(time.time() - started, 1), "dataset": dataset.name})
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config)
+            if val_cases and (step % config.validate_every == 0 or step == config.steps):
+                validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise PromptSegError(f"out of GPU memory at step {step}: lower --batch-size or --patch-size") from exc
+    finally:
+        progress(None, None)
+    if rank == 0:
+        seconds = time.time() - started
+        card = model_card(config, model_config, train_cases, val_cases, validation, seconds, device, count_parameters(network))
+        save_model(config.output, network.cpu(), model_config, card)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return Path(config.output)
+
+
+def _regions(cases: list[PreparedCase], base: ModelConfig | None) -> dict[str, list[str]]:
+    regions = {m: list(r) for m, r in (base.regions.items() if base else [])}
+    for case in cases:
+        known = regions.setdefault(case.dataset.modality, [])
+        known += [r for r in case.dataset.regions if r not in known]
+    return regions
+
+
+def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncoder, cases: list[PreparedCase],
+              device: torch.device, work_dir: Path, step: int) -> dict[str, float]:
+    network.eval()
+    segmenter = Segmenter(Model(model_config, network), device=str(device), text_encoder=encoder)
+    scores = evaluate_cases(segmenter, cases)
+    means = summarize(scores)
+    for target, value in means.items():
+        _append_csv(work_dir / "validation.csv", {"step": step, "target": target, "dice": round(value, 4)})
+    (work_dir / "validation.md").write_text(markdown_table(scores), encoding="utf-8")
+    log.info("step %d validation Dice: %s", step, ", ".join(f"{t} {v:.3f}" for t, v in means.items()))
+    return means
+
+
+def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig) -> None:
+    tmp = path.with_suffix(".partial")
+    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "seed": config.seed,
+                "network_config": network.config.to_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _bar(total: int, start: int, enabled: bool):
+    if not enabled:
+        return lambda step, loss: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(step, loss):
+        if step is None:
+            bar.close()
+            return
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    return update
+
+
+def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
+               val_cases: list[PreparedCase], validation: dict[str, float], seconds: float, device: torch.device,
+               parameters: int) -> str:
+    """The model card: command, data, split, time, hardware and the validation Dice this run measured."""
+    import platform
+
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    args = {k: v for k, v in asdict(config).items() if k not in ("extra",)}
+    lines = [f"# {config.name} {config.version}", "",
+             "Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `promptseg train`.", "",
+             "## Command", "", "```", "promptseg train " + " ".join(_cli_args(args)), "```", "",
+             "## Data and split (by patient)", ""]
+    for split, cases in (("train", train_cases), ("validation", val_cases)):
+        for case in cases:
+            lines.append(f"- {split}: dataset `{case.dataset.name}` ({case.dataset.modality}, "
+                         f"{', '.join(case.dataset.regions)}), case `{case.case.id}`: `{case.case.image.name}`")
+    lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
+              "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
+              f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
+              f"- time: {seconds / 60:.1f} min on {hardware}", f"- text encoder: {model_config.text_encoder} (frozen)", "",
+              "## Validation Dice (measured at the end of this run, on the original image grid)", ""]
+    if validation:
+        lines += ["| target | Dice |", "|---|---|"] + [f"| {t} | {v:.3f} |" for t, v in sorted(validation.items())]
+    else:
+        lines.append("No validation cases.")
+    return "\n".join(lines) + "\n"
+
+
+def _cli_args(args: dict) -> list[str]:
+    out = [args.pop("spec"), "-o", args.pop("output")]
+    defaults = asdict(TrainConfig("", ""))
+    for key, value in args.items():
+        if value == defaults.get(key) or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag)
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+

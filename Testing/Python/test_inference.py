@@ -1,0 +1,78 @@
+"""Whole-volume inference mechanics on the real chest CT with a tiny untrained model (no quality claims)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from PromptSegLib.errors import Cancelled, InputImageError, PromptError
+from PromptSegLib.inference import window_count
+
+
+def test_result_is_on_the_input_grid(tiny_segmenter, chest_ct):
+    result = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["left lung", "R lung"])
+    assert result.probabilities.shape == (2, 34, 128, 128)
+    assert result.probabilities.dtype == np.float32
+    assert 0.0 <= result.probabilities.min() and result.probabilities.max() <= 1.0
+    assert [q.name for q in result.queries] == ["left lung", "right lung"]
+    assert result.context == "A computed tomography of the thorax"
+    assert result.reference is chest_ct
+
+
+def test_target_prompt_switches_the_output(tiny_segmenter, chest_ct):
+    result = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["left lung", "liver"])
+    assert np.abs(result.probabilities[0] - result.probabilities[1]).mean() > 1e-3
+
+
+def test_targets_do_not_change_each_other(tiny_segmenter, chest_ct):
+    alone = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["aorta"]).probabilities[0]
+    many = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver", "aorta", "spleen"]).probabilities[1]
+    np.testing.assert_allclose(alone, many, atol=1e-5)
+
+
+def test_progress_is_reported_and_cancel_stops(tiny_segmenter, chest_ct):
+    seen = []
+    tiny_segmenter.segment(chest_ct, "CT", "thorax", ["aorta"], progress=lambda f, m: seen.append(f))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen) and len(seen) > 4
+    flag = threading.Event()
+
+    def cancel_midway(fraction, message):
+        if fraction > 0.3:
+            flag.set()
+
+    with pytest.raises(Cancelled):
+        tiny_segmenter.segment(chest_ct, "CT", "thorax", ["aorta"], progress=cancel_midway, cancel=flag)
+
+
+def test_bad_prompts(tiny_segmenter, chest_ct):
+    with pytest.raises(PromptError, match="nearest known: liver"):
+        tiny_segmenter.segment(chest_ct, "CT", "thorax", ["livr"])
+    with pytest.raises(PromptError, match="not trained for: pancreas"):
+        tiny_segmenter.segment(chest_ct, "CT", "thorax", ["pancreas"])
+    with pytest.raises(PromptError, match="no target"):
+        tiny_segmenter.segment(chest_ct, "CT", "thorax", [])
+    with pytest.raises(PromptError, match="region"):
+        tiny_segmenter.segment(chest_ct, "CT", None, ["aorta"])
+
+
+def test_untrained_target_on_request_and_raw_texts(tiny_segmenter, chest_ct):
+    result = tiny_segmenter.segment(chest_ct, "CT", None, ["pancreas"], allow_untrained=True,
+                                    target_texts=["A CT image of the aorta"], context_text="A CT of the chest")
+    assert [q.name for q in result.queries] == ["pancreas", "aorta"]
+    assert result.context == "A CT of the chest"
+
+
+def test_modality_without_input_block(tiny_segmenter, chest_ct):
+    with pytest.raises(InputImageError, match="no PET input"):
+        tiny_segmenter.segment(chest_ct, "PET", "thorax", ["aorta"])
+
+
+def test_window_count_matches_monai():
+    from monai.data.utils import dense_patch_slices, get_valid_patch_size
+    from monai.inferers.utils import _get_scan_interval
+
+    for shape in [(65, 65, 57), (32, 100, 31), (200, 256, 256)]:
+        roi = get_valid_patch_size(shape, (64, 64, 64))
+        interval = _get_scan_interval(shape, roi, 3, (0.25, 0.25, 0.25))
+        assert window_count(shape, (64, 64, 64), 0.25) == len(dense_patch_slices(shape, roi, interval)), shape

@@ -1,0 +1,75 @@
+"""Model folders: checksums checked on load, mismatches refused with a clear reason."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from PromptSegLib.errors import ModelError
+from PromptSegLib.model_io import SUMS, load_model, read_config, save_model, sha256
+
+
+@pytest.fixture()
+def folder(tiny_model_folder, tmp_path):
+    return shutil.copytree(tiny_model_folder, tmp_path / "model")
+
+
+def test_round_trip(folder):
+    model = load_model(folder)
+    assert model.config.name == "tiny-untrained"
+    assert model.config.network.widths == (4, 8)
+    assert model.config.patch_size == (32, 32, 32)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", SUMS, "config.json", "weights.safetensors"]
+    assert all(p.dtype == torch.float32 for p in model.network.parameters())
+
+
+def test_saving_again_replaces_the_folder_whole(folder):
+    model = load_model(folder)
+    model.config.version = "2"
+    save_model(folder, model.network, model.config, "# again\n")
+    assert read_config(folder).version == "2"
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_altered_weights_fail_the_checksum(folder):
+    with open(folder / "weights.safetensors", "r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(ModelError, match="weights.safetensors fails its sha256 check"):
+        load_model(folder)
+
+
+def test_unlisted_file_is_refused(folder):
+    (folder / "extra.bin").write_bytes(b"?")
+    with pytest.raises(ModelError, match="does not list: extra.bin"):
+        load_model(folder)
+
+
+def test_missing_manifest_and_folder(folder, tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    (folder / SUMS).unlink()
+    with pytest.raises(ModelError, match="no SHA256SUMS"):
+        load_model(folder)
+
+
+def _rewrite_config(folder, change):
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    lines = [line for line in (folder / SUMS).read_text().splitlines() if not line.endswith("config.json")]
+    (folder / SUMS).write_text("\n".join(lines + [f"{sha256(folder / 'config.json')}  config.json"]) + "\n")
+
+
+def test_weights_of_another_architecture_are_refused(folder):
+    _rewrite_config(folder, lambda c: c["network"].update(widths=[4, 8, 16]))
+    with pytest.raises(ModelError, match="do not match the architecture"):
+        load_model(folder)
+
+
+def test_foreign_config_is_refused(folder):
+    _rewrite_config(folder, lambda c: c.update(architecture="UNETR"))
+    with pytest.raises(ModelError, match="not a PromptSeg DuPLUS"):
+        load_model(folder)

@@ -1,0 +1,77 @@
+"""DuPLUS preprocessing on real images: intensity rules, the isotropic model grid, and its inverse."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from PromptSegLib.errors import InputImageError
+from PromptSegLib.metrics import dice
+from PromptSegLib.preprocess import IntensityRule, canonical_modality, model_grid, prepare, to_original_grid
+
+from conftest import segment_mask
+
+
+def test_ct_rule_clips_to_window_and_standardises(chest_ct):
+    array = sitk.GetArrayFromImage(chest_ct)
+    rule = IntensityRule.fit(array, "CT")
+    assert (rule.low, rule.high) == (-990.0, 500.0)
+    out = rule.apply(array)
+    np.testing.assert_allclose([out.mean(), out.std()], [0.0, 1.0], atol=1e-3)
+    assert out.max() == pytest.approx((500 - rule.mean) / rule.std, rel=1e-5)
+    assert array.max() > 500 and array.min() < -990  # the clip did something on this scan
+
+
+def test_mr_rule_uses_percentiles(mni_t1_path):
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(mni_t1_path))).astype(np.float32)
+    rule = IntensityRule.fit(array, "MR")
+    assert rule.low == pytest.approx(np.percentile(array, 2))
+    assert rule.high == pytest.approx(np.percentile(array, 98))
+    out = rule.apply(array)
+    np.testing.assert_allclose([out.mean(), out.std()], [0.0, 1.0], atol=1e-3)
+
+
+def test_modality_aliases():
+    assert [canonical_modality(m) for m in ("ct", "MRI", "pt", "PET")] == ["CT", "MR", "PET", "PET"]
+    with pytest.raises(InputImageError, match="unknown modality"):
+        canonical_modality("ultrasound")
+
+
+def test_model_grid_is_isotropic_identity_and_covers_the_input(chest_ct):
+    grid = model_grid(chest_ct, 1.5)
+    assert grid.GetSpacing() == (1.5, 1.5, 1.5)
+    np.testing.assert_allclose(grid.GetDirection(), np.eye(3).ravel())
+    # chest CT: 128 x 3.047 mm, 128 x 3.047 mm, 34 x 10 mm
+    np.testing.assert_array_equal(grid.GetSize(), np.ceil(np.array([390.0, 390.0, 340.0]) / 1.5).astype(int))
+    # the LPS direction of the input is (-1, -1, 1): its first voxel lies at the grid's far corner in x and y
+    corner = np.array(grid.GetOrigin()) + (np.array(grid.GetSize()) - 1) * 1.5
+    first = np.array(chest_ct.GetOrigin())
+    assert abs(corner[0] - first[0]) < 1.6 and abs(corner[1] - first[1]) < 1.6
+
+
+def test_prepare_then_inverse_recovers_a_real_mask(chest_ct, chest_segmentation):
+    truth = segment_mask(chest_segmentation, "left lung")
+    prepared = prepare(chest_ct, "CT", 1.5)
+    mask_image = sitk.GetImageFromArray(truth.astype(np.float32))
+    mask_image.CopyInformation(chest_ct)
+    on_grid = sitk.GetArrayFromImage(sitk.Resample(mask_image, prepared.grid, sitk.Transform(), sitk.sitkLinear, 0.0))
+    back = to_original_grid(on_grid, prepared)
+    assert back.shape == truth.shape
+    assert dice(back >= 0.5, truth) > 0.97
+
+
+def test_prepare_handles_oblique_input(chest_ct):
+    image = sitk.Image(chest_ct)
+    angle = np.deg2rad(25)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    image.SetDirection((rotation @ np.array(chest_ct.GetDirection()).reshape(3, 3)).ravel().tolist())
+    prepared = prepare(image, "CT", 4.0)
+    np.testing.assert_allclose(prepared.grid.GetDirection(), np.eye(3).ravel())
+    back = to_original_grid(np.ones(prepared.array.shape, np.float32), prepared)
+    assert back.shape == sitk.GetArrayViewFromImage(image).shape
+    assert back.min() > 0.99  # every input voxel lies inside the model grid
+
+
+def test_bad_spacing(chest_ct):
+    with pytest.raises(InputImageError, match="spacing"):
+        prepare(chest_ct, "CT", 0)
