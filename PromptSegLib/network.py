@@ -109,14 +109,15 @@ class DynamicHead(nn.Module):
 
     @staticmethod
     def apply(features: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-        """features ``(B, C, D, H, W)`` -> logits ``(B, T, D, H, W)``."""
+        """features ``(B, C, D, H, W)`` -> logits ``(B, T, D, H, W)``, as batched matrix products."""
         w1, b1, w2, b2, w3, b3 = params
-        x = torch.einsum("bcdhw,btkc->btkdhw", features, w1) + b1[..., None, None, None]
-        x = F.relu(x)
-        x = torch.einsum("btcdhw,btkc->btkdhw", x, w2) + b2[..., None, None, None]
-        x = F.relu(x)
-        x = torch.einsum("btcdhw,btkc->btkdhw", x, w3) + b3[..., None, None, None]
-        return x[:, :, 0]
+        b, c, *spatial = features.shape
+        t, h = w1.shape[1], w1.shape[2]
+        flat = features.reshape(b, c, -1)
+        x = torch.baddbmm(b1.reshape(b, t * h, 1), w1.reshape(b, t * h, c), flat).relu_()
+        x = torch.baddbmm(b2.reshape(b * t, h, 1), w2.reshape(b * t, h, h), x.view(b * t, h, -1)).relu_()
+        x = torch.baddbmm(b3.reshape(b * t, 1, 1), w3.reshape(b * t, 1, h), x)
+        return x.view(b, t, *spatial)
 
 
 class DuPLUSNet(nn.Module):

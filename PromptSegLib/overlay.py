@@ -48,6 +48,8 @@ def write_overlay(path: str | os.PathLike, result: SegmentationResult, alpha: fl
     height = max(axial.shape[0], coronal.shape[0])
     pad = lambda a: np.pad(a, ((0, height - a.shape[0]), (0, 4), (0, 0)))  # noqa: E731
     picture = np.concatenate([pad(axial), pad(coronal)], axis=1)
+    zoom = max(1, 320 // height)
+    picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)
     with atomic_path(path) as tmp:
         sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(tmp))
     return Path(path)
