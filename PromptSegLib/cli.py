@@ -104,7 +104,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
     cases = prepare_split(load_spec(args.spec), args.split, segmenter.model.config.spacing_mm)
-    scores = evaluate_cases(segmenter, cases)
+    scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()))
     write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md")
     print(markdown_table(scores), end="")
     return 0
@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="model folder (default: the bundled starter model)")
     ev.add_argument("--split", default="val")
     ev.add_argument("-o", "--output", required=True, help="CSV path (a .md table is written beside it)")
+    ev.add_argument("--context-region", help="T1 mismatch ablation: prompt this region instead of the dataset's")
+    ev.add_argument("--absent-target", action="append",
+                    help="organ-control ablation: also prompt this target, which the data does not label (repeatable)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threads", type=int)
     ev.set_defaults(func=cmd_evaluate)

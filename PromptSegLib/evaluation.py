@@ -17,6 +17,8 @@ from .outputs import atomic_path
 
 @dataclass
 class Score:
+    """One (case, target) result. ``predicted_ml`` is the predicted volume; for an absent target it should be ~0."""
+
     case: str
     dataset: str
     target: str
@@ -24,22 +26,35 @@ class Score:
     hd95_mm: float
     truth_voxels: int
     predicted_voxels: int
+    predicted_ml: float
+    context: str
 
 
-def evaluate_cases(segmenter: Segmenter, cases: list[PreparedCase]) -> list[Score]:
-    """Segment every case with its dataset's context (first region) and score each named target."""
+def evaluate_cases(segmenter: Segmenter, cases: list[PreparedCase], context_region: str | None = None,
+                   absent_targets: tuple[str, ...] = ()) -> list[Score]:
+    """Segment every case and score each target its dataset names.
+
+    Args:
+        context_region: use this region in T1 instead of the dataset's own (the DuPLUS "T1 mismatch" ablation).
+        absent_targets: also prompt these targets, which the dataset does not label; their truth is empty and
+            their predicted volume shows whether the model obeys the prompt ("organ control").
+    """
     scores = []
     for case in cases:
         image = case.input.original
-        targets = case.dataset.targets
-        result = segmenter.segment(image, case.dataset.modality, case.dataset.regions[0], targets, allow_untrained=True)
+        named = case.dataset.targets
+        extra = [t for t in absent_targets if t not in named]
+        result = segmenter.segment(image, case.dataset.modality, context_region or case.dataset.regions[0],
+                                   named + extra, allow_untrained=True)
         label = sitk.GetArrayFromImage(case.label_original)
         spacing = tuple(reversed(image.GetSpacing()))
-        for i, target in enumerate(targets):
-            truth = np.isin(label, case.dataset.values_of(target))
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        for i, query in enumerate(result.queries):
+            truth = np.isin(label, case.dataset.values_of(query.name)) if i < len(named) else np.zeros(label.shape, bool)
             predicted = result.mask(i)
-            scores.append(Score(case.case.id, case.dataset.name, target, dice(predicted, truth),
-                                hd95(predicted, truth, spacing), int(truth.sum()), int(predicted.sum())))
+            scores.append(Score(case.case.id, case.dataset.name, query.name, dice(predicted, truth),
+                                hd95(predicted, truth, spacing), int(truth.sum()), int(predicted.sum()),
+                                round(float(predicted.sum()) * voxel_ml, 2), result.context))
     return scores
 
 
@@ -64,13 +79,15 @@ def write_scores(scores: list[Score], csv_path: str | Path, markdown_path: str |
 
 
 def markdown_table(scores: list[Score]) -> str:
-    """Per-target mean Dice and HD95 over cases where the target is present."""
-    lines = ["| target | cases | Dice | HD95 (mm) |", "|---|---|---|---|"]
+    """Per-target mean Dice and HD95 where the target is present; mean predicted volume where it is absent."""
+    lines = ["| target | cases present | Dice | HD95 (mm) | cases absent | predicted mL where absent |",
+             "|---|---|---|---|---|---|"]
     for target in dict.fromkeys(s.target for s in scores):
-        rows = [s for s in scores if s.target == target and s.truth_voxels]
-        if not rows:
-            continue
-        hd = [s.hd95_mm for s in rows if not math.isnan(s.hd95_mm)]
-        lines.append(f"| {target} | {len(rows)} | {np.mean([s.dice for s in rows]):.3f} | "
-                     + (f"{np.mean(hd):.1f} |" if hd else "n/a |"))
+        present = [s for s in scores if s.target == target and s.truth_voxels]
+        absent = [s for s in scores if s.target == target and not s.truth_voxels]
+        hd = [s.hd95_mm for s in present if not math.isnan(s.hd95_mm)]
+        dice_text = f"{np.mean([s.dice for s in present]):.3f}" if present else "-"
+        hd_text = f"{np.mean(hd):.1f}" if hd else "-"
+        absent_text = f"{np.mean([s.predicted_ml for s in absent]):.1f}" if absent else "-"
+        lines.append(f"| {target} | {len(present)} | {dice_text} | {hd_text} | {len(absent)} | {absent_text} |")
     return "\n".join(lines) + "\n"
