@@ -32,7 +32,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .overlay import write_overlay
     from .segfile import write_segmentation
 
-    outputs = [check_writable(args.output)] + ([check_writable(args.overlay)] if args.overlay else [])
+    outputs = [check_writable(p) for p in (args.output, args.overlay, args.boxes) if p]
     image = read_image(args.image, args.series_uid)
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
     segmenter.check_request(args.modality, args.region, args.target or (), args.target_text or (), args.context_text,
@@ -49,12 +49,50 @@ def cmd_segment(args: argparse.Namespace) -> int:
     written = write_segmentation(outputs[0], result)
     if args.overlay:
         written.append(write_overlay(outputs[1], result))
+    if args.boxes:
+        written.append(write_detections(outputs[-1], result))
     for i, query in enumerate(result.queries):
         voxels = int(result.mask(i).sum())
         volume_ml = voxels * float(image.GetSpacing()[0] * image.GetSpacing()[1] * image.GetSpacing()[2]) / 1000.0
         print(f"{query.name}: {volume_ml:.1f} mL ({voxels} voxels)")
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def write_detections(path: Path, result) -> Path:
+    """One JSON list of connected-component boxes per target."""
+    from dataclasses import asdict
+
+    from .describe import detect
+    from .outputs import atomic_path
+
+    boxes = {q.name: [asdict(d) for d in detect(result.probabilities[i], result.threshold, result.reference, q.name)]
+             for i, q in enumerate(result.queries)}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(boxes, indent=2) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from .describe import describe
+    from .imageio import read_image
+    from .outputs import atomic_path
+    from .segfile import read_segments
+
+    image = read_image(args.image, args.series_uid)
+    masks = read_segments(args.segmentation, image)
+    names = args.segment or list(masks)
+    unknown = [n for n in names if n not in masks]
+    if unknown:
+        raise PromptSegError(f"no segment named {', '.join(unknown)}; the file has: {', '.join(masks)}")
+    descriptions = [describe(n, masks[n], image, args.modality, args.region or "", masks) for n in names]
+    for d in descriptions:
+        print(f"{d.name}: {d.sentence}")
+    if args.output:
+        with atomic_path(args.output) as tmp:
+            Path(tmp).write_text(json.dumps([d.to_dict() for d in descriptions], indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -123,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--target-text", action="append", help="a raw target (T2) sentence (repeatable)")
     seg.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ OUT.labels.json)")
     seg.add_argument("--overlay", help="also write a PNG picture of the result here")
+    seg.add_argument("--boxes", help="also write a JSON of each target's connected components (3D boxes, "
+                     "confidence, volume) here")
     seg.add_argument("--model", help="model folder (default: the bundled starter model)")
     seg.add_argument("--text-encoder", help="local Hugging Face encoder folder instead of the model's own")
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
@@ -132,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--allow-untrained", action="store_true", help="accept targets the model was not trained on")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
+
+    des = sub.add_parser("describe", help="describe segments in numbers and one sentence each")
+    des.add_argument("segmentation", help=".seg.nrrd, or a labelmap with its .labels.json")
+    des.add_argument("--image", required=True, help="the image the segmentation was made on")
+    des.add_argument("--modality", required=True, help="CT (HU), PET (SUV) or MR")
+    des.add_argument("--region", help="body region named in the sentence, e.g. thorax")
+    des.add_argument("--segment", action="append", help="describe only this segment (repeatable)")
+    des.add_argument("--series-uid", help="which DICOM series when --image is a folder holding several")
+    des.add_argument("-o", "--output", help="write the descriptions as JSON here")
+    des.set_defaults(func=cmd_describe)
 
     info = sub.add_parser("info", help="show a model's config after checking its files")
     info.add_argument("model", nargs="?", help="model folder (default: the bundled starter model)")

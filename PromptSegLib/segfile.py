@@ -130,3 +130,44 @@ def write_segmentation(path: str | os.PathLike, result: SegmentationResult) -> l
         return list(write_labelmap(path, result))
     raise OutputError(f"unsupported output type {suffix or '(none)'} for {path}: use .seg.nrrd, "
                       + ", ".join(LABELMAP_SUFFIXES))
+
+
+def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, np.ndarray]:
+    """Masks ``(Z, Y, X)`` on ``reference``'s grid from a ``.seg.nrrd`` or a labelmap (+ ``.labels.json``).
+
+    Segments stored on another grid (cropped, other spacing) are resampled by nearest neighbour.
+    """
+    from .imageio import read_image
+    from .preprocess import resample_to
+
+    path = Path(path)
+    if not path.exists():
+        raise OutputError(f"no such segmentation file: {path}")
+    suffix = full_suffix(path)
+    if suffix == ".seg.nrrd":
+        import slicerio
+
+        segmentation = slicerio.read_segmentation(str(path))
+        voxels = segmentation["voxels"]
+        layers = voxels if voxels.ndim == 4 else voxels[None]
+        matrix = np.asarray(segmentation["ijkToLPS"], dtype=float)
+        offset = np.asarray(segmentation.get("referenceImageExtentOffset") or [0, 0, 0], dtype=float)
+        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+        masks = {}
+        for segment in segmentation["segments"]:
+            stored = sitk.GetImageFromArray((layers[segment["layer"]] == segment["labelValue"]).transpose(2, 1, 0)
+                                            .astype(np.uint8))
+            stored.SetSpacing(spacing.tolist())
+            stored.SetDirection((matrix[:3, :3] / spacing).ravel().tolist())
+            stored.SetOrigin((matrix[:3, 3] + matrix[:3, :3] @ offset).tolist())
+            masks[segment["name"]] = sitk.GetArrayFromImage(
+                resample_to(stored, reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+        return masks
+    labels_path = path.with_name(path.name[: -len(suffix)] + ".labels.json")
+    labelmap = resample_to(read_image(path), reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    array = sitk.GetArrayFromImage(labelmap)
+    if labels_path.exists():
+        names = {entry["value"]: entry["name"] for entry in json.loads(labels_path.read_text(encoding="utf-8"))["labels"]}
+    else:
+        names = {int(v): f"label {int(v)}" for v in np.unique(array) if v}
+    return {name: array == value for value, name in names.items()}

@@ -23,7 +23,8 @@ def seg_nrrd(tiny_model_folder, chest_ct_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "chest.seg.nrrd"
     done = run("segment", str(chest_ct_path), "--modality", "CT", "--region", "chest", "--target", "left lung",
                "--target", "hepatic", "--model", str(tiny_model_folder), "-o", str(out), "--threshold", "0.3",
-               "--overlay", str(out.with_name("chest.png")), "--threads", "1")
+               "--overlay", str(out.with_name("chest.png")), "--boxes", str(out.with_name("boxes.json")),
+               "--threads", "1")
     assert done.returncode == 0, done.stderr
     return out, done
 
@@ -41,6 +42,15 @@ def test_seg_nrrd_has_names_colours_terminology_and_the_input_geometry(seg_nrrd,
     np.testing.assert_allclose(np.abs(np.diag(ijk_to_lps)[:3]), chest_ct.GetSpacing(), atol=1e-5)
     assert segmentation["voxels"].shape[-3:] == chest_ct.GetSize()
     assert "left lung:" in done.stdout and "wrote" in done.stdout
+
+
+def test_boxes_json_lists_components_per_target(seg_nrrd):
+    out, _ = seg_nrrd
+    boxes = json.loads(out.with_name("boxes.json").read_text())
+    assert list(boxes) == ["left lung", "liver"]
+    for detections in boxes.values():
+        assert [d["index"] for d in detections] == list(range(1, len(detections) + 1))
+        assert all(d["max_probability"] >= 0.3 and d["volume_ml"] > 0 for d in detections)
 
 
 def test_overlay_png_is_a_picture(seg_nrrd):
