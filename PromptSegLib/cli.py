@@ -96,6 +96,26 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompt_check(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .imageio import read_image
+    from .inference import Segmenter
+    from .outputs import atomic_path
+    from .prompt_check import prompt_check
+
+    image = read_image(args.image, args.series_uid)
+    segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
+    rows = prompt_check(segmenter, image, args.modality, args.region, args.target)
+    for row in rows:
+        print(f"{row.variant:16s} Dice {row.dice_to_reference:.3f}  {row.volume_ml:9.1f} mL  "
+              f"{row.flag or 'ok':30s} {row.prompt}")
+    if args.output:
+        with atomic_path(args.output) as tmp:
+            Path(tmp).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .model_io import default_model_folder, read_config
 
@@ -182,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     des.add_argument("--series-uid", help="which DICOM series when --image is a folder holding several")
     des.add_argument("-o", "--output", help="write the descriptions as JSON here")
     des.set_defaults(func=cmd_describe)
+
+    pc = sub.add_parser("prompt-check", help="rerun one target with prompt variants and report how the mask changes")
+    pc.add_argument("image")
+    pc.add_argument("--modality", required=True)
+    pc.add_argument("--region", required=True)
+    pc.add_argument("--target", required=True)
+    pc.add_argument("--model", help="model folder (default: the bundled starter model)")
+    pc.add_argument("--series-uid")
+    pc.add_argument("--device", default="auto")
+    pc.add_argument("--threads", type=int)
+    pc.add_argument("-o", "--output", help="write the rows as JSON here")
+    pc.set_defaults(func=cmd_prompt_check)
 
     info = sub.add_parser("info", help="show a model's config after checking its files")
     info.add_argument("model", nargs="?", help="model folder (default: the bundled starter model)")

@@ -83,3 +83,16 @@ def test_describe_command(chest_ct_path, tmp_path, capsys):
     assert main(["describe", str(chest_ct_path.parent / "Segmentation.seg.nrrd"), "--image", str(chest_ct_path),
                  "--modality", "CT", "--segment", "liver"]) == 2
     assert "no segment named liver" in capsys.readouterr().err
+
+
+def test_prompt_check_runs_every_variant(tiny_model_folder, chest_ct_path, tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert main(["prompt-check", str(chest_ct_path), "--modality", "CT", "--region", "thorax", "--target", "liver",
+                 "--model", str(tiny_model_folder), "--device", "cpu", "-o", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    kinds = [r["variant"] for r in rows]
+    assert kinds[:2] == ["reference", "keyword"] and "misspelling" in kinds and "empty target" in kinds
+    assert rows[0]["dice_to_reference"] == 1.0
+    misspelt = next(r for r in rows if r["variant"] == "misspelling")
+    assert misspelt["prompt"] == "A computed tomography of the livr"
+    assert all(0.0 <= r["dice_to_reference"] <= 1.0 for r in rows)
