@@ -125,6 +125,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .catalogue import catalogue_entry, load_catalogue, write_catalogue
+    from .errors import ModelError
+    from .model_io import BUNDLED_MODELS
+
+    if args.update:
+        folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file())
+        write_catalogue([catalogue_entry(f) for f in folders])
+    for entry in load_catalogue():
+        folder = BUNDLED_MODELS / entry["folder"] if entry.get("folder") else None
+        try:
+            state = "bundled, verified" if folder and catalogue_entry(folder)["sha256"] == entry["sha256"] else (
+                "bundled, CHANGED since catalogued" if folder else f"import from {entry['url']}")
+        except ModelError as exc:
+            state = f"bundled, BROKEN: {exc}"
+        print(f"{entry['name']} {entry['version']}  [{state}]  {', '.join(entry['modalities'])}: "
+              f"{', '.join(entry['targets'])}")
+    return 0
+
+
 def cmd_vocabulary(args: argparse.Namespace) -> int:
     from .vocabulary import default_vocabulary
 
@@ -254,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threads", type=int)
     ev.set_defaults(func=cmd_evaluate)
+
+    mod = sub.add_parser("models", help="list the model catalogue and check the bundled models")
+    mod.add_argument("--update", action="store_true", help="rewrite the catalogue from the bundled model folders")
+    mod.set_defaults(func=cmd_models)
 
     voc = sub.add_parser("vocabulary", help="list known targets, or look one up")
     voc.add_argument("lookup", nargs="?", help="a name or synonym to resolve")

@@ -54,23 +54,28 @@ class DatasetSpec:
 
 
 def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[DatasetSpec]:
-    """Read and check a dataset spec; target and region names are resolved through the vocabulary.
+    """Read and check a dataset spec (JSON, or YAML when PyYAML is installed); target and region names are
+    resolved through the vocabulary.
+
+    An entry may name a Medical Segmentation Decathlon / nnU-Net folder instead of listing cases:
+    ``{"name": ..., "modality": ..., "regions": [...], "folder": "Task03_Liver", "val": ["liver_7"]}``; its
+    ``dataset.json`` gives the cases and, when ``labels`` is absent, the label names.
 
     Raises:
         PromptSegError: a malformed spec, an unknown target or region, a missing file.
     """
     path = Path(path)
     vocabulary = vocabulary or default_vocabulary()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PromptSegError(f"cannot read dataset spec {path}: {exc}") from exc
+    data = _read_structured(path)
     out = []
     for entry in data.get("datasets", []):
         try:
-            labels = {int(v): vocabulary.target(t).name for v, t in entry["labels"].items()}
-            cases = [CaseSpec(str(c["id"]), path.parent / c["image"], path.parent / c["label"], c.get("split", "train"))
-                     for c in entry["cases"]]
+            if "folder" in entry:
+                labels, cases = _decathlon(path.parent / entry["folder"], entry, vocabulary)
+            else:
+                labels = {int(v): vocabulary.target(t).name for v, t in entry["labels"].items()}
+                cases = [CaseSpec(str(c["id"]), path.parent / c["image"], path.parent / c["label"],
+                                  c.get("split", "train")) for c in entry["cases"]]
             spec = DatasetSpec(entry["name"], canonical_modality(entry["modality"]),
                                [vocabulary.region(r).name for r in entry["regions"]], labels, cases)
         except KeyError as exc:
@@ -83,6 +88,44 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     if not out:
         raise PromptSegError(f"dataset spec {path} lists no datasets")
     return out
+
+
+def _read_structured(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as exc:
+                raise PromptSegError("YAML dataset specs need PyYAML (pip install pyyaml); or use JSON") from exc
+            return yaml.safe_load(text) or {}
+        return json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise PromptSegError(f"cannot read dataset spec {path}: {exc}") from exc
+
+
+def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[int, str], list[CaseSpec]]:
+    """Labels and cases of an MSD (``labels``: value -> name) or nnU-Net v2 (name -> value) folder."""
+    meta = _read_structured(folder / "dataset.json")
+    if "labels" in entry:
+        labels = {int(v): vocabulary.target(t).name for v, t in entry["labels"].items()}
+    else:
+        raw = meta["labels"]
+        pairs = ((int(v), n) for v, n in raw.items()) if all(k.isdigit() for k in raw) else (
+            (int(v), n) for n, v in raw.items())
+        labels = {v: vocabulary.target(n).name for v, n in pairs if v != 0}
+    validation = set(entry.get("val", []))
+    cases = []
+    if meta.get("training") and isinstance(meta["training"][0], dict):
+        pairs = [(folder / c["image"], folder / c["label"]) for c in meta["training"]]
+    else:
+        suffix = meta.get("file_ending", ".nii.gz")
+        pairs = [(folder / "imagesTr" / f"{p.name[: -len(suffix)]}_0000{suffix}", p)
+                 for p in sorted((folder / "labelsTr").glob(f"*{suffix}"))]
+    for image, label in pairs:
+        case_id = label.name.split(".")[0]
+        cases.append(CaseSpec(case_id, image, label, "val" if case_id in validation else "train"))
+    return labels, cases
 
 
 @dataclass

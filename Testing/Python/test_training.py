@@ -112,3 +112,28 @@ def test_label_on_another_grid_is_resampled(tmp_path):
     case = prepare_split(load_spec(tmp_path / "spec.json"), "train", 6.0)[0]
     assert case.label_original.GetSize() == sitk.ReadImage(str(STS / "STS_001" / "CT_image.nii.gz")).GetSize()
     assert case.label.any()
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunet"])
+def test_decathlon_and_nnunet_folders(tmp_path, layout):
+    task = tmp_path / "Task01_Sarcoma"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    ids = ["STS_004", "STS_005"]
+    for case in ids:
+        image_name = f"{case}.nii.gz" if layout == "msd" else f"{case}_0000.nii.gz"
+        (task / "imagesTr" / image_name).symlink_to(STS / case / "MR_T1_image.nii.gz")
+        (task / "labelsTr" / f"{case}.nii.gz").symlink_to(STS / case / "MR_T1_mask.nii.gz")
+    if layout == "msd":
+        meta = {"labels": {"0": "background", "1": "tumour"},
+                "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ids]}
+    else:
+        meta = {"labels": {"background": 0, "tumour": 1}, "file_ending": ".nii.gz"}
+    (task / "dataset.json").write_text(json.dumps(meta))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"datasets": [{"name": "sts_mr", "modality": "MR", "regions": ["lower limb"],
+                                              "folder": "Task01_Sarcoma", "val": ["STS_005"]}]}))
+    dataset = load_spec(spec)[0]
+    assert dataset.labels == {1: "gross tumor volume"}
+    assert [(c.id, c.split) for c in dataset.cases] == [("STS_004", "train"), ("STS_005", "val")]
+    assert prepare_split([dataset], "val", 6.0)[0].label.any()
