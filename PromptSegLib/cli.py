@@ -46,6 +46,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         close()
     if args.threshold is not None:
         result.threshold = args.threshold
+    if args.closer_look != "off":
+        from .refine import closer_look
+
+        closer_look(segmenter, image, result, args.modality,
+                    indices=list(range(len(result.queries))) if args.closer_look == "all" else None)
     written = write_segmentation(outputs[0], result)
     if args.overlay:
         written.append(write_overlay(outputs[1], result))
@@ -182,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
     cases = prepare_split(load_spec(args.spec), args.split, segmenter.model.config.spacing_mm)
-    scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()))
+    scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()), args.closer_look)
     write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md")
     print(markdown_table(scores), end="")
     return 0
@@ -209,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     seg.add_argument("--threads", type=int, help="CPU threads")
     seg.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    seg.add_argument("--closer-look", choices=("off", "small", "all"), default="off",
+                     help="segment again in a finer crop around small targets (under 50 mL) or all targets")
     seg.add_argument("--allow-untrained", action="store_true", help="accept targets the model was not trained on")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
@@ -271,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--context-region", help="T1 mismatch ablation: prompt this region instead of the dataset's")
     ev.add_argument("--absent-target", action="append",
                     help="organ-control ablation: also prompt this target, which the data does not label (repeatable)")
+    ev.add_argument("--closer-look", choices=("off", "small", "all"), default="off",
+                    help="refine targets in a finer crop before scoring")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threads", type=int)
     ev.set_defaults(func=cmd_evaluate)

@@ -31,13 +31,14 @@ class Score:
 
 
 def evaluate_cases(segmenter: Segmenter, cases: list[PreparedCase], context_region: str | None = None,
-                   absent_targets: tuple[str, ...] = ()) -> list[Score]:
+                   absent_targets: tuple[str, ...] = (), closer_look: str = "off") -> list[Score]:
     """Segment every case and score each target its dataset names.
 
     Args:
         context_region: use this region in T1 instead of the dataset's own (the DuPLUS "T1 mismatch" ablation).
         absent_targets: also prompt these targets, which the dataset does not label; their truth is empty and
             their predicted volume shows whether the model obeys the prompt ("organ control").
+        closer_look: ``off``, ``small`` or ``all``: refine targets in a finer crop first (see ``refine``).
     """
     scores = []
     for case in cases:
@@ -46,6 +47,11 @@ def evaluate_cases(segmenter: Segmenter, cases: list[PreparedCase], context_regi
         extra = [t for t in absent_targets if t not in named]
         result = segmenter.segment(image, case.dataset.modality, context_region or case.dataset.regions[0],
                                    named + extra, allow_untrained=True)
+        if closer_look != "off":
+            from .refine import closer_look as refine
+
+            refine(segmenter, image, result, case.dataset.modality,
+                   indices=list(range(len(named))) if closer_look == "all" else None)
         label = sitk.GetArrayFromImage(case.label_original)
         spacing = tuple(reversed(image.GetSpacing()))
         voxel_ml = float(np.prod(spacing)) / 1000.0

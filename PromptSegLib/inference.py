@@ -15,7 +15,7 @@ import torch
 from .errors import Cancelled, InputImageError, PromptError
 from .imageio import validate_volume
 from .model_io import Model, load_model
-from .preprocess import canonical_modality, prepare, to_original_grid
+from .preprocess import IntensityRule, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary
@@ -141,6 +141,7 @@ class Segmenter:
     def segment(self, image: sitk.Image, modality: str, region: str | None = None,
                 targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
                 allow_untrained: bool = False, overlap: float = 0.25, sw_batch_size: int = 1,
+                spacing_mm: float | None = None, intensity: IntensityRule | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> SegmentationResult:
         """Segment every requested target in ``image``.
 
@@ -153,6 +154,8 @@ class Segmenter:
             context_text: a raw T1 sentence instead of ``region``.
             allow_untrained: accept vocabulary targets the model was not trained on.
             overlap: sliding-window overlap fraction.
+            spacing_mm: work at this spacing instead of the model's (closer look).
+            intensity: intensity rule to use instead of one fitted on ``image`` (for crops).
             progress: called as windows complete.
             cancel: checked before each window; when set, ``Cancelled`` is raised.
 
@@ -164,7 +167,7 @@ class Segmenter:
         modality, queries, context = self.check_request(modality, region, targets, target_texts, context_text,
                                                         allow_untrained)
         report(0.0, "preparing the volume")
-        prepared = prepare(image, modality, self.model.config.spacing_mm)
+        prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm, intensity)
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
         logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], prepared.array.shape,
                                            overlap, report, cancel)

@@ -101,17 +101,18 @@ def resample_to(image: sitk.Image, reference: sitk.Image, interpolator: int = si
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default_value), pixel_type)
 
 
-def prepare(image: sitk.Image, modality: str, spacing_mm: float = 1.5) -> ModelInput:
+def prepare(image: sitk.Image, modality: str, spacing_mm: float = 1.5, rule: IntensityRule | None = None) -> ModelInput:
     """Resample ``image`` to the model grid and normalise it by ``modality``'s rule.
 
     Args:
         image: a validated 3D scalar image (see ``imageio.validate_volume``).
         modality: CT, MR or PET (intensities in HU for CT, SUV or counts for PET).
         spacing_mm: the isotropic spacing the model works at.
+        rule: the intensity rule to apply (default: fitted on ``image``; a crop passes its whole volume's).
     """
     if spacing_mm <= 0:
         raise InputImageError(f"spacing must be positive, got {spacing_mm} mm")
-    rule = IntensityRule.fit(sitk.GetArrayViewFromImage(image), modality)
+    rule = rule or IntensityRule.fit(sitk.GetArrayViewFromImage(image), modality)
     grid = model_grid(image, spacing_mm)
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     resampled = resample_to(image, grid, sitk.sitkLinear, background)

@@ -222,6 +222,7 @@ def train(config: TrainConfig) -> Path:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     progress = _bar(config.steps, step, rank == 0)
+    board = _tensorboard(config.work_dir) if rank == 0 else None
     validation: dict[str, float] = {}
     try:
         while step < config.steps:
@@ -253,14 +254,21 @@ def train(config: TrainConfig) -> Path:
             progress(step, loss.item())
             _append_csv(log_path, {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
                                    "seconds": round(time.time() - started, 1), "dataset": dataset.name})
+            if board:
+                board.add_scalar("loss/train", loss.item(), step)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config)
             if val_cases and (step % config.validate_every == 0 or step == config.steps):
                 validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
+                if board:
+                    for target, value in validation.items():
+                        board.add_scalar(f"dice/{target}", value, step)
     except torch.cuda.OutOfMemoryError as exc:
         raise PromptSegError(f"out of GPU memory at step {step}: lower --batch-size or --patch-size") from exc
     finally:
         progress(None, None)
+        if board:
+            board.close()
     if rank == 0:
         seconds = time.time() - started
         card = model_card(config, model_config, train_cases, val_cases, validation, seconds, device, count_parameters(network))
@@ -268,6 +276,15 @@ def train(config: TrainConfig) -> Path:
     if world > 1:
         torch.distributed.destroy_process_group()
     return Path(config.output)
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer when tensorboard is installed, else ``None`` (the CSV logs are always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder / "tensorboard"))
 
 
 def _regions(cases: list[PreparedCase], base: ModelConfig | None) -> dict[str, list[str]]:

@@ -76,3 +76,19 @@ def test_window_count_matches_monai():
         roi = get_valid_patch_size(shape, (64, 64, 64))
         interval = _get_scan_interval(shape, roi, 3, (0.25, 0.25, 0.25))
         assert window_count(shape, (64, 64, 64), 0.25) == len(dense_patch_slices(shape, roi, interval)), shape
+
+
+def test_closer_look_changes_only_the_box(tiny_segmenter, chest_ct):
+    from PromptSegLib.refine import closer_look, crop_box
+
+    result = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["aorta", "liver"])
+    result.threshold = float(np.quantile(result.probabilities[0], 0.995))  # a small "target" for the test
+    before = result.probabilities.copy()
+    box = crop_box(result.mask(0), chest_ct, 15.0)
+    refined = closer_look(tiny_segmenter, chest_ct, result, "CT", indices=[0], spacing_factor=0.5)
+    assert refined == [0]
+    outside = np.ones(before.shape[1:], bool)
+    outside[box] = False
+    np.testing.assert_array_equal(result.probabilities[0][outside], before[0][outside])
+    np.testing.assert_array_equal(result.probabilities[1], before[1])
+    assert not np.array_equal(result.probabilities[0][box], before[0][box])
