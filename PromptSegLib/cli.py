@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -190,6 +191,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()), args.closer_look)
     write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md")
     print(markdown_table(scores), end="")
+    if args.card:
+        from .model_io import append_to_card
+
+        command = "promptseg " + shlex.join(args.argv)
+        append_to_card(segmenter.model.folder, f"## Evaluation: split `{args.split}` of `{Path(args.spec).name}`"
+                       f"{', ' + args.title if args.title else ''}\n\n```\n{command}\n```\n\n{markdown_table(scores)}")
     return 0
 
 
@@ -280,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="organ-control ablation: also prompt this target, which the data does not label (repeatable)")
     ev.add_argument("--closer-look", choices=("off", "small", "all"), default="off",
                     help="refine targets in a finer crop before scoring")
+    ev.add_argument("--card", action="store_true", help="append the table (and this command) to the model's card")
+    ev.add_argument("--title", help="a few words naming this evaluation in the card")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threads", type=int)
     ev.set_defaults(func=cmd_evaluate)
@@ -296,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except PromptSegError as exc:

@@ -129,6 +129,20 @@ def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfi
     return folder
 
 
+def append_to_card(folder: str | os.PathLike, text: str) -> None:
+    """Append a section to a verified model folder's card and update its manifest (written atomically)."""
+    folder = verify_folder(folder)
+    card = (folder / CARD).read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.strip("\n") + "\n"
+    for name, content in ((CARD, card),):
+        tmp = folder / f".{name}.partial"
+        tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, folder / name)
+    sums = "".join(f"{sha256(folder / n)}  {n}\n" for n in (WEIGHTS, CONFIG, CARD))
+    tmp = folder / f".{SUMS}.partial"
+    tmp.write_text(sums, encoding="utf-8")
+    os.replace(tmp, folder / SUMS)
+
+
 def verify_folder(folder: str | os.PathLike) -> Path:
     """Check a model folder's files against its ``SHA256SUMS``.
 

@@ -74,6 +74,11 @@ def test_evaluate_command_with_ablations(trained, capsys):
     assert rows[0]["context"] == "A computed tomography of the brain"
     assert int(rows[0]["truth_voxels"]) > 0 and int(rows[1]["truth_voxels"]) == 0
     assert (root / "scores.md").read_text().startswith("| target |")
+    assert main(["evaluate", config.spec, "--model", config.output, "-o", str(root / "again.csv"), "--card",
+                 "--title", "tiny check", "--device", "cpu"]) == 0
+    card = (root / "model" / "README.md").read_text()
+    assert "## Evaluation: split `val` of `spec.json`, tiny check" in card and "promptseg evaluate" in card
+    load_model(config.output)  # the manifest was updated with the card
 
 
 def test_foreground_oversampling_finds_the_tumour(tmp_path):
