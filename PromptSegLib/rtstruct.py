@@ -1,0 +1,459 @@
+"""DICOM RT Structure Set (RTSTRUCT): writing from masks on a DICOM series' grid, and reading back to masks.
+
+Contours: on every slice, the boundary of the mask is traced by marching squares at level 0.5 between pixel
+centres (each vertex is the midpoint between an inside and an outside pixel), so every pixel centre is
+strictly inside or outside. Outer boundaries and holes are all written as separate CLOSED_PLANAR contours
+on that slice; planning systems (and :func:`read_rtstruct`) fill a slice's contours with the even-odd rule
+(XOR), which gives back the mask exactly. Each contour references the slice it lies on
+(ContourImageSequence), and the set references the Frame of Reference, Study and Series of the source.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError, OutputError
+from .export_segments import (RT_ROI_INTERPRETED_TYPES, ExportSegment, ExportWarning, interpreted_type, load_segments,
+                              non_empty, on_grid)
+from .outputs import atomic_path, check_writable
+
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # the Referenced SOP Class of RT Referenced Study items
+MANUFACTURER = "PromptSeg"
+
+
+# ----------------------------------------------------------------------------------------------- contours
+# Segments per marching-squares case; corners tl=1, tr=2, br=4, bl=8; edges T, R, B, L. Saddles (5, 10) keep
+# diagonal pixels apart; either choice classifies every pixel centre correctly.
+_CASE_SEGMENTS = {1: ("LT",), 2: ("TR",), 3: ("LR",), 4: ("RB",), 5: ("LT", "RB"), 6: ("TB",), 7: ("LB",),
+                  8: ("BL",), 9: ("TB",), 10: ("TR", "BL"), 11: ("RB",), 12: ("LR",), 13: ("TR",), 14: ("LT",)}
+
+
+def slice_contours(mask2d: np.ndarray) -> list[np.ndarray]:
+    """Closed boundary polygons of a 2D bool mask ``(Y, X)``, as ``(N, 2)`` arrays of ``(x, y)`` pixel indices.
+
+    Outer boundaries and holes come as separate loops (even-odd filling restores the mask); collinear
+    vertices are dropped. Coordinates are multiples of 0.5.
+    """
+    m = np.pad(np.asarray(mask2d, dtype=bool), 1)
+    ny, nx = m.shape
+    case = (m[:-1, :-1] * 1 + m[:-1, 1:] * 2 + m[1:, 1:] * 4 + m[1:, :-1] * 8).astype(np.uint8)
+    n_h = ny * (nx - 1)  # horizontal edges H(r, c) between m[r, c] and m[r, c+1]; vertical ones after them
+
+    def edge_ids(edge: str, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        if edge == "T":
+            return r * (nx - 1) + c
+        if edge == "B":
+            return (r + 1) * (nx - 1) + c
+        if edge == "L":
+            return n_h + r * nx + c
+        return n_h + r * nx + c + 1  # "R"
+
+    a_parts, b_parts = [], []
+    for value, pairs in _CASE_SEGMENTS.items():
+        r, c = np.nonzero(case == value)
+        for pair in pairs:
+            a_parts.append(edge_ids(pair[0], r, c))
+            b_parts.append(edge_ids(pair[1], r, c))
+    if not a_parts:
+        return []
+    a, b = np.concatenate(a_parts), np.concatenate(b_parts)
+    if a.size == 0:
+        return []
+    ids, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    a_i, b_i = inverse[: a.size], inverse[a.size:]
+    neighbours = np.full((ids.size, 2), -1, dtype=np.int64)
+    fill = np.zeros(ids.size, dtype=np.int64)
+    for u, v in zip(a_i.tolist(), b_i.tolist()):
+        neighbours[u, fill[u]] = v
+        fill[u] += 1
+        neighbours[v, fill[v]] = u
+        fill[v] += 1
+    # coordinates of each point (x, y) in unpadded pixel indices
+    horizontal = ids < n_h
+    xy = np.empty((ids.size, 2))
+    r, c = np.divmod(ids[horizontal], nx - 1)
+    xy[horizontal] = np.column_stack([c + 0.5, r]) - 1
+    r, c = np.divmod(ids[~horizontal] - n_h, nx)
+    xy[~horizontal] = np.column_stack([c, r + 0.5]) - 1
+
+    visited = np.zeros(ids.size, dtype=bool)
+    nb = neighbours.tolist()
+    loops = []
+    for start in range(ids.size):
+        if visited[start]:
+            continue
+        loop = [start]
+        visited[start] = True
+        previous, current = start, nb[start][0]
+        while current != start:
+            loop.append(current)
+            visited[current] = True
+            n0, n1 = nb[current]
+            previous, current = current, (n1 if n0 == previous else n0)
+        loops.append(_drop_collinear(xy[loop]))
+    return loops
+
+
+def _drop_collinear(points: np.ndarray) -> np.ndarray:
+    doubled = np.rint(points * 2).astype(np.int64)
+    before = doubled - np.roll(doubled, 1, axis=0)
+    after = np.roll(doubled, -1, axis=0) - doubled
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    return points[cross != 0]
+
+
+def fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise closed polygons (``(N, 2)`` ``(x, y)`` in pixel indices) on a ``(Y, X)`` grid, even-odd rule
+    across all of them: a pixel centre is inside when a ray from it crosses the edges an odd number of times."""
+    ny, nx = shape
+    toggles = np.zeros((ny, nx + 1), dtype=np.int64)
+    for poly in polygons:
+        if len(poly) < 3:
+            continue
+        x0, y0 = poly[:, 0], poly[:, 1]
+        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+        low, high = np.minimum(y0, y1), np.maximum(y0, y1)
+        first = np.clip(np.ceil(low), 0, ny).astype(np.int64)  # rows r with low <= r < high
+        stop = np.clip(np.ceil(high), 0, ny).astype(np.int64)
+        count = np.maximum(stop - first, 0)
+        if not count.any():
+            continue
+        edge = np.repeat(np.arange(len(poly)), count)
+        rows = first[edge] + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+        x = x0[edge] + (rows - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+        start = np.clip(np.floor(x).astype(np.int64) + 1, 0, nx)  # pixels i > x toggle
+        np.add.at(toggles, (rows, start), 1)
+    return (np.cumsum(toggles, axis=1)[:, :nx] % 2).astype(bool)
+
+
+def _index_to_lps(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    matrix = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    return matrix, np.array(image.GetOrigin())
+
+
+def _contour_data_element(values: np.ndarray):
+    """Contour Data (DS, to 1/1000 mm, each value under 16 characters) as an encoded element: pydicom's
+    per-value checks would take seconds for a large structure set."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    texts = []
+    for v in values.tolist():
+        text = f"{v:.3f}".rstrip("0").rstrip(".")
+        texts.append("0" if text in ("-0", "") else text)
+    encoded = "\\".join(texts).encode("ascii")
+    if len(encoded) % 2:
+        encoded += b" "
+    return RawDataElement(Tag(0x30060050), "DS", len(encoded), encoded, 0, False, True)
+
+
+def _contour_points(item) -> np.ndarray:
+    """Contour Data of a contour item as ``(N, 3)`` floats, parsed without pydicom's per-value conversion."""
+    element = item.get_item(0x30060050)
+    value = getattr(element, "value", None)
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("ascii", "replace").strip(" \x00")
+        numbers = np.array([float(t) for t in text.split("\\") if t.strip()] if text else [])
+    else:
+        numbers = np.array([float(v) for v in item.ContourData])
+    return numbers[: numbers.size // 3 * 3].reshape(-1, 3)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+@dataclass
+class ExportReport:
+    """What an export wrote: the file, ROI/segment names, names skipped, warnings and the re-read Dice."""
+
+    path: Path
+    names: list[str]
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dice: dict[str, float] = field(default_factory=dict)
+
+
+def build_rtstruct(image: sitk.Image, references, segments: list[ExportSegment], *,
+                   label: str = "PromptSeg", default_interpreted_type: str = "ORGAN",
+                   series_description: str = "PromptSeg structures", software_version: str = ""):
+    """A pydicom RTSTRUCT Dataset for non-empty ``segments`` whose masks lie on ``image`` (the series' grid)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    if default_interpreted_type not in RT_ROI_INTERPRETED_TYPES:
+        raise InputImageError(f"unknown RT ROI Interpreted Type {default_interpreted_type!r}; use one of "
+                              + ", ".join(RT_ROI_INTERPRETED_TYPES))
+    now = datetime.datetime.now()
+    sop_instance_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.SOPInstanceUID = sop_instance_uid
+    for element in references.patient_study:  # patient and general study modules, from the CT
+        ds.add(element)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):  # type 2: present, maybe empty
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    ds.StudyInstanceUID = references.study_instance_uid
+    ds.FrameOfReferenceUID = references.frame_of_reference_uid  # Frame of Reference module (dciodvfy asks for it)
+    ds.PositionReferenceIndicator = references.position_reference_indicator
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 901
+    ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.SeriesDescription = series_description[:64]
+    ds.OperatorsName = ""
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = "PromptSegLib"
+    if software_version:
+        ds.SoftwareVersions = software_version
+    ds.InstanceNumber = 1
+    ds.StructureSetLabel = label[:16]
+    ds.StructureSetName = label[:64]
+    ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.ApprovalStatus = "UNAPPROVED"
+
+    def image_item(reference) -> Dataset:
+        item = Dataset()
+        item.ReferencedSOPClassUID = reference.sop_class_uid
+        item.ReferencedSOPInstanceUID = reference.sop_instance_uid
+        return item
+
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = references.series_instance_uid
+    series_item.ContourImageSequence = Sequence([image_item(s) for s in references.slices])
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
+    study_item.ReferencedSOPInstanceUID = references.study_instance_uid
+    study_item.RTReferencedSeriesSequence = Sequence([series_item])
+    frame_item = Dataset()
+    frame_item.FrameOfReferenceUID = references.frame_of_reference_uid
+    frame_item.RTReferencedStudySequence = Sequence([study_item])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_item])
+
+    matrix, origin = _index_to_lps(image)
+    rois, contours, observations = [], [], []
+    for number, segment in enumerate(segments, start=1):
+        name = segment.name[:64]
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = references.frame_of_reference_uid
+        roi.ROIName = name
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        rois.append(roi)
+
+        contour_items = []
+        for k in np.flatnonzero(segment.mask.reshape(segment.mask.shape[0], -1).any(axis=1)):
+            for loop in slice_contours(segment.mask[k]):
+                ijk = np.column_stack([loop, np.full(len(loop), float(k))])
+                lps = ijk @ matrix.T + origin
+                item = Dataset()
+                item.ContourImageSequence = Sequence([image_item(references.slices[int(k)])])
+                item.ContourGeometricType = "CLOSED_PLANAR"
+                item.NumberOfContourPoints = len(loop)
+                item.ContourNumber = len(contour_items) + 1
+                item[0x30060050] = _contour_data_element(lps.ravel())
+                contour_items.append(item)
+        roi_contour = Dataset()
+        roi_contour.ROIDisplayColor = [int(round(255 * min(max(c, 0.0), 1.0))) for c in segment.color]
+        roi_contour.ContourSequence = Sequence(contour_items)
+        roi_contour.ReferencedROINumber = number
+        contours.append(roi_contour)
+
+        observation = Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        observation.ROIObservationLabel = name[:16]
+        observation.RTROIInterpretedType = interpreted_type(segment, default_interpreted_type)
+        observation.ROIInterpreter = ""
+        observations.append(observation)
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(contours)
+    ds.RTROIObservationsSequence = Sequence(observations)
+    return ds
+
+
+def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segment_set, *,
+                   default_interpreted_type: str = "ORGAN", label: str = "PromptSeg",
+                   validate: bool = True) -> ExportReport:
+    """Write an RTSTRUCT for the segments (a :class:`SegmentSet`, ``.seg.nrrd`` path or ``SegmentationResult``)
+    drawn on the series ``(image, references)`` from :func:`~PromptSegLib.dicom_series.load_dicom_series`.
+
+    Segments on another grid are resampled onto the series (warning); empty ones are skipped (warning).
+    With ``validate`` the written file is read back and each ROI's mask rebuilt; a Dice below 0.98 against
+    the exported mask fails the export and nothing is left at ``path``.
+
+    Raises:
+        OutputError: the output cannot be written or does not read back faithfully.
+        InputImageError: no non-empty segment, or a segmentation outside the series.
+    """
+    path = check_writable(path)
+    references.check_referenceable()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExportWarning)
+        segments = on_grid(load_segments(segment_set), image)
+        kept = unique_names(non_empty(segments))
+        ds = build_rtstruct(image, references, kept, label=label, default_interpreted_type=default_interpreted_type)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ExportWarning)]
+    for w in caught:  # hand the warnings on to the caller too
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    skipped = [s.name for s in segments if all(s is not k for k in kept)]
+    report = ExportReport(path, [s.name for s in kept], skipped, messages)
+    with atomic_path(path) as tmp:
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot write {path}: {exc}") from exc
+        if validate:
+            masks = read_rtstruct(tmp, image, references)
+            for segment in kept:
+                report.dice[segment.name] = dice(masks.get(segment.name, np.zeros_like(segment.mask)), segment.mask)
+            bad = {n: d for n, d in report.dice.items() if d < 0.98}
+            if bad:
+                raise OutputError(f"RTSTRUCT for {path} does not read back faithfully (Dice "
+                                  + ", ".join(f"{n}: {d:.3f}" for n, d in bad.items()) + "); nothing written")
+    return report
+
+
+def unique_names(segments: list[ExportSegment], length: int = 64) -> list[ExportSegment]:
+    """Segments with distinct names of at most ``length`` characters (renamed ones are named in a warning)."""
+    from dataclasses import replace
+
+    out, seen = [], set()
+    for segment in segments:
+        name = segment.name.strip()[:length] or "Segment"
+        base, n = name, 1
+        while name in seen:
+            n += 1
+            name = f"{base[:length - len(str(n)) - 1]} {n}"
+        if name != segment.name:
+            warnings.warn(f"segment {segment.name!r} renamed {name!r} (names must be unique, at most {length} "
+                          "characters)", ExportWarning, stacklevel=2)
+            segment = replace(segment, name=name)
+        seen.add(name)
+        out.append(segment)
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class RTStructROI:
+    number: int
+    name: str
+    color: tuple[int, int, int] | None
+    interpreted_type: str
+    contours: list[np.ndarray]  # (N, 3) LPS points per CLOSED_PLANAR contour
+
+
+def read_rtstruct_rois(path: str | os.PathLike, force: bool = False) -> list[RTStructROI]:
+    """ROIs of an RTSTRUCT file with their contours in patient coordinates (no grid needed).
+
+    ``force`` reads files without a DICOM file header (some old samples).
+
+    Raises:
+        InputImageError: not readable or not an RTSTRUCT.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, force=force)
+    except (InvalidDicomError, OSError) as exc:
+        raise InputImageError(f"cannot read {path}: {exc}") from exc
+    if "StructureSetROISequence" not in ds:
+        raise InputImageError(f"{path} is not an RT structure set (no Structure Set ROI Sequence)")
+    colors, contours = {}, {}
+    for item in ds.get("ROIContourSequence", []):
+        number = int(item.ReferencedROINumber)
+        color = item.get("ROIDisplayColor")
+        colors[number] = tuple(int(c) for c in color) if color else None
+        points = [_contour_points(c) for c in item.get("ContourSequence", [])
+                  if c.get("ContourGeometricType", "CLOSED_PLANAR") == "CLOSED_PLANAR" and "ContourData" in c]
+        contours[number] = [p for p in points if len(p) >= 3]
+    types = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "") or "")
+             for o in ds.get("RTROIObservationsSequence", []) if "ReferencedROINumber" in o}
+    return [RTStructROI(int(roi.ROINumber), str(roi.get("ROIName", "")), colors.get(int(roi.ROINumber)),
+                        types.get(int(roi.ROINumber), ""), contours.get(int(roi.ROINumber), []))
+            for roi in ds.StructureSetROISequence]
+
+
+def rasterize_roi(roi: RTStructROI, image: sitk.Image, slice_tolerance: float = 0.5) -> np.ndarray:
+    """A ROI's ``(Z, Y, X)`` mask on ``image``'s grid: contours grouped by slice, even-odd filled.
+
+    Contours further than ``slice_tolerance`` slices from every slice plane are left out (warning).
+    """
+    matrix, origin = _index_to_lps(image)
+    inverse = np.linalg.inv(matrix)
+    nx, ny, nz = image.GetSize()
+    by_slice: dict[int, list[np.ndarray]] = {}
+    off = 0
+    for points in roi.contours:
+        ijk = (points - origin) @ inverse.T
+        k = float(np.mean(ijk[:, 2]))
+        k_round = int(round(k))
+        if abs(k - k_round) > slice_tolerance or not 0 <= k_round < nz or np.ptp(ijk[:, 2]) > 2 * slice_tolerance:
+            off += 1
+            continue
+        by_slice.setdefault(k_round, []).append(ijk[:, :2])
+    if off:
+        warnings.warn(f"ROI {roi.name!r}: {off} contour(s) do not lie on a slice of the grid: left out", ExportWarning,
+                      stacklevel=2)
+    mask = np.zeros((nz, ny, nx), dtype=bool)
+    for k, polygons in by_slice.items():
+        mask[k] = fill_even_odd(polygons, (ny, nx))
+    return mask
+
+
+def read_rtstruct(path: str | os.PathLike, image: sitk.Image, references=None, force: bool = False) -> dict[str, np.ndarray]:
+    """Masks ``{ROI name: (Z, Y, X) bool}`` of an RTSTRUCT rebuilt on ``image``'s grid (even-odd filling).
+
+    With ``references`` (from :func:`load_dicom_series`), a structure set drawn on another Frame of
+    Reference is refused. ROIs without contours give empty masks.
+    """
+    import pydicom
+
+    if references is not None:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=force)
+        frames = {str(item.FrameOfReferenceUID) for item in ds.get("ReferencedFrameOfReferenceSequence", [])
+                  if "FrameOfReferenceUID" in item}
+        if frames and references.frame_of_reference_uid not in frames:
+            raise InputImageError(f"{path} is drawn on Frame of Reference {', '.join(sorted(frames))}, not on the "
+                                  f"series' {references.frame_of_reference_uid}")
+    masks = {}
+    for roi in read_rtstruct_rois(path, force=force):
+        mask = rasterize_roi(roi, image)
+        masks[roi.name] = masks[roi.name] | mask if roi.name in masks else mask
+    return masks
+
+
+def export_rtstruct(ct_folder: str | os.PathLike, segments, output: str | os.PathLike, *,
+                    series_uid: str | None = None, default_interpreted_type: str = "ORGAN",
+                    label: str = "PromptSeg") -> ExportReport:
+    """Load the DICOM series in ``ct_folder`` and write an RTSTRUCT of ``segments`` (a ``.seg.nrrd`` path,
+    a ``SegmentationResult`` or a :class:`SegmentSet`) that references it. Checks ``output`` first."""
+    from .dicom_series import load_dicom_series
+
+    check_writable(output)
+    image, references = load_dicom_series(ct_folder, series_uid)
+    return write_rtstruct(output, image, references, segments, default_interpreted_type=default_interpreted_type,
+                          label=label)
