@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .cli_dicom import add_subcommands as add_dicom_subcommands
 from .errors import PromptSegError
 
 
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     voc = sub.add_parser("vocabulary", help="list known targets, or look one up")
     voc.add_argument("lookup", nargs="?", help="a name or synonym to resolve")
     voc.set_defaults(func=cmd_vocabulary)
+    add_dicom_subcommands(sub)
     return parser
 
 
