@@ -1,0 +1,335 @@
+"""PromptSeg: text-prompted 3D segmentation in 3D Slicer.
+
+The widget only wires Qt to the logic. The logic (``PromptSegSlicer.PromptSegLogic``) has no Qt, runs
+PromptSegLib in a background thread and is tested on slicer-core (Testing/Python/test_slicer_logic.py).
+PromptSegLib and torch are imported lazily, so the module loads without them and can say what is missing.
+"""
+import logging
+import os
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+try:
+    from typing import Annotated
+except ImportError:  # Python < 3.9
+    from typing_extensions import Annotated
+
+from PromptSegSlicer import logic as promptSegLogic
+from PromptSegSlicer.logic import DependencyError, InputError
+
+POLL_INTERVAL_MS = 200
+
+
+#
+# PromptSeg
+#
+class PromptSeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("PromptSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["PromptSeg developers"]
+        self.parent.helpText = _("""
+Segment structures by naming them: pick a CT, MR or PET volume, the body region, and type the targets
+(one per line, e.g. "left lung"). Each target becomes a segment with its standard name, colour and
+terminology. Re-running updates segments of the same name; other segments are never touched; Undo restores
+the previous result.""")
+        self.parent.acknowledgementText = _("""
+PromptSeg builds on the DuPLUS dual-prompt architecture, MONAI and PyTorch.""")
+
+
+#
+# Parameters (saved with the scene)
+#
+@parameterNodeWrapper
+class PromptSegParameterNode:
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    modality: Annotated[str, Choice(["CT", "MR", "PET"])] = "CT"
+    region: str = "thorax"
+    contextText: str = ""
+    targets: str = "left lung\nright lung"
+    device: str = "auto"
+
+
+#
+# Widget: Qt only
+#
+class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.job = None
+        self.pollTimer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PromptSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = PromptSegLogic()
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)
+        self.pollTimer.connect("timeout()", self.onPoll)
+
+        self.ui.deviceComboBox.clear()
+        for device in self.logic.availableDevices():
+            self.ui.deviceComboBox.addItem(device)
+        self.ui.progressBar.setVisible(False)
+        self._updateTargetCompleter()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
+        # Bound by hand: the parameter node wrapper has no QPlainTextEdit connector, and the device list is
+        # only known at run time.
+        self.ui.targetsPlainTextEdit.connect("textChanged()", self.onTargetsEdited)
+        self.ui.deviceComboBox.connect("currentTextChanged(QString)", self.onDeviceChanged)
+        self.initializeParameterNode()
+        self._updateDependencyStatus()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.pollTimer:
+            self.pollTimer.stop()
+        if self.logic:
+            self.logic.cancelAll()  # Slicer closing: the worker stops at its next window
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            if self.ui.targetsPlainTextEdit.toPlainText() != self._parameterNode.targets:
+                self.ui.targetsPlainTextEdit.setPlainText(self._parameterNode.targets)
+            index = self.ui.deviceComboBox.findText(self._parameterNode.device)
+            self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+            self._checkCanApply()
+
+    def onTargetsEdited(self) -> None:
+        if self._parameterNode and self._parameterNode.targets != self.ui.targetsPlainTextEdit.toPlainText():
+            self._parameterNode.targets = self.ui.targetsPlainTextEdit.toPlainText()
+
+    def onDeviceChanged(self, text) -> None:
+        if self._parameterNode and text and self._parameterNode.device != text:
+            self._parameterNode.device = text
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self.job is not None:  # running: the button is Cancel
+            return
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._targetList())
+        self.ui.applyButton.enabled = ready
+        self.ui.applyButton.toolTip = _("Segment the targets") if ready else _("Select an input volume and "
+                                                                            "name at least one target")
+        self.ui.undoButton.enabled = bool(self._parameterNode and
+                                          self.logic.canUndo(self._parameterNode.outputSegmentation))
+
+    def _targetList(self):
+        return [line.strip() for line in self._parameterNode.targets.splitlines() if line.strip()]
+
+    def _updateTargetCompleter(self) -> None:
+        try:
+            names = self.logic.vocabularyTargetNames()
+        except Exception:  # PromptSegLib missing: no completion
+            return
+        self.ui.targetsPlainTextEdit.toolTip = _("One target per line. Known targets: ") + ", ".join(names)
+
+    def _updateDependencyStatus(self) -> None:
+        missing = self.logic.missingDependencies()
+        self.ui.installButton.visible = bool(missing)
+        if missing:
+            self.ui.statusLabel.text = _("Missing Python packages: ") + ", ".join(missing)
+
+    def onInstallButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not install the Python packages."), waitCursor=True):
+            self.logic.installDependencies()
+        self._updateDependencyStatus()
+        self.ui.deviceComboBox.clear()
+        for device in self.logic.availableDevices():
+            self.ui.deviceComboBox.addItem(device)
+        self._updateTargetCompleter()
+
+    def onApplyButton(self) -> None:
+        if self.job is not None:  # the button reads Cancel
+            self.job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.ui.applyButton.enabled = False
+            return
+        p = self._parameterNode
+        targets, texts = [], []
+        for line in self._targetList():
+            (texts if len(line.split()) > 4 else targets).append(line)  # a sentence is a raw prompt
+        try:
+            self.job = self.logic.startSegmentation(
+                p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region,
+                targets=targets, targetTexts=texts, contextText=p.contextText or None, device=p.device,
+                allowUntrained=self.ui.allowUntrainedCheckBox.checked)
+        except Exception as exc:
+            self.job = None
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
+            return
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setVisible(True)
+        self.ui.statusLabel.text = _("Starting...")
+        self.pollTimer.start()
+
+    def onPoll(self) -> None:
+        job = self.job
+        if job is None:
+            self.pollTimer.stop()
+            return
+        self.ui.progressBar.setValue(int(100 * job.progress))
+        self.ui.statusLabel.text = job.message
+        if not job.isDone():
+            return
+        self.pollTimer.stop()
+        self.job = None
+        self.ui.applyButton.text = _("Apply")
+        self.ui.progressBar.setVisible(False)
+        try:
+            # Let the Segment Editor's own undo cover this change when it edits the same segmentation.
+            self._saveSegmentEditorUndoState(job.outputNode)
+            segmentationNode = self.logic.finishSegmentation(job)
+            if self._parameterNode.outputSegmentation is not segmentationNode:
+                self._parameterNode.outputSegmentation = segmentationNode
+            segmentationNode.CreateClosedSurfaceRepresentation()
+            self.ui.statusLabel.text = job.message
+        except Exception as exc:
+            self.ui.statusLabel.text = job.message if job.cancelRequested else str(exc)
+            if not job.cancelRequested:
+                logging.exception("PromptSeg failed")
+                slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
+        self._checkCanApply()
+
+    def _saveSegmentEditorUndoState(self, segmentationNode) -> None:
+        if segmentationNode is None:
+            return
+        try:
+            editorWidget = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+            if editorWidget.segmentationNode() is segmentationNode:
+                editorWidget.saveStateForUndo()
+        except Exception:  # Segment Editor not created yet: PromptSeg's own Undo still works
+            pass
+
+    def onUndoButton(self) -> None:
+        if self.logic.undo(self._parameterNode.outputSegmentation):
+            self.ui.statusLabel.text = _("Previous segments restored")
+        self._checkCanApply()
+
+
+#
+# Logic: the Qt-free PromptSegSlicer logic, with the module's parameter node
+#
+class PromptSegLogic(promptSegLogic.PromptSegLogic):
+    def __init__(self) -> None:
+        promptSegLogic.PromptSegLogic.__init__(self)
+
+    def getParameterNode(self):
+        return PromptSegParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
+
+    def installDependencies(self) -> None:
+        """torch through the PyTorch extension when present, the rest with pip; never replaces Slicer's
+        SimpleITK, numpy or vtk (PromptSegLib is installed from the module folder, not from PyPI)."""
+        missing = self.missingDependencies()
+        if "torch" in missing:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise DependencyError(["torch"]) from None
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                raise DependencyError(["torch"])
+            missing.remove("torch")
+        if missing:
+            slicer.util.pip_install(missing)
+
+    def vocabularyTargetNames(self):
+        promptSegLogic.ensureLibraryImportable()
+        from PromptSegLib.vocabulary import default_vocabulary
+
+        return sorted(default_vocabulary().targets)
+
+
+#
+# Test, run inside Slicer (Reload and Test)
+#
+class PromptSegTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PromptSeg_chest_ct()
+
+    def test_PromptSeg_chest_ct(self):
+        import SampleData
+
+        logic = PromptSegLogic()
+        missing = logic.missingDependencies()
+        if missing:
+            self.delayDisplay(f"Skipped: missing Python packages {missing}")
+            return
+        try:
+            modelFolder = logic.defaultModelFolder()
+            from PromptSegLib.model_io import verify_folder
+
+            verify_folder(modelFolder)
+        except Exception as exc:
+            self.delayDisplay(f"Skipped: no usable bundled model ({exc})")
+            return
+        volume = SampleData.downloadSample("CTChest")
+        self.delayDisplay("Segmenting the lungs")
+        segmentationNode = logic.segment(volume, None, modality="CT", region="thorax",
+                                         targets=["left lung", "right lung"])
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 2)
+        self.assertTrue(segmentation.GetSegmentIdBySegmentName("left lung"))
+        logic.segment(volume, segmentationNode, modality="CT", region="thorax", targets=["left lung"])
+        self.assertEqual(segmentation.GetNumberOfSegments(), 2)
+        self.assertTrue(logic.undo(segmentationNode))
+        self.delayDisplay("Test passed")
