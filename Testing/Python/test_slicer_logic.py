@@ -1,0 +1,353 @@
+"""The PromptSeg module logic on the real Slicer MRML/segmentation core (slicer-core, no Qt).
+
+The tiny model is random: these tests check mechanics (names, colours, terminology, geometry, voxels equal
+to PromptSegLib's own output, re-runs, undo, cancel, files, errors), never segmentation quality.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import vtk
+
+slicer = pytest.importorskip("slicer")
+import slicer_shim  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "PromptSeg"
+TARGETS = ["left lung", "liver"]
+
+
+@pytest.fixture
+def scene():
+    scene = slicer_shim.setup()
+    yield scene
+    slicer_shim.teardown()
+
+
+@pytest.fixture(scope="module")
+def logic():
+    slicer_shim.setup()
+    from PromptSegSlicer import PromptSegLogic
+
+    return PromptSegLogic()  # one instance: its loaded model is reused across tests
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_segmenter, chest_ct_path):
+    """What PromptSegLib returns for the same file read directly by SimpleITK."""
+    return tiny_segmenter.segment(sitk.ReadImage(str(chest_ct_path)), "CT", "thorax", TARGETS, allow_untrained=True)
+
+
+@pytest.fixture(scope="module")
+def threshold(reference):
+    """The random model's probabilities hover near 0.47: a threshold inside their range gives non-empty,
+    non-full segments."""
+    return float(np.percentile(reference.probabilities, 60))
+
+
+def run(logic, volume, segmentation=None, folder=None, **kwargs):
+    kwargs = {"modality": "CT", "region": "thorax", "targets": TARGETS, "allowUntrained": True, **kwargs}
+    return logic.segment(volume, segmentation, modelFolder=folder, **kwargs)
+
+
+def segment_array(segmentation_node, name, volume):
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    assert segment_id, f"no segment named {name}"
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume).astype(bool)
+
+
+def segment_names(segmentation_node):
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def tag(segment, name):
+    value = vtk.mutable("")
+    segment.GetTag(name, value)
+    return str(value)
+
+
+def test_segments_have_names_colours_terminology_geometry_and_promptseglib_voxels(
+        scene, logic, tiny_model_folder, chest_ct_path, reference, threshold):
+    from PromptSegLib.vocabulary import default_vocabulary
+
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    sh = scene.GetSubjectHierarchyNode()
+    levels = slicer.vtkMRMLSubjectHierarchyConstants
+    patient = sh.CreateHierarchyItem(sh.GetSceneItemID(), "Patient", levels.GetDICOMLevelPatient())
+    study = sh.CreateHierarchyItem(patient, "Study", levels.GetDICOMLevelStudy())
+    # slicer-core has no subject hierarchy plugins to add items for new nodes: add the volume's by hand
+    if sh.GetItemByDataNode(volume):
+        sh.SetItemParent(sh.GetItemByDataNode(volume), study)
+    else:
+        sh.CreateItem(study, volume)
+
+    node = run(logic, volume, folder=tiny_model_folder, threshold=threshold)
+
+    assert segment_names(node) == TARGETS
+    vocabulary = default_vocabulary()
+    terminologies = slicer.modules.terminologies.logic()
+    for name in TARGETS:
+        target = vocabulary.target(name)
+        segment = node.GetSegmentation().GetSegment(node.GetSegmentation().GetSegmentIdBySegmentName(name))
+        assert segment.GetColor() == pytest.approx(target.color)
+        entry_string = tag(segment, segment.GetTerminologyEntryTagName())
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert terminologies.DeserializeTerminologyEntry(entry_string, entry)
+        assert terminologies.SerializeTerminologyEntry(entry) == entry_string  # Slicer's own format
+        assert entry.GetTerminologyContextName() == vocabulary.context_name
+        assert entry.GetCategoryObject().GetCodeValue() == target.category[1]
+        assert entry.GetTypeObject().GetCodeValue() == target.type[1]
+        assert entry.GetTypeObject().GetCodeMeaning() == target.type[2]
+        assert (entry.GetTypeModifierObject().GetCodeValue() or "") == (target.modifier[1] if target.modifier else "")
+
+    # Geometry: referenced volume and the geometry string of the volume itself
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
+    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volume)
+    expected = slicer.vtkSegmentationConverter.SerializeImageGeometry(oriented)
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    assert node.GetSegmentation().GetConversionParameter(name) == expected
+
+    # Subject hierarchy: under the volume's study
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+
+    # Voxels: exactly PromptSegLib's masks for the same file
+    for index, name in enumerate(TARGETS):
+        expected_mask = reference.probabilities[index] >= threshold
+        assert 0 < expected_mask.sum() < expected_mask.size
+        np.testing.assert_array_equal(segment_array(node, name, volume), expected_mask)
+
+
+def test_rerun_updates_in_place_keeps_user_segments_and_undoes(scene, logic, tiny_model_folder, chest_ct_path,
+                                                               reference, threshold):
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    user_id = node.GetSegmentation().AddEmptySegment("", "my tumour", [1.0, 0.0, 0.0])
+    user_mask = np.zeros(reference.probabilities.shape[1:], np.uint8)
+    user_mask[10:20, 40:90, 30:100] = 1  # overlaps the targets
+    slicer.util.updateSegmentBinaryLabelmapFromArray(user_mask, node, user_id, volume)
+
+    run(logic, volume, node, tiny_model_folder, threshold=threshold)
+    first = {name: segment_array(node, name, volume) for name in TARGETS}
+    higher = float(np.percentile(reference.probabilities, 80))
+    run(logic, volume, node, tiny_model_folder, threshold=higher)
+
+    assert sorted(segment_names(node)) == sorted(["my tumour", *TARGETS])  # no duplicates
+    np.testing.assert_array_equal(segment_array(node, "my tumour", volume), user_mask.astype(bool))
+    assert node.GetSegmentation().GetSegmentIdBySegmentName("my tumour") == user_id
+    for index, name in enumerate(TARGETS):
+        np.testing.assert_array_equal(segment_array(node, name, volume), reference.probabilities[index] >= higher)
+        assert (segment_array(node, name, volume) != first[name]).any()
+
+    # Undo through the segment editor logic's history: back to the first run, user segment unchanged
+    assert logic.canUndo(node) and logic.undo(node)
+    for name in TARGETS:
+        np.testing.assert_array_equal(segment_array(node, name, volume), first[name])
+    np.testing.assert_array_equal(segment_array(node, "my tumour", volume), user_mask.astype(bool))
+    assert logic.redo(node)
+    np.testing.assert_array_equal(segment_array(node, "liver", volume), reference.probabilities[1] >= higher)
+
+
+def scene_state(scene):
+    nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    state = [(n.GetID(), n.GetName()) for n in nodes]
+    for n in nodes:
+        if n.IsA("vtkMRMLSegmentationNode"):
+            segmentation = n.GetSegmentation()
+            state.append([(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName())
+                          for i in range(segmentation.GetNumberOfSegments())])
+    return state
+
+
+def test_cancel_leaves_the_scene_as_it_was(scene, logic, tiny_model_folder, chest_ct_path, threshold):
+    from PromptSegLib.errors import Cancelled
+
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "existing")
+    user_id = node.GetSegmentation().AddEmptySegment("", "left lung", [1.0, 0.0, 0.0])
+    before = scene_state(scene)
+    count = scene.GetNumberOfNodes()
+
+    windows = []
+
+    def cancel_at_first_window(fraction, message):
+        if message.startswith("window"):
+            windows.append(message)
+            job.cancel()
+            job.cancel()  # pressed twice: harmless
+
+    job = logic.startSegmentation(volume, node, modality="CT", region="thorax", targets=TARGETS,
+                                  modelFolder=tiny_model_folder, allowUntrained=True, threshold=threshold,
+                                  onProgress=cancel_at_first_window)
+    with pytest.raises(Cancelled):
+        logic.finishSegmentation(job, timeout=60)
+    assert job.result is None and len(windows) == 1  # the worker stopped at the next window
+    assert scene.GetNumberOfNodes() == count and scene_state(scene) == before
+    assert node.GetSegmentation().GetSegment(user_id).GetName() == "left lung"
+
+    # Cancel pressed after the worker finished but before the result was written: still nothing written,
+    # and no new segmentation node is created for an output of None
+    job = logic.startSegmentation(volume, None, modality="CT", region="thorax", targets=TARGETS,
+                                  modelFolder=tiny_model_folder, allowUntrained=True)
+    assert job.wait(60) and job.result is not None
+    job.cancel()
+    with pytest.raises(Cancelled):
+        logic.finishSegmentation(job, timeout=60)
+    assert scene.GetNumberOfNodes() == count and scene_state(scene) == before
+
+
+def test_seg_nrrd_written_by_the_logic_reloads_with_names(scene, logic, tiny_model_folder, chest_ct_path,
+                                                          reference, threshold, tmp_path):
+    import slicerio
+
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    node = run(logic, volume, folder=tiny_model_folder, threshold=threshold)
+    path = logic.saveSegmentation(node, tmp_path / "lungs.seg.nrrd")
+
+    read = slicerio.read_segmentation(str(path))
+    assert [s["name"] for s in read["segments"]] == TARGETS
+    assert read["segments"][0]["terminology"]["type"][1] == "39607008"  # lung (SCT)
+
+    reloaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reloaded")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(reloaded)
+    assert segment_names(reloaded) == TARGETS
+    np.testing.assert_array_equal(segment_array(reloaded, "liver", volume), reference.probabilities[1] >= threshold)
+
+
+def test_bad_inputs_give_clear_errors(scene, logic, tiny_model_folder, chest_ct_path, tmp_path, monkeypatch):
+    from PromptSegLib.errors import ModelError, PromptError
+    from PromptSegSlicer import DependencyError, InputError
+
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    with pytest.raises(InputError, match="No input volume"):
+        logic.startSegmentation(None, targets=TARGETS, modelFolder=tiny_model_folder)
+    label = slicer_shim.load_volume(chest_ct_path, "labels", labelmap=True)
+    assert label.IsA("vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(InputError, match="labelmap"):
+        logic.startSegmentation(label, targets=TARGETS, modelFolder=tiny_model_folder)
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 8, 8)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    vector.SetAndObserveImageData(image)
+    with pytest.raises(InputError, match="single 3D scalar volume"):
+        logic.startSegmentation(vector, targets=TARGETS, modelFolder=tiny_model_folder)
+    four_d = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frames")
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 8, 8)
+    image.AllocateScalars(vtk.VTK_SHORT, 5)  # five frames stored as components
+    four_d.SetAndObserveImageData(image)
+    with pytest.raises(InputError, match="5 values per voxel"):
+        logic.startSegmentation(four_d, targets=TARGETS, modelFolder=tiny_model_folder)
+    with pytest.raises(InputError, match="No target"):
+        logic.startSegmentation(volume, targets=["  "], modelFolder=tiny_model_folder)
+
+    with pytest.raises(ModelError, match="does not exist"):
+        logic.startSegmentation(volume, targets=TARGETS, modelFolder=tmp_path / "no-model")
+    broken = shutil.copytree(tiny_model_folder, tmp_path / "broken")
+    (broken / "config.json").write_text((broken / "config.json").read_text() + " ")
+    with pytest.raises(ModelError, match="sha256"):
+        logic.startSegmentation(volume, targets=TARGETS, modelFolder=broken)
+
+    with pytest.raises(PromptError, match="unknown target"):  # raised by the worker, reported by finish
+        run(logic, volume, folder=tiny_model_folder, targets=["left lnug"])
+
+    count = scene.GetNumberOfNodes()
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(DependencyError, match="torch") as error:
+        logic.startSegmentation(volume, targets=TARGETS, modelFolder=tiny_model_folder)
+    assert "PyTorch extension" in str(error.value)
+    assert scene.GetNumberOfNodes() == count  # none of the failures touched the scene
+
+
+def test_oblique_volume_comes_back_aligned(scene, logic, tiny_model_folder, tiny_segmenter, chest_ct_path,
+                                           threshold):
+    volume = slicer_shim.load_volume(chest_ct_path, "oblique")
+    rotation = vtk.vtkTransform()
+    rotation.RotateWXYZ(30, 0.3, 1.0, 0.2)
+    directions = np.array([[rotation.GetMatrix().GetElement(r, c) for c in range(3)] for r in range(3)])
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASDirectionMatrix(matrix)
+    original = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    rotated = directions @ original
+    volume.SetIJKToRASDirections(*[float(v) for v in rotated.ravel()])
+
+    node = run(logic, volume, folder=tiny_model_folder, threshold=threshold)
+
+    # The same rotation applied by SimpleITK to the file read directly (directions as the node holds them)
+    volume.GetIJKToRASDirectionMatrix(matrix)
+    held = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    assert np.allclose(held, rotated)
+    image = sitk.ReadImage(str(chest_ct_path))
+    image.SetDirection((np.diag([-1.0, -1.0, 1.0]) @ held).ravel().tolist())
+    direct = tiny_segmenter.segment(image, "CT", "thorax", TARGETS, allow_untrained=True)
+    # The labelmap lies on the rotated volume's grid...
+    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName("left lung")
+    internal = node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    labelmap_matrix, volume_matrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    internal.GetImageToWorldMatrix(labelmap_matrix)
+    volume.GetIJKToRASMatrix(volume_matrix)
+    assert np.allclose([labelmap_matrix.GetElement(r, c) for r in range(4) for c in range(4)],
+                       [volume_matrix.GetElement(r, c) for r in range(4) for c in range(4)], atol=1e-6)
+    # ...and its voxels are PromptSegLib's for that rotated image, voxel for voxel
+    for index, name in enumerate(TARGETS):
+        expected = direct.probabilities[index] >= threshold
+        assert expected.any()
+        np.testing.assert_array_equal(segment_array(node, name, volume), expected)
+
+
+def test_module_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, %r)\n"
+            "import PromptSegSlicer\n"
+            "assert 'torch' in PromptSegSlicer.logic.missingDependencies()\n"
+            "assert not any(m.startswith('PromptSegLib') for m in sys.modules)\n"
+            "print('ok')" % str(MODULE_DIR))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+    # PromptSeg.py itself never imports torch or PromptSegLib at the top level
+    tree = ast.parse((MODULE_DIR / "PromptSeg.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] in {"torch", "monai", "PromptSegLib"}]
+
+
+def test_ui_file_has_every_widget_the_module_uses():
+    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "PromptSeg.ui").getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    source = (MODULE_DIR / "PromptSeg.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    assert used and not used - set(widgets), f"missing in PromptSeg.ui: {sorted(used - set(widgets))}"
+    # Widgets bound to the parameter node name real parameters
+    parameters = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == "PromptSegParameterNode":
+            parameters = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+    bound = {p.findtext("string") for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert bound and bound <= parameters
+    assert widgets["inputVolumeSelector"].get("class") == "qMRMLNodeComboBox"
+    titles = {w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"}
+    assert {"PET/CT tumour and prognosis", "Propagate a segment"} <= titles
+
+
+def test_cmake_lists_every_module_script():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    for path in MODULE_DIR.rglob("*.py"):
+        if "__pycache__" not in path.parts:
+            relative = path.relative_to(MODULE_DIR).as_posix().replace("PromptSeg.py", "${MODULE_NAME}.py")
+            assert relative in cmake, f"{relative} is not in PromptSeg/CMakeLists.txt"
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
+                     "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)"):
+        assert resource in cmake
