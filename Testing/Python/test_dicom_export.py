@@ -8,7 +8,6 @@ the phantom's GTV. ``dciodvfy`` (Debian ``dicom3tools``) checks conformance when
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -377,3 +376,22 @@ def test_dciodvfy_finds_no_errors(tmp_path, chest_rtstruct, chest_dicom, chest_s
     for written in (path, tmp_path / "SEG.dcm", tmp_path / "RS_phantom.dcm"):
         result = run_dciodvfy(written)
         assert result.errors == [], f"{written.name}: " + "\n".join(result.errors)
+
+
+def test_export_from_a_segmentation_result(tmp_path, chest_dicom, chest_series, chest_segmentation):
+    """What ``promptseg segment --rtstruct/--dicom-seg`` calls: a SegmentationResult straight to DICOM."""
+    from PromptSegLib.inference import SegmentationResult
+    from PromptSegLib.prompts import target_query
+
+    image, refs = chest_series
+    lung = _one(chest_segmentation, "left lung")
+    probabilities = np.stack([lung * 0.9, np.roll(lung, 3, axis=2) * 0.8]).astype(np.float32)
+    result = SegmentationResult([target_query("CT", "L lung"), target_query("CT", "gross tumor volume")],
+                                "A computed tomography of the thorax", probabilities, image, 0.5)
+    report = export_rtstruct(chest_dicom, result, tmp_path / "RS.dcm")
+    assert report.names == ["left lung", "gross tumor volume"] and min(report.dice.values()) == 1.0
+    ds = pydicom.dcmread(tmp_path / "RS.dcm")
+    assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == ["ORGAN", "GTV"]
+    export_dicom_seg(chest_dicom, result, tmp_path / "SEG.dcm", fractional=True)
+    back = read_dicom_seg(tmp_path / "SEG.dcm", refs)
+    assert np.abs(back["left lung"] - probabilities[0]).max() <= 0.5 / 255 + 1e-6
