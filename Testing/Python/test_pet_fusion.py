@@ -1,0 +1,222 @@
+"""SUV body weight from the real DICOM PET of STS_002, PET-to-CT resampling, late fusion and aggregated Dice.
+
+The STS_002 DICOM PET was exported in SUV (Units GML) by MIRP; the BQML paths (decay correction ADMIN and
+START) are tested by writing the same series back as activity concentration with the real header's dose,
+weight and half-life, then converting it again: the result must match the SUV NIfTI of the same patient.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from conftest import SHARED
+from PromptSegLib.fusion import FusionError, aggregated_dice, fuse, fuse_masks
+from PromptSegLib.metrics import dice
+from PromptSegLib.pet import (NoOverlapError, PETConversionError, read_pet_suv, resample_pet_to_ct,
+                              suv_scale_factor)
+from PromptSegLib.preprocess import resample_to
+
+STS = SHARED / "sts_pet_ct_mr"
+PET_DICOM = STS / "dicom_example" / "STS_002" / "PET" / "image"
+NIFTI = STS / "nifti"
+
+
+@pytest.fixture(scope="module")
+def suv_nifti():
+    return sitk.ReadImage(str(NIFTI / "STS_002" / "PET_image.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def summary():
+    return {c["pid"]: c for c in json.loads((STS / "per_case_summary.json").read_text())}
+
+
+def _header():
+    return pydicom.dcmread(sorted(PET_DICOM.glob("*.dcm"))[0])
+
+
+def test_real_dicom_pet_matches_suv_nifti(suv_nifti, summary):
+    suv, info = read_pet_suv(PET_DICOM)
+    assert info.units == "GML" and info.scale_factor == 1.0
+    assert suv.GetSize() == suv_nifti.GetSize()
+    assert np.allclose(suv.GetOrigin(), suv_nifti.GetOrigin(), atol=1e-3)
+    assert np.allclose(suv.GetSpacing(), suv_nifti.GetSpacing(), atol=1e-5)
+    a, b = sitk.GetArrayFromImage(suv), sitk.GetArrayFromImage(suv_nifti)
+    assert np.abs(a - b).max() < 1e-4 * b.max()
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(NIFTI / "STS_002" / "PET_mask.nii.gz"))) > 0
+    assert a[mask].max() == pytest.approx(summary["STS_002"]["SUVmax"], abs=0.01)
+    assert a[mask].mean() == pytest.approx(summary["STS_002"]["SUVmean"], abs=0.01)
+
+
+def test_slopes_differ_per_slice():
+    slopes = {float(pydicom.dcmread(f, stop_before_pixels=True).RescaleSlope) for f in PET_DICOM.glob("*.dcm")}
+    assert len(slopes) > 10  # the per-slice rescale matters on this series
+
+
+def _write_bqml(folder, decay: str, start: str | None):
+    """The real series rewritten as Bq/ml: slope * (decayed dose / weight); returns the expected decay time."""
+    folder.mkdir()
+    for path in sorted(PET_DICOM.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        info = ds.RadiopharmaceuticalInformationSequence[0]
+        dose, half_life = float(info.RadionuclideTotalDose), float(info.RadionuclideHalfLife)
+        ds.Units, ds.DecayCorrection = "BQML", decay
+        decay_s = 0.0
+        if decay == "START":
+            info.RadiopharmaceuticalStartDateTime = start
+            decay_s = 3600.0  # series time 14:57:59, start 13:57:59 the same day
+        decayed = dose * 2 ** (-decay_s / half_life)
+        ds.RescaleSlope = f"{float(ds.RescaleSlope) * decayed / (float(ds.PatientWeight) * 1000):.10e}"[:16]
+        ds.save_as(folder / path.name)
+    return decay_s
+
+
+@pytest.mark.parametrize("decay", ["ADMIN", "START"])
+def test_bqml_conversion_recovers_suv(tmp_path, suv_nifti, decay):
+    expected_decay = _write_bqml(tmp_path / "pet", decay, "20060128135759")
+    suv, info = read_pet_suv(tmp_path / "pet")
+    assert info.units == "BQML" and info.decay_correction == decay and info.weight_kg == 99.0
+    if decay == "START":
+        assert info.decay_time_s == pytest.approx(expected_decay)
+        assert info.decayed_dose_bq < info.injected_dose_bq
+    a, b = sitk.GetArrayFromImage(suv), sitk.GetArrayFromImage(suv_nifti)
+    assert np.abs(a - b).max() < 1e-4 * b.max()
+
+
+def test_start_time_of_day_used_when_dates_shifted():
+    ds = _header()  # de-identified: start DateTime is 2006-01-29, the series 2006-01-28
+    ds.Units, ds.DecayCorrection = "BQML", "START"
+    info = suv_scale_factor(ds)
+    assert info.decay_time_s == pytest.approx(14 * 3600 + 57 * 60 + 59 - (13 * 3600 + 51 * 60))
+    assert any("time of day" in note for note in info.notes)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda ds: delattr(ds, "PatientWeight"), "PatientWeight"),
+    (lambda ds: delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadionuclideTotalDose"), "RadionuclideTotalDose"),
+    (lambda ds: delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadionuclideHalfLife"), "RadionuclideHalfLife"),
+    (lambda ds: delattr(ds, "RadiopharmaceuticalInformationSequence"), "RadiopharmaceuticalInformationSequence"),
+    (lambda ds: delattr(ds, "DecayCorrection"), "DecayCorrection"),
+    (lambda ds: setattr(ds, "DecayCorrection", "NONE"), "DecayCorrection"),
+    (lambda ds: setattr(ds, "CorrectedImage", ["ATTN", "SCAT"]), "DECY"),
+    (lambda ds: setattr(ds, "PatientWeight", "0"), "positive"),
+    (lambda ds: (setattr(ds, "DecayCorrection", "START"),
+                 delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartDateTime"),
+                 delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartTime")), "injection"),
+    (lambda ds: setattr(ds, "Units", "CNTS"), "7053,1000"),
+    (lambda ds: setattr(ds, "Units", "PROPCPS"), "PROPCPS"),
+    (lambda ds: setattr(ds, "Modality", "CT"), "expected PT"),
+])
+def test_missing_or_invalid_tags_refused(edit, words):
+    ds = _header()
+    ds.Units = "BQML"
+    edit(ds)
+    with pytest.raises(PETConversionError, match="cannot compute SUV") as err:
+        suv_scale_factor(ds)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_series_without_weight_refused(tmp_path):
+    (tmp_path / "pet").mkdir()
+    for path in sorted(PET_DICOM.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.Units = "BQML"
+        del ds.PatientWeight
+        ds.save_as(tmp_path / "pet" / path.name)
+    with pytest.raises(PETConversionError, match="PatientWeight"):
+        read_pet_suv(tmp_path / "pet")
+
+
+def test_resample_pet_to_ct_and_overlap(suv_nifti):
+    ct = sitk.ReadImage(str(NIFTI / "STS_002" / "CT_image.nii.gz"))
+    pet_on_ct, report = resample_pet_to_ct(suv_nifti, ct)
+    assert pet_on_ct.GetSize() == ct.GetSize() and report["ct_covered"] > 0.99
+    assert "covers" in report["message"]
+    ct_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(NIFTI / "STS_002" / "CT_mask.nii.gz"))) > 0
+    assert sitk.GetArrayFromImage(pet_on_ct)[ct_mask].mean() > 3.0  # the tumour is FDG-avid on the CT grid too
+
+    half = sitk.Image(suv_nifti)
+    extent = np.array(ct.GetSpacing()) * np.array(ct.GetSize())
+    half.SetOrigin(tuple(np.array(ct.GetOrigin()) + [extent[0] / 2, 0, 0]))
+    _, partial = resample_pet_to_ct(half, ct)
+    assert 0.3 < partial["ct_covered"] < 0.7
+    with pytest.raises(NoOverlapError, match="covers only"):
+        resample_pet_to_ct(half, ct, min_overlap=0.8)
+
+    far = sitk.Image(suv_nifti)
+    far.SetOrigin(tuple(np.array(ct.GetOrigin()) + [0, 0, 1000.0]))
+    with pytest.raises(NoOverlapError, match="do not overlap"):
+        resample_pet_to_ct(far, ct)
+
+
+# ---------------------------------------------------------------- fusion on real masks (CT and PET GTVs)
+
+def _masks_on_ct(pid: str):
+    ct_mask = sitk.ReadImage(str(NIFTI / pid / "CT_mask.nii.gz"))
+    pet_mask = resample_to(sitk.ReadImage(str(NIFTI / pid / "PET_mask.nii.gz")), ct_mask, sitk.sitkNearestNeighbor,
+                           0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(ct_mask) > 0, sitk.GetArrayFromImage(pet_mask) > 0
+
+
+@pytest.fixture(scope="module")
+def real_masks():
+    return {pid: _masks_on_ct(pid) for pid in ("STS_002", "STS_003")}
+
+
+def test_fusion_arithmetic_on_real_masks(real_masks):
+    ct, pet = real_masks["STS_002"]
+    assert ct.sum() > 1000 and pet.sum() > 1000 and (ct ^ pet).sum() > 0
+    a, b = ct[None].astype(np.float32), pet[None].astype(np.float32)
+    mean = fuse([a, b])
+    assert set(np.unique(mean)) <= {0.0, 0.5, 1.0}
+    assert np.array_equal(fuse_masks([a, b])[0], ct & pet)           # mean > 0.5: both agree
+    assert np.array_equal(fuse_masks([a, b], threshold=0.4)[0], ct | pet)
+    assert np.array_equal(fuse_masks([a, b], weights=[0.4, 0.6])[0], pet)  # the heavier model decides
+    assert np.array_equal(fuse_masks([a, b], "max")[0], ct | pet)
+    assert np.array_equal(fuse_masks([a, b], "majority")[0], ct & pet)
+    assert np.array_equal(fuse_masks([a, b, b], "majority")[0], pet)
+
+    from scipy.ndimage import gaussian_filter
+    soft_a, soft_b = gaussian_filter(a, 1.0), gaussian_filter(b, 2.0)
+    fused = fuse([soft_a, soft_b], weights=[1, 3])
+    assert np.allclose(fused, 0.25 * soft_a + 0.75 * soft_b, atol=1e-6)
+    assert np.allclose(fuse([soft_a, soft_b], "max"), np.maximum(soft_a, soft_b))
+
+
+def test_aggregated_dice_arithmetic(real_masks):
+    preds = [real_masks[p][1] for p in real_masks]  # PET GTV as the "prediction" of the CT GTV
+    truths = [real_masks[p][0] for p in real_masks]
+    inter = sum(int((p & t).sum()) for p, t in zip(preds, truths))
+    total = sum(int(p.sum() + t.sum()) for p, t in zip(preds, truths))
+    agg = aggregated_dice(preds, truths)
+    assert agg == pytest.approx(2 * inter / total)
+    per_case = [dice(p, t) for p, t in zip(preds, truths)]
+    assert 0.3 < agg < 1.0 and min(per_case) <= agg <= max(per_case)
+    assert aggregated_dice(preds[:1], truths[:1]) == pytest.approx(per_case[0])
+    # an empty case adds to the denominator only through its truth: aggregated Dice penalises it by size
+    empty = np.zeros_like(truths[0])
+    assert aggregated_dice(preds + [empty], truths + [truths[0]]) < agg
+    assert np.isnan(aggregated_dice([empty], [empty]))
+
+
+def test_fusion_bad_inputs():
+    a = np.zeros((1, 4, 4, 4), np.float32)
+    with pytest.raises(FusionError, match="different shapes"):
+        fuse([a, np.zeros((1, 4, 4, 5), np.float32)])
+    with pytest.raises(FusionError, match="outside"):
+        fuse([a, a + 2])
+    with pytest.raises(FusionError, match="weights"):
+        fuse([a, a], weights=[1])
+    with pytest.raises(FusionError, match="not all zero"):
+        fuse([a, a], weights=[0, 0])
+    with pytest.raises(FusionError, match="unknown fusion method"):
+        fuse([a, a], "median")
+    with pytest.raises(FusionError, match=r"\(T, Z, Y, X\)"):
+        fuse([a[0], a[0]])
+    with pytest.raises(FusionError, match="shape"):
+        aggregated_dice([a], [a[0]])
+
