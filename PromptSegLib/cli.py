@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_dicom import add_subcommands as add_dicom_subcommands
+from .cli_prognosis import add_subcommands as add_prognosis_subcommands
 from .errors import PromptSegError
 
 
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("lookup", nargs="?", help="a name or synonym to resolve")
     voc.set_defaults(func=cmd_vocabulary)
     add_dicom_subcommands(sub)
+    add_prognosis_subcommands(sub)
     return parser
 
 
