@@ -35,7 +35,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .overlay import write_overlay
     from .segfile import write_segmentation
 
-    outputs = [check_writable(p) for p in (args.output, args.overlay, args.boxes) if p]
+    extra = {"overlay": args.overlay, "boxes": args.boxes, "rtstruct": args.rtstruct, "dicom_seg": args.dicom_seg}
+    output = check_writable(args.output)
+    extra = {kind: check_writable(path) for kind, path in extra.items() if path}
+    if ("rtstruct" in extra or "dicom_seg" in extra) and not Path(args.image).is_dir():
+        raise PromptSegError("--rtstruct and --dicom-seg reference the source DICOM series: give a DICOM folder as IMAGE")
     image = read_image(args.image, args.series_uid)
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
     segmenter.check_request(args.modality, args.region, args.target or (), args.target_text or (), args.context_text,
@@ -54,11 +58,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         closer_look(segmenter, image, result, args.modality,
                     indices=list(range(len(result.queries))) if args.closer_look == "all" else None)
-    written = write_segmentation(outputs[0], result)
-    if args.overlay:
-        written.append(write_overlay(outputs[1], result))
-    if args.boxes:
-        written.append(write_detections(outputs[-1], result))
+    written = write_segmentation(output, result)
+    if "overlay" in extra:
+        written.append(write_overlay(extra["overlay"], result))
+    if "boxes" in extra:
+        written.append(write_detections(extra["boxes"], result))
+    if "rtstruct" in extra or "dicom_seg" in extra:
+        from .cli_dicom import collect_warnings, print_report
+        from .dicomseg import export_dicom_seg
+        from .rtstruct import export_rtstruct
+
+        if "rtstruct" in extra:
+            print_report(collect_warnings(export_rtstruct, args.image, result, extra["rtstruct"],
+                                          series_uid=args.series_uid), "RTSTRUCT")
+        if "dicom_seg" in extra:
+            print_report(collect_warnings(export_dicom_seg, args.image, result, extra["dicom_seg"],
+                                          series_uid=args.series_uid), "DICOM SEG")
     for i, query in enumerate(result.queries):
         voxels = int(result.mask(i).sum())
         volume_ml = voxels * float(image.GetSpacing()[0] * image.GetSpacing()[1] * image.GetSpacing()[2]) / 1000.0
@@ -217,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlay", help="also write a PNG picture of the result here")
     seg.add_argument("--boxes", help="also write a JSON of each target's connected components (3D boxes, "
                      "confidence, volume) here")
+    seg.add_argument("--rtstruct", help="also write a DICOM RT Structure Set referencing the input series (IMAGE must "
+                     "be a DICOM folder)")
+    seg.add_argument("--dicom-seg", help="also write a DICOM SEG referencing the input series")
     seg.add_argument("--model", help="model folder (default: the bundled starter model)")
     seg.add_argument("--text-encoder", help="local Hugging Face encoder folder instead of the model's own")
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")

@@ -7,7 +7,7 @@ import sys
 import warnings
 
 
-def _print_report(report, kind: str) -> None:
+def print_report(report, kind: str) -> None:
     for message in report.warnings:
         print(f"promptseg: warning: {message}", file=sys.stderr)
     for name in report.names:
@@ -18,7 +18,7 @@ def _print_report(report, kind: str) -> None:
           + (f"; skipped empty: {', '.join(report.skipped)}" if report.skipped else "") + ")")
 
 
-def _quietly(function, *args, **kwargs):
+def collect_warnings(function, *args, **kwargs):
     """Run an export with its warnings collected; those its report does not hold (e.g. an oblique series)
     are added to it, so each is printed once."""
     from .dicom_series import ObliqueSeriesWarning
@@ -36,17 +36,17 @@ def _quietly(function, *args, **kwargs):
 def cmd_export_rtstruct(args: argparse.Namespace) -> int:
     from .rtstruct import export_rtstruct
 
-    report = _quietly(export_rtstruct, args.ct, args.seg, args.output, series_uid=args.series_uid,
+    report = collect_warnings(export_rtstruct, args.ct, args.seg, args.output, series_uid=args.series_uid,
                       default_interpreted_type=args.default_type, label=args.label)
-    _print_report(report, "RTSTRUCT")
+    print_report(report, "RTSTRUCT")
     return 0
 
 
 def cmd_export_dicom_seg(args: argparse.Namespace) -> int:
     from .dicomseg import export_dicom_seg
 
-    report = _quietly(export_dicom_seg, args.ct, args.seg, args.output, series_uid=args.series_uid)
-    _print_report(report, "DICOM SEG")
+    report = collect_warnings(export_dicom_seg, args.ct, args.seg, args.output, series_uid=args.series_uid)
+    print_report(report, "DICOM SEG")
     return 0
 
 

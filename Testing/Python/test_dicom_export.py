@@ -395,3 +395,19 @@ def test_export_from_a_segmentation_result(tmp_path, chest_dicom, chest_series, 
     export_dicom_seg(chest_dicom, result, tmp_path / "SEG.dcm", fractional=True)
     back = read_dicom_seg(tmp_path / "SEG.dcm", refs)
     assert np.abs(back["left lung"] - probabilities[0]).max() <= 0.5 / 255 + 1e-6
+
+
+def test_segment_writes_rtstruct_and_dicom_seg_in_one_go(tmp_path, chest_dicom, tiny_model_folder, capsys):
+    from PromptSegLib.cli import main
+
+    args = ["segment", str(chest_dicom), "--modality", "CT", "--region", "thorax", "--target", "left lung",
+            "--target", "liver", "--model", str(tiny_model_folder), "--threshold", "0.3", "-q", "--threads", "1",
+            "-o", str(tmp_path / "out.seg.nrrd"), "--rtstruct", str(tmp_path / "rs.dcm"),
+            "--dicom-seg", str(tmp_path / "seg.dcm")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "wrote RTSTRUCT" in out and "wrote DICOM SEG" in out
+    rtstruct = pydicom.dcmread(tmp_path / "rs.dcm")
+    assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == ["left lung", "liver"]
+    assert main(args[:1] + [str(tmp_path / "out.seg.nrrd")] + args[2:]) == 2  # a file, not a DICOM folder
+    assert "give a DICOM folder" in capsys.readouterr().err
