@@ -149,13 +149,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .catalogue import catalogue_entry, load_catalogue, write_catalogue
+    from .catalogue import catalogue_entry, import_model, load_catalogue, user_models_folder, write_catalogue
     from .errors import ModelError
     from .model_io import BUNDLED_MODELS
 
+    if args.import_model:
+        print(f"installed {import_model(args.import_model)}")
     if args.update:
         folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file())
         write_catalogue([catalogue_entry(f) for f in folders])
+    for folder in sorted(user_models_folder().glob("*/config.json")):
+        entry = catalogue_entry(folder.parent)
+        print(f"{entry['name']} {entry['version']}  [imported, verified: {folder.parent}]  "
+              f"{', '.join(entry['modalities'])}: {', '.join(entry['targets'])}")
     for entry in load_catalogue():
         folder = BUNDLED_MODELS / entry["folder"] if entry.get("folder") else None
         try:
@@ -315,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mod = sub.add_parser("models", help="list the model catalogue and check the bundled models")
     mod.add_argument("--update", action="store_true", help="rewrite the catalogue from the bundled model folders")
+    mod.add_argument("--import", dest="import_model", metavar="FOLDER_OR_ZIP",
+                     help="check a model folder (or .zip) and install it in the per-user cache")
     mod.set_defaults(func=cmd_models)
 
     voc = sub.add_parser("vocabulary", help="list known targets, or look one up")

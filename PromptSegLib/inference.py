@@ -14,6 +14,7 @@ import torch
 
 from .errors import Cancelled, InputImageError, PromptError
 from .imageio import validate_volume
+from .catalogue import resolve_model
 from .model_io import Model, load_model
 from .preprocess import IntensityRule, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
@@ -79,7 +80,7 @@ class Segmenter:
     """Runs a PromptSeg model on images with text prompts.
 
     Args:
-        model: a loaded ``Model`` or a model folder (default: the bundled starter model).
+        model: a loaded ``Model``, a model folder, or an installed model's name (default: the bundled starter).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: CPU threads for torch (``None``: torch's default).
         text_encoder: override the model's encoder (a loaded one, or a folder giving the same embedding size).
@@ -89,7 +90,7 @@ class Segmenter:
     def __init__(self, model: Model | str | os.PathLike | None = None, device: str = "auto",
                  threads: int | None = None, text_encoder: str | TextEncoder | None = None,
                  vocabulary: Vocabulary | None = None):
-        self.model = model if isinstance(model, Model) else load_model(model)
+        self.model = model if isinstance(model, Model) else load_model(resolve_model(model))
         self.device = select_device(device, threads)
         self.network = self.model.network.to(self.device).eval()
         self.encoder = (text_encoder if isinstance(text_encoder, TextEncoder)

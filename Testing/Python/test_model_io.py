@@ -73,3 +73,29 @@ def test_foreign_config_is_refused(folder):
     _rewrite_config(folder, lambda c: c.update(architecture="UNETR"))
     with pytest.raises(ModelError, match="not a PromptSeg DuPLUS"):
         load_model(folder)
+
+
+def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatch, capsys):
+    import zipfile
+
+    from PromptSegLib.catalogue import resolve_model
+    from PromptSegLib.cli import main
+
+    monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for file in folder.iterdir():
+            handle.write(file, f"tiny/{file.name}")
+    assert main(["models", "--import", str(archive)]) == 0
+    installed = tmp_path / "home" / "models" / "tiny-untrained"
+    assert "installed" in capsys.readouterr().out and (installed / "weights.safetensors").is_file()
+    assert resolve_model("tiny-untrained") == installed
+    assert load_model(resolve_model("tiny-untrained")).config.name == "tiny-untrained"
+    with pytest.raises(ModelError, match="no model named 'nothing'"):
+        resolve_model("nothing")
+    with open(folder / "weights.safetensors", "r+b") as handle:
+        handle.seek(300)
+        handle.write(b"\x07")
+    assert main(["models", "--import", str(folder)]) == 2  # a corrupted folder is refused, the cache kept
+    assert "sha256" in capsys.readouterr().err
+    load_model(installed)
