@@ -97,6 +97,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
+        self.ui.describeButton.connect("clicked(bool)", self.onDescribeButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         # Bound by hand: the parameter node wrapper has no QPlainTextEdit connector, and the device list is
         # only known at run time.
@@ -240,6 +241,8 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode.outputSegmentation is not segmentationNode:
                 self._parameterNode.outputSegmentation = segmentationNode
             segmentationNode.CreateClosedSurfaceRepresentation()
+            if self.ui.detectionsCheckBox.checked:
+                self.logic.addDetectionROIs(job.result, job.volumeNode)
             self.ui.statusLabel.text = job.message
         except Exception as exc:
             self.ui.statusLabel.text = job.message if job.cancelRequested else str(exc)
@@ -257,6 +260,22 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 editorWidget.saveStateForUndo()
         except Exception:  # Segment Editor not created yet: PromptSeg's own Undo still works
             pass
+
+    def onDescribeButton(self) -> None:
+        """One sentence per segment of the output segmentation, computed on the input volume's grid."""
+        node, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
+        if node is None or volume is None:
+            return
+        segmentation = node.GetSegmentation()
+        lines = []
+        with slicer.util.tryWithErrorDisplay(_("Could not describe the segments."), waitCursor=True):
+            for i in range(segmentation.GetNumberOfSegments()):
+                name = segmentation.GetNthSegment(i).GetName()
+                described = self.logic.describeSegment(node, name, volume, self._parameterNode.modality,
+                                                       self._parameterNode.region)
+                lines.append(f"{name}: {described.sentence}")
+        self.ui.descriptionTextEdit.setPlainText("\n".join(lines))
+        self.ui.descriptionTextEdit.setVisible(bool(lines))
 
     def onUndoButton(self) -> None:
         if self.logic.undo(self._parameterNode.outputSegmentation):

@@ -495,6 +495,42 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         editor.Redo()
         return True
 
+    # ------------------------------------------------------------------ detections and descriptions
+    def addDetectionROIs(self, result, volumeNode, threshold: float | None = None, minVolumeMl: float = 0.0) -> list:
+        """One Markups ROI node per connected component of each target ("liver 1", "liver 2"...), most
+        confident first, placed under the volume's study. The ROI is the component's box in RAS (axis-aligned);
+        its description holds the mean/max probability and the volume."""
+        from PromptSegLib.describe import detect
+
+        threshold = result.threshold if threshold is None else float(threshold)
+        nodes = []
+        for index, query in enumerate(result.queries):
+            for detection in detect(result.probabilities[index], threshold, result.reference, query.name, minVolumeMl):
+                low, high = (np.array(corner) * [-1.0, -1.0, 1.0] for corner in detection.box_lps_mm)
+                roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{query.name} {detection.index}")
+                roi.SetCenter(((low + high) / 2).tolist())
+                roi.SetSize(np.abs(high - low).tolist())
+                roi.SetDescription(f"mean probability {detection.mean_probability:.2f}, max "
+                                   f"{detection.max_probability:.2f}, {detection.volume_ml:.1f} mL")
+                self._placeInStudy(roi, volumeNode)
+                nodes.append(roi)
+        return nodes
+
+    def describeSegment(self, segmentationNode, segmentName: str, volumeNode, modality: str, region: str = ""):
+        """PromptSegLib's description (volume, components, location, intensity, shape, touching segments and
+        one sentence) of a segment, computed on the volume's grid."""
+        from PromptSegLib.describe import describe
+
+        segmentation = segmentationNode.GetSegmentation()
+        if not segmentation.GetSegmentIdBySegmentName(segmentName):
+            raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")
+        masks = {}
+        for i in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(i)
+            masks[segmentation.GetSegment(segmentId).GetName()] = slicer.util.arrayFromSegmentBinaryLabelmap(
+                segmentationNode, segmentId, volumeNode) > 0
+        return describe(segmentName, masks[segmentName], volumeNodeToSimpleITK(volumeNode), modality, region, masks)
+
     # ------------------------------------------------------------------ files
     def saveSegmentation(self, segmentationNode, path) -> Path:
         """Write ``segmentationNode`` to a ``.seg.nrrd`` with Slicer's segmentation storage node."""

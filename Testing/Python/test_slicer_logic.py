@@ -365,3 +365,32 @@ def test_terminology_file_is_the_vocabulary_and_loads_in_slicer(scene):
     assert PromptSegLogic.loadTerminology(terminologies) == CONTEXT_NAME
     categories = {c["CodeMeaning"] for c in terminology_context()["SegmentationCodes"]["Category"]}
     assert terminologies.GetNumberOfCategoriesInTerminology(CONTEXT_NAME) == len(categories)
+
+
+def test_detection_rois_and_descriptions(scene, logic, chest_ct_path, chest_segmentation):
+    from conftest import segment_mask
+
+    from PromptSegLib.inference import SegmentationResult
+    from PromptSegLib.prompts import target_query
+
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    image = sitk.ReadImage(str(chest_ct_path))
+    lungs = np.stack([segment_mask(chest_segmentation, "left lung"), segment_mask(chest_segmentation, "right lung")])
+    result = SegmentationResult([target_query("CT", "left lung"), target_query("CT", "right lung")],
+                                "A computed tomography of the thorax", lungs.astype(np.float32) * 0.9, image, 0.5)
+    rois = logic.addDetectionROIs(result, volume)
+    assert [roi.GetName() for roi in rois] == ["left lung 1", "right lung 1"]
+    left_center = np.array(rois[0].GetCenter())
+    right_center = np.array(rois[1].GetCenter())
+    assert left_center[0] < right_center[0]  # RAS: +x is towards the patient's right
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    assert bounds[0] - 5 <= left_center[0] - rois[0].GetSize()[0] / 2 and left_center[0] + rois[0].GetSize()[0] / 2 <= bounds[1] + 5
+    assert "mean probability 0.90" in rois[0].GetDescription()
+
+    node = logic.writeResult(result, volume)
+    described = logic.describeSegment(node, "left lung", volume, "CT", "thorax")
+    assert described.side == "left" and "right lung" in described.touching
+    assert described.sentence.startswith("One component")
+    with pytest.raises(Exception, match="no segment named 'liver'"):
+        logic.describeSegment(node, "liver", volume, "CT")
