@@ -10,6 +10,7 @@ from typing import Sequence
 
 from .cli_dicom import add_subcommands as add_dicom_subcommands
 from .cli_prognosis import add_subcommands as add_prognosis_subcommands
+from .cli_propagation import add_subcommands as add_propagation_subcommands
 from .errors import PromptSegError
 
 
@@ -330,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     voc.set_defaults(func=cmd_vocabulary)
     add_dicom_subcommands(sub)
     add_prognosis_subcommands(sub)
+    add_propagation_subcommands(sub)
     return parser
 
 

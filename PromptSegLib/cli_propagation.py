@@ -1,0 +1,130 @@
+"""``promptseg train-propagation`` and ``promptseg propagate``: train the slice-propagation model, and carry one
+drawn slice through a volume. Registered into the main parser by :func:`add_subcommands`."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+
+def read_mask(path: str, image, segment: str | None = None, label: int | None = None):
+    """A bool ``(Z, Y, X)`` mask on ``image``'s grid from a ``.seg.nrrd`` segment or a labelmap file."""
+    import SimpleITK as sitk
+
+    from .errors import InputImageError, PromptSegError
+    from .imageio import same_geometry
+    from .outputs import full_suffix
+    from .preprocess import resample_to
+
+    if not Path(path).is_file():
+        raise InputImageError(f"no such mask file: {path}")
+    if full_suffix(path) == ".seg.nrrd":
+        from .segfile import read_segments
+
+        masks = read_segments(path, image)
+        if segment is None:
+            if len(masks) != 1:
+                raise PromptSegError(f"{path} holds {len(masks)} segments; choose one with --segment: {', '.join(masks)}")
+            segment = next(iter(masks))
+        if segment not in masks:
+            raise PromptSegError(f"no segment named {segment!r} in {path}; it has: {', '.join(masks) or 'none'}")
+        return masks[segment], segment
+    try:
+        labels = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputImageError(f"cannot read mask {path}: {str(exc).strip().splitlines()[-1]}") from exc
+    if labels.GetDimension() != 3:
+        raise InputImageError(f"mask {path} is {labels.GetDimension()}D; a 3D mask is needed")
+    if labels.GetSize() != image.GetSize():
+        raise InputImageError(f"mask {path} has size {labels.GetSize()}, the image {image.GetSize()}: "
+                              "mismatched geometry")
+    if not same_geometry(labels, image, 1e-3):
+        labels = resample_to(labels, image, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    array = sitk.GetArrayFromImage(labels)
+    return (array == label if label is not None else array != 0), segment or Path(path).name.split(".")[0]
+
+
+def cmd_train_propagation(args: argparse.Namespace) -> int:
+    import logging
+
+    from .propagation import train_propagation
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    command = "promptseg " + shlex.join(getattr(args, "argv", []) or [])
+    folder = train_propagation(args.spec, args.output, steps=args.steps, widths=tuple(args.widths), v=args.v,
+                               batch_size=args.batch_size, lr=args.lr, input_size=args.input_size,
+                               minutes=args.minutes, seed=args.seed, threads=args.threads, name=args.name,
+                               version=args.version, command=command, evaluate=not args.no_evaluate)
+    print(f"wrote model {folder}")
+    return 0
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .cli import _progress_bar
+    from .imageio import read_image
+    from .inference import SegmentationResult
+    from .outputs import check_writable
+    from .prompts import raw_target_query
+    from .propagation import Propagator, propagate
+    from .segfile import write_segmentation
+
+    output = check_writable(args.output)
+    image = read_image(args.image, args.series_uid)
+    mask, name = read_mask(args.mask, image, args.segment, args.label)
+    propagator = Propagator(args.model, threads=args.threads)
+    update, close = _progress_bar(not args.quiet)
+    try:
+        result = propagate(propagator, sitk.GetArrayViewFromImage(image), mask, args.slice, args.axis,
+                           start=args.start, stop=args.stop, ssim_threshold=args.ssim_threshold, progress=update)
+    finally:
+        close()
+    seg = SegmentationResult([raw_target_query(name)], "", result.mask[None].astype(np.float32), image, 0.5)
+    written = write_segmentation(output, seg)
+    voxels = int(result.mask.sum())
+    volume_ml = voxels * float(np.prod(image.GetSpacing())) / 1000.0
+    print(f"{name}: {len(result.written)} slices propagated, {volume_ml:.1f} mL ({voxels} voxels); "
+          + "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in result.stopped.items()))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Register ``train-propagation`` and ``propagate`` on the main parser's subparsers."""
+    tr = sub.add_parser("train-propagation", help="train the slice-propagation model on a dataset spec (JSON)")
+    tr.add_argument("spec", help="dataset spec JSON (labels optional: every non-zero value is a structure)")
+    tr.add_argument("-o", "--output", required=True, help="model folder to write")
+    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--minutes", type=float, help="stop after this much wall time even if steps remain")
+    tr.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128],
+                    help="channels per level (paper: 32 64 128 256 512)")
+    tr.add_argument("--v", type=int, default=7, help="largest prompt-query distance in slices (paper: 7 or 12)")
+    tr.add_argument("--batch-size", type=int, default=12)
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--input-size", type=int, default=96, help="network input side in pixels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--name", default="promptseg-propagation")
+    tr.add_argument("--version", default="0.1.0")
+    tr.add_argument("--no-evaluate", action="store_true", help="skip the held-out Dice in the card")
+    tr.set_defaults(func=cmd_train_propagation)
+
+    pr = sub.add_parser("propagate", help="carry a mask drawn on one slice through the volume")
+    pr.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
+    pr.add_argument("--mask", required=True, help="mask file (.nii.gz, .nrrd) or a .seg.nrrd with --segment")
+    pr.add_argument("--segment", help="segment name in a .seg.nrrd")
+    pr.add_argument("--label", type=int, help="label value in a labelmap mask (default: any non-zero)")
+    pr.add_argument("--slice", type=int, required=True, help="prompt slice index along --axis")
+    pr.add_argument("--axis", default="axial", help="axial, coronal or sagittal")
+    pr.add_argument("--start", type=int, help="first slice to fill (default: the first)")
+    pr.add_argument("--stop", type=int, help="last slice to fill (default: the last)")
+    pr.add_argument("--ssim-threshold", type=float, help="re-prompt below this SSIM (default: the model's, 0.6)")
+    pr.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ .labels.json)")
+    pr.add_argument("--model", help="propagation model folder (default: the bundled one)")
+    pr.add_argument("--series-uid", help="which DICOM series when the folder holds several")
+    pr.add_argument("--threads", type=int, default=1)
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_propagate)
