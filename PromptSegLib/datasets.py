@@ -138,6 +138,13 @@ class PreparedCase:
     label: np.ndarray
     label_original: sitk.Image
 
+    def points(self, target: str) -> np.ndarray:
+        """Indices ``(N, 3)`` of ``target``'s voxels on the model grid (computed once)."""
+        cache = self.__dict__.setdefault("_points", {})
+        if target not in cache:
+            cache[target] = np.argwhere(np.isin(self.label, self.dataset.values_of(target)))
+        return cache[target]
+
     def masks(self, targets: list[str], label: np.ndarray | None = None) -> np.ndarray:
         """Binary ground truth ``(T, ...)`` for ``targets`` from ``label`` (default: the whole case)."""
         label = self.label if label is None else label

@@ -68,16 +68,17 @@ class TrainConfig:
 
 def crop(case: PreparedCase, patch: tuple[int, int, int], foreground_ratio: float,
          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A ``patch``-sized crop of image and label, centred on foreground with probability ``foreground_ratio``.
+    """A ``patch``-sized crop of image and label, centred with probability ``foreground_ratio`` on a voxel of
+    a target drawn uniformly among the case's present targets (so a target made of many label values, such
+    as the vertebrae, is not drawn more often than the liver).
 
     Out-of-volume parts are padded with the image minimum (label 0).
     """
     shape = np.array(case.label.shape)
     size = np.array(patch)
-    foreground = np.isin(case.label, list(case.dataset.labels))
-    if rng.random() < foreground_ratio and foreground.any():
-        values = [v for v in case.dataset.labels if (case.label == v).any()]
-        points = np.argwhere(case.label == rng.choice(values))
+    present = [t for t in case.dataset.targets if len(case.points(t))]
+    if rng.random() < foreground_ratio and present:
+        points = case.points(present[rng.integers(len(present))])
         centre = points[rng.integers(len(points))]
     else:
         centre = np.array([rng.integers(0, s) for s in shape])
