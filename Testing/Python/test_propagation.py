@@ -1,0 +1,321 @@
+"""Slice propagation: the training-sample rules, propagation mechanics (user-fixed slices, range, cancel,
+SSIM re-prompting, memory), bad inputs, the model folder, the commands, and the bundled checkpoint's Dice
+on held-out real volumes (the floor its model card states)."""
+from __future__ import annotations
+
+import json
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from PromptSegLib.cli import main
+from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptSegError
+from PromptSegLib.metrics import dice
+from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, TEST_DICE_FLOOR, LabelledVolume, PropagationModel,
+                                      Propagator, SampleGenerator, corrupt_prompt, largest_slice,
+                                      load_propagation_model, load_propagation_spec, load_volume, propagate,
+                                      save_propagation_model, take_slice, train_propagation)
+from PromptSegLib.propagation_net import PromptUNet2D, PropagationNetConfig
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "Resources" / "Training" / "propagation.json"
+SHARED = REPO.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not (SHARED / "sts_pet_ct_mr").is_dir(), reason="../shared/data not present")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def ball_volume(shape=(40, 48, 48), name="balls") -> LabelledVolume:
+    """Two labelled ellipsoids; the image is the label drawn in intensities over a gentle background ramp."""
+    z, y, x = np.indices(shape)
+    label = np.zeros(shape, np.uint8)
+    label[((z - 20) / 12.0) ** 2 + ((y - 20) / 9.0) ** 2 + ((x - 18) / 8.0) ** 2 <= 1] = 1
+    label[((z - 22) / 8.0) ** 2 + ((y - 30) / 6.0) ** 2 + ((x - 32) / 7.0) ** 2 <= 1] = 2
+    image = (1000.0 * (label > 0) + 2.0 * x).astype(np.float32)
+    return LabelledVolume(name, image, label, {"a": [1], "b": [2]})
+
+
+class CopyForward(Propagator):
+    """A stand-in network: the prompt mask carried over unchanged, vanishing on constant (blank) slices."""
+
+    def __init__(self):
+        self.model = PropagationModel.untrained(seed=0)
+        self.config = self.model.config
+        self.calls = 0
+
+    def predict_boxes(self, q, p, m):
+        self.calls += 1
+        return m if q.any() else np.zeros_like(m)
+
+
+def cylinder(slices=30, side=40) -> tuple[np.ndarray, np.ndarray]:
+    z, y, x = np.indices((slices, side, side))
+    mask = (y - side / 2) ** 2 + (x - side / 2) ** 2 <= 64
+    image = (np.sin(x / 3.0) * 50 + 500 * mask + y).astype(np.float32)
+    return image, mask
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Propagator:
+    if not BUNDLED_PROPAGATION_MODEL.is_dir():
+        pytest.skip("no bundled propagation model")
+    return Propagator(None, threads=1)
+
+
+# --------------------------------------------------------------------------------------- training samples
+def test_samples_follow_the_rules():
+    volume = ball_volume()
+    generator = SampleGenerator([volume], v=3, size=32, seed=1)
+    cropped = 0
+    for _ in range(200):
+        s = generator()
+        assert 1 <= abs(s.prompt_index - s.query_index) <= 3
+        assert s.axis in (0, 1, 2) and 1 <= len(s.units) <= 4 and len(set(s.units)) == len(s.units)
+        query_mask = take_slice(volume.mask(s.units), s.axis, s.query_index)
+        prompt_mask = take_slice(volume.mask(s.units), s.axis, s.prompt_index)
+        assert (query_mask & prompt_mask).any(), "query and prompt masks must overlap"
+        assert 0.0 <= s.dropped_fraction <= 0.3
+        for array in (s.query, s.prompt_image, s.prompt_mask, s.target):
+            assert array.shape == (32, 32) and array.dtype == np.float32
+        assert 0.0 <= s.query.min() and s.query.max() <= 1.0
+        cropped += s.cropped
+    assert 0.6 <= cropped / 200 <= 0.8  # 70 % crops
+    assert {len(generator().units) for _ in range(100)} == {1, 2}  # both structures get merged sometimes
+    assert {generator().axis for _ in range(60)} == {0, 1, 2}
+
+
+def test_synchronized_augmentation_keeps_image_and_mask_aligned():
+    volume = ball_volume()
+    generator = SampleGenerator([volume], v=2, size=48, seed=3)
+    for _ in range(40):
+        s = generator()
+        bright = s.query > 0.5  # the structure is the bright part of the image
+        union = take_slice(volume.label > 0, s.axis, s.query_index)
+        if union.sum() > take_slice(volume.mask(s.units), s.axis, s.query_index).sum():
+            continue  # another structure shares the slice: brightness is the union, not the target
+        assert (bright == (s.target > 0.5)).mean() > 0.97
+        # the prompt mask (after corruption) stays inside the bright part of the prompt image
+        inside = (s.prompt_image > 0.5)[s.prompt_mask > 0.5]
+        assert inside.size == 0 or inside.mean() > 0.95
+
+
+def test_prompt_corruption_drops_the_asked_fraction_of_foreground():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 40), np.float32)
+    mask[5:25, 10:30] = 1
+    for fraction in (0.0, 0.1, 0.3):
+        for _ in range(5):
+            out, dropped = corrupt_prompt(mask, fraction, rng)
+            assert np.all(out <= mask)
+            assert mask.sum() - out.sum() == int(np.floor(fraction * mask.sum()))
+            assert dropped == pytest.approx((mask.sum() - out.sum()) / mask.sum())
+
+
+def test_network_shapes_and_fusion():
+    import torch
+
+    net = PromptUNet2D(PropagationNetConfig((4, 8, 16)))
+    x = torch.rand(2, 1, 32, 32)
+    assert net(x, x, (x > 0.5).float()).shape == (2, 1, 32, 32)
+    assert len(net.image_encoder.blocks) == len(net.prompt_encoder.blocks) == 3
+    assert net.prompt_encoder.blocks[0][0].in_channels == 2 and net.image_encoder.blocks[0][0].in_channels == 1
+
+
+# ------------------------------------------------------------------------------------------------ mechanics
+def test_propagates_up_then_down_within_range():
+    image, mask = cylinder()
+    seeded = np.zeros_like(mask)
+    seeded[12] = mask[12]
+    result = propagate(CopyForward(), image, seeded, 12, "axial", start=5, stop=20)
+    assert result.written == list(range(13, 21)) + list(range(11, 4, -1))
+    assert np.array_equal(result.mask[5:21], mask[5:21])
+    assert not result.mask[:5].any() and not result.mask[21:].any()
+    assert not seeded[13].any(), "the input mask is never modified"
+
+
+def test_other_axes():
+    image, mask = cylinder()
+    seeded = np.zeros_like(mask)
+    seeded[:, 20] = mask[:, 20]
+    result = propagate(CopyForward(), image, seeded, 20, "coronal")
+    assert sorted(result.written) == [j for j in range(40) if j != 20]
+    assert np.array_equal(result.mask[:, 5], mask[:, 20]) and np.array_equal(result.mask[:, 20], mask[:, 20])
+
+
+def test_user_fixed_slices_are_never_overwritten_and_propagation_restarts_there():
+    image, mask = cylinder()
+    seeded = np.zeros_like(mask)
+    seeded[10] = mask[10]
+    first = propagate(CopyForward(), image, seeded, 10).mask
+    corrected = np.zeros_like(mask[0])
+    corrected[18:23, 18:23] = True  # the user redraws slice 16 smaller
+    fixed = {10: mask[10], 16: corrected, 25: np.zeros_like(corrected)}
+    result = propagate(CopyForward(), image, first, 16, fixed=fixed)
+    assert np.array_equal(result.mask[16], corrected) and np.array_equal(result.mask[10], mask[10])
+    assert not result.mask[25].any()
+    assert 10 not in result.written and 25 not in result.written and 16 not in result.written
+    assert all(np.array_equal(result.mask[j], corrected) for j in range(11, 25))  # restarted from slice 16
+    assert np.array_equal(result.mask[:10], first[:10]), "beyond a fixed slice nothing changes"
+    assert "fixed slice" in result.stopped[+1] and "fixed slice" in result.stopped[-1]
+
+
+def test_stops_when_the_mask_vanishes():
+    image, mask = cylinder()
+    image[22:] = 7.0  # blank slices: the stand-in network returns nothing there
+    seeded = np.zeros_like(mask)
+    seeded[15] = mask[15]
+    result = propagate(CopyForward(), image, seeded, 15)
+    assert max(result.written) == 21 and "vanished at slice 22" in result.stopped[+1]
+    assert not result.mask[22:].any()
+
+
+def test_ssim_drop_reprompts_from_the_buffer():
+    image, mask = cylinder(slices=12)
+    image[5] = np.random.default_rng(0).normal(0, 300, image[5].shape)  # one slice unlike its neighbours
+    seeded = np.zeros_like(mask)
+    seeded[0] = mask[0]
+    assert 6 in propagate(CopyForward(), image, seeded, 0, ssim_threshold=0.6).reprompts
+    assert propagate(CopyForward(), image, seeded, 0, ssim_threshold=-1.0).reprompts == []
+
+
+def test_cancel_leaves_the_mask_unchanged_and_progress_reports():
+    image, mask = cylinder()
+    seeded = np.zeros_like(mask)
+    seeded[10] = mask[10]
+    before = seeded.copy()
+    cancel, seen = threading.Event(), []
+
+    def progress(fraction, message):
+        seen.append(fraction)
+        if len(seen) == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        propagate(CopyForward(), image, seeded, 10, progress=progress, cancel=cancel)
+    assert np.array_equal(seeded, before)
+    seen.clear()
+    propagate(CopyForward(), image, seeded, 10, progress=lambda f, m: seen.append(f))
+    assert seen == sorted(seen) and seen[-1] == 1.0
+
+
+def test_memory_does_not_grow_with_the_number_of_slices():
+    held, extra = [], []
+    for slices in (20, 200):
+        image, mask = cylinder(slices=slices, side=64)
+        seeded = np.zeros_like(mask)
+        seeded[slices // 2] = mask[slices // 2]
+        tracemalloc.start()
+        result = propagate(CopyForward(), image, seeded, slices // 2)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(result.written) == slices - 1
+        held.append(result.max_slices_held)
+        extra.append(peak - result.mask.nbytes)  # beyond the output itself
+    assert held[0] == held[1] <= 5
+    assert extra[1] < extra[0] + 256 * 1024, f"working memory grew with the volume: {extra}"
+
+
+def test_bad_inputs():
+    image, mask = cylinder()
+    propagator = CopyForward()
+    with pytest.raises(PromptSegError, match="holds no mask"):
+        propagate(propagator, image, mask, 5, fixed={5: np.zeros_like(mask[5])})  # the user erased it
+    empty = np.zeros_like(mask)
+    with pytest.raises(PromptSegError, match="holds no mask"):
+        propagate(propagator, image, empty, 5)
+    for outside in (-1, 30, 100):
+        with pytest.raises(PromptSegError, match="outside the volume"):
+            propagate(propagator, image, mask, outside)
+    with pytest.raises(InputImageError, match="3D"):
+        propagate(propagator, image[0], mask[0], 0)
+    with pytest.raises(InputImageError, match="does not match"):
+        propagate(propagator, image, mask[:, :-1], 5)
+    with pytest.raises(PromptSegError, match="axis"):
+        propagate(propagator, image, mask, 5, axis="oblique")
+    with pytest.raises(PromptSegError, match="range"):
+        propagate(propagator, image, mask, 5, start=8, stop=20)
+
+
+# --------------------------------------------------------------------------------------------- model folder
+def test_model_folder_round_trip_and_tampering(tmp_path):
+    model = PropagationModel.untrained()
+    folder = save_propagation_model(tmp_path / "prop", model, "# card\n")
+    loaded = load_propagation_model(folder)
+    assert loaded.config.to_dict() == model.config.to_dict()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "promptseg-propagation-model"
+    (folder / "config.json").write_text(json.dumps({**config, "input_size": 64}))
+    with pytest.raises(ModelError, match="sha256"):
+        load_propagation_model(folder)
+    from PromptSegLib.model_io import load_model
+
+    fresh = save_propagation_model(tmp_path / "prop2", model, "# card\n")
+    with pytest.raises(ModelError, match="not a PromptSeg DuPLUS"):
+        load_model(fresh)
+
+
+@needs_data
+def test_train_propagation_writes_a_model_with_card(tmp_path):
+    spec = {"datasets": [{"name": "sts_pet", "modality": "PET", "labels": {"1": "GTV"}, "cases": [
+        {"id": f"STS_00{i}", "split": "val" if i == 3 else "train",
+         "image": str(SHARED / f"sts_pet_ct_mr/nifti/STS_00{i}/PET_image.nii.gz"),
+         "label": str(SHARED / f"sts_pet_ct_mr/nifti/STS_00{i}/PET_mask.nii.gz")} for i in (1, 2, 3)]}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    folder = train_propagation(tmp_path / "spec.json", tmp_path / "model", steps=2, widths=(4, 8), batch_size=2,
+                               input_size=32, command="promptseg train-propagation spec.json -o model")
+    model = load_propagation_model(folder)
+    assert model.config.training["steps"] == 2 and model.config.network.widths == (4, 8)
+    card = (folder / "README.md").read_text()
+    assert "promptseg train-propagation spec.json -o model" in card and "STS_003" in card and "| all | 1 |" in card
+
+
+# ---------------------------------------------------------------------------------------- real data, CLI
+def held_out(dataset_name: str, case_id: str) -> LabelledVolume:
+    dataset = next(d for d in load_propagation_spec(SPEC) if d["name"] == dataset_name)
+    case = next(c for c in dataset["cases"] if c["id"] == case_id)
+    assert case["split"] == "val"
+    return load_volume(dataset, case)
+
+
+@needs_data
+@pytest.mark.parametrize("dataset, case, values", [("sts_ct", "STS_030", [1]),
+                                                   ("brats_flair", "pat0006", [1, 2, 3, 4])])
+def test_bundled_model_dice_on_held_out_volumes(bundled, dataset, case, values):
+    volume = held_out(dataset, case)
+    truth = np.isin(volume.label, values)
+    k = largest_slice(truth)
+    seeded = np.zeros_like(truth)
+    seeded[k] = truth[k]
+    result = propagate(bundled, volume.image, seeded, k)
+    assert dice(result.mask, truth) >= TEST_DICE_FLOOR
+    assert f"at least {TEST_DICE_FLOOR}" in (BUNDLED_PROPAGATION_MODEL / "README.md").read_text()
+
+
+@needs_data
+def test_propagate_command_writes_a_segmentation(tmp_path, bundled, capsys):
+    folder = SHARED / "sts_pet_ct_mr" / "nifti" / "STS_030"
+    truth = sitk.ReadImage(str(folder / "CT_mask.nii.gz"))
+    array = sitk.GetArrayFromImage(truth)
+    k = largest_slice(array > 0)
+    drawn = np.zeros_like(array)
+    drawn[k] = array[k]
+    prompt = sitk.GetImageFromArray(drawn)
+    prompt.CopyInformation(truth)
+    sitk.WriteImage(prompt, str(tmp_path / "drawn.nii.gz"))
+    out = tmp_path / "gtv.seg.nrrd"
+    code = main(["propagate", str(folder / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"),
+                 "--slice", str(k), "--axis", "axial", "-o", str(out), "-q"])
+    assert code == 0 and out.is_file()
+    from PromptSegLib.segfile import read_segments
+
+    masks = read_segments(out, sitk.ReadImage(str(folder / "CT_image.nii.gz")))
+    assert dice(next(iter(masks.values())), array > 0) >= TEST_DICE_FLOOR
+    assert main(["propagate", str(folder / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"),
+                 "--slice", "0", "-o", str(tmp_path / "x.nii.gz"), "-q"]) == 2
+    assert "holds no mask" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    assert main(["propagate", str(folder / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"),
+                 "--slice", "9999", "-o", str(tmp_path / "x.nii.gz"), "-q"]) == 2
+    assert "outside the volume" in capsys.readouterr().err
