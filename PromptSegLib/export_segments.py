@@ -129,7 +129,7 @@ def on_grid(segment_set: SegmentSet, reference: sitk.Image) -> list[ExportSegmen
                   "resampled onto the series grid (nearest neighbour)", ExportWarning, stacklevel=2)
     out = []
     for segment in segment_set.segments:
-        moved = _resample(segment.mask.astype(np.uint8), segment_set.grid, reference, sitk.sitkNearestNeighbor) > 0
+        moved = resample_mask(segment.mask, segment_set.grid, reference)
         if segment.mask.any() and not moved.any():
             raise InputImageError(f"segment {segment.name!r} lies outside the DICOM series' volume")
         probability = None
@@ -139,6 +139,13 @@ def on_grid(segment_set: SegmentSet, reference: sitk.Image) -> list[ExportSegmen
         out.append(ExportSegment(segment.name, moved, segment.color, segment.terminology, segment.interpreted_type,
                                  probability))
     return out
+
+
+def resample_mask(mask: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """A ``(Z, Y, X)`` mask on ``grid`` moved onto ``reference``'s grid (nearest neighbour, physical space)."""
+    if same_geometry(grid, reference, tolerance=1e-3):
+        return mask.astype(bool)
+    return _resample(mask.astype(np.uint8), grid, reference, sitk.sitkNearestNeighbor) > 0
 
 
 def _resample(array: np.ndarray, grid: sitk.Image, reference: sitk.Image, interpolator) -> np.ndarray:

@@ -145,24 +145,10 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, n
         raise OutputError(f"no such segmentation file: {path}")
     suffix = full_suffix(path)
     if suffix == ".seg.nrrd":
-        import slicerio
+        from .export_segments import read_seg_nrrd, resample_mask
 
-        segmentation = slicerio.read_segmentation(str(path))
-        voxels = segmentation["voxels"]
-        layers = voxels if voxels.ndim == 4 else voxels[None]
-        matrix = np.asarray(segmentation["ijkToLPS"], dtype=float)
-        offset = np.asarray(segmentation.get("referenceImageExtentOffset") or [0, 0, 0], dtype=float)
-        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-        masks = {}
-        for segment in segmentation["segments"]:
-            stored = sitk.GetImageFromArray((layers[segment["layer"]] == segment["labelValue"]).transpose(2, 1, 0)
-                                            .astype(np.uint8))
-            stored.SetSpacing(spacing.tolist())
-            stored.SetDirection((matrix[:3, :3] / spacing).ravel().tolist())
-            stored.SetOrigin((matrix[:3, 3] + matrix[:3, :3] @ offset).tolist())
-            masks[segment["name"]] = sitk.GetArrayFromImage(
-                resample_to(stored, reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
-        return masks
+        stored = read_seg_nrrd(path)
+        return {s.name: resample_mask(s.mask, stored.grid, reference) for s in stored.segments}
     labels_path = path.with_name(path.name[: -len(suffix)] + ".labels.json")
     labelmap = resample_to(read_image(path), reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
     array = sitk.GetArrayFromImage(labelmap)

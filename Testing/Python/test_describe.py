@@ -96,3 +96,22 @@ def test_prompt_check_runs_every_variant(tiny_model_folder, chest_ct_path, tmp_p
     misspelt = next(r for r in rows if r["variant"] == "misspelling")
     assert misspelt["prompt"] == "A computed tomography of the livr"
     assert all(0.0 <= r["dice_to_reference"] <= 1.0 for r in rows)
+
+
+def test_read_segments_places_a_cropped_seg_nrrd(chest_ct, chest_segmentation, masks, tmp_path):
+    import slicerio
+
+    from PromptSegLib.segfile import ijk_to_lps
+
+    left = masks["left lung"]
+    k, j, i = (np.flatnonzero(left.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    start = np.array([i[0], j[0], k[0]])
+    crop = left[k[0]:k[-1] + 1, j[0]:j[-1] + 1, i[0]:i[-1] + 1]
+    matrix = ijk_to_lps(chest_ct)
+    matrix[:3, 3] = matrix[:3, :3] @ start + matrix[:3, 3]  # the stored voxels' own origin
+    slicerio.write_segmentation(str(tmp_path / "crop.seg.nrrd"), {
+        "voxels": crop.transpose(2, 1, 0).astype(np.uint8), "ijkToLPS": matrix,
+        "referenceImageExtentOffset": start.tolist(), "segments": [
+            {"id": "S1", "name": "left lung", "labelValue": 1, "layer": 0, "color": [1, 0, 0]}]})
+    read = read_segments(tmp_path / "crop.seg.nrrd", chest_ct)
+    np.testing.assert_array_equal(read["left lung"], left)
