@@ -98,6 +98,8 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.describeButton.connect("clicked(bool)", self.onDescribeButton)
+        self.ui.exportRTStructButton.connect("clicked(bool)", lambda: self.onExportDicom("rtstruct"))
+        self.ui.exportDicomSegButton.connect("clicked(bool)", lambda: self.onExportDicom("seg"))
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         # Bound by hand: the parameter node wrapper has no QPlainTextEdit connector, and the device list is
         # only known at run time.
@@ -276,6 +278,24 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 lines.append(f"{name}: {described.sentence}")
         self.ui.descriptionTextEdit.setPlainText("\n".join(lines))
         self.ui.descriptionTextEdit.setVisible(bool(lines))
+
+    def onExportDicom(self, kind: str) -> None:
+        """Ask where to write, then export through the logic (the CT series comes from the DICOM database)."""
+        node, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
+        if node is None or volume is None:
+            slicer.util.errorDisplay(_("Choose the input volume and the output segmentation first."))
+            return
+        title = _("Export RT structure set") if kind == "rtstruct" else _("Export DICOM SEG")
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), title, f"{node.GetName()}_{kind}.dcm",
+                                              "DICOM (*.dcm)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            report = self.logic.exportDicom(node, volume, path, kind)
+            lines = [f"wrote {report.path}"] + report.warnings
+            if report.skipped:
+                lines.append(_("skipped empty segments: ") + ", ".join(report.skipped))
+            self.ui.statusLabel.text = "; ".join(lines)
 
     def onUndoButton(self) -> None:
         if self.logic.undo(self._parameterNode.outputSegmentation):

@@ -531,6 +531,48 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                 segmentationNode, segmentId, volumeNode) > 0
         return describe(segmentName, masks[segmentName], volumeNodeToSimpleITK(volumeNode), modality, region, masks)
 
+    # ------------------------------------------------------------------ DICOM export
+    @staticmethod
+    def dicomFilesOfVolume(volumeNode) -> list[str]:
+        """The DICOM files a volume was loaded from (Slicer's DICOM database), empty when it was not."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return []
+        return [f for f in (database.fileForInstance(uid) for uid in uids) if f]
+
+    def exportDicom(self, segmentationNode, volumeNode, outputPath, kind: str = "rtstruct", dicomFolder=None):
+        """Write an RTSTRUCT (``kind="rtstruct"``) or DICOM SEG (``"seg"``) of ``segmentationNode`` that
+        references the CT series ``volumeNode`` was loaded from (or the series in ``dicomFolder``).
+
+        Returns PromptSegLib's export report (names, skipped empty segments, warnings, re-read Dice).
+        """
+        import tempfile
+
+        ensureLibraryImportable()
+        from PromptSegLib.dicomseg import export_dicom_seg
+        from PromptSegLib.rtstruct import export_rtstruct
+
+        if kind not in ("rtstruct", "seg"):
+            raise InputError(f"unknown DICOM export kind {kind!r}: use 'rtstruct' or 'seg'")
+        with tempfile.TemporaryDirectory(prefix="PromptSeg-") as work:
+            if dicomFolder is None:
+                files = self.dicomFilesOfVolume(volumeNode)
+                if not files:
+                    raise InputError(f"'{volumeNode.GetName()}' was not loaded from DICOM: load the CT series "
+                                     "through the DICOM module, or give the folder holding its files")
+                dicomFolder = Path(work) / "series"
+                dicomFolder.mkdir()
+                for index, file in enumerate(files):
+                    (dicomFolder / f"{index:05d}.dcm").symlink_to(file)
+            segmentationFile = Path(work) / "segments.seg.nrrd"
+            storage = slicer.vtkMRMLSegmentationStorageNode()  # not the node's own: its file name stays as it was
+            storage.SetFileName(str(segmentationFile))
+            if not storage.WriteData(segmentationNode):
+                raise OSError(f"could not write the segments of '{segmentationNode.GetName()}' for export")
+            export = export_rtstruct if kind == "rtstruct" else export_dicom_seg
+            return export(dicomFolder, segmentationFile, outputPath)
+
     # ------------------------------------------------------------------ files
     def saveSegmentation(self, segmentationNode, path) -> Path:
         """Write ``segmentationNode`` to a ``.seg.nrrd`` with Slicer's segmentation storage node."""

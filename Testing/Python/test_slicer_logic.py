@@ -394,3 +394,34 @@ def test_detection_rois_and_descriptions(scene, logic, chest_ct_path, chest_segm
     assert described.sentence.startswith("One component")
     with pytest.raises(Exception, match="no segment named 'liver'"):
         logic.describeSegment(node, "liver", volume, "CT")
+
+
+def test_dicom_exports_reference_the_series(scene, logic, chest_ct_path, chest_segmentation, tmp_path):
+    import pydicom
+    from conftest import segment_mask
+    from test_dicom_export import write_ct_series
+
+    from PromptSegLib.inference import SegmentationResult
+    from PromptSegLib.prompts import target_query
+    from PromptSegLib.rtstruct import read_rtstruct
+
+    image = sitk.ReadImage(str(chest_ct_path))
+    series = write_ct_series(image, tmp_path / "series")
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    lungs = np.stack([segment_mask(chest_segmentation, "left lung"), segment_mask(chest_segmentation, "right lung")])
+    result = SegmentationResult([target_query("CT", "left lung"), target_query("CT", "right lung")],
+                                "A computed tomography of the thorax", lungs.astype(np.float32), image, 0.5)
+    node = logic.writeResult(result, volume)
+    storage_before = node.GetStorageNode().GetFileName() if node.GetStorageNode() else None
+
+    report = logic.exportDicom(node, volume, tmp_path / "rs.dcm", "rtstruct", dicomFolder=series)
+    assert report.names == ["left lung", "right lung"] and min(report.dice.values()) >= 0.98
+    dataset = pydicom.dcmread(tmp_path / "rs.dcm")
+    first_ct = pydicom.dcmread(sorted(series.iterdir())[0])
+    assert dataset.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == first_ct.FrameOfReferenceUID
+    rebuilt = read_rtstruct(tmp_path / "rs.dcm", image)
+    assert set(rebuilt) == {"left lung", "right lung"} and rebuilt["left lung"].sum() > 0
+    assert logic.exportDicom(node, volume, tmp_path / "seg.dcm", "seg", dicomFolder=series).names == report.names
+    assert (node.GetStorageNode().GetFileName() if node.GetStorageNode() else None) == storage_before
+    with pytest.raises(Exception, match="not loaded from DICOM"):
+        logic.exportDicom(node, volume, tmp_path / "x.dcm")
