@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from .errors import InputImageError, PromptSegError
 from .imageio import read_image, same_geometry
-from .preprocess import ModelInput, canonical_modality, prepare, resample_to
+from .preprocess import IntensityRule, ModelInput, canonical_modality, prepare, resample_to
 from .vocabulary import Vocabulary, default_vocabulary
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,10 @@ def read_label(case: CaseSpec, image: sitk.Image) -> sitk.Image:
     return sitk.Cast(label, sitk.sitkUInt16)
 
 
-def prepare_case(dataset: DatasetSpec, case: CaseSpec, spacing_mm: float) -> PreparedCase:
-    """Read, check and resample one case to the model grid."""
+def prepare_case(dataset: DatasetSpec, case: CaseSpec, spacing_mm: float,
+                 rules: dict[str, IntensityRule] | None = None) -> PreparedCase:
+    """Read, check and resample one case to the model grid (normalised by ``rules[modality]`` when given,
+    else by the image's own statistics)."""
     image = read_image(case.image)
     label = read_label(case, image)
     values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
@@ -172,14 +174,22 @@ def prepare_case(dataset: DatasetSpec, case: CaseSpec, spacing_mm: float) -> Pre
         log.info("case %s: label values %s of dataset %s do not occur (empty targets there)", case.id, missing, dataset.name)
     if not values & set(dataset.labels):
         log.warning("case %s has no foreground for any target of dataset %s", case.id, dataset.name)
-    model_input = prepare(image, dataset.modality, spacing_mm)
+    model_input = prepare(image, dataset.modality, spacing_mm, (rules or {}).get(dataset.modality))
     on_grid = resample_to(label, model_input.grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
     return PreparedCase(dataset, case, model_input, sitk.GetArrayFromImage(on_grid), label)
 
 
-def prepare_split(datasets: list[DatasetSpec], split: str, spacing_mm: float) -> list[PreparedCase]:
+def ct_rule(datasets: list[DatasetSpec], split: str = "train") -> IntensityRule | None:
+    """The shared CT intensity rule of a split's CT images (None when it has none)."""
+    images = [sitk.GetArrayFromImage(read_image(c.image)) for d in datasets if d.modality == "CT"
+              for c in d.cases if c.split == split]
+    return IntensityRule.fit_many(images, "CT") if images else None
+
+
+def prepare_split(datasets: list[DatasetSpec], split: str, spacing_mm: float,
+                  rules: dict[str, IntensityRule] | None = None) -> list[PreparedCase]:
     """All cases of ``split`` prepared; refuses a split whose cases hold no foreground at all."""
-    cases = [prepare_case(d, c, spacing_mm) for d in datasets for c in d.cases if c.split == split]
+    cases = [prepare_case(d, c, spacing_mm, rules) for d in datasets for c in d.cases if c.split == split]
     if split == "train":
         if not cases:
             raise PromptSegError("the dataset spec has no training cases")

@@ -16,7 +16,7 @@ from .errors import Cancelled, InputImageError, PromptError
 from .imageio import validate_volume
 from .catalogue import resolve_model
 from .model_io import Model, load_model
-from .preprocess import IntensityRule, canonical_modality, prepare, to_original_grid
+from .preprocess import CT_WINDOW_HU, IntensityRule, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary
@@ -123,6 +123,15 @@ class Segmenter:
             raise PromptError("give a body region or a context text")
         return context_prompt(modality, self.vocabulary.region(region).name)
 
+    def intensity_rule(self, modality: str) -> IntensityRule | None:
+        """The model's fixed intensity rule for ``modality`` (CT), or None to use each image's own statistics."""
+        modality = canonical_modality(modality)
+        stats = self.model.config.intensity.get(modality)
+        if not stats:
+            return None
+        low, high = CT_WINDOW_HU
+        return IntensityRule(low, high, stats[0], stats[1])
+
     def check_request(self, modality: str, region: str | None = None, targets: Sequence[str] = (),
                       target_texts: Sequence[str] = (), context_text: str | None = None,
                       allow_untrained: bool = False) -> tuple[str, list[TargetQuery], str]:
@@ -168,7 +177,8 @@ class Segmenter:
         modality, queries, context = self.check_request(modality, region, targets, target_texts, context_text,
                                                         allow_untrained)
         report(0.0, "preparing the volume")
-        prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm, intensity)
+        prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
+                           intensity or self.intensity_rule(modality))
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
         logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], prepared.array.shape,
                                            overlap, report, cancel)
@@ -178,7 +188,8 @@ class Segmenter:
         with torch.inference_mode(), self._autocast():
             probabilities = sliding_window_inference(
                 volume, roi_size=self.model.config.patch_size, sw_batch_size=sw_batch_size, predictor=logits_fn,
-                overlap=overlap, mode="gaussian", sw_device=self.device, device=torch.device("cpu"))
+                overlap=overlap, mode="gaussian", sw_device=self.device, device=torch.device("cpu"),
+                padding_mode="constant", cval=float(prepared.array.min()))  # pad as training crops are: background
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
         report(0.95, "mapping back to the input grid")

@@ -37,6 +37,8 @@ class ModelConfig:
         targets: target names (vocabulary names) the model was trained on.
         regions: body regions seen in training, per modality: ``{"CT": ["abdomen", ...]}``.
         threshold: probability above which a voxel belongs to a target.
+        intensity: fixed z-score statistics per modality, ``{"CT": [mean, std]}`` of the clipped HU of the
+            training data; modalities not listed are z-scored with each image's own statistics.
     """
 
     name: str
@@ -48,13 +50,14 @@ class ModelConfig:
     targets: list[str] = field(default_factory=list)
     regions: dict[str, list[str]] = field(default_factory=dict)
     threshold: float = 0.5
+    intensity: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
                 "architecture": "DuPLUS", "network": self.network.to_dict(), "patch_size": list(self.patch_size),
                 "spacing_mm": self.spacing_mm, "text_encoder": {"id": self.text_encoder, "dim": self.network.text_dim},
                 "modalities": list(self.network.modalities), "targets": self.targets, "regions": self.regions,
-                "threshold": self.threshold}
+                "threshold": self.threshold, "intensity": self.intensity}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -68,7 +71,8 @@ class ModelConfig:
             config = cls(name=data["name"], version=str(data["version"]), network=network,
                          patch_size=tuple(int(v) for v in data["patch_size"]), spacing_mm=float(data["spacing_mm"]),
                          text_encoder=data["text_encoder"]["id"], targets=list(data.get("targets", [])),
-                         regions=dict(data.get("regions", {})), threshold=float(data.get("threshold", 0.5)))
+                         regions=dict(data.get("regions", {})), threshold=float(data.get("threshold", 0.5)),
+                         intensity={m: [float(v) for v in stats] for m, stats in data.get("intensity", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
         if any(p % network.divisor for p in config.patch_size):

@@ -58,6 +58,23 @@ class IntensityRule:
                 "is the modality right?")
         return cls(float(low), float(high), float(clipped.mean()), std)
 
+    @classmethod
+    def fit_many(cls, arrays: list[np.ndarray], modality: str) -> "IntensityRule":
+        """One rule for a whole training set: the window (CT) and the mean and std of all clipped voxels.
+
+        Used for CT, whose HU are absolute: a model then normalises every scan alike, whatever its field of
+        view, instead of by the scan's own statistics.
+        """
+        if canonical_modality(modality) != "CT":
+            raise ValueError("a shared intensity rule is only defined for CT")
+        low, high = CT_WINDOW_HU
+        total, total_sq, count = 0.0, 0.0, 0
+        for array in arrays:
+            clipped = np.clip(np.asarray(array, dtype=np.float64), low, high)
+            total, total_sq, count = total + clipped.sum(), total_sq + (clipped**2).sum(), count + clipped.size
+        mean = total / count
+        return cls(low, high, float(mean), float(np.sqrt(max(total_sq / count - mean**2, 1e-12))))
+
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Normalised float32 copy of ``array``."""
         out = np.clip(np.asarray(array, dtype=np.float32), self.low, self.high)

@@ -38,7 +38,7 @@ def closer_look(segmenter: Segmenter, image: sitk.Image, result: SegmentationRes
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     if indices is None:
         indices = [i for i in range(len(result.queries)) if 0 < result.mask(i).sum() * voxel_ml < max_volume_ml]
-    rule = IntensityRule.fit(sitk.GetArrayViewFromImage(image), modality)
+    rule = segmenter.intensity_rule(modality) or IntensityRule.fit(sitk.GetArrayViewFromImage(image), modality)
     spacing = segmenter.model.config.spacing_mm * spacing_factor
     refined = []
     for i in indices:

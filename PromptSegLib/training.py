@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .datasets import PreparedCase, load_spec, prepare_split
+from .datasets import PreparedCase, ct_rule, load_spec, prepare_split
 from .errors import PromptSegError
 from .evaluation import evaluate_cases, markdown_table, summarize
 from .inference import Segmenter, select_device
-from .model_io import Model, ModelConfig, load_model, save_model
+from .model_io import Model, ModelConfig, load_model, read_config, save_model
 from .network import DuPLUSNet, NetworkConfig, count_parameters
-from .preprocess import MODALITIES
+from .preprocess import CT_WINDOW_HU, MODALITIES, IntensityRule
 from .prompts import paraphrases
 from .text_encoder import TextEncoder
 from .vocabulary import default_vocabulary
@@ -181,15 +181,17 @@ def train(config: TrainConfig) -> Path:
     rng = np.random.default_rng(config.seed + rank)
     torch.manual_seed(config.seed + rank)
     datasets = load_spec(config.spec)
-    train_cases = prepare_split(datasets, "train", config.spacing_mm)
-    val_cases = prepare_split(datasets, "val", config.spacing_mm) if rank == 0 else []
+    rules = _intensity_rules(config, datasets)
+    train_cases = prepare_split(datasets, "train", config.spacing_mm, rules)
+    val_cases = prepare_split(datasets, "val", config.spacing_mm, rules) if rank == 0 else []
     encoder = TextEncoder(config.text_encoder)
     bank = PromptBank(encoder, train_cases)
     network, base = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim)
     targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base.targets if base else []))
     model_config = ModelConfig(
         config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
-        targets, _regions(train_cases, base))
+        targets, _regions(train_cases, base),
+        intensity={m: [rule.mean, rule.std] for m, rule in rules.items()})
     if config.freeze_backbone:
         for name, parameter in network.named_parameters():
             new_input = name.startswith("inputs.") and base and name.split(".")[1] not in base.network.modalities
@@ -286,6 +288,16 @@ def _tensorboard(folder: Path):
     except ImportError:
         return None
     return SummaryWriter(str(folder / "tensorboard"))
+
+
+def _intensity_rules(config: TrainConfig, datasets) -> dict[str, IntensityRule]:
+    """CT's shared z-score statistics: the fine-tuned model's own, else those of the training CTs."""
+    if config.init:
+        stats = read_config(config.init).intensity.get("CT")
+        if stats:
+            return {"CT": IntensityRule(*CT_WINDOW_HU, *stats)}
+    rule = ct_rule(datasets)
+    return {"CT": rule} if rule else {}
 
 
 def _regions(cases: list[PreparedCase], base: ModelConfig | None) -> dict[str, list[str]]:

@@ -75,3 +75,15 @@ def test_prepare_handles_oblique_input(chest_ct):
 def test_bad_spacing(chest_ct):
     with pytest.raises(InputImageError, match="spacing"):
         prepare(chest_ct, "CT", 0)
+
+
+def test_shared_ct_rule_is_the_z_score_of_all_voxels(chest_ct):
+    array = sitk.GetArrayFromImage(chest_ct)
+    halves = [array[:17], array[17:]]
+    shared = IntensityRule.fit_many(halves, "CT")
+    whole = IntensityRule.fit(array, "CT")
+    assert (shared.mean, shared.std) == pytest.approx((whole.mean, whole.std), rel=1e-5)
+    # a fixed rule normalises a crop exactly as the whole scan: the field of view no longer matters
+    np.testing.assert_allclose(shared.apply(halves[0]), whole.apply(array)[:17], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError):
+        IntensityRule.fit_many(halves, "MR")
