@@ -54,7 +54,8 @@ def cmd_train_propagation(args: argparse.Namespace) -> int:
     folder = train_propagation(args.spec, args.output, steps=args.steps, widths=tuple(args.widths), v=args.v,
                                batch_size=args.batch_size, lr=args.lr, input_size=args.input_size,
                                minutes=args.minutes, seed=args.seed, threads=args.threads, name=args.name,
-                               version=args.version, command=command, evaluate=not args.no_evaluate)
+                               version=args.version, command=command, evaluate=not args.no_evaluate,
+                               end_fraction=args.end_fraction, init=args.init)
     print(f"wrote model {folder}")
     return 0
 
@@ -68,16 +69,23 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     from .inference import SegmentationResult
     from .outputs import check_writable
     from .prompts import raw_target_query
-    from .propagation import Propagator, propagate
+    from .errors import PromptSegError
+    from .propagation import Propagator, propagate, resolve_axis, take_slice
     from .segfile import write_segmentation
 
     output = check_writable(args.output)
     image = read_image(args.image, args.series_uid)
     mask, name = read_mask(args.mask, image, args.segment, args.label)
     propagator = Propagator(args.model, threads=args.threads)
+    axis = resolve_axis(args.axis)
+    fixed = {}
+    for k in args.keep or ():
+        if not 0 <= k < mask.shape[axis]:
+            raise PromptSegError(f"--keep slice {k} is outside the volume (slices 0..{mask.shape[axis] - 1})")
+        fixed[k] = take_slice(mask, axis, k)
     update, close = _progress_bar(not args.quiet)
     try:
-        result = propagate(propagator, sitk.GetArrayViewFromImage(image), mask, args.slice, args.axis,
+        result = propagate(propagator, sitk.GetArrayViewFromImage(image), mask, args.slice, axis, fixed=fixed,
                            start=args.start, stop=args.stop, ssim_threshold=args.ssim_threshold, progress=update)
     finally:
         close()
@@ -109,6 +117,9 @@ def add_subcommands(sub) -> None:
     tr.add_argument("--threads", type=int, default=1)
     tr.add_argument("--name", default="promptseg-propagation")
     tr.add_argument("--version", default="0.1.0")
+    tr.add_argument("--end-fraction", type=float, default=0.1,
+                    help="share of samples whose query lies past a structure's end (empty target)")
+    tr.add_argument("--init", help="propagation model folder to fine-tune (keeps its widths and input size)")
     tr.add_argument("--no-evaluate", action="store_true", help="skip the held-out Dice in the card")
     tr.set_defaults(func=cmd_train_propagation)
 
@@ -121,6 +132,8 @@ def add_subcommands(sub) -> None:
     pr.add_argument("--axis", default="axial", help="axial, coronal or sagittal")
     pr.add_argument("--start", type=int, help="first slice to fill (default: the first)")
     pr.add_argument("--stop", type=int, help="last slice to fill (default: the last)")
+    pr.add_argument("--keep", type=int, action="append",
+                    help="a slice of MASK the user drew or corrected: kept as is, propagation stops there (repeatable)")
     pr.add_argument("--ssim-threshold", type=float, help="re-prompt below this SSIM (default: the model's, 0.6)")
     pr.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ .labels.json)")
     pr.add_argument("--model", help="propagation model folder (default: the bundled one)")
