@@ -893,8 +893,11 @@ structure. Computed by `train_propagation` right after training.
 {table or '(no held-out cases in the spec)'}{per_structure}{floor}
 ## Limits
 
-Trained briefly on a CPU on a few dozen volumes: expect errors where a structure splits, merges or touches a
-similar neighbour; correct a slice and propagate again from it. Not a medical device.
+Trained briefly on a CPU on a few dozen volumes. Near the prompt it follows the structure well (Dice +-5 and
++-10 above); far from it, and above all past a structure's ends, the mask often fails to vanish and runs on
+(whole-structure Dice well below the near-prompt Dice, worst for sarcoma GTVs whose edges barely show on CT):
+set the range limits to the structure's first and last slice, or correct a slice and propagate again from it.
+Expect errors where a structure splits, merges or touches a similar neighbour. Not a medical device.
 """
 
 
