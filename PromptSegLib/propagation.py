@@ -803,6 +803,10 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
             progress(step / steps, f"step {step} loss {losses[-1]:.3f}")
     train_seconds = time.perf_counter() - began
     network.eval()
+    with torch.no_grad():  # evaluate what is shipped: the fp16-rounded weights
+        for tensor in network.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
     model = PropagationModel(config, network)
     groups: dict[str, dict[str, int]] = {}
     for d in datasets:
@@ -888,7 +892,8 @@ min-max normalised at its {config.quantiles[0]:g}/{config.quantiles[1]:g} percen
 
 Axial propagation of each structure from its largest slice (the ground-truth mask of that slice is the only
 input); 3D Dice within +-5 and +-10 slices of the prompt (prompt slice excluded) and over the whole
-structure. Computed by `train_propagation` right after training.
+structure. Computed by `evaluate_volumes` on the saved fp16 weights (at the end of `train_propagation`, or by
+`refresh_card` after a change of the card's code).
 
 {table or '(no held-out cases in the spec)'}{per_structure}{floor}
 ## Limits
