@@ -200,7 +200,7 @@ def train(config: TrainConfig) -> Path:
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * 0.01)
-    step = 0
+    step = resumed_at = 0
     config.work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = config.work_dir / "checkpoint.pt"
     if config.resume and checkpoint.exists():
@@ -208,7 +208,7 @@ def train(config: TrainConfig) -> Path:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step = resumed_at = state["step"]
         rng = np.random.default_rng(state["seed"] + step + rank)
         log.info("resumed from %s at step %d", checkpoint, step)
     model = torch.nn.parallel.DistributedDataParallel(network) if world > 1 else network
@@ -274,7 +274,8 @@ def train(config: TrainConfig) -> Path:
             board.close()
     if rank == 0:
         seconds = time.time() - started
-        card = model_card(config, model_config, train_cases, val_cases, validation, seconds, device, count_parameters(network))
+        card = model_card(config, model_config, train_cases, val_cases, validation, seconds, device,
+                          count_parameters(network), resumed_at)
         save_model(config.output, network.cpu(), model_config, card)
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -357,7 +358,7 @@ def _bar(total: int, start: int, enabled: bool):
 
 def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
                val_cases: list[PreparedCase], validation: dict[str, float], seconds: float, device: torch.device,
-               parameters: int) -> str:
+               parameters: int, resumed_at: int = 0) -> str:
     """The model card: command, data, split, time, hardware and the validation Dice this run measured."""
     import platform
 
@@ -374,7 +375,10 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
               "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
-              f"- time: {seconds / 60:.1f} min on {hardware}", f"- text encoder: {model_config.text_encoder} (frozen)", "",
+              f"- time: {seconds / 60:.1f} min on {hardware}"
+              + (f" for steps {resumed_at + 1}-{config.steps}; resumed from the checkpoint of step {resumed_at}"
+                 if resumed_at else ""),
+              f"- text encoder: {model_config.text_encoder} (frozen)", "",
               "## Validation Dice (measured at the end of this run, on the original image grid)", ""]
     if validation:
         lines += ["| target | Dice |", "|---|---|"] + [f"| {t} | {v:.3f} |" for t, v in sorted(validation.items())]
