@@ -152,12 +152,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .catalogue import catalogue_entry, import_model, load_catalogue, user_models_folder, write_catalogue
     from .errors import ModelError
-    from .model_io import BUNDLED_MODELS
+    from .model_io import BUNDLED_MODELS, FORMAT
 
     if args.import_model:
         print(f"installed {import_model(args.import_model)}")
     if args.update:
-        folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file())
+        folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file()
+                         and json.loads((p / "config.json").read_text()).get("format") == FORMAT)
         write_catalogue([catalogue_entry(f) for f in folders])
     for folder in sorted(user_models_folder().glob("*/config.json")):
         entry = catalogue_entry(folder.parent)

@@ -85,15 +85,17 @@ def write_scores(scores: list[Score], csv_path: str | Path, markdown_path: str |
 
 
 def markdown_table(scores: list[Score]) -> str:
-    """Per-target mean Dice and HD95 where the target is present; mean predicted volume where it is absent."""
-    lines = ["| target | cases present | Dice | HD95 (mm) | cases absent | predicted mL where absent |",
-             "|---|---|---|---|---|---|"]
-    for target in dict.fromkeys(s.target for s in scores):
-        present = [s for s in scores if s.target == target and s.truth_voxels]
-        absent = [s for s in scores if s.target == target and not s.truth_voxels]
+    """Per dataset and target: mean Dice and HD95 where the target is present; mean predicted volume where it
+    is absent (should be ~0)."""
+    lines = ["| dataset | target | cases present | Dice | HD95 (mm) | cases absent | predicted mL where absent |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset, target in dict.fromkeys((s.dataset, s.target) for s in scores):
+        rows = [s for s in scores if (s.dataset, s.target) == (dataset, target)]
+        present = [s for s in rows if s.truth_voxels]
+        absent = [s for s in rows if not s.truth_voxels]
         hd = [s.hd95_mm for s in present if not math.isnan(s.hd95_mm)]
         dice_text = f"{np.mean([s.dice for s in present]):.3f}" if present else "-"
         hd_text = f"{np.mean(hd):.1f}" if hd else "-"
         absent_text = f"{np.mean([s.predicted_ml for s in absent]):.1f}" if absent else "-"
-        lines.append(f"| {target} | {len(present)} | {dice_text} | {hd_text} | {len(absent)} | {absent_text} |")
+        lines.append(f"| {dataset} | {target} | {len(present)} | {dice_text} | {hd_text} | {len(absent)} | {absent_text} |")
     return "\n".join(lines) + "\n"

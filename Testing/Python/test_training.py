@@ -78,7 +78,7 @@ def test_evaluate_command_with_ablations(trained, capsys):
     assert [(r["case"], r["target"]) for r in rows] == [("STS_025", "gross tumor volume"), ("STS_025", "liver")]
     assert rows[0]["context"] == "A computed tomography of the brain"
     assert int(rows[0]["truth_voxels"]) > 0 and int(rows[1]["truth_voxels"]) == 0
-    assert (root / "scores.md").read_text().startswith("| target |")
+    assert (root / "scores.md").read_text().startswith("| dataset | target |")
     assert main(["evaluate", config.spec, "--model", config.output, "-o", str(root / "again.csv"), "--card",
                  "--title", "tiny check", "--device", "cpu"]) == 0
     card = (root / "model" / "README.md").read_text()
