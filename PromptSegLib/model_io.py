@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -102,23 +103,22 @@ def default_model_folder() -> Path:
     return BUNDLED_MODELS / DEFAULT_MODEL_NAME
 
 
-def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfig, card: str) -> Path:
-    """Write a complete model folder atomically (built in a temporary folder, then renamed into place).
+def write_model_folder(folder: str | os.PathLike, write: Callable[[Path], list[str]]) -> Path:
+    """Build a model folder beside ``folder`` and move it into place only when complete.
 
-    An existing folder at ``folder`` is replaced only once the new one is complete.
+    ``write(tmp)`` writes the files into ``tmp`` and returns their names; ``SHA256SUMS`` over them is added.
+    An existing folder at ``folder`` is replaced only once the new one is complete; on any error nothing
+    changes.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     if not folder.parent.is_dir():
         raise OutputError(f"folder {folder.parent} does not exist")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} exists and is not a folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
-        state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in network.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        (tmp / CARD).write_text(card, encoding="utf-8")
-        (tmp / SUMS).write_text("".join(f"{sha256(tmp / n)}  {n}\n" for n in (WEIGHTS, CONFIG, CARD)), encoding="utf-8")
+        names = write(tmp)
+        (tmp / SUMS).write_text("".join(f"{sha256(tmp / n)}  {n}\n" for n in names), encoding="utf-8")
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -133,21 +133,40 @@ def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfi
     return folder
 
 
-def append_to_card(folder: str | os.PathLike, text: str) -> None:
-    """Append a section to a verified model folder's card and update its manifest (written atomically)."""
-    folder = verify_folder(folder)
-    card = (folder / CARD).read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.strip("\n") + "\n"
-    for name, content in ((CARD, card),):
-        tmp = folder / f".{name}.partial"
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, folder / name)
-    sums = "".join(f"{sha256(folder / n)}  {n}\n" for n in (WEIGHTS, CONFIG, CARD))
+def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfig, card: str) -> Path:
+    """Write a complete model folder atomically (see ``write_model_folder``)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> list[str]:
+        state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in network.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(card, encoding="utf-8")
+        return [WEIGHTS, CONFIG, CARD]
+
+    return write_model_folder(folder, write)
+
+
+def replace_card(folder: str | os.PathLike, card: str) -> None:
+    """Replace a verified model folder's card and update its manifest, each file replaced atomically."""
+    folder = verify_folder(folder, required=())
+    listed = [line.partition("  ")[2] for line in (folder / SUMS).read_text(encoding="utf-8").splitlines() if line]
+    tmp = folder / f".{CARD}.partial"
+    tmp.write_text(card, encoding="utf-8")
+    os.replace(tmp, folder / CARD)
+    names = listed + ([CARD] if CARD not in listed else [])
     tmp = folder / f".{SUMS}.partial"
-    tmp.write_text(sums, encoding="utf-8")
+    tmp.write_text("".join(f"{sha256(folder / n)}  {n}\n" for n in names), encoding="utf-8")
     os.replace(tmp, folder / SUMS)
 
 
-def verify_folder(folder: str | os.PathLike) -> Path:
+def append_to_card(folder: str | os.PathLike, text: str) -> None:
+    """Append a section to a verified model folder's card (manifest updated)."""
+    card = (Path(folder) / CARD).read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.strip("\n") + "\n"
+    replace_card(folder, card)
+
+
+def verify_folder(folder: str | os.PathLike, required: tuple[str, ...] = (WEIGHTS, CONFIG)) -> Path:
     """Check a model folder's files against its ``SHA256SUMS``.
 
     Raises:
@@ -163,9 +182,9 @@ def verify_folder(folder: str | os.PathLike) -> Path:
         if line.strip():
             digest, _, name = line.strip().partition("  ")
             listed[name] = digest
-    for required in (WEIGHTS, CONFIG):
-        if required not in listed:
-            raise ModelError(f"model folder {folder}: {SUMS} does not list {required}")
+    for name in required:
+        if name not in listed:
+            raise ModelError(f"model folder {folder}: {SUMS} does not list {name}")
     present = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {SUMS}
     unknown = present - set(listed)
     if unknown:

@@ -25,8 +25,6 @@ import csv
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelError, OutputError, PromptSegError
+from .errors import ModelError, PromptSegError
 
 FORMAT = "promptseg-prognosis-1"
-CONFIG, HEAD, LORA, CARD, SUMS = "config.json", "head.safetensors", "lora.safetensors", "README.md", "SHA256SUMS"
+CONFIG, HEAD, LORA, CARD = "config.json", "head.safetensors", "lora.safetensors", "README.md"
 
 
 class ClinicalDataError(PromptSegError):
@@ -673,42 +671,21 @@ def _card(model: PrognosisModel, extra: str) -> str:
             f"{cfg['horizon']:g}.\n\n{extra.strip()}\n")
 
 
-def _sha256(path: Path) -> str:
-    from .model_io import sha256
-
-    return sha256(path)
-
-
 def save_prognosis_model(folder: str | os.PathLike, model: PrognosisModel, card: str = "") -> Path:
-    """Write the model folder atomically: built beside ``folder`` and renamed into place when complete."""
+    """Write the model folder atomically (``model_io.write_model_folder``): LoRA adapter, head, config, card."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    if not folder.parent.is_dir():
-        raise OutputError(f"folder {folder.parent} does not exist")
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
+    from .model_io import write_model_folder
+
+    def write(tmp: Path) -> list[str]:
         save_file(model.lora_state(), str(tmp / LORA), metadata={"format": FORMAT})
         save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(tmp / HEAD),
                   metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps(model.config, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(_card(model, card), encoding="utf-8")
-        names = (CONFIG, LORA, HEAD, CARD)
-        (tmp / SUMS).write_text("".join(f"{_sha256(tmp / n)}  {n}\n" for n in names), encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+        return [CONFIG, LORA, HEAD, CARD]
+
+    return write_model_folder(folder, write)
 
 
 def load_prognosis_model(folder: str | os.PathLike, encoder: str | os.PathLike | None = None) -> PrognosisModel:
@@ -720,18 +697,9 @@ def load_prognosis_model(folder: str | os.PathLike, encoder: str | os.PathLike |
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelError(f"prognosis model folder {folder} does not exist")
-    if not (folder / SUMS).is_file():
-        raise ModelError(f"prognosis model folder {folder} has no {SUMS}")
-    listed = dict(reversed(line.split("  ", 1)) for line in (folder / SUMS).read_text().splitlines() if line.strip())
-    for name in (CONFIG, LORA, HEAD):
-        if name not in listed or not (folder / name).is_file():
-            raise ModelError(f"prognosis model folder {folder} is missing {name}")
-    for name, digest in listed.items():
-        if not (folder / name).is_file() or _sha256(folder / name) != digest:
-            raise ModelError(f"prognosis model file {folder / name} fails its sha256 check: corrupted or altered")
+    from .model_io import verify_folder
+
+    folder = verify_folder(folder, required=(CONFIG, LORA, HEAD))
     config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     if config.get("format") != FORMAT:
         raise ModelError(f"{folder} is not a prognosis model folder (format {config.get('format')!r})")

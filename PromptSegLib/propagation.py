@@ -19,8 +19,6 @@ import logging
 import math
 import os
 import platform
-import shutil
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from scipy import ndimage
 
 from .errors import Cancelled, InputImageError, ModelError, OutputError, PromptSegError
 from .metrics import dice
-from .model_io import CARD, CONFIG, SUMS, WEIGHTS, sha256, verify_folder
+from .model_io import CARD, CONFIG, WEIGHTS, replace_card, verify_folder, write_model_folder
 from .propagation_net import CPU_WIDTHS, PromptUNet2D, PropagationNetConfig
 
 log = logging.getLogger(__name__)
@@ -121,36 +119,19 @@ class PropagationModel:
 
 
 def save_propagation_model(folder: str | os.PathLike, model: PropagationModel, card: str) -> Path:
-    """Write a complete propagation model folder atomically (weights fp16, config, card, SHA256SUMS).
-
-    An existing folder is replaced only once the new one is complete.
-    """
+    """Write a complete propagation model folder atomically (weights fp16, config, card, SHA256SUMS; see
+    ``model_io.write_model_folder``)."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    if not folder.parent.is_dir():
-        raise OutputError(f"folder {folder.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
+    def write(tmp: Path) -> list[str]:
         state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.network.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(card, encoding="utf-8")
-        (tmp / SUMS).write_text("".join(f"{sha256(tmp / n)}  {n}\n" for n in (WEIGHTS, CONFIG, CARD)),
-                                encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    model.folder = folder
-    return folder
+        return [WEIGHTS, CONFIG, CARD]
+
+    model.folder = write_model_folder(folder, write)
+    return model.folder
 
 
 def load_propagation_model(folder: str | os.PathLike | None = None) -> PropagationModel:
@@ -920,15 +901,8 @@ def refresh_card(folder: str | os.PathLike, spec_path: str | os.PathLike, thread
     rows = evaluate_volumes(Propagator(model, threads=threads), load_split(datasets, "val"))
     t = model.config.training
     card = model_card(model.config, datasets, t.get("command"), float(t.get("seconds", 0.0)), summary_table(rows), rows)
-    folder = Path(folder)
-    for name, content in ((CARD, card),):
-        tmp = folder / f".{name}.partial"
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, folder / name)
-    tmp = folder / f".{SUMS}.partial"
-    tmp.write_text("".join(f"{sha256(folder / n)}  {n}\n" for n in (WEIGHTS, CONFIG, CARD)), encoding="utf-8")
-    os.replace(tmp, folder / SUMS)
-    return folder
+    replace_card(folder, card)
+    return Path(folder)
 
 
 def _init_lines(init: dict | None, seconds: float) -> str:
