@@ -59,6 +59,7 @@ class PromptSegParameterNode:
     contextText: str = ""
     targets: str = "left lung\nright lung"
     device: str = "auto"
+    model: str = "promptseg-starter"
 
 
 #
@@ -87,6 +88,8 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
 
+        self._updateModelList()
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.deviceComboBox.clear()
         for device in self.logic.availableDevices():
             self.ui.deviceComboBox.addItem(device)
@@ -98,6 +101,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.describeButton.connect("clicked(bool)", self.onDescribeButton)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
         self.ui.exportRTStructButton.connect("clicked(bool)", lambda: self.onExportDicom("rtstruct"))
         self.ui.exportDicomSegButton.connect("clicked(bool)", lambda: self.onExportDicom("seg"))
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
@@ -211,6 +215,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.job = self.logic.startSegmentation(
                 p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region,
                 targets=targets, targetTexts=texts, contextText=p.contextText or None, device=p.device,
+                modelFolder=p.model,
                 allowUntrained=self.ui.allowUntrainedCheckBox.checked)
         except Exception as exc:
             self.job = None
@@ -262,6 +267,28 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 editorWidget.saveStateForUndo()
         except Exception:  # Segment Editor not created yet: PromptSeg's own Undo still works
             pass
+
+    def _updateModelList(self) -> None:
+        current = self._parameterNode.model if self._parameterNode else ""
+        self.ui.modelComboBox.clear()
+        for name, folder in self.logic.availableModels():
+            self.ui.modelComboBox.addItem(name, str(folder))
+        index = self.ui.modelComboBox.findText(current)
+        self.ui.modelComboBox.setCurrentIndex(max(index, 0))
+
+    def onModelSelected(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemText(index)
+
+    def onImportModel(self) -> None:
+        path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Model folder to import"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("This model folder cannot be used."), waitCursor=True):
+            folder = self.logic.importModel(path)
+            self._updateModelList()
+            self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findText(folder.name))
+            self.ui.statusLabel.text = _("imported ") + str(folder)
 
     def onDescribeButton(self) -> None:
         """One sentence per segment of the output segmentation, computed on the input volume's grid."""

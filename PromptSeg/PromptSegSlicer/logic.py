@@ -234,6 +234,26 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         return terminologiesLogic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
 
     @staticmethod
+    def availableModels() -> list[tuple[str, Path]]:
+        """(name, folder) of the bundled segmentation models and those imported into the per-user cache
+        (``~/.promptseg/models``, kept across Slicer upgrades)."""
+        ensureLibraryImportable()
+        from PromptSegLib.catalogue import load_catalogue, user_models_folder
+        from PromptSegLib.model_io import BUNDLED_MODELS
+
+        models = [(e["name"], BUNDLED_MODELS / e["folder"]) for e in load_catalogue() if e.get("folder")]
+        models += [(p.parent.name, p.parent) for p in sorted(user_models_folder().glob("*/config.json"))]
+        return models
+
+    @staticmethod
+    def importModel(path) -> Path:
+        """Check a model folder or ``.zip`` (hospitals without internet) and install it in the per-user cache."""
+        ensureLibraryImportable()
+        from PromptSegLib.catalogue import import_model
+
+        return import_model(path)
+
+    @staticmethod
     def missingDependencies() -> list[str]:
         return missingDependencies()
 
@@ -280,9 +300,10 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"threshold {threshold} must be between 0 and 1")
         checkDependencies()
         ensureLibraryImportable()
-        from PromptSegLib.model_io import default_model_folder, verify_folder
+        from PromptSegLib.catalogue import resolve_model
+        from PromptSegLib.model_io import verify_folder
 
-        folder = Path(modelFolder) if modelFolder else default_model_folder()
+        folder = resolve_model(str(modelFolder) if modelFolder else None)  # a folder or an installed model's name
         verify_folder(folder)  # ModelError: missing folder, missing file, checksum mismatch
         image = volumeNodeToSimpleITK(inputVolume)
         request = dict(modality=modality, region=region or None, targets=targets, targetTexts=targetTexts,

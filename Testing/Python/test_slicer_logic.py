@@ -425,3 +425,16 @@ def test_dicom_exports_reference_the_series(scene, logic, chest_ct_path, chest_s
     assert (node.GetStorageNode().GetFileName() if node.GetStorageNode() else None) == storage_before
     with pytest.raises(Exception, match="not loaded from DICOM"):
         logic.exportDicom(node, volume, tmp_path / "x.dcm")
+
+
+def test_models_listed_imported_and_used_by_name(scene, logic, tiny_model_folder, chest_ct_path, tmp_path,
+                                                 monkeypatch):
+    monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
+    names = [name for name, _ in logic.availableModels()]
+    assert {"promptseg-starter", "promptseg-sts-gtv"} <= set(names)
+    installed = logic.importModel(tiny_model_folder)
+    assert ("tiny-untrained", installed) in logic.availableModels()
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    node = logic.segment(volume, modality="CT", region="thorax", targets=["liver"], modelFolder="tiny-untrained",
+                         device="cpu", threshold=0.01, allowUntrained=True)
+    assert segment_names(node) == ["liver"]
