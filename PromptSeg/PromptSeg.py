@@ -102,6 +102,8 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.describeButton.connect("clicked(bool)", self.onDescribeButton)
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
+        self.ui.propagateCollapsibleButton.connect("contentsCollapsed(bool)", lambda collapsed: self._updateSegmentList())
         self.ui.exportRTStructButton.connect("clicked(bool)", lambda: self.onExportDicom("rtstruct"))
         self.ui.exportDicomSegButton.connect("clicked(bool)", lambda: self.onExportDicom("seg"))
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
@@ -289,6 +291,37 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateModelList()
             self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findText(folder.name))
             self.ui.statusLabel.text = _("imported ") + str(folder)
+
+    def _updateSegmentList(self) -> None:
+        self.ui.propagateSegmentComboBox.clear()
+        node = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if node is not None:
+            segmentation = node.GetSegmentation()
+            for i in range(segmentation.GetNumberOfSegments()):
+                self.ui.propagateSegmentComboBox.addItem(segmentation.GetNthSegment(i).GetName())
+
+    def _currentSliceIndex(self, volume, axis: str) -> int:
+        """Index along ``axis`` of the volume array under the Red view's current slice."""
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        sliceToRas = sliceNode.GetSliceToRAS()
+        ras = [sliceToRas.GetElement(r, 3) for r in range(3)] + [1.0]
+        rasToIjk = vtk.vtkMatrix4x4()
+        volume.GetRASToIJKMatrix(rasToIjk)
+        ijk = rasToIjk.MultiplyPoint(ras)
+        return int(round(ijk[{"axial": 2, "coronal": 1, "sagittal": 0}[axis]]))
+
+    def onPropagate(self) -> None:
+        node, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
+        name = self.ui.propagateSegmentComboBox.currentText
+        if node is None or volume is None or not name:
+            slicer.util.errorDisplay(_("Choose the input volume, the output segmentation and a segment first."))
+            return
+        axis = self.ui.propagateAxisComboBox.currentText
+        with slicer.util.tryWithErrorDisplay(_("Propagation failed."), waitCursor=True):
+            self._saveSegmentEditorUndoState(node)
+            result = self.logic.propagateSegment(node, name, volume, self._currentSliceIndex(volume, axis), axis)
+            self.ui.statusLabel.text = _("propagated over {count} slices").format(count=len(result.written))
+            self.ui.undoButton.enabled = self.logic.canUndo(node)
 
     def onDescribeButton(self) -> None:
         """One sentence per segment of the output segmentation, computed on the input volume's grid."""

@@ -552,6 +552,32 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                 segmentationNode, segmentId, volumeNode) > 0
         return describe(segmentName, masks[segmentName], volumeNodeToSimpleITK(volumeNode), modality, region, masks)
 
+    # ------------------------------------------------------------------ propagation
+    def propagateSegment(self, segmentationNode, segmentName: str, volumeNode, sliceIndex: int,
+                         axis: str = "axial", start: int | None = None, stop: int | None = None,
+                         progress=None, cancel=None):
+        """Carry segment ``segmentName`` from slice ``sliceIndex`` (array index along ``axis`` of the volume's
+        ``[k, j, i]`` array; axial = k) through the volume with the bundled propagation model, both ways.
+
+        The slice the user drew is the prompt and is kept; the change is recorded for ``undo``. A cancelled
+        run (``cancel.is_set()``) changes nothing. Returns PromptSegLib's ``PropagationResult``.
+        """
+        ensureLibraryImportable()
+        from PromptSegLib.propagation import propagate
+
+        validateVolumeNode(volumeNode)
+        segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
+        if not segmentId:
+            raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")
+        image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+        result = propagate(None, image, mask, int(sliceIndex), axis, start=start, stop=stop, progress=progress,
+                           cancel=cancel)
+        self._editorLogic(segmentationNode, volumeNode).SaveStateForUndo()
+        slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask.astype(np.uint8), segmentationNode, segmentId,
+                                                         volumeNode)
+        return result
+
     # ------------------------------------------------------------------ DICOM export
     @staticmethod
     def dicomFilesOfVolume(volumeNode) -> list[str]:

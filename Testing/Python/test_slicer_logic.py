@@ -438,3 +438,41 @@ def test_models_listed_imported_and_used_by_name(scene, logic, tiny_model_folder
     node = logic.segment(volume, modality="CT", region="thorax", targets=["liver"], modelFolder="tiny-untrained",
                          device="cpu", threshold=0.01, allowUntrained=True)
     assert segment_names(node) == ["liver"]
+
+
+def test_propagate_a_segment_from_one_slice_and_undo(scene, logic, chest_ct_path, chest_segmentation):
+    from conftest import segment_mask
+
+    from PromptSegLib.inference import SegmentationResult
+    from PromptSegLib.metrics import dice
+    from PromptSegLib.prompts import target_query
+
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    image = sitk.ReadImage(str(chest_ct_path))
+    truth = segment_mask(chest_segmentation, "left lung")
+    k = int(np.argmax(truth.sum(axis=(1, 2))))
+    one_slice = np.zeros_like(truth)
+    one_slice[k] = truth[k]
+    node = logic.writeResult(SegmentationResult([target_query("CT", "left lung")], "x",
+                                                one_slice[None].astype(np.float32), image, 0.5), volume)
+    logic.writeResult(SegmentationResult([target_query("CT", "right lung")], "x",
+                                         segment_mask(chest_segmentation, "right lung")[None].astype(np.float32),
+                                         image, 0.5), volume, node)  # a second segment, so undo has a state
+    result = logic.propagateSegment(node, "left lung", volume, k, "axial")
+    propagated = segment_array(node, "left lung", volume)
+    assert len(result.written) > 3 and propagated.sum() > 3 * one_slice.sum()
+    np.testing.assert_array_equal(propagated[k], truth[k])  # the drawn slice is kept
+    assert dice(propagated, truth) > dice(one_slice, truth)
+    assert logic.undo(node)
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), one_slice)
+    with pytest.raises(Exception, match="no segment named 'liver'"):
+        logic.propagateSegment(node, "liver", volume, k)
+    import threading
+
+    from PromptSegLib.errors import Cancelled
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        logic.propagateSegment(node, "left lung", volume, k, cancel=stop)
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), one_slice)  # left as it was
