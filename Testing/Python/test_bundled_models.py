@@ -49,3 +49,23 @@ def test_catalogue_matches_the_bundled_folders():
     assert set(entries) == {"promptseg-starter", "promptseg-sts-gtv"}
     for name, entry in entries.items():
         assert catalogue_entry(BUNDLED_MODELS / entry["folder"]) == entry, f"{name}: run promptseg models --update"
+
+
+PARAPHRASES = ["A CT image of the liver", "The liver in a CT scan", "Segment the liver on CT",
+               "A computed tomography of the hepatic", "liver"]
+
+
+def test_starter_paraphrases_give_the_same_segment_and_other_targets_do_not():
+    """On the starter model's own training CT (the only anatomy it knows): prompt control, not generalisation."""
+    folder = SHARED / "totalsegmentator_example" / "ct_3mm"
+    image = sitk.ReadImage(str(folder / "example_ct.nii.gz"))
+    liver_truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz"))) == 5
+    texts = ["A computed tomography of the liver", *PARAPHRASES, "A computed tomography of the spleen",
+             "A computed tomography of the"]
+    result = Segmenter(None, device="cpu").segment(image, "CT", "abdomen", target_texts=texts)
+    reference = result.mask(0)
+    assert dice(reference, liver_truth) > 0.9
+    for i, text in enumerate(PARAPHRASES, start=1):
+        assert dice(result.mask(i), reference) >= 0.95, text
+    assert dice(result.mask(len(texts) - 2), reference) < 0.05  # the spleen is not the liver
+    assert result.mask(len(texts) - 1).sum() < 0.1 * reference.sum()  # an empty target gives (almost) nothing
