@@ -559,8 +559,10 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         """Carry segment ``segmentName`` from slice ``sliceIndex`` (array index along ``axis`` of the volume's
         ``[k, j, i]`` array; axial = k) through the volume with the bundled propagation model, both ways.
 
-        The slice the user drew is the prompt and is kept; the change is recorded for ``undo``. A cancelled
-        run (``cancel.is_set()``) changes nothing. Returns PromptSegLib's ``PropagationResult``.
+        The slice the user drew is the prompt and is kept, and so is every slice an earlier propagation of this
+        segment started from (the user's corrections, remembered in the segment's ``PromptSeg.FixedSlices``
+        tag): propagation never overwrites them. The change is recorded for ``undo``. A cancelled run
+        (``cancel.is_set()``) changes nothing. Returns PromptSegLib's ``PropagationResult``.
         """
         ensureLibraryImportable()
         from PromptSegLib.propagation import propagate
@@ -571,11 +573,20 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")
         image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
-        result = propagate(None, image, mask, int(sliceIndex), axis, start=start, stop=stop, progress=progress,
-                           cancel=cancel)
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        tagName = f"PromptSeg.FixedSlices.{axis}"
+        tag = vtk.mutable("")
+        fixedIndices = {int(i) for i in str(tag).split()} if segment.GetTag(tagName, tag) else set()
+        fixedIndices = {i for i in fixedIndices if i != int(sliceIndex)}
+        axisIndex = {"axial": 0, "coronal": 1, "sagittal": 2}[axis]
+        fixed = {i: np.take(mask, i, axis=axisIndex) for i in fixedIndices if 0 <= i < mask.shape[axisIndex]}
+        result = propagate(None, image, mask, int(sliceIndex), axis, fixed=fixed, start=start, stop=stop,
+                           progress=progress, cancel=cancel)
         self._editorLogic(segmentationNode, volumeNode).SaveStateForUndo()
         slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask.astype(np.uint8), segmentationNode, segmentId,
                                                          volumeNode)
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        segment.SetTag(tagName, " ".join(str(i) for i in sorted(fixedIndices | {int(sliceIndex)})))
         return result
 
     # ------------------------------------------------------------------ DICOM export

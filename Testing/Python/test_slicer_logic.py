@@ -463,7 +463,18 @@ def test_propagate_a_segment_from_one_slice_and_undo(scene, logic, chest_ct_path
     assert len(result.written) > 3 and propagated.sum() > 3 * one_slice.sum()
     np.testing.assert_array_equal(propagated[k], truth[k])  # the drawn slice is kept
     assert dice(propagated, truth) > dice(one_slice, truth)
-    assert logic.undo(node)
+    # the user corrects another slice and propagates from there: the first drawn slice is not overwritten
+    corrected = segment_array(node, "left lung", volume).copy()
+    j = k - 3
+    corrected[j] = truth[j]
+    slicer.util.updateSegmentBinaryLabelmapFromArray(corrected.astype(np.uint8), node,
+                                                     node.GetSegmentation().GetSegmentIdBySegmentName("left lung"), volume)
+    second = logic.propagateSegment(node, "left lung", volume, j, "axial")
+    again = segment_array(node, "left lung", volume)
+    np.testing.assert_array_equal(again[k], truth[k])
+    np.testing.assert_array_equal(again[j], truth[j])
+    assert k not in second.written
+    assert logic.undo(node) and logic.undo(node)
     np.testing.assert_array_equal(segment_array(node, "left lung", volume), one_slice)
     with pytest.raises(Exception, match="no segment named 'liver'"):
         logic.propagateSegment(node, "liver", volume, k)
