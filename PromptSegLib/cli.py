@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -202,7 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if key in options:
             options[key] = tuple(options[key])
     folder = train(TrainConfig(**options))
-    print(f"wrote model {folder}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the model
+        print(f"wrote model {folder}")
     return 0
 
 

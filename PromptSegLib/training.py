@@ -211,7 +211,9 @@ def train(config: TrainConfig) -> Path:
         step = resumed_at = state["step"]
         rng = np.random.default_rng(state["seed"] + step + rank)
         log.info("resumed from %s at step %d", checkpoint, step)
-    model = torch.nn.parallel.DistributedDataParallel(network) if world > 1 else network
+    # a batch uses one modality's input block: the others get no gradient in that step
+    model = (torch.nn.parallel.DistributedDataParallel(network, find_unused_parameters=len(network.config.modalities) > 1)
+             if world > 1 else network)
     if rank == 0:
         log.info("training %s: %d parameters (%d trainable), %d training and %d validation cases, targets %s",
                  config.name, count_parameters(network), sum(p.numel() for p in trainable), len(train_cases),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,26 @@ def test_decathlon_and_nnunet_folders(tmp_path, layout):
     assert dataset.labels == {1: "gross tumor volume"}
     assert [(c.id, c.split) for c in dataset.cases] == [("STS_004", "train"), ("STS_005", "val")]
     assert prepare_split([dataset], "val", 6.0)[0].label.any()
+
+
+def test_torchrun_two_processes_train_without_code_changes(tmp_path):
+    """DistributedDataParallel on the CPU (gloo): two ranks, two modalities (so some input blocks get no
+    gradient in a step), one model written by rank 0."""
+    import shutil
+    import subprocess
+    import sys
+
+    cases = [("STS_001", "train"), ("STS_025", "val")]
+    spec = {"datasets": [{"name": f"sts_{m.lower()}", "modality": m, "regions": ["extremity"], "labels": {"1": "gtv"},
+                          "cases": [{"id": c, "split": s, "image": str(STS / c / f"{p}_image.nii.gz"),
+                                     "label": str(STS / c / f"{p}_mask.nii.gz")} for c, s in cases]}
+                         for m, p in (("CT", "CT"), ("PET", "PET"))]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "PromptSegLib", "train", str(tmp_path / "spec.json"),
+                           "-o", str(tmp_path / "model"), "--widths", "4", "8", "--patch-size", "32", "32", "32",
+                           "--spacing-mm", "6", "--batch-size", "1", "--steps", "4", "--validate-every", "4",
+                           "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote model") == 1
+    assert load_model(tmp_path / "model").config.network.modalities == ("CT", "PET")
