@@ -5,16 +5,14 @@ segmentation file), referencing the source series' instances frame by frame; and
 from __future__ import annotations
 
 import os
-import warnings
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputError
-from .export_segments import ExportSegment, ExportWarning, load_segments, non_empty, on_grid, vocabulary_target
+from .export_segments import ExportSegment, vocabulary_target
 from .outputs import atomic_path, check_writable
-from .rtstruct import ExportReport, dice, unique_names
+from .rtstruct import ExportReport, dice, prepare_export
 
 TISSUE = ("SCT", "85756007", "Tissue")  # category and type of a segment without codes (Slicer's default)
 
@@ -118,20 +116,14 @@ def write_dicom_seg(path: str | os.PathLike, image: sitk.Image, references, segm
     (fractional: to 1/255); otherwise the export fails and nothing is left at ``path``.
     """
     path = check_writable(path)
-    references.check_referenceable()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ExportWarning)
-        segments = on_grid(load_segments(segment_set), image)
-        kept = unique_names(non_empty(segments))
-    messages = [str(w.message) for w in caught if issubclass(w.category, ExportWarning)]
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    try:
-        seg = build_dicom_seg(image, references, kept, fractional=fractional)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InputImageError(f"cannot build a DICOM SEG on series {references.series_instance_uid}: {exc}") from exc
-    skipped = [s.name for s in segments if all(s is not k for k in kept)]
-    report = ExportReport(Path(path), [s.name for s in kept], skipped, messages)
+
+    def build(segments):
+        try:
+            return build_dicom_seg(image, references, segments, fractional=fractional)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise InputImageError(f"cannot build a DICOM SEG on series {references.series_instance_uid}: {exc}") from exc
+
+    kept, seg, report = prepare_export(path, segment_set, image, references, build)
     with atomic_path(path) as tmp:
         try:
             seg.save_as(tmp, enforce_file_format=True)

@@ -288,6 +288,27 @@ def build_rtstruct(image: sitk.Image, references, segments: list[ExportSegment],
     return ds
 
 
+def prepare_export(path: Path, segment_set, image: sitk.Image, references, build):
+    """What both DICOM exports do first: check the series can be referenced, put the segments on its grid,
+    drop empty ones, make names unique, and ``build(kept)`` the dataset, with the warnings of all that both
+    collected in the report and handed on to the caller.
+
+    Returns:
+        ``(kept segments, built dataset, report)``.
+    """
+    references.check_referenceable()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExportWarning)
+        segments = on_grid(load_segments(segment_set), image)
+        kept = unique_names(non_empty(segments))
+        built = build(kept)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ExportWarning)]
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    skipped = [s.name for s in segments if all(s is not k for k in kept)]
+    return kept, built, ExportReport(Path(path), [s.name for s in kept], skipped, messages)
+
+
 def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segment_set, *,
                    default_interpreted_type: str = "ORGAN", label: str = "PromptSeg",
                    validate: bool = True) -> ExportReport:
@@ -303,17 +324,8 @@ def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segme
         InputImageError: no non-empty segment, or a segmentation outside the series.
     """
     path = check_writable(path)
-    references.check_referenceable()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ExportWarning)
-        segments = on_grid(load_segments(segment_set), image)
-        kept = unique_names(non_empty(segments))
-        ds = build_rtstruct(image, references, kept, label=label, default_interpreted_type=default_interpreted_type)
-    messages = [str(w.message) for w in caught if issubclass(w.category, ExportWarning)]
-    for w in caught:  # hand the warnings on to the caller too
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    skipped = [s.name for s in segments if all(s is not k for k in kept)]
-    report = ExportReport(path, [s.name for s in kept], skipped, messages)
+    kept, ds, report = prepare_export(path, segment_set, image, references, lambda segments: build_rtstruct(
+        image, references, segments, label=label, default_interpreted_type=default_interpreted_type))
     with atomic_path(path) as tmp:
         try:
             ds.save_as(tmp, enforce_file_format=True)
