@@ -209,12 +209,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .datasets import load_spec, prepare_split
+    from .datasets import load_spec, load_split
     from .evaluation import evaluate_cases, markdown_table, write_scores
     from .inference import Segmenter
 
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
-    cases = prepare_split(load_spec(args.spec), args.split, segmenter.model.config.spacing_mm)
+    cases = load_split(load_spec(args.spec), args.split)
     scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()), args.closer_look)
     write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md")
     print(markdown_table(scores), end="")

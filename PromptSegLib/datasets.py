@@ -129,6 +129,16 @@ def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[
 
 
 @dataclass
+class LabelledCase:
+    """A case as read: the image and its label values on the image's own grid (what evaluation scores on)."""
+
+    dataset: DatasetSpec
+    case: CaseSpec
+    image: sitk.Image
+    label: sitk.Image
+
+
+@dataclass
 class PreparedCase:
     """A case on the model grid: normalised image ``(Z, Y, X)`` float32 and label values ``(Z, Y, X)``."""
 
@@ -162,10 +172,9 @@ def read_label(case: CaseSpec, image: sitk.Image) -> sitk.Image:
     return sitk.Cast(label, sitk.sitkUInt16)
 
 
-def prepare_case(dataset: DatasetSpec, case: CaseSpec, spacing_mm: float,
-                 rules: dict[str, IntensityRule] | None = None) -> PreparedCase:
-    """Read, check and resample one case to the model grid (normalised by ``rules[modality]`` when given,
-    else by the image's own statistics)."""
+def load_case(dataset: DatasetSpec, case: CaseSpec) -> LabelledCase:
+    """Read and check one case's image and label (label values the dataset names but the case lacks are
+    logged: those targets are empty there)."""
     image = read_image(case.image)
     label = read_label(case, image)
     values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
@@ -174,25 +183,35 @@ def prepare_case(dataset: DatasetSpec, case: CaseSpec, spacing_mm: float,
         log.info("case %s: label values %s of dataset %s do not occur (empty targets there)", case.id, missing, dataset.name)
     if not values & set(dataset.labels):
         log.warning("case %s has no foreground for any target of dataset %s", case.id, dataset.name)
-    model_input = prepare(image, dataset.modality, spacing_mm, (rules or {}).get(dataset.modality))
-    on_grid = resample_to(label, model_input.grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
-    return PreparedCase(dataset, case, model_input, sitk.GetArrayFromImage(on_grid), label)
+    return LabelledCase(dataset, case, image, label)
 
 
-def ct_rule(datasets: list[DatasetSpec], split: str = "train") -> IntensityRule | None:
-    """The shared CT intensity rule of a split's CT images (None when it has none)."""
-    images = [sitk.GetArrayFromImage(read_image(c.image)) for d in datasets if d.modality == "CT"
-              for c in d.cases if c.split == split]
+def load_split(datasets: list[DatasetSpec], split: str) -> list[LabelledCase]:
+    """Every case of ``split``, read; refuses a training split that is empty or holds no foreground at all."""
+    cases = [load_case(d, c) for d in datasets for c in d.cases if c.split == split]
+    if split == "train":
+        if not cases:
+            raise PromptSegError("the dataset spec has no training cases")
+        if not any(np.isin(sitk.GetArrayViewFromImage(c.label), list(c.dataset.labels)).any() for c in cases):
+            raise PromptSegError("the training cases hold no foreground for any named target")
+    return cases
+
+
+def ct_rule(cases: list[LabelledCase]) -> IntensityRule | None:
+    """The shared CT intensity rule of the cases' CT images (None when there is none)."""
+    images = [sitk.GetArrayViewFromImage(c.image) for c in cases if c.dataset.modality == "CT"]
     return IntensityRule.fit_many(images, "CT") if images else None
+
+
+def prepare_case(case: LabelledCase, spacing_mm: float, rules: dict[str, IntensityRule] | None = None) -> PreparedCase:
+    """One case resampled to the model grid (normalised by ``rules[modality]`` when given, else by the image's
+    own statistics)."""
+    model_input = prepare(case.image, case.dataset.modality, spacing_mm, (rules or {}).get(case.dataset.modality))
+    on_grid = resample_to(case.label, model_input.grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    return PreparedCase(case.dataset, case.case, model_input, sitk.GetArrayFromImage(on_grid), case.label)
 
 
 def prepare_split(datasets: list[DatasetSpec], split: str, spacing_mm: float,
                   rules: dict[str, IntensityRule] | None = None) -> list[PreparedCase]:
-    """All cases of ``split`` prepared; refuses a split whose cases hold no foreground at all."""
-    cases = [prepare_case(d, c, spacing_mm, rules) for d in datasets for c in d.cases if c.split == split]
-    if split == "train":
-        if not cases:
-            raise PromptSegError("the dataset spec has no training cases")
-        if not any(np.isin(c.label, list(c.dataset.labels)).any() for c in cases):
-            raise PromptSegError("the training cases hold no foreground for any named target")
-    return cases
+    """All cases of ``split`` read (see ``load_split``) and prepared on the model grid."""
+    return [prepare_case(c, spacing_mm, rules) for c in load_split(datasets, split)]

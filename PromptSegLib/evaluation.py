@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .datasets import PreparedCase
+from .datasets import LabelledCase
 from .inference import Segmenter
 from .metrics import dice, hd95
 from .outputs import atomic_path
@@ -30,7 +30,7 @@ class Score:
     context: str
 
 
-def evaluate_cases(segmenter: Segmenter, cases: list[PreparedCase], context_region: str | None = None,
+def evaluate_cases(segmenter: Segmenter, cases: list[LabelledCase], context_region: str | None = None,
                    absent_targets: tuple[str, ...] = (), closer_look: str = "off") -> list[Score]:
     """Segment every case and score each target its dataset names.
 
@@ -42,7 +42,7 @@ def evaluate_cases(segmenter: Segmenter, cases: list[PreparedCase], context_regi
     """
     scores = []
     for case in cases:
-        image = case.input.original
+        image = case.image
         named = case.dataset.targets
         extra = [t for t in absent_targets if t not in named]
         result = segmenter.segment(image, case.dataset.modality, context_region or case.dataset.regions[0],
@@ -52,7 +52,7 @@ def evaluate_cases(segmenter: Segmenter, cases: list[PreparedCase], context_regi
 
             refine(segmenter, image, result, case.dataset.modality,
                    indices=list(range(len(named))) if closer_look == "all" else None)
-        label = sitk.GetArrayFromImage(case.label_original)
+        label = sitk.GetArrayFromImage(case.label)
         spacing = tuple(reversed(image.GetSpacing()))
         voxel_ml = float(np.prod(spacing)) / 1000.0
         for i, query in enumerate(result.queries):

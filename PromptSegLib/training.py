@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .datasets import PreparedCase, ct_rule, load_spec, prepare_split
+from .datasets import LabelledCase, PreparedCase, ct_rule, load_spec, load_split, prepare_case
 from .errors import PromptSegError
 from .evaluation import evaluate_cases, markdown_table, summarize
 from .inference import Segmenter, select_device
@@ -181,9 +181,10 @@ def train(config: TrainConfig) -> Path:
     rng = np.random.default_rng(config.seed + rank)
     torch.manual_seed(config.seed + rank)
     datasets = load_spec(config.spec)
-    rules = _intensity_rules(config, datasets)
-    train_cases = prepare_split(datasets, "train", config.spacing_mm, rules)
-    val_cases = prepare_split(datasets, "val", config.spacing_mm, rules) if rank == 0 else []
+    loaded = load_split(datasets, "train")
+    rules = _intensity_rules(config, loaded)
+    train_cases = [prepare_case(case, config.spacing_mm, rules) for case in loaded]
+    val_cases = load_split(datasets, "val") if rank == 0 else []  # scored on their own grids
     encoder = TextEncoder(config.text_encoder)
     bank = PromptBank(encoder, train_cases)
     network, base = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim)
@@ -293,13 +294,13 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder / "tensorboard"))
 
 
-def _intensity_rules(config: TrainConfig, datasets) -> dict[str, IntensityRule]:
+def _intensity_rules(config: TrainConfig, cases: list[LabelledCase]) -> dict[str, IntensityRule]:
     """CT's shared z-score statistics: the fine-tuned model's own, else those of the training CTs."""
     if config.init:
         stats = read_config(config.init).intensity.get("CT")
         if stats:
             return {"CT": IntensityRule(*CT_WINDOW_HU, *stats)}
-    rule = ct_rule(datasets)
+    rule = ct_rule(cases)
     return {"CT": rule} if rule else {}
 
 
@@ -311,7 +312,7 @@ def _regions(cases: list[PreparedCase], base: ModelConfig | None) -> dict[str, l
     return regions
 
 
-def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncoder, cases: list[PreparedCase],
+def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncoder, cases: list[LabelledCase],
               device: torch.device, work_dir: Path, step: int) -> dict[str, float]:
     network.eval()
     segmenter = Segmenter(Model(model_config, network), device=str(device), text_encoder=encoder)
@@ -359,7 +360,7 @@ def _bar(total: int, start: int, enabled: bool):
 
 
 def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
-               val_cases: list[PreparedCase], validation: dict[str, float], seconds: float, device: torch.device,
+               val_cases: list[LabelledCase], validation: dict[str, float], seconds: float, device: torch.device,
                parameters: int, resumed_at: int = 0) -> str:
     """The model card: command, data, split, time, hardware and the validation Dice this run measured."""
     import platform
