@@ -207,14 +207,15 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         raise ModelError(f"{folder / CONFIG} is not valid JSON: {exc}") from exc
 
 
-def load_model(folder: str | os.PathLike | None = None) -> Model:
-    """Verify and load a model folder (default: the bundled starter model)."""
+def load_weights(network: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    """Load ``folder``'s ``weights.safetensors`` into ``network`` as float32; returns it in eval mode.
+
+    Raises:
+        ModelError: unreadable weights, or weights that do not fit the architecture (names listed).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder) if folder is not None else default_model_folder()
-    config = read_config(folder)
-    network = DuPLUSNet(config.network)
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
@@ -227,4 +228,11 @@ def load_model(folder: str | os.PathLike | None = None) -> Model:
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
         raise ModelError(f"weights in {folder} do not match the architecture in its config ({detail})")
     network.load_state_dict({k: v.float() for k, v in state.items()})
-    return Model(config, network.eval(), folder)
+    return network.eval()
+
+
+def load_model(folder: str | os.PathLike | None = None) -> Model:
+    """Verify and load a model folder (default: the bundled starter model)."""
+    folder = Path(folder) if folder is not None else default_model_folder()
+    config = read_config(folder)
+    return Model(config, load_weights(DuPLUSNet(config.network), folder), folder)

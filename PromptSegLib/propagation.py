@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from .errors import Cancelled, InputImageError, ModelError, OutputError, PromptSegError
 from .metrics import dice
-from .model_io import CARD, CONFIG, WEIGHTS, replace_card, verify_folder, write_model_folder
+from .model_io import CARD, CONFIG, WEIGHTS, load_weights, replace_card, verify_folder, write_model_folder
 from .propagation_net import CPU_WIDTHS, PromptUNet2D, PropagationNetConfig
 
 log = logging.getLogger(__name__)
@@ -140,24 +140,12 @@ def load_propagation_model(folder: str | os.PathLike | None = None) -> Propagati
     Raises:
         ModelError: missing/altered files, another format, or weights that do not fit the config.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = verify_folder(Path(folder) if folder is not None else BUNDLED_PROPAGATION_MODEL)
     try:
         config = PropagationConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
     except json.JSONDecodeError as exc:
         raise ModelError(f"{folder / CONFIG} is not valid JSON: {exc}") from exc
-    network = PromptUNet2D(config.network)
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(f"cannot read {folder / WEIGHTS}: {exc}") from exc
-    expected = network.state_dict()
-    if set(expected) != set(state) or any(expected[k].shape != state[k].shape for k in expected):
-        raise ModelError(f"weights in {folder} do not match the architecture in its config")
-    network.load_state_dict({k: v.float() for k, v in state.items()})
-    return PropagationModel(config, network.eval(), folder)
+    return PropagationModel(config, load_weights(PromptUNet2D(config.network), folder), folder)
 
 
 # ------------------------------------------------------------------------------------------ slice geometry
