@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from .errors import InputImageError, OutputError
 from .export_segments import ExportSegment, vocabulary_target
 from .outputs import atomic_path, check_writable
-from .rtstruct import ExportReport, dice, prepare_export
+from .rtstruct import ExportReport, dice, prepare_export, save_dataset
 
 TISSUE = ("SCT", "85756007", "Tissue")  # category and type of a segment without codes (Slicer's default)
 
@@ -125,10 +125,7 @@ def write_dicom_seg(path: str | os.PathLike, image: sitk.Image, references, segm
 
     kept, seg, report = prepare_export(path, segment_set, image, references, build)
     with atomic_path(path) as tmp:
-        try:
-            seg.save_as(tmp, enforce_file_format=True)
-        except (OSError, ValueError) as exc:
-            raise OutputError(f"cannot write {path}: {exc}") from exc
+        save_dataset(seg, tmp, path)
         if validate:
             back = read_dicom_seg(tmp, references)
             for segment in kept:

@@ -47,7 +47,7 @@ def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> in
     """How many windows MONAI's sliding-window inferer visits for a volume of ``shape``."""
     total = 1
     for size, r in zip(shape, roi):
-        r = min(r, size) if size < r else r
+        r = min(r, size)
         interval = max(int(r * (1 - overlap)), 1)
         total *= 1 if size <= r else math.ceil((size - r) / interval) + 1
     return total

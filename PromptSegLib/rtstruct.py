@@ -309,6 +309,14 @@ def prepare_export(path: Path, segment_set, image: sitk.Image, references, build
     return kept, built, ExportReport(Path(path), [s.name for s in kept], skipped, messages)
 
 
+def save_dataset(dataset, tmp: Path, path: Path) -> None:
+    """Save a pydicom dataset (file meta enforced) at ``tmp``, the temporary name of output ``path``."""
+    try:
+        dataset.save_as(tmp, enforce_file_format=True)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from exc
+
+
 def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segment_set, *,
                    default_interpreted_type: str = "ORGAN", label: str = "PromptSeg",
                    validate: bool = True) -> ExportReport:
@@ -327,10 +335,7 @@ def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segme
     kept, ds, report = prepare_export(path, segment_set, image, references, lambda segments: build_rtstruct(
         image, references, segments, label=label, default_interpreted_type=default_interpreted_type))
     with atomic_path(path) as tmp:
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-        except (OSError, ValueError) as exc:
-            raise OutputError(f"cannot write {path}: {exc}") from exc
+        save_dataset(ds, tmp, path)
         if validate:
             masks = read_rtstruct(tmp, image, references)
             for segment in kept:
