@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int)
     tr.add_argument("--lr", type=float)
     tr.add_argument("--foreground-ratio", type=float)
+    tr.add_argument("--absent-targets", type=int,
+                    help="targets of other body regions prompted per step with an empty truth (default 2)")
     tr.add_argument("--validate-every", type=int)
     tr.add_argument("--checkpoint-every", type=int)
     tr.add_argument("--init", help="model folder to fine-tune from")

@@ -3,11 +3,13 @@
 Spec format (paths relative to the spec file)::
 
     {"datasets": [{"name": "ts_ct", "modality": "CT", "regions": ["abdomen"],
-                   "labels": {"5": "liver", "10": "left lung", "11": "left lung"},
+                   "labels": {"5": "liver", "10": "left lung", "11": "left lung", "10,11": "lungs"},
                    "cases": [{"id": "s01", "image": "ct.nii.gz", "label": "seg.nii.gz", "split": "train"}]}]}
 
-Several label values may map to one target (lobes -> lung). A dataset supervises only the targets it names:
-a named target absent from a case has an empty ground truth there (partial labels are the normal case).
+Several label values may map to one target (lobes -> lung), and a key may list several values so that
+targets overlap (``"1,2,3,4": "whole tumor"`` beside ``"4": "enhancing tumor"``). A dataset supervises only
+the targets it names: a named target absent from a case has an empty ground truth there (partial labels are
+the normal case).
 """
 from __future__ import annotations
 
@@ -37,20 +39,39 @@ class CaseSpec:
 
 @dataclass
 class DatasetSpec:
-    """One dataset: modality, regions (context prompts), label values -> target names, cases."""
+    """One dataset: modality, regions (context prompts), target names -> their label values, cases."""
 
     name: str
     modality: str
     regions: list[str]
-    labels: dict[int, str]
+    labels: dict[str, tuple[int, ...]]
     cases: list[CaseSpec] = field(default_factory=list)
 
     @property
     def targets(self) -> list[str]:
-        return list(dict.fromkeys(self.labels.values()))
+        return list(self.labels)
+
+    @property
+    def values(self) -> set[int]:
+        """Every label value some target uses."""
+        return {v for values in self.labels.values() for v in values}
 
     def values_of(self, target: str) -> list[int]:
-        return [v for v, t in self.labels.items() if t == target]
+        return list(self.labels.get(target, ()))
+
+
+def parse_labels(raw: dict[str, str], vocabulary: Vocabulary) -> dict[str, tuple[int, ...]]:
+    """``{"1": "necrosis", "1,3,4": "tumor core", "10": "left lung", "11": "left lung"}`` -> target -> values,
+    target names resolved through the vocabulary (several keys naming one target are joined)."""
+    labels: dict[str, tuple[int, ...]] = {}
+    for key, name in raw.items():
+        try:
+            values = tuple(int(v) for v in str(key).split(","))
+        except ValueError as exc:
+            raise PromptSegError(f"label key {key!r} is not a value or a comma-separated list of values") from exc
+        target = vocabulary.target(name).name
+        labels[target] = tuple(sorted(set(labels.get(target, ())) | set(values)))
+    return labels
 
 
 def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[DatasetSpec]:
@@ -73,7 +94,7 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
             if "folder" in entry:
                 labels, cases = _decathlon(path.parent / entry["folder"], entry, vocabulary)
             else:
-                labels = {int(v): vocabulary.target(t).name for v, t in entry["labels"].items()}
+                labels = parse_labels(entry["labels"], vocabulary)
                 cases = [CaseSpec(str(c["id"]), path.parent / c["image"], path.parent / c["label"],
                                   c.get("split", "train")) for c in entry["cases"]]
             spec = DatasetSpec(entry["name"], canonical_modality(entry["modality"]),
@@ -104,16 +125,15 @@ def _read_structured(path: Path) -> dict:
         raise PromptSegError(f"cannot read dataset spec {path}: {exc}") from exc
 
 
-def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[int, str], list[CaseSpec]]:
+def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[str, tuple[int, ...]], list[CaseSpec]]:
     """Labels and cases of an MSD (``labels``: value -> name) or nnU-Net v2 (name -> value) folder."""
     meta = _read_structured(folder / "dataset.json")
     if "labels" in entry:
-        labels = {int(v): vocabulary.target(t).name for v, t in entry["labels"].items()}
+        labels = parse_labels(entry["labels"], vocabulary)
     else:
         raw = meta["labels"]
-        pairs = ((int(v), n) for v, n in raw.items()) if all(k.isdigit() for k in raw) else (
-            (int(v), n) for n, v in raw.items())
-        labels = {v: vocabulary.target(n).name for v, n in pairs if v != 0}
+        pairs = raw.items() if all(k.isdigit() for k in raw) else ((str(v), n) for n, v in raw.items())
+        labels = parse_labels({v: n for v, n in pairs if int(v) != 0}, vocabulary)
     validation = set(entry.get("val", []))
     cases = []
     if meta.get("training") and isinstance(meta["training"][0], dict):
@@ -178,10 +198,10 @@ def load_case(dataset: DatasetSpec, case: CaseSpec) -> LabelledCase:
     image = read_image(case.image)
     label = read_label(case, image)
     values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
-    missing = sorted(set(dataset.labels) - values)
+    missing = sorted(dataset.values - values)
     if missing:
         log.info("case %s: label values %s of dataset %s do not occur (empty targets there)", case.id, missing, dataset.name)
-    if not values & set(dataset.labels):
+    if not values & dataset.values:
         log.warning("case %s has no foreground for any target of dataset %s", case.id, dataset.name)
     return LabelledCase(dataset, case, image, label)
 
@@ -192,7 +212,7 @@ def load_split(datasets: list[DatasetSpec], split: str) -> list[LabelledCase]:
     if split == "train":
         if not cases:
             raise PromptSegError("the dataset spec has no training cases")
-        if not any(np.isin(sitk.GetArrayViewFromImage(c.label), list(c.dataset.labels)).any() for c in cases):
+        if not any(np.isin(sitk.GetArrayViewFromImage(c.label), list(c.dataset.values)).any() for c in cases):
             raise PromptSegError("the training cases hold no foreground for any named target")
     return cases
 

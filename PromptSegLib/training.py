@@ -2,7 +2,9 @@
 
 Each step draws, per sample, a random crop (foreground-oversampled) of a training case, a paraphrase of
 its context prompt, and a paraphrase of every target its dataset names, present in the crop or not (an
-absent target's truth is empty: the model learns to obey the prompt). Loss: soft Dice + BCE per target.
+absent target's truth is empty: the model learns to obey the prompt), plus a few targets of the other
+datasets that belong to body regions this dataset does not image (certainly absent: "the liver" on a brain
+MR must give nothing). Loss: soft Dice + BCE per target.
 AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues); validation Dice on the
 original grid; a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
 """
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .datasets import LabelledCase, PreparedCase, ct_rule, load_spec, load_split, prepare_case
+from .datasets import DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spec, load_split, prepare_case
 from .errors import PromptSegError
 from .evaluation import evaluate_cases, markdown_table, summarize
 from .inference import Segmenter, select_device
@@ -28,7 +30,7 @@ from .network import DuPLUSNet, NetworkConfig, count_parameters
 from .preprocess import CT_WINDOW_HU, MODALITIES, IntensityRule
 from .prompts import paraphrases
 from .text_encoder import TextEncoder
-from .vocabulary import default_vocabulary
+from .vocabulary import Vocabulary, default_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     foreground_ratio: float = 0.67
+    absent_targets: int = 2
     augment: bool = True
     validate_every: int = 250
     checkpoint_every: int = 100
@@ -124,17 +127,38 @@ def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return (1 - soft_dice).mean() + F.binary_cross_entropy_with_logits(logits, truth)
 
 
+def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:
+    """Per dataset, the other datasets' targets that cannot be in its images: targets whose vocabulary
+    regions share none of its regions. A target without regions or found in the "whole body" (a tumour) may
+    be anywhere, and a "whole body" dataset may hold anything: those are never counted absent."""
+    every = sorted({t for d in datasets for t in d.targets})
+    out = {}
+    for dataset in datasets:
+        regions = set(dataset.regions)
+        out[dataset.name] = [] if "whole body" in regions else [
+            t for t in every if t not in dataset.targets and _confined(vocabulary.target(t).regions, regions)]
+    return out
+
+
+def _confined(target_regions: tuple[str, ...], regions: set[str]) -> bool:
+    """Whether a target found only in ``target_regions`` is certainly outside ``regions``."""
+    return bool(target_regions) and "whole body" not in target_regions and not regions & set(target_regions)
+
+
 class PromptBank:
-    """Embeddings of every paraphrase of each dataset's contexts and targets (encoded once)."""
+    """Embeddings of every paraphrase of each dataset's contexts and targets, and of the targets absent from
+    it (``absent_elsewhere``), encoded once."""
 
     def __init__(self, encoder: TextEncoder, cases: list[PreparedCase]):
         vocabulary = default_vocabulary()
+        datasets = list({c.dataset.name: c.dataset for c in cases}.values())
+        self.absent = absent_elsewhere(datasets, vocabulary)
         self.contexts: dict[str, list[str]] = {}
         self.targets: dict[tuple[str, str], list[str]] = {}
-        for dataset in {c.dataset.name: c.dataset for c in cases}.values():
+        for dataset in datasets:
             self.contexts[dataset.name] = [p for r in dataset.regions
                                            for p in paraphrases(dataset.modality, r, vocabulary.region(r).synonyms)]
-            for target in dataset.targets:
+            for target in dataset.targets + self.absent[dataset.name]:
                 self.targets[(dataset.modality, target)] = paraphrases(
                     dataset.modality, target, vocabulary.target(target).synonyms)
         texts = [t for v in self.contexts.values() for t in v] + [t for v in self.targets.values() for t in v]
@@ -234,6 +258,8 @@ def train(config: TrainConfig) -> Path:
         while step < config.steps:
             dataset_cases = by_dataset[names[rng.integers(len(names))]]
             dataset = dataset_cases[0].dataset
+            pool = bank.absent[dataset.name]
+            absent = [pool[i] for i in rng.permutation(len(pool))[:config.absent_targets]]
             images, truths, contexts, prompts = [], [], [], []
             for _ in range(config.batch_size):
                 case = dataset_cases[rng.integers(len(dataset_cases))]
@@ -241,9 +267,10 @@ def train(config: TrainConfig) -> Path:
                 if config.augment:
                     image, label = augment(image, label, rng)
                 images.append(image[None])
-                truths.append(case.masks(dataset.targets, label))
+                truths.append(np.concatenate([case.masks(dataset.targets, label),
+                                              np.zeros((len(absent), *label.shape), np.float32)]))
                 contexts.append(bank.context(dataset.name, rng))
-                prompts.append(torch.stack([bank.target(dataset.modality, t, rng) for t in dataset.targets]))
+                prompts.append(torch.stack([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent]))
             model.train()
             with autocast:
                 logits = model(torch.from_numpy(np.stack(images)).to(device), dataset.modality,

@@ -16,7 +16,8 @@ from PromptSegLib.cli import main
 from PromptSegLib.datasets import load_spec, prepare_split
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.model_io import load_model
-from PromptSegLib.training import TrainConfig, crop, train
+from PromptSegLib.training import TrainConfig, absent_elsewhere, crop, train
+from PromptSegLib.vocabulary import default_vocabulary
 
 from conftest import SHARED
 
@@ -111,6 +112,31 @@ def test_bad_specs(tmp_path):
                       "train", 6.0)
 
 
+def test_overlapping_targets_and_targets_absent_from_other_regions(tmp_path):
+    """BRATS sub-regions overlap (whole tumour contains the oedema): one label value serves several targets.
+    A brain dataset is prompted with abdominal organs as certainly absent, never with a tumour that may be
+    anywhere, and the reverse."""
+    brats = SHARED / "brats2015" / "brats_2013_pat0003_1"
+    spec = {"datasets": [
+        {"name": "flair", "modality": "MR", "regions": ["brain"], "labels": {"1,2,3,4": "whole tumor", "2": "edema"},
+         "cases": [{"id": "p3", "image": str(brats / "Flair_subtrMeanDivStd.nii.gz"),
+                    "label": str(brats / "OTMultiClass.nii.gz")}]},
+        {"name": "ct", "modality": "CT", "regions": ["abdomen"], "labels": {"5": "liver", "1": "spleen"}, "cases": []},
+        {"name": "sts", "modality": "PET", "regions": ["lower limb"], "labels": {"1": "gtv"}, "cases": []}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    datasets = load_spec(tmp_path / "spec.json")
+    assert datasets[0].labels == {"whole tumor": (1, 2, 3, 4), "edema": (2,)}
+    case = prepare_split(datasets, "train", 4.0)[0]
+    whole, edema = case.masks(["whole tumor", "edema"])
+    assert edema.sum() > 0 and whole.sum() > edema.sum() and not (edema > whole).any()
+    absent = absent_elsewhere(datasets, default_vocabulary())
+    assert absent == {"flair": ["liver", "spleen"], "ct": ["edema", "whole tumor"], "sts": ["edema", "liver", "spleen", "whole tumor"]}
+    spec["datasets"][0]["labels"] = {"1;2": "whole tumor"}
+    (tmp_path / "bad.json").write_text(json.dumps(spec))
+    with pytest.raises(PromptSegError, match="comma-separated"):
+        load_spec(tmp_path / "bad.json")
+
+
 def test_label_on_another_grid_is_resampled(tmp_path):
     label = sitk.ReadImage(str(STS / "STS_001" / "CT_mask.nii.gz"))
     shifted = sitk.Resample(label, [s // 2 for s in label.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
@@ -145,7 +171,7 @@ def test_decathlon_and_nnunet_folders(tmp_path, layout):
     spec.write_text(json.dumps({"datasets": [{"name": "sts_mr", "modality": "MR", "regions": ["lower limb"],
                                               "folder": "Task01_Sarcoma", "val": ["STS_005"]}]}))
     dataset = load_spec(spec)[0]
-    assert dataset.labels == {1: "gross tumor volume"}
+    assert dataset.labels == {"gross tumor volume": (1,)}
     assert [(c.id, c.split) for c in dataset.cases] == [("STS_004", "train"), ("STS_005", "val")]
     assert prepare_split([dataset], "val", 6.0)[0].label.any()
 
