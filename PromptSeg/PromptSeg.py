@@ -4,8 +4,11 @@ The widget only wires Qt to the logic. The logic (``PromptSegSlicer.PromptSegLog
 PromptSegLib in a background thread and is tested on slicer-core (Testing/Python/test_slicer_logic.py).
 PromptSegLib and torch are imported lazily, so the module loads without them and can say what is missing.
 """
+import inspect
 import logging
 import os
+from pathlib import Path
+from typing import Callable
 
 import qt
 import slicer
@@ -195,8 +198,19 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Missing Python packages: ") + ", ".join(missing)
 
     def onInstallButton(self) -> None:
+        self.ui.installButton.enabled = False
+        self.ui.statusLabel.text = _("Installing Python packages...")
         with slicer.util.tryWithErrorDisplay(_("Could not install the Python packages."), waitCursor=True):
-            self.logic.installDependencies()
+            self.logic.installDependencies(self._onDependenciesInstalled)
+            return
+        self._onDependenciesInstalled(False)
+
+    def _onDependenciesInstalled(self, succeeded: bool) -> None:
+        self.ui.installButton.enabled = True
+        if not succeeded:
+            self.ui.statusLabel.text = _("Installing the Python packages failed; see the Python console. Offline, "
+                                         "install them with pip from a local folder (pip install --no-index "
+                                         "--find-links FOLDER ...).")
         self._updateDependencyStatus()
         self.ui.deviceComboBox.clear()
         for device in self.logic.availableDevices():
@@ -373,20 +387,30 @@ class PromptSegLogic(promptSegLogic.PromptSegLogic):
     def getParameterNode(self):
         return PromptSegParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
 
-    def installDependencies(self) -> None:
-        """torch through the PyTorch extension when present, the rest with pip; never replaces Slicer's
-        SimpleITK, numpy or vtk (PromptSegLib is installed from the module folder, not from PyPI)."""
+    def installDependencies(self, completed: Callable[[bool], None]) -> None:
+        """torch through the PyTorch extension when present, the rest with pip, in the background where Slicer
+        offers it (newer Slicer: ``pip_install(blocking=False)``), else blocking; ``completed(succeeded)`` is
+        called at the end. Never replaces Slicer's SimpleITK, numpy or vtk (a pip constraints file pins them);
+        PromptSegLib itself comes from the module folder, not from PyPI."""
         missing = self.missingDependencies()
-        if "torch" in missing:
+        torch = [r for r in missing if r.startswith("torch")]
+        if torch:
             try:
                 import PyTorchUtils
             except ImportError:
-                raise DependencyError(["torch"]) from None
+                raise DependencyError(torch) from None
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
-                raise DependencyError(["torch"])
-            missing.remove("torch")
-        if missing:
-            slicer.util.pip_install(missing)
+                raise DependencyError(torch)
+            missing.remove(torch[0])
+        if not missing:
+            completed(True)
+            return
+        arguments = promptSegLogic.pipInstallArguments(missing, Path(slicer.app.temporaryPath) / "PromptSeg-constraints.txt")
+        if "blocking" in inspect.signature(slicer.util.pip_install).parameters:
+            slicer.util.pip_install(arguments, blocking=False, completedCallback=lambda code: completed(code == 0))
+        else:
+            slicer.util.pip_install(arguments)
+            completed(True)
 
     def vocabularyTargetNames(self):
         promptSegLogic.ensureLibraryImportable()

