@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--foreground-ratio", type=float)
     tr.add_argument("--absent-targets", type=int,
                     help="targets of other body regions prompted per step with an empty truth (default 2)")
+    tr.add_argument("--lora-rank", type=int,
+                    help="tune the text encoder with LoRA adapters of this rank (default 0: frozen)")
+    tr.add_argument("--lora-lr", type=float, help="learning rate of the LoRA adapters (default 5e-4)")
     tr.add_argument("--validate-every", type=int)
     tr.add_argument("--checkpoint-every", type=int)
     tr.add_argument("--init", help="model folder to fine-tune from")

@@ -12,13 +12,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import Cancelled, InputImageError, PromptError
+from .errors import Cancelled, InputImageError, ModelError, PromptError
 from .imageio import validate_volume
 from .catalogue import resolve_model
 from .model_io import Model, load_model
 from .preprocess import CT_WINDOW_HU, IntensityRule, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
-from .text_encoder import TextEncoder
+from .text_encoder import LoraSettings, TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary
 
 ProgressCallback = Callable[[float, str], None]
@@ -94,11 +94,24 @@ class Segmenter:
         self.device = select_device(device, threads)
         self.network = self.model.network.to(self.device).eval()
         self.encoder = (text_encoder if isinstance(text_encoder, TextEncoder)
-                        else TextEncoder(text_encoder or self.model.config.text_encoder))
+                        else self._model_encoder(text_encoder))
         if self.encoder.dim != self.model.config.network.text_dim:
             raise PromptError(f"text encoder {self.encoder.encoder_id} gives {self.encoder.dim}-d embeddings; "
                               f"the model expects {self.model.config.network.text_dim}")
         self.vocabulary = vocabulary or default_vocabulary()
+
+    def _model_encoder(self, override: str | None) -> TextEncoder:
+        """The model's text encoder, with its LoRA adapters when it was tuned with them (then no override)."""
+        config = self.model.config
+        if not config.text_lora:
+            return TextEncoder(override or config.text_encoder)
+        if override and str(override) != config.text_encoder:
+            raise PromptError(f"model {config.name} tuned its text encoder {config.text_encoder} with LoRA: "
+                              "it cannot use another encoder")
+        if not self.model.text_lora_state:
+            raise ModelError(f"model {config.name} names LoRA settings but carries no LoRA weights")
+        return TextEncoder(config.text_encoder, lora=LoraSettings.from_dict(config.text_lora),
+                           lora_state=self.model.text_lora_state)
 
     def queries(self, modality: str, targets: Sequence[str] = (), target_texts: Sequence[str] = (),
                 allow_untrained: bool = False) -> list[TargetQuery]:

@@ -1,5 +1,6 @@
-"""Model folders: ``weights.safetensors`` (fp16), ``config.json``, ``README.md`` (the model card) and
-``SHA256SUMS`` listing every other file. Loading refuses a folder whose files are missing, unlisted,
+"""Model folders: ``weights.safetensors`` (fp16), ``config.json``, ``README.md`` (the model card),
+``text_lora.safetensors`` when the text encoder was tuned with LoRA, and ``SHA256SUMS`` listing every other
+file. Loading refuses a folder whose files are missing, unlisted,
 altered, or made for another architecture.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .network import DuPLUSNet, NetworkConfig
 FORMAT = "promptseg-model"
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, CARD, SUMS = "weights.safetensors", "config.json", "README.md", "SHA256SUMS"
+TEXT_LORA = "text_lora.safetensors"
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL_NAME = "promptseg-starter"
 
@@ -40,6 +42,8 @@ class ModelConfig:
         threshold: probability above which a voxel belongs to a target.
         intensity: fixed z-score statistics per modality, ``{"CT": [mean, std]}`` of the clipped HU of the
             training data; modalities not listed are z-scored with each image's own statistics.
+        text_lora: LoRA settings (``LoraSettings.to_dict()``) when the text encoder was tuned with LoRA; its
+            adapter weights are the folder's ``text_lora.safetensors``.
     """
 
     name: str
@@ -52,11 +56,15 @@ class ModelConfig:
     regions: dict[str, list[str]] = field(default_factory=dict)
     threshold: float = 0.5
     intensity: dict[str, list[float]] = field(default_factory=dict)
+    text_lora: dict | None = None
 
     def to_dict(self) -> dict:
+        encoder = {"id": self.text_encoder, "dim": self.network.text_dim}
+        if self.text_lora:
+            encoder["lora"] = self.text_lora
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
                 "architecture": "DuPLUS", "network": self.network.to_dict(), "patch_size": list(self.patch_size),
-                "spacing_mm": self.spacing_mm, "text_encoder": {"id": self.text_encoder, "dim": self.network.text_dim},
+                "spacing_mm": self.spacing_mm, "text_encoder": encoder,
                 "modalities": list(self.network.modalities), "targets": self.targets, "regions": self.regions,
                 "threshold": self.threshold, "intensity": self.intensity}
 
@@ -73,7 +81,8 @@ class ModelConfig:
                          patch_size=tuple(int(v) for v in data["patch_size"]), spacing_mm=float(data["spacing_mm"]),
                          text_encoder=data["text_encoder"]["id"], targets=list(data.get("targets", [])),
                          regions=dict(data.get("regions", {})), threshold=float(data.get("threshold", 0.5)),
-                         intensity={m: [float(v) for v in stats] for m, stats in data.get("intensity", {}).items()})
+                         intensity={m: [float(v) for v in stats] for m, stats in data.get("intensity", {}).items()},
+                         text_lora=data["text_encoder"].get("lora"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
         if any(p % network.divisor for p in config.patch_size):
@@ -83,11 +92,13 @@ class ModelConfig:
 
 @dataclass
 class Model:
-    """A loaded model: its config, its network (float32, eval mode) and the folder it came from."""
+    """A loaded model: its config, its network (float32, eval mode), the folder it came from, and the text
+    encoder's LoRA adapter weights when it has them."""
 
     config: ModelConfig
     network: DuPLUSNet
     folder: Path | None = None
+    text_lora_state: dict[str, torch.Tensor] | None = None
 
 
 def sha256(path: Path) -> str:
@@ -133,16 +144,25 @@ def write_model_folder(folder: str | os.PathLike, write: Callable[[Path], list[s
     return folder
 
 
-def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfig, card: str) -> Path:
-    """Write a complete model folder atomically (see ``write_model_folder``)."""
+def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfig, card: str,
+               text_lora_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a complete model folder atomically (see ``write_model_folder``), with the text encoder's LoRA
+    weights (float32) when ``config.text_lora`` is set."""
     from safetensors.torch import save_file
+
+    if bool(config.text_lora) != bool(text_lora_state):
+        raise ModelError("a model with LoRA settings needs its LoRA weights, and the reverse")
 
     def write(tmp: Path) -> list[str]:
         state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in network.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(card, encoding="utf-8")
-        return [WEIGHTS, CONFIG, CARD]
+        if not text_lora_state:
+            return [WEIGHTS, CONFIG, CARD]
+        save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in text_lora_state.items()},
+                  str(tmp / TEXT_LORA), metadata={"format": FORMAT})
+        return [WEIGHTS, CONFIG, CARD, TEXT_LORA]
 
     return write_model_folder(folder, write)
 
@@ -235,4 +255,14 @@ def load_model(folder: str | os.PathLike | None = None) -> Model:
     """Verify and load a model folder (default: the bundled starter model)."""
     folder = Path(folder) if folder is not None else default_model_folder()
     config = read_config(folder)
-    return Model(config, load_weights(DuPLUSNet(config.network), folder), folder)
+    lora = None
+    if config.text_lora:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        verify_folder(folder, required=(TEXT_LORA,))
+        try:
+            lora = load_file(str(folder / TEXT_LORA))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"cannot read {folder / TEXT_LORA}: {exc}") from exc
+    return Model(config, load_weights(DuPLUSNet(config.network), folder), folder, lora)

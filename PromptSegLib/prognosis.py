@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, PromptSegError
+from .text_encoder import mean_pool, resolve_encoder
 
 FORMAT = "promptseg-prognosis-1"
 CONFIG, HEAD, LORA, CARD = "config.json", "head.safetensors", "lora.safetensors", "README.md"
@@ -467,7 +468,6 @@ class PrognosisModel:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from .text_encoder import resolve_encoder
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -492,10 +492,7 @@ class PrognosisModel:
     # -- features ---------------------------------------------------------------------------------------
     def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
         batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=128, return_tensors="pt")
-        hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
 
     def features(self, prompts: Sequence[str], image: np.ndarray | None = None, batch_size: int = 64) -> torch.Tensor:
         """Standardised head input ``(N, in_dim)``: prompt embedding [+ image features]."""

@@ -29,7 +29,7 @@ from .model_io import Model, ModelConfig, load_model, read_config, save_model
 from .network import DuPLUSNet, NetworkConfig, count_parameters
 from .preprocess import CT_WINDOW_HU, MODALITIES, IntensityRule
 from .prompts import paraphrases
-from .text_encoder import TextEncoder
+from .text_encoder import LoraSettings, TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     foreground_ratio: float = 0.67
     absent_targets: int = 2
+    lora_rank: int = 0
+    lora_lr: float = 5e-4
     augment: bool = True
     validate_every: int = 250
     checkpoint_every: int = 100
@@ -146,8 +148,8 @@ def _confined(target_regions: tuple[str, ...], regions: set[str]) -> bool:
 
 
 class PromptBank:
-    """Embeddings of every paraphrase of each dataset's contexts and targets, and of the targets absent from
-    it (``absent_elsewhere``), encoded once."""
+    """Every paraphrase of each dataset's contexts and targets, and of the targets absent from it
+    (``absent_elsewhere``); all encoded once up front, so a frozen encoder serves them from its cache."""
 
     def __init__(self, encoder: TextEncoder, cases: list[PreparedCase]):
         vocabulary = default_vocabulary()
@@ -161,16 +163,15 @@ class PromptBank:
             for target in dataset.targets + self.absent[dataset.name]:
                 self.targets[(dataset.modality, target)] = paraphrases(
                     dataset.modality, target, vocabulary.target(target).synonyms)
-        texts = [t for v in self.contexts.values() for t in v] + [t for v in self.targets.values() for t in v]
-        self.embedding = dict(zip(texts, encoder.encode(texts)))
+        encoder.encode([t for v in self.contexts.values() for t in v] + [t for v in self.targets.values() for t in v])
 
-    def context(self, dataset: str, rng: np.random.Generator) -> torch.Tensor:
+    def context(self, dataset: str, rng: np.random.Generator) -> str:
         options = self.contexts[dataset]
-        return self.embedding[options[rng.integers(len(options))]]
+        return options[rng.integers(len(options))]
 
-    def target(self, modality: str, target: str, rng: np.random.Generator) -> torch.Tensor:
+    def target(self, modality: str, target: str, rng: np.random.Generator) -> str:
         options = self.targets[(modality, target)]
-        return self.embedding[options[rng.integers(len(options))]]
+        return options[rng.integers(len(options))]
 
 
 def _distributed() -> tuple[int, int]:
@@ -181,12 +182,12 @@ def _distributed() -> tuple[int, int]:
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
-def build_network(config: TrainConfig, modalities: list[str], text_dim: int) -> tuple[DuPLUSNet, ModelConfig | None]:
-    """A new network, or one started from ``config.init`` with input blocks added for new modalities."""
-    if not config.init:
+def build_network(config: TrainConfig, modalities: list[str], text_dim: int, base: Model | None) -> DuPLUSNet:
+    """A new network, or one started from ``base`` (the ``config.init`` model) with input blocks added for new
+    modalities."""
+    if base is None:
         ordered = tuple(m for m in MODALITIES if m in modalities)
-        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim)), None
-    base = load_model(config.init)
+        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim))
     net_config = base.config.network
     if net_config.text_dim != text_dim:
         raise PromptSegError(f"model {config.init} uses {net_config.text_dim}-d text embeddings, the encoder gives {text_dim}")
@@ -194,7 +195,17 @@ def build_network(config: TrainConfig, modalities: list[str], text_dim: int) -> 
     net_config = NetworkConfig(**{**net_config.__dict__, "modalities": tuple(net_config.modalities) + tuple(added)})
     network = DuPLUSNet(net_config)
     network.load_state_dict(base.network.state_dict(), strict=False)
-    return network, base.config
+    return network
+
+
+def text_encoder(config: TrainConfig, base: Model | None) -> TextEncoder:
+    """The frozen text encoder; with the ``config.init`` model's LoRA adapters when it has them, else with new
+    rank-``config.lora_rank`` adapters when that is set."""
+    if base is not None and base.config.text_lora:
+        return TextEncoder(config.text_encoder or base.config.text_encoder,
+                           lora=LoraSettings.from_dict(base.config.text_lora), lora_state=base.text_lora_state)
+    lora = LoraSettings(r=config.lora_rank, alpha=2 * config.lora_rank) if config.lora_rank > 0 else None
+    return TextEncoder(config.text_encoder, lora=lora)
 
 
 def train(config: TrainConfig) -> Path:
@@ -209,21 +220,28 @@ def train(config: TrainConfig) -> Path:
     rules = _intensity_rules(config, loaded)
     train_cases = [prepare_case(case, config.spacing_mm, rules) for case in loaded]
     val_cases = load_split(datasets, "val") if rank == 0 else []  # scored on their own grids
-    encoder = TextEncoder(config.text_encoder)
+    base = load_model(config.init) if config.init else None
+    encoder = text_encoder(config, base)
     bank = PromptBank(encoder, train_cases)
-    network, base = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim)
-    targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base.targets if base else []))
+    network = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim, base)
+    base_config = base.config if base else None
+    targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base_config.targets if base else []))
     model_config = ModelConfig(
         config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
-        targets, _regions(train_cases, base),
-        intensity={m: [rule.mean, rule.std] for m, rule in rules.items()})
+        targets, _regions(train_cases, base_config),
+        intensity={m: [rule.mean, rule.std] for m, rule in rules.items()},
+        text_lora=encoder.lora.to_dict() if encoder.lora else None)
     if config.freeze_backbone:
         for name, parameter in network.named_parameters():
-            new_input = name.startswith("inputs.") and base and name.split(".")[1] not in base.network.modalities
+            new_input = (name.startswith("inputs.") and base_config
+                         and name.split(".")[1] not in base_config.network.modalities)
             parameter.requires_grad = name.startswith("head.") or bool(new_input)
     network.to(device)
     trainable = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    lora_params = encoder.to(device).lora_parameters() if config.lora_rank > 0 else []
+    groups = [{"params": trainable, "lr": config.lr}] + ([{"params": lora_params, "lr": config.lora_lr}]
+                                                         if lora_params else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * 0.01)
     step = resumed_at = 0
     config.work_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +249,8 @@ def train(config: TrainConfig) -> Path:
     if config.resume and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         network.load_state_dict(state["network"])
+        if lora_params:
+            encoder.load_lora_state(state["text_lora"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = resumed_at = state["step"]
@@ -260,7 +280,7 @@ def train(config: TrainConfig) -> Path:
             dataset = dataset_cases[0].dataset
             pool = bank.absent[dataset.name]
             absent = [pool[i] for i in rng.permutation(len(pool))[:config.absent_targets]]
-            images, truths, contexts, prompts = [], [], [], []
+            images, truths, contexts, prompts = [], [], [], []  # prompts: texts, (batch, targets)
             for _ in range(config.batch_size):
                 case = dataset_cases[rng.integers(len(dataset_cases))]
                 image, label = crop(case, config.patch_size, config.foreground_ratio, rng)
@@ -270,15 +290,22 @@ def train(config: TrainConfig) -> Path:
                 truths.append(np.concatenate([case.masks(dataset.targets, label),
                                               np.zeros((len(absent), *label.shape), np.float32)]))
                 contexts.append(bank.context(dataset.name, rng))
-                prompts.append(torch.stack([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent]))
+                prompts.append([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent])
             model.train()
+            encoder.model.train(bool(lora_params))
+            embed = encoder.embed if lora_params else encoder.encode  # through the adapters, or from the cache
+            embedded = embed(contexts + [t for row in prompts for t in row]).to(device)
             with autocast:
                 logits = model(torch.from_numpy(np.stack(images)).to(device), dataset.modality,
-                               torch.stack(contexts).to(device), torch.stack(prompts).to(device))
+                               embedded[:len(contexts)], embedded[len(contexts):].view(len(prompts), len(prompts[0]), -1))
             loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 12.0)
+            if lora_params and world > 1:  # the adapters live outside the DDP-wrapped network
+                for parameter in lora_params:
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= world
+            torch.nn.utils.clip_grad_norm_(trainable + lora_params, 12.0)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -290,8 +317,9 @@ def train(config: TrainConfig) -> Path:
             if board:
                 board.add_scalar("loss/train", loss.item(), step)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config)
+                _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config, encoder.lora_state())
             if val_cases and (step % config.validate_every == 0 or step == config.steps):
+                encoder.clear_cache()  # the adapters moved
                 validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
                 if board:
                     for target, value in validation.items():
@@ -306,7 +334,7 @@ def train(config: TrainConfig) -> Path:
         seconds = time.time() - started
         card = model_card(config, model_config, train_cases, val_cases, validation, seconds, device,
                           count_parameters(network), resumed_at)
-        save_model(config.output, network.cpu(), model_config, card)
+        save_model(config.output, network.cpu(), model_config, card, encoder.lora_state() or None)
     if world > 1:
         torch.distributed.destroy_process_group()
     return Path(config.output)
@@ -352,11 +380,12 @@ def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncode
     return means
 
 
-def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig) -> None:
+def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig,
+                     text_lora: dict[str, torch.Tensor]) -> None:
     tmp = path.with_suffix(".partial")
     torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "seed": config.seed,
-                "network_config": network.config.to_dict()}, tmp)
+                "network_config": network.config.to_dict(), "text_lora": text_lora}, tmp)
     os.replace(tmp, path)
 
 
@@ -408,13 +437,22 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
               f"- time: {seconds / 60:.1f} min on {hardware}"
               + (f" for steps {resumed_at + 1}-{config.steps}; resumed from the checkpoint of step {resumed_at}"
                  if resumed_at else ""),
-              f"- text encoder: {model_config.text_encoder} (frozen)", "",
+              f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})", "",
               "## Validation Dice (measured at the end of this run, on the original image grid)", ""]
     if validation:
         lines += ["| target | Dice |", "|---|---|"] + [f"| {t} | {v:.3f} |" for t, v in sorted(validation.items())]
     else:
         lines.append("No validation cases.")
     return "\n".join(lines) + "\n"
+
+
+def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:
+    if not model_config.text_lora:
+        return ""
+    settings = f"r={model_config.text_lora['r']}, alpha={model_config.text_lora['alpha']}"
+    if config.lora_rank > 0:
+        return f"; LoRA adapters ({settings}) on {', '.join(model_config.text_lora['targets'])} trained at lr {config.lora_lr}"
+    return f"; with the LoRA adapters ({settings}) of {config.init}, not trained further"
 
 
 def _cli_args(args: dict) -> list[str]:

@@ -63,6 +63,37 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
     assert all(np.isfinite(float(r["loss"])) for r in rows)
 
 
+def test_lora_tunes_the_text_encoder_and_travels_with_the_model(tmp_path):
+    """``--lora-rank``: peft adapters on the frozen MiniLM train with the network, are checkpointed (resume),
+    saved in the model folder under its checksums, and used by inference."""
+    import torch
+
+    from PromptSegLib.errors import ModelError
+    from PromptSegLib.inference import Segmenter
+    from PromptSegLib.text_encoder import TextEncoder
+
+    spec = write_spec(tmp_path / "spec.json", [("STS_001", "train")])
+    config = TrainConfig(spec=str(spec), output=str(tmp_path / "model"), name="tiny-lora", widths=(4, 8),
+                         patch_size=(32, 32, 32), spacing_mm=6.0, batch_size=1, steps=2, checkpoint_every=2,
+                         threads=1, lora_rank=4, lora_lr=0.05)
+    train(config)
+    config.steps, config.resume = 3, True
+    train(config)
+    folder = tmp_path / "model"
+    model = load_model(folder)
+    assert model.config.text_lora["r"] == 4 and "text_lora.safetensors" in (folder / "SHA256SUMS").read_text()
+    assert "LoRA adapters (r=4, alpha=8)" in (folder / "README.md").read_text()
+    text = ["A computed tomography of the gross tumor volume"]
+    tuned = Segmenter(model, device="cpu").encoder.encode(text)
+    assert not torch.allclose(tuned, TextEncoder().encode(text), atol=1e-4)  # the adapters moved
+    assert torch.equal(Segmenter(load_model(folder), device="cpu").encoder.encode(text), tuned)
+    with pytest.raises(PromptSegError, match="LoRA"):
+        Segmenter(model, device="cpu", text_encoder=str(tmp_path))
+    (folder / "text_lora.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing text_lora.safetensors"):
+        load_model(folder)
+
+
 def test_resume_continues_from_the_checkpoint(trained):
     root, config = trained
     config.steps, config.resume = 5, True
