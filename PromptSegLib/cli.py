@@ -208,22 +208,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+FUSION_METHODS = {"mean": "weighted_mean", "max": "max", "majority": "majority"}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import load_spec, load_split
-    from .evaluation import evaluate_cases, markdown_table, write_scores
+    from .evaluation import evaluate_cases, evaluate_fusion, fusion_table, markdown_table, write_scores
     from .inference import Segmenter
 
+    if not args.fuse and (args.fusion != "mean" or args.weights):
+        raise PromptSegError("--fusion and --weights apply with --fuse DATASET_A DATASET_B only")
+    if args.fuse and (args.context_region or args.absent_target or args.closer_look != "off"):
+        raise PromptSegError("--fuse does not combine with --context-region, --absent-target or --closer-look")
+    datasets = load_spec(args.spec)
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
-    cases = load_split(load_spec(args.spec), args.split)
-    scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()), args.closer_look)
-    write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md")
-    print(markdown_table(scores), end="")
+    if args.fuse:
+        scores = evaluate_fusion(segmenter, datasets, *args.fuse, args.split, FUSION_METHODS[args.fusion], args.weights)
+        table = fusion_table
+    else:
+        cases = load_split(datasets, args.split)
+        scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()), args.closer_look)
+        table = markdown_table
+    write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md", table)
+    print(table(scores), end="")
     if args.card:
         from .model_io import append_to_card
 
         command = "promptseg " + shlex.join(args.argv)
         append_to_card(segmenter.model.folder, f"## Evaluation: split `{args.split}` of `{Path(args.spec).name}`"
-                       f"{', ' + args.title if args.title else ''}\n\n```\n{command}\n```\n\n{markdown_table(scores)}")
+                       f"{', ' + args.title if args.title else ''}\n\n```\n{command}\n```\n\n{table(scores)}")
     return 0
 
 
@@ -322,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="organ-control ablation: also prompt this target, which the data does not label (repeatable)")
     ev.add_argument("--closer-look", choices=("off", "small", "all"), default="off",
                     help="refine targets in a finer crop before scoring")
+    ev.add_argument("--fuse", nargs=2, metavar=("DATASET_A", "DATASET_B"),
+                    help="late fusion: pair the cases of these two datasets by id (e.g. CT and PET of each patient), "
+                    "segment each on its own modality, fuse B's probabilities (on A's grid) with A's, and report Dice "
+                    "of A alone, B alone and fused against A's labels, with the HECKTOR aggregated Dice")
+    ev.add_argument("--fusion", choices=tuple(FUSION_METHODS), default="mean",
+                    help="with --fuse: weighted mean of the probabilities, their max, or majority vote of the masks")
+    ev.add_argument("--weights", type=float, nargs=2, metavar=("W_A", "W_B"),
+                    help="with --fuse and --fusion mean: weights of A and B (default equal)")
     ev.add_argument("--card", action="store_true", help="append the table (and this command) to the model's card")
     ev.add_argument("--title", help="a few words naming this evaluation in the card")
     ev.add_argument("--device", default="auto")

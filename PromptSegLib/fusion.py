@@ -2,15 +2,22 @@
 
 The DuPLUS PET/CT recipe fine-tunes one model on CT and one on PET and averages their per-voxel
 probabilities (``weighted_mean``); ``max`` and ``majority`` (vote of thresholded maps) are the alternatives.
-All maps are ``(T, Z, Y, X)`` float arrays with values in [0, 1], one per model, on the same grid.
+All maps are ``(T, Z, Y, X)`` float arrays with values in [0, 1], one per model, on the same grid;
+:func:`segment_pair` makes them from a co-registered CT and PET (the PET's resampled onto the CT grid).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from .errors import PromptSegError
+from .pet import check_overlap
+from .preprocess import resample_to
+
+if TYPE_CHECKING:
+    from .inference import CancelFlag, ProgressCallback, SegmentationResult, Segmenter
 
 METHODS = ("weighted_mean", "max", "majority")
 
@@ -35,6 +42,28 @@ def _check_maps(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
     return maps
 
 
+def fusion_weights(method: str, weights: Iterable[float] | None, count: int) -> np.ndarray | None:
+    """The normalised weights ``(count,)`` of ``weighted_mean`` (equal by default); None for ``max`` and
+    ``majority``. Call it before any work to refuse a bad method or weights early.
+
+    Raises:
+        FusionError: an unknown method, weights for another method, a wrong number of weights, negative or
+            non-finite weights, or weights that are all zero.
+    """
+    if method not in METHODS:
+        raise FusionError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
+    if method != "weighted_mean":
+        if weights is not None:
+            raise FusionError(f"weights apply to weighted_mean only, not to {method}")
+        return None
+    w = np.ones(count) if weights is None else np.asarray(list(weights), dtype=np.float64)
+    if w.shape != (count,):
+        raise FusionError(f"{count} maps but {w.size} weights")
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise FusionError(f"weights must be finite, non-negative and not all zero, got {w.tolist()}")
+    return w / w.sum()
+
+
 def fuse(maps: Sequence[np.ndarray], method: str = "weighted_mean", weights: Iterable[float] | None = None,
          threshold: float = 0.5) -> np.ndarray:
     """Fused probabilities ``(T, Z, Y, X)`` float32.
@@ -48,24 +77,15 @@ def fuse(maps: Sequence[np.ndarray], method: str = "weighted_mean", weights: Ite
         threshold: for ``majority``, the per-model threshold.
     """
     maps = _check_maps(maps)
+    w = fusion_weights(method, weights, len(maps))
     if method == "weighted_mean":
-        w = np.ones(len(maps)) if weights is None else np.asarray(list(weights), dtype=np.float64)
-        if w.shape != (len(maps),):
-            raise FusionError(f"{len(maps)} maps but {w.size} weights")
-        if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
-            raise FusionError(f"weights must be finite, non-negative and not all zero, got {w.tolist()}")
-        w = w / w.sum()
         out = np.zeros_like(maps[0])
         for wi, m in zip(w, maps):
             out += np.float32(wi) * m
         return out
-    if weights is not None:
-        raise FusionError(f"weights apply to weighted_mean only, not to {method}")
     if method == "max":
         return np.maximum.reduce(maps)
-    if method == "majority":
-        return (np.sum([m > threshold for m in maps], axis=0) / len(maps)).astype(np.float32)
-    raise FusionError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
+    return (np.sum([m > threshold for m in maps], axis=0) / len(maps)).astype(np.float32)
 
 
 def fuse_masks(maps: Sequence[np.ndarray], method: str = "weighted_mean", weights: Iterable[float] | None = None,
@@ -75,6 +95,24 @@ def fuse_masks(maps: Sequence[np.ndarray], method: str = "weighted_mean", weight
     return fused > (0.5 if method == "majority" else threshold)
 
 
+def overlap_counts(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """``(|A & B|, |A|, |B|)`` in voxels of a binary prediction A and truth B of the same shape."""
+    a, b = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
+    if a.shape != b.shape:
+        raise FusionError(f"prediction {a.shape} and truth {b.shape} differ in shape")
+    return int(np.logical_and(a, b).sum()), int(a.sum()), int(b.sum())
+
+
+def aggregated_dice_of_counts(counts: Iterable[tuple[int, int, int]]) -> float:
+    """HECKTOR 2022 aggregated Dice from per-case ``(|A_i & B_i|, |A_i|, |B_i|)`` (see :func:`overlap_counts`):
+    sum_i 2|A_i & B_i| / sum_i (|A_i| + |B_i|); NaN when every mask is empty."""
+    intersection = total = 0
+    for both, predicted, true in counts:
+        intersection += both
+        total += predicted + true
+    return float("nan") if total == 0 else 2.0 * intersection / total
+
+
 def aggregated_dice(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
     """HECKTOR 2022 aggregated Dice over cases: sum_i 2|A_i & B_i| / sum_i (|A_i| + |B_i|).
 
@@ -82,11 +120,55 @@ def aggregated_dice(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarr
     """
     if len(predictions) != len(truths):
         raise FusionError(f"{len(predictions)} predictions but {len(truths)} ground truths")
-    intersection = total = 0
+    counts = []
     for i, (a, b) in enumerate(zip(predictions, truths)):
-        a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-        if a.shape != b.shape:
-            raise FusionError(f"case {i}: prediction {a.shape} and truth {b.shape} differ in shape")
-        intersection += int(np.logical_and(a, b).sum())
-        total += int(a.sum()) + int(b.sum())
-    return float("nan") if total == 0 else 2.0 * intersection / total
+        try:
+            counts.append(overlap_counts(a, b))
+        except FusionError as exc:
+            raise FusionError(f"case {i}: {exc}") from None
+    return aggregated_dice_of_counts(counts)
+
+
+def segment_pair(segmenter: Segmenter, reference: sitk.Image, other: sitk.Image, modalities: tuple[str, str],
+                 regions: tuple[str, str], targets: Sequence[str], *, allow_untrained: bool = False,
+                 min_overlap: float = 0.0, progress: ProgressCallback | None = None,
+                 cancel: CancelFlag | None = None) -> tuple[SegmentationResult, SegmentationResult, dict]:
+    """Segment two co-registered images of one patient (e.g. CT and PET), each through the model's block for
+    its modality, and resample the second's probabilities linearly onto the first's grid: the inputs of late
+    fusion (DuPLUS HECKTOR recipe).
+
+    Args:
+        reference: the image whose grid the results share (the CT); other: the second image (the PET, in SUV).
+        modalities, regions: of ``reference`` and ``other`` (context prompts).
+        targets: vocabulary target names, the same for both.
+        min_overlap: the fraction of ``reference``'s box ``other`` must cover (see ``pet.check_overlap``).
+        progress: called with the fraction done of both segmentations; cancel: checked before each window.
+
+    Returns:
+        ``(reference_result, other_result, overlap_report)``: two results with ``(T, Z, Y, X)`` probabilities
+        on ``reference``'s grid, targets in the same order, and the overlap report of ``pet.check_overlap``.
+
+    Raises:
+        NoOverlapError: the images do not overlap; InputImageError: the model lacks a modality; PromptError:
+            an unknown or untrained target -- all before any segmentation.
+    """
+    from .inference import SegmentationResult
+
+    report = progress or (lambda fraction, message: None)
+    for modality, region in zip(modalities, regions):
+        segmenter.check_request(modality, region, targets, allow_untrained=allow_untrained)
+    overlap = check_overlap(other, reference, min_overlap)
+    results = []
+    for n, (image, modality, region) in enumerate(zip((reference, other), modalities, regions)):
+        results.append(segmenter.segment(
+            image, modality, region, targets, allow_untrained=allow_untrained, cancel=cancel,
+            progress=lambda fraction, message, n=n, modality=modality: report((n + fraction) / 2, f"{modality}: {message}")))
+    first, second = results
+    channels = []
+    for probability in second.probabilities:
+        image = sitk.GetImageFromArray(probability)
+        image.CopyInformation(other)
+        channels.append(sitk.GetArrayFromImage(resample_to(image, reference, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
+    resampled = SegmentationResult(second.queries, second.context, np.clip(np.stack(channels), 0.0, 1.0), reference,
+                                   second.threshold)
+    return first, resampled, overlap

@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, PromptSegError
+from .preprocess import resample_to
 
 SECONDS_PER_DAY = 24 * 3600
 
@@ -259,19 +260,19 @@ def overlap_fraction(moving: sitk.Image, reference: sitk.Image) -> tuple[float, 
     return float(inter / np.prod(hi_a - lo_a)), float(inter / np.prod(hi_b - lo_b))
 
 
-def resample_pet_to_ct(pet: sitk.Image, ct: sitk.Image, min_overlap: float = 0.0) -> tuple[sitk.Image, dict]:
-    """PET (SUV) resampled linearly onto the CT grid through physical space (the two are co-registered).
+def check_overlap(moving: sitk.Image, reference: sitk.Image, min_overlap: float = 0.0) -> dict:
+    """Check that ``moving`` (e.g. PET) overlaps ``reference`` (e.g. CT) in physical space.
 
     Returns:
-        the resampled PET (float32, 0 outside the PET field of view) and a report
-        ``{"ct_covered": fraction of the CT box inside the PET box, "pet_covered": ..., "message": ...}``.
+        ``{"ct_covered": fraction of the reference box inside the moving box, "pet_covered": fraction of the
+        moving box inside the reference box, "message": ...}``.
 
     Raises:
-        NoOverlapError: the physical boxes do not overlap, or the CT fraction covered is ``<= min_overlap``.
+        NoOverlapError: the physical boxes do not overlap, or the reference fraction covered is ``<= min_overlap``.
     """
-    ct_covered, pet_covered = overlap_fraction(pet, ct)
-    lo_c, hi_c = physical_bounds(ct)
-    lo_p, hi_p = physical_bounds(pet)
+    ct_covered, pet_covered = overlap_fraction(moving, reference)
+    lo_c, hi_c = physical_bounds(reference)
+    lo_p, hi_p = physical_bounds(moving)
     boxes = (f"CT box {np.round(lo_c, 1).tolist()}..{np.round(hi_c, 1).tolist()} mm, "
              f"PET box {np.round(lo_p, 1).tolist()}..{np.round(hi_p, 1).tolist()} mm")
     if ct_covered <= 0:
@@ -281,5 +282,17 @@ def resample_pet_to_ct(pet: sitk.Image, ct: sitk.Image, min_overlap: float = 0.0
         raise NoOverlapError(f"PET covers only {100 * ct_covered:.1f}% of the CT (needed > {100 * min_overlap:.0f}%); "
                              + boxes)
     message = f"PET covers {100 * ct_covered:.1f}% of the CT volume; {100 * pet_covered:.1f}% of the PET lies in the CT"
-    resampled = sitk.Resample(pet, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return resampled, {"ct_covered": ct_covered, "pet_covered": pet_covered, "message": message}
+    return {"ct_covered": ct_covered, "pet_covered": pet_covered, "message": message}
+
+
+def resample_pet_to_ct(pet: sitk.Image, ct: sitk.Image, min_overlap: float = 0.0) -> tuple[sitk.Image, dict]:
+    """PET (SUV) resampled linearly onto the CT grid through physical space (the two are co-registered).
+
+    Returns:
+        the resampled PET (float32, 0 outside the PET field of view) and the report of :func:`check_overlap`.
+
+    Raises:
+        NoOverlapError: see :func:`check_overlap`.
+    """
+    report = check_overlap(pet, ct, min_overlap)
+    return resample_to(pet, ct, sitk.sitkLinear, 0.0, sitk.sitkFloat32), report

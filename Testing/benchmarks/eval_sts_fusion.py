@@ -1,9 +1,10 @@
 """Late fusion of CT and PET on the sarcoma cohort's held-out patients (the DuPLUS HECKTOR recipe).
 
-Each held-out patient's CT and FDG-PET are segmented separately with the GTV model (its CT and PET input
-blocks); the PET probabilities are resampled onto the CT grid and fused per voxel (weighted mean, then
-threshold). Dice against the manual CT contour for CT alone, PET alone and fused, per patient and as the
-mean and the HECKTOR aggregated Dice.
+The same as ``promptseg evaluate Resources/Training/sts_gtv.json --fuse sts_ct sts_pet`` (the library's
+``evaluation.evaluate_fusion``): each held-out patient's CT and FDG-PET are segmented separately with the GTV
+model (its CT and PET input blocks); the PET probabilities are resampled onto the CT grid and fused per voxel
+(weighted mean, then threshold). Dice against the manual CT contour for CT alone, PET alone and fused, per
+patient, as the mean and as the HECKTOR aggregated Dice.
 Usage: python Testing/benchmarks/eval_sts_fusion.py [--model promptseg-sts-gtv] [--pet-weight 0.5] [--card]
 """
 from __future__ import annotations
@@ -11,18 +12,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-from common import SHARED
-
-from PromptSegLib.fusion import aggregated_dice, fuse
+from PromptSegLib.datasets import load_spec
+from PromptSegLib.evaluation import evaluate_fusion, fusion_table
 from PromptSegLib.inference import Segmenter
-from PromptSegLib.metrics import dice
 from PromptSegLib.model_io import append_to_card
-from PromptSegLib.pet import resample_pet_to_ct
 
-HELD_OUT = [f"STS_{i:03d}" for i in range(25, 31)]
+SPEC = Path(__file__).resolve().parents[2] / "Resources" / "Training" / "sts_gtv.json"
 
 
 def main() -> None:
@@ -32,29 +29,9 @@ def main() -> None:
     parser.add_argument("--card", action="store_true")
     args = parser.parse_args()
     segmenter = Segmenter(args.model, device="cpu")
-    rows, masks = [], {"CT": [], "PET": [], "fused": []}
-    truths = []
-    for case in HELD_OUT:
-        folder = SHARED / "sts_pet_ct_mr" / "nifti" / case
-        ct = sitk.ReadImage(str(folder / "CT_image.nii.gz"))
-        pet = sitk.ReadImage(str(folder / "PET_image.nii.gz"))
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "CT_mask.nii.gz"))) > 0
-        ct_probability = segmenter.segment(ct, "CT", "extremity", ["GTV"]).probabilities[0]
-        pet_result = segmenter.segment(pet, "PET", "extremity", ["GTV"])
-        pet_image = sitk.GetImageFromArray(pet_result.probabilities[0])
-        pet_image.CopyInformation(pet)
-        pet_on_ct = sitk.GetArrayFromImage(resample_pet_to_ct(pet_image, ct)[0])
-        fused = fuse([ct_probability[None], pet_on_ct[None]], "weighted_mean", [1 - args.pet_weight, args.pet_weight])[0]
-        threshold = segmenter.model.config.threshold
-        case_masks = {"CT": ct_probability >= threshold, "PET": pet_on_ct >= threshold, "fused": fused >= threshold}
-        for kind, mask in case_masks.items():
-            masks[kind].append(mask)
-        truths.append(truth)
-        rows.append(f"| {case} | " + " | ".join(f"{dice(case_masks[k], truth):.3f}" for k in masks) + " |")
-    lines = ["| patient | CT alone | PET alone | fused |", "|---|---|---|---|", *rows,
-             "| mean | " + " | ".join(f"{np.mean([dice(m, t) for m, t in zip(masks[k], truths)]):.3f}" for k in masks) + " |",
-             "| aggregated | " + " | ".join(f"{aggregated_dice(masks[k], truths):.3f}" for k in masks) + " |"]
-    table = "\n".join(lines) + "\n"
+    scores = evaluate_fusion(segmenter, load_spec(SPEC), "sts_ct", "sts_pet", "val", "weighted_mean",
+                             [1 - args.pet_weight, args.pet_weight])
+    table = fusion_table(scores)
     print(table, end="")
     if args.card:
         command = "python Testing/benchmarks/eval_sts_fusion.py " + shlex.join(sys.argv[1:])
