@@ -102,7 +102,8 @@ def cmd_train_prognosis(args: argparse.Namespace) -> int:
 def cmd_prognose(args: argparse.Namespace) -> int:
     import torch
 
-    from .prognosis import ClinicalDataError, ClinicalRecord, load_prognosis_model, read_clinical_table
+    from .prognosis import (ClinicalDataError, ClinicalRecord, load_prognosis_model, patient_prognosis,
+                            read_clinical_table)
 
     torch.set_num_threads(args.threads)
     if bool(args.record) == bool(args.clinical):
@@ -125,14 +126,7 @@ def cmd_prognose(args: argparse.Namespace) -> int:
         features = np.load(args.image_features, allow_pickle=False)
         image = features.reshape(1, -1) if features.ndim == 1 else features[args.image_row:args.image_row + 1]
     model = load_prognosis_model(args.model, args.text_encoder)
-    prediction = model.predict_records([record], image)
-    out = {"patient_id": record.patient_id, "prompt": model.prompt(record),
-           "risk_score": float(prediction.risk[0]), "risk_definition":
-           f"probability of the event by time {model.config['horizon']:g} (cumulative incidence)",
-           "risk_group": prediction.groups[0],
-           "survival_curve": {"time": [0.0] + prediction.times.tolist(),
-                              "survival": [1.0] + prediction.survival[0].tolist()}}
-    text = json.dumps(out, indent=2) + "\n"
+    text = json.dumps(patient_prognosis(model, record, image), indent=2) + "\n"
     if args.output:
         from .outputs import atomic_path
 

@@ -5,6 +5,7 @@ Pieces (DuPLUS section 3.2.6):
 - :func:`load_cohort` / :func:`read_clinical_table` read a HECKTOR-style clinical CSV and endpoint CSV.
   Missing values are kept as ``None`` and written "unknown" in the prompt; unknown columns, patients
   without an endpoint, times <= 0 and events other than 0/1 are refused with a one-line reason.
+- :func:`record_from_dicom` fills sex, age and weight from a DICOM header's patient module.
 - :func:`build_prompt` writes the record as one sentence ("Predict the risk score of a male patient, 62 years
   old, with CT imaging of the Head & Neck, ...").
 - :class:`PrognosisModel`: the MiniLM sentence encoder with LoRA adapters (peft) on the attention query and
@@ -13,7 +14,7 @@ Pieces (DuPLUS section 3.2.6):
   bins (cut at quantiles of the training event times, plus one bin for "after the last cut"). Loss = alpha *
   negative log-likelihood with censoring + (1 - alpha) * ranking loss exp(-(F_i(T_i) - F_j(T_i)) / sigma).
   Outputs: the risk score (cumulative incidence at the horizon, by default the median training follow-up),
-  a risk group (tertiles of the training risks) and a survival curve per patient.
+  a risk group (tertiles of the training risks) and a survival curve per patient (:func:`patient_prognosis`).
 - Metrics: Harrell's C-index and Antolini's time-dependent C-index (own code), CoxPH on the clinical
   variables (lifelines) as the baseline, and :func:`cross_validate` comparing both on the same folds.
 - :func:`save_prognosis_model` / :func:`load_prognosis_model`: a folder with the LoRA weights, the head,
@@ -205,6 +206,40 @@ def _read_csv(path: str | os.PathLike, columns: dict[str, str], kind: str) -> li
     if duplicated:
         raise ClinicalDataError(f"{path.name}: patient(s) listed twice: " + ", ".join(duplicated[:10]))
     return rows
+
+
+DICOM_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+def _dicom_age_years(ds) -> float | None:
+    """PatientAge (``062Y``, ``006M``, ``010W``, ``005D``) in years, else the years from PatientBirthDate to the
+    StudyDate (or SeriesDate); None when neither is usable."""
+    from datetime import datetime
+
+    text = str(ds.get("PatientAge", "") or "").strip().upper()
+    if len(text) >= 2 and text[:-1].isdigit() and text[-1] in DICOM_AGE_UNITS:
+        return round(int(text[:-1]) * DICOM_AGE_UNITS[text[-1]], 1)
+    birth, when = ds.get("PatientBirthDate"), ds.get("StudyDate") or ds.get("SeriesDate")
+    try:
+        days = (datetime.strptime(str(when)[:8], "%Y%m%d") - datetime.strptime(str(birth)[:8], "%Y%m%d")).days
+    except (TypeError, ValueError):
+        return None
+    return round(days / 365.25, 1) if days >= 0 else None
+
+
+def record_from_dicom(ds) -> ClinicalRecord:
+    """The patient module of a DICOM header as a clinical record: PatientID, PatientSex (M/F; O is unknown),
+    age (see ``_dicom_age_years``) and PatientWeight (kg). Absent, empty or implausible tags stay unknown."""
+    sex = str(ds.get("PatientSex", "") or "").strip().upper()
+    raw = {"gender": {"M": 1, "F": 0}.get(sex), "age": _dicom_age_years(ds), "weight": ds.get("PatientWeight")}
+    pid = str(ds.get("PatientID", "") or "").strip() or "patient"
+    known = {}
+    for name, value in raw.items():  # one implausible tag (weight 0 for "unknown") must not lose the others
+        try:
+            known[name] = getattr(_parse_record(pid, {name: value}, "DICOM"), name)
+        except ClinicalDataError:
+            known[name] = None
+    return ClinicalRecord(pid, **known)
 
 
 def read_clinical_table(info_csv: str | os.PathLike) -> list[ClinicalRecord]:
@@ -556,6 +591,27 @@ class PrognosisModel:
         from peft import get_peft_model_state_dict
 
         return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(self.encoder).items()}
+
+
+def patient_prognosis(model: PrognosisModel, record: ClinicalRecord, image: np.ndarray | None = None) -> dict:
+    """One patient's prediction as plain data (``promptseg prognose`` JSON, the Slicer panel).
+
+    Args:
+        image: the patient's image features ``(1, C)`` when the model was trained with them.
+
+    Returns:
+        ``patient_id``, ``prompt``, ``risk_score`` (cumulative incidence at the model's horizon, in [0, 1]),
+        ``risk_definition``, ``risk_group`` (low, intermediate or high: tertiles of the training risks) and
+        ``survival_curve``: ``{"time": (K + 1,), "survival": (K + 1,)}``, from (0, 1) through the K time-bin
+        edges (the endpoints' time unit, days for HECKTOR), non-increasing in [0, 1].
+    """
+    prediction = model.predict_records([record], image)
+    return {"patient_id": record.patient_id, "prompt": model.prompt(record),
+            "risk_score": float(prediction.risk[0]), "risk_definition":
+            f"probability of the event by time {model.config['horizon']:g} (cumulative incidence)",
+            "risk_group": prediction.groups[0],
+            "survival_curve": {"time": [0.0] + prediction.times.tolist(),
+                               "survival": [1.0] + prediction.survival[0].tolist()}}
 
 
 def _set_seed(seed: int) -> None:

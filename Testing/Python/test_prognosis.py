@@ -19,7 +19,8 @@ from PromptSegLib.errors import ModelError
 from PromptSegLib.prognosis import (ClinicalDataError, ClinicalRecord, CoxBaseline, DeepHitSettings,
                                     UndefinedMetricError, antolini_c_index, bin_index, build_prompt,
                                     deephit_loss, harrell_c_index, load_cohort, load_prognosis_model,
-                                    read_clinical_table, save_prognosis_model, time_cuts, train_deephit)
+                                    read_clinical_table, record_from_dicom, save_prognosis_model, time_cuts,
+                                    train_deephit)
 
 CLINICAL = SHARED / "clinical"
 INFO = CLINICAL / "hecktor2021_patient_info_training.csv"
@@ -69,6 +70,20 @@ def test_empty_record_is_all_unknown():
     record = ClinicalRecord.from_dict({"Gender (1=M,0=F)": "0", "Age": "", "HPV status (0=-, 1=+)": "1",
                                        "Tobacco": "yes"})
     assert record.gender == 0 and record.age is None and record.hpv == 1 and record.tobacco == 1
+
+
+def test_record_from_dicom_patient_tags():
+    import pydicom
+
+    ds = pydicom.Dataset()
+    ds.PatientID, ds.PatientSex, ds.PatientAge, ds.PatientWeight = "P7", "F", "045Y", "71.5"
+    assert record_from_dicom(ds) == ClinicalRecord("P7", gender=0, age=45.0, weight=71.5)
+    ds.PatientAge = "006M"
+    assert record_from_dicom(ds).age == 0.5
+    # no age tag: birth date to study date; sex "O" and weight 0 (often written for "not measured") are unknown
+    ds.PatientAge, ds.PatientBirthDate, ds.StudyDate, ds.PatientSex, ds.PatientWeight = "", "19600301", "20200301", "O", "0"
+    assert record_from_dicom(ds) == ClinicalRecord("P7", age=60.0)
+    assert record_from_dicom(pydicom.Dataset()) == ClinicalRecord("patient")
 
 
 def test_unknown_columns_named(tmp_path):
@@ -263,3 +278,18 @@ def test_image_branch_learns_known_feature(cohort):
 
     with pytest.raises(Exception, match="image features"):
         model.predict([prompts[0]], None)
+
+
+# ---------------------------------------------------------------------------------- the bundled model
+
+def test_bundled_prognosis_model_reproduces_its_training_tertiles(cohort):
+    from PromptSegLib.model_io import BUNDLED_MODELS
+
+    folder = BUNDLED_MODELS / "promptseg-prognosis-hecktor"
+    model = load_prognosis_model(folder)  # checksums verified
+    assert model.config["image_dim"] == 0 and len(model.cuts) == 10
+    prediction = model.predict_records(cohort.records)
+    counts = [prediction.groups.count(g) for g in ("low", "intermediate", "high")]
+    assert max(counts) - min(counts) <= 2, counts  # the risk groups are the tertiles of these very patients
+    card = (folder / "README.md").read_text()
+    assert "0.606 ± 0.075" in card and "0.664 ± 0.049" in card  # DeepHit vs CoxPH, cross-validated
