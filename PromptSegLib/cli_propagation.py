@@ -70,7 +70,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     from .outputs import check_writable
     from .prompts import raw_target_query
     from .errors import PromptSegError
-    from .propagation import Propagator, propagate, resolve_axis, take_slice
+    from .propagation import FADE_CONTRAST, Propagator, propagate, resolve_axis, take_slice
     from .segfile import write_segmentation
 
     output = check_writable(args.output)
@@ -86,7 +86,9 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     update, close = _progress_bar(not args.quiet)
     try:
         result = propagate(propagator, sitk.GetArrayViewFromImage(image), mask, args.slice, axis, fixed=fixed,
-                           start=args.start, stop=args.stop, ssim_threshold=args.ssim_threshold, progress=update)
+                           start=args.start, stop=args.stop, ssim_threshold=args.ssim_threshold,
+                           threshold=args.threshold, progress=update,
+                           min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast)
     finally:
         close()
     seg = SegmentationResult([raw_target_query(name)], "", result.mask[None].astype(np.float32), image, 0.5)
@@ -135,6 +137,10 @@ def add_subcommands(sub) -> None:
     pr.add_argument("--keep", type=int, action="append",
                     help="a slice of MASK the user drew or corrected: kept as is, propagation stops there (repeatable)")
     pr.add_argument("--ssim-threshold", type=float, help="re-prompt below this SSIM (default: the model's, 0.6)")
+    pr.add_argument("--threshold", type=float, help="probability threshold of the mask (default: the model's)")
+    pr.add_argument("--min-contrast", type=float,
+                    help="stop where the structure's contrast with its surroundings falls below this fraction of "
+                         "the prompt slice's (default: PromptSegLib.propagation.FADE_CONTRAST; 0 turns it off)")
     pr.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ .labels.json)")
     pr.add_argument("--model", help="propagation model folder (default: the bundled one)")
     pr.add_argument("--series-uid", help="which DICOM series when the folder holds several")

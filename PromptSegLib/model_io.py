@@ -167,17 +167,23 @@ def save_model(folder: str | os.PathLike, network: DuPLUSNet, config: ModelConfi
     return write_model_folder(folder, write)
 
 
-def replace_card(folder: str | os.PathLike, card: str) -> None:
-    """Replace a verified model folder's card and update its manifest, each file replaced atomically."""
+def replace_file(folder: str | os.PathLike, name: str, text: str) -> None:
+    """Replace (or add) one text file of a verified model folder and update its manifest, each file replaced
+    atomically."""
     folder = verify_folder(folder, required=())
     listed = [line.partition("  ")[2] for line in (folder / SUMS).read_text(encoding="utf-8").splitlines() if line]
-    tmp = folder / f".{CARD}.partial"
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, folder / CARD)
-    names = listed + ([CARD] if CARD not in listed else [])
+    tmp = folder / f".{name}.partial"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, folder / name)
+    names = listed + ([name] if name not in listed else [])
     tmp = folder / f".{SUMS}.partial"
     tmp.write_text("".join(f"{sha256(folder / n)}  {n}\n" for n in names), encoding="utf-8")
     os.replace(tmp, folder / SUMS)
+
+
+def replace_card(folder: str | os.PathLike, card: str) -> None:
+    """Replace a verified model folder's card (manifest updated)."""
+    replace_file(folder, CARD, card)
 
 
 def append_to_card(folder: str | os.PathLike, text: str) -> None:

@@ -16,9 +16,11 @@ from PromptSegLib.cli import main
 from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptSegError
 from PromptSegLib.metrics import dice
 from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, TEST_FLOORS, LabelledVolume, PropagationModel,
-                                      Propagator, SampleGenerator, corrupt_prompt, dice_by_distance, largest_slice,
-                                      load_propagation_model, load_propagation_spec, load_volume, propagate,
-                                      save_propagation_model, take_slice, train_propagation)
+                                      Propagator, RegionContrast, SampleGenerator, calibrate_threshold,
+                                      choose_threshold, corrupt_prompt, dice_by_distance, kept_contrast,
+                                      largest_slice, load_propagation_model, load_propagation_spec, load_volume,
+                                      propagate, refresh_card, region_contrast, save_propagation_model, take_slice,
+                                      train_propagation)
 from PromptSegLib.propagation_net import PromptUNet2D, PropagationNetConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +156,8 @@ def test_other_axes():
     image, mask = cylinder()
     seeded = np.zeros_like(mask)
     seeded[:, 20] = mask[:, 20]
-    result = propagate(CopyForward(), image, seeded, 20, "coronal")
+    # the stand-in network carries the mask past the cylinder's sides: the stopping rule (tested on its own) off
+    result = propagate(CopyForward(), image, seeded, 20, "coronal", min_contrast=0)
     assert sorted(result.written) == [j for j in range(40) if j != 20]
     assert np.array_equal(result.mask[:, 5], mask[:, 20]) and np.array_equal(result.mask[:, 20], mask[:, 20])
 
@@ -186,13 +189,60 @@ def test_stops_when_the_mask_vanishes():
     assert not result.mask[22:].any()
 
 
+def test_stops_where_the_structure_fades_when_it_was_visible():
+    image, mask = cylinder()
+    ends = image - 500 * mask * (np.arange(30) >= 20)[:, None, None]  # the structure ends at slice 19
+    seeded = np.zeros_like(mask)
+    seeded[10] = mask[10]
+    result = propagate(CopyForward(), ends, seeded, 10)  # the stand-in network carries the mask on regardless
+    assert max(result.written) == 19 and "faded at slice 20" in result.stopped[+1]
+    assert not result.mask[20:].any() and np.array_equal(result.mask[:20], mask[:20])
+    assert max(propagate(CopyForward(), ends, seeded, 10, min_contrast=0).written) == 29  # the rule off
+    faint = image - 495 * mask * (np.arange(30) >= 20)[:, None, None] - 495 * mask  # barely visible anywhere
+    assert max(propagate(CopyForward(), faint, seeded, 10).written) == 29, "a faint structure cannot be seen to fade"
+
+
+def test_region_contrast():
+    image = np.zeros((20, 20), np.float32)
+    image[5:10, 5:10] = 10.0
+    image += np.random.default_rng(0).normal(0, 1, image.shape).astype(np.float32)
+    bright = np.zeros((20, 20), bool)
+    bright[5:10, 5:10] = True
+    contrast = region_contrast(image, bright)
+    assert 9 < contrast.inside - contrast.around < 11 and contrast.d > 3
+    assert region_contrast(-image, bright).d == pytest.approx(-contrast.d)
+    assert region_contrast(image, np.zeros_like(bright)) is None
+    assert region_contrast(image, np.ones_like(bright)) is None  # no ring around the whole slice
+    assert region_contrast(np.ones_like(image), bright) == (1.0, 1.0, 0.0)
+    assert region_contrast(bright * 2.0, bright) == (2.0, 0.0, np.inf)
+    # a region keeps the prompt's contrast if it stands out from its own ring or from the prompt slice's ring
+    reference = RegionContrast(10.0, 0.0, 3.0)
+    assert kept_contrast(RegionContrast(10.0, 0.0, 3.0), reference) == 1.0
+    assert kept_contrast(RegionContrast(10.0, 9.0, 0.1), reference) == 1.0  # too small a mask: its ring is inside
+    assert kept_contrast(RegionContrast(25.0, 20.0, 2.0), reference) == 2.5  # brighter slice: contrast kept
+    assert kept_contrast(RegionContrast(1.0, 0.5, 0.1), reference) == 0.1  # faded
+    dark = RegionContrast(-10.0, 0.0, -3.0)  # a structure darker than its surroundings (lung on CT)
+    assert kept_contrast(RegionContrast(-10.0, -9.0, -0.1), dark) == 1.0
+    assert kept_contrast(RegionContrast(-1.0, 0.0, -0.1), dark) == 0.1
+
+
+def test_choose_threshold_keeps_the_near_prompt_dice():
+    scores = {0.5: {"+-5": 0.90, "+-10": 0.85, "whole": 0.60}, 0.6: {"+-5": 0.91, "+-10": 0.85, "whole": 0.66},
+              0.7: {"+-5": 0.89, "+-10": 0.86, "whole": 0.70}}
+    assert choose_threshold(scores, 0.5) == 0.6
+    assert choose_threshold({0.5: scores[0.5]}, 0.5) == 0.5
+    with pytest.raises(PromptSegError, match="not among"):
+        choose_threshold(scores, 0.4)
+
+
 def test_ssim_drop_reprompts_from_the_buffer():
     image, mask = cylinder(slices=12)
     image[5] = np.random.default_rng(0).normal(0, 300, image[5].shape)  # one slice unlike its neighbours
     seeded = np.zeros_like(mask)
     seeded[0] = mask[0]
-    assert 6 in propagate(CopyForward(), image, seeded, 0, ssim_threshold=0.6).reprompts
-    assert propagate(CopyForward(), image, seeded, 0, ssim_threshold=-1.0).reprompts == []
+    # the noise hides the cylinder on slice 5: the stopping rule would end propagation there
+    assert 6 in propagate(CopyForward(), image, seeded, 0, ssim_threshold=0.6, min_contrast=0).reprompts
+    assert propagate(CopyForward(), image, seeded, 0, ssim_threshold=-1.0, min_contrast=0).reprompts == []
 
 
 def test_cancel_leaves_the_mask_unchanged_and_progress_reports():
@@ -251,6 +301,10 @@ def test_bad_inputs():
         propagate(propagator, image, mask, 5, axis="oblique")
     with pytest.raises(PromptSegError, match="range"):
         propagate(propagator, image, mask, 5, start=8, stop=20)
+    with pytest.raises(PromptSegError, match="threshold 1.5"):
+        propagate(propagator, image, mask, 5, threshold=1.5)
+    with pytest.raises(PromptSegError, match="min_contrast"):
+        propagate(propagator, image, mask, 5, min_contrast=-0.1)
 
 
 # --------------------------------------------------------------------------------------------- model folder
@@ -284,6 +338,12 @@ def test_train_propagation_writes_a_model_with_card(tmp_path):
     assert model.config.training["steps"] == 2 and model.config.network.widths == (4, 8)
     card = (folder / "README.md").read_text()
     assert "promptseg train-propagation spec.json -o model" in card and "STS_003" in card and "| all | 1 |" in card
+    chosen = calibrate_threshold(folder, tmp_path / "spec.json", candidates=(0.6,), per_dataset=1, command="calib")
+    calibrated = load_propagation_model(folder)  # config.json and SHA256SUMS replaced together
+    assert calibrated.config.threshold == chosen in (0.5, 0.6)
+    assert calibrated.config.training["threshold_calibration"]["cases"] == ["sts_pet/STS_001"]
+    refresh_card(folder, tmp_path / "spec.json")
+    assert f"Probability threshold {chosen:g} (was 0.5)" in (folder / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------- real data, CLI

@@ -13,6 +13,8 @@ Protocol (axial, every held-out structure of the spec's ``val`` split):
   propagation is not).
 - propagation with range limits: the same, the user also setting the range to the structure's first and
   last slice (the extent the peer's end slices give it).
+- stopping at structure ends: Dice by distance with the model's threshold before and after its calibration
+  (``calibrate_threshold``), each with and without the stopping rule (``min_contrast``, see ``propagate``).
 - latency: a real CT resampled to 256x256x200, the liver propagated from its largest slice over the volume.
 
 Usage: python Testing/benchmarks/bench_propagation.py [--model DIR] [--spec JSON] [--corrections 3] [--card]
@@ -33,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from PromptSegLib.metrics import dice  # noqa: E402
-from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, Propagator, dice_by_distance,  # noqa: E402
-                                      evaluation_targets, largest_slice, load_propagation_spec, load_split,
-                                      propagate, summary_table)
+from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, FADE_CONTRAST, Propagator,  # noqa: E402
+                                      dice_by_distance, evaluate_volumes, evaluation_targets, largest_slice,
+                                      load_propagation_spec, load_split, propagate, summary_table)
 
 
 def slice_dice(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -92,6 +94,27 @@ def fill_between_slices(truth: np.ndarray, n: int) -> np.ndarray:
     interpolator.SetLabel(1)
     interpolator.Update()
     return itk.GetArrayFromImage(interpolator.GetOutput()).astype(bool)
+
+
+def stopping_table(propagator: Propagator, validation: list, rows: list[dict]) -> str:
+    """Markdown table: mean Dice (+-5, +-10, whole; whole per group) at the threshold before calibration and
+    the model's, each with the stopping rule off and on. ``rows`` are the default run's (calibrated, rule on)."""
+    config = propagator.config
+    before = config.training.get("threshold_calibration", {}).get("previous", config.threshold)
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    lines = ["| threshold | stopping rule | Dice +-5 | Dice +-10 | Dice whole | " +
+             " | ".join(f"whole {g}" for g in groups) + " |", "|---|---|---|---|---|" + "---|" * len(groups)]
+    for threshold in dict.fromkeys((before, config.threshold)):
+        for contrast in (0.0, FADE_CONTRAST):
+            default = threshold == config.threshold and contrast == FADE_CONTRAST
+            scored = rows if default else evaluate_volumes(propagator, validation, threshold=threshold,
+                                                           min_contrast=contrast)
+            means = [np.mean([r[key] for r in scored]) for key in ("+-5", "+-10", "whole")]
+            means += [np.mean([r["whole"] for r in scored if r["group"] == g]) for g in groups]
+            lines.append(f"| {threshold:g}{' (before)' if threshold == before != config.threshold else ''} | "
+                         f"{f'on ({contrast:g})' if contrast else 'off'}{' (default)' if default else ''} | " +
+                         " | ".join(f"{m:.3f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[str, float]:
@@ -163,6 +186,7 @@ def main() -> None:
              "| Fill between slices (ITK contour interpolation) | " +
              " | ".join("-" if n == 1 else f"{np.mean([r[f'fill n={n}'] for r in rows]):.3f}" for n in counts) + " |"]
     corrections = "\n".join(lines) + "\n"
+    stopping = stopping_table(propagator, validation, rows)
     timing = latency(propagator)
     latency_text = (f"Volume {timing['shape']} (real CT resampled, liver): {timing['written']} slices propagated in "
                     f"{timing['total_s']:.2f} s, {timing['per_slice_ms']:.1f} ms per 256x256 slice (box resampling, "
@@ -173,6 +197,7 @@ def main() -> None:
     print("\nDice by distance from the prompt slice (mean over held-out structures)\n" + distance)
     print(f"Whole-structure Dice vs user-drawn slices ({len(rows)} held-out structures; corrections where slice "
           f"Dice < {args.fix_below})\n" + corrections)
+    print("Stopping at structure ends (mean over held-out structures; whole-structure Dice per group)\n" + stopping)
     print("Latency\n" + latency_text)
     if args.card:
         from PromptSegLib.model_io import append_to_card
@@ -183,7 +208,9 @@ def main() -> None:
                        f"Whole-structure Dice at the same number of user-drawn slices ({len(rows)} held-out "
                        f"structures; a correction replaces the worst slice with slice Dice < {args.fix_below} by the "
                        f"ground truth; the peer gets n slices evenly spaced from the structure's first to last "
-                       f"slice):\n\n{corrections}\nLatency: {latency_text}")
+                       f"slice):\n\n{corrections}\nStopping at structure ends (held-out, same protocol as Dice "
+                       f"by distance; the threshold before and after `calibrate_threshold`, the stopping rule off and "
+                       f"on):\n\n{stopping}\nLatency: {latency_text}")
         print(f"appended to {Path(args.model) / 'README.md'}")
 
 
