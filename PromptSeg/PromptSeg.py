@@ -29,6 +29,8 @@ from PromptSegSlicer import logic as promptSegLogic
 from PromptSegSlicer.logic import DependencyError, InputError
 
 POLL_INTERVAL_MS = 200
+SLICE_VIEWS = {"axial": "Red", "coronal": "Green", "sagittal": "Yellow"}  # where the user draws the prompt slice
+IJK_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}  # which of (i, j, k) a propagation axis runs along
 
 
 #
@@ -76,7 +78,9 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.job = None
+        self.jobDone = None  # main-thread step that writes a finished job: segmentation or propagation
         self.pollTimer = None
+        self.petCtSegmentation = None  # the PET/CT panel's output, updated by each Apply
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -106,10 +110,16 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.describeButton.connect("clicked(bool)", self.onDescribeButton)
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
-        self.ui.propagateCollapsibleButton.connect("contentsCollapsed(bool)", lambda collapsed: self._updateSegmentList())
+        self.ui.propagateCollapsibleButton.connect("contentsCollapsed(bool)", lambda c: self._updatePropagatePanel())
+        self.ui.propagateAxisComboBox.connect("currentIndexChanged(int)", lambda index: self._updatePropagatePanel())
+        self.ui.propagateLimitCheckBox.connect("toggled(bool)", lambda checked: self._updatePropagatePanel())
+        for button, spinBox in ((self.ui.propagateFirstFromViewButton, self.ui.propagateFirstSpinBox),
+                                (self.ui.propagateLastFromViewButton, self.ui.propagateLastSpinBox)):
+            button.connect("clicked(bool)", lambda checked, box=spinBox: self._rangeFromView(box))
         self.ui.exportRTStructButton.connect("clicked(bool)", lambda: self.onExportDicom("rtstruct"))
         self.ui.exportDicomSegButton.connect("clicked(bool)", lambda: self.onExportDicom("seg"))
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
+        self._setupPetCt()
         # Bound by hand: the parameter node wrapper has no QPlainTextEdit connector, and the device list is
         # only known at run time.
         self.ui.targetsPlainTextEdit.connect("textChanged()", self.onTargetsEdited)
@@ -238,7 +248,15 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = str(exc)
             slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
             return
-        self.ui.applyButton.text = _("Cancel")
+        self._showRunning(self._onSegmentationDone, self.ui.applyButton)
+
+    def _showRunning(self, jobDone, cancelButton) -> None:
+        """``self.job`` started: ``cancelButton`` reads Cancel, the other run button is disabled, the progress
+        bar shows, and the timer polls until ``jobDone(job)`` writes the result."""
+        self.jobDone = jobDone
+        cancelButton.text = _("Cancel")
+        for button in (self.ui.applyButton, self.ui.propagateButton):
+            button.enabled = button is cancelButton
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
         self.ui.statusLabel.text = _("Starting...")
@@ -256,16 +274,13 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.stop()
         self.job = None
         self.ui.applyButton.text = _("Apply")
+        self.ui.propagateButton.text = _("Propagate from the slice in view")
+        self.ui.propagateButton.enabled = True
         self.ui.progressBar.setVisible(False)
         try:
             # Let the Segment Editor's own undo cover this change when it edits the same segmentation.
             self._saveSegmentEditorUndoState(job.outputNode)
-            segmentationNode = self.logic.finishSegmentation(job)
-            if self._parameterNode.outputSegmentation is not segmentationNode:
-                self._parameterNode.outputSegmentation = segmentationNode
-            segmentationNode.CreateClosedSurfaceRepresentation()
-            if self.ui.detectionsCheckBox.checked:
-                self.logic.addDetectionROIs(job.result, job.volumeNode)
+            self.jobDone(job)
             self.ui.statusLabel.text = job.message
         except Exception as exc:
             self.ui.statusLabel.text = job.message if job.cancelRequested else str(exc)
@@ -273,6 +288,15 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 logging.exception("PromptSeg failed")
                 slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
         self._checkCanApply()
+
+    def _onSegmentationDone(self, job) -> None:
+        """Main thread: write a finished segmentation job's segments (and boxes) into the scene."""
+        segmentationNode = self.logic.finishSegmentation(job)
+        if self._parameterNode.outputSegmentation is not segmentationNode:
+            self._parameterNode.outputSegmentation = segmentationNode
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        if self.ui.detectionsCheckBox.checked:
+            self.logic.addDetectionROIs(job.result, job.volumeNode)
 
     def _saveSegmentEditorUndoState(self, segmentationNode) -> None:
         if segmentationNode is None:
@@ -314,28 +338,57 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for i in range(segmentation.GetNumberOfSegments()):
                 self.ui.propagateSegmentComboBox.addItem(segmentation.GetNthSegment(i).GetName())
 
-    def _currentSliceIndex(self, volume, axis: str) -> int:
-        """Index along ``axis`` of the volume array under the Red view's current slice."""
-        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+    def _updatePropagatePanel(self) -> None:
+        """Segment list; range boxes enabled with their check box and bounded by the volume's slices."""
+        self._updateSegmentList()
+        self.ui.propagateRangeWidget.enabled = self.ui.propagateLimitCheckBox.checked
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        if volume is not None and volume.GetImageData() is not None:
+            count = volume.GetImageData().GetDimensions()[IJK_AXIS[self.ui.propagateAxisComboBox.currentText]]
+            for spinBox in (self.ui.propagateFirstSpinBox, self.ui.propagateLastSpinBox):
+                spinBox.maximum = count - 1
+
+    def _sliceIndexInView(self, volume, axis: str) -> int:
+        """Index along ``axis`` of the volume array of the slice shown in that orientation's view (Red: axial,
+        Green: coronal, Yellow: sagittal)."""
+        sliceNode = slicer.app.layoutManager().sliceWidget(SLICE_VIEWS[axis]).mrmlSliceNode()
         sliceToRas = sliceNode.GetSliceToRAS()
         ras = [sliceToRas.GetElement(r, 3) for r in range(3)] + [1.0]
         rasToIjk = vtk.vtkMatrix4x4()
         volume.GetRASToIJKMatrix(rasToIjk)
-        ijk = rasToIjk.MultiplyPoint(ras)
-        return int(round(ijk[{"axial": 2, "coronal": 1, "sagittal": 0}[axis]]))
+        return int(round(rasToIjk.MultiplyPoint(ras)[IJK_AXIS[axis]]))
+
+    def _rangeFromView(self, spinBox) -> None:
+        volume = self._parameterNode.inputVolume
+        if volume is not None:
+            spinBox.value = self._sliceIndexInView(volume, self.ui.propagateAxisComboBox.currentText)
 
     def onPropagate(self) -> None:
+        """Start carrying the chosen segment from the slice in view, off the main thread; while it runs the
+        button reads Cancel."""
+        if self.job is not None:  # the button reads Cancel
+            self.job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.ui.propagateButton.enabled = False
+            return
         node, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
         name = self.ui.propagateSegmentComboBox.currentText
         if node is None or volume is None or not name:
             slicer.util.errorDisplay(_("Choose the input volume, the output segmentation and a segment first."))
             return
         axis = self.ui.propagateAxisComboBox.currentText
-        with slicer.util.tryWithErrorDisplay(_("Propagation failed."), waitCursor=True):
-            self._saveSegmentEditorUndoState(node)
-            result = self.logic.propagateSegment(node, name, volume, self._currentSliceIndex(volume, axis), axis)
-            self.ui.statusLabel.text = _("propagated over {count} slices").format(count=len(result.written))
-            self.ui.undoButton.enabled = self.logic.canUndo(node)
+        limited = self.ui.propagateLimitCheckBox.checked
+        try:
+            self.job = self.logic.startPropagation(
+                node, name, volume, self._sliceIndexInView(volume, axis), axis,
+                start=self.ui.propagateFirstSpinBox.value if limited else None,
+                stop=self.ui.propagateLastSpinBox.value if limited else None)
+        except Exception as exc:
+            self.job = None
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
+            return
+        self._showRunning(self.logic.finishPropagation, self.ui.propagateButton)
 
     def onDescribeButton(self) -> None:
         """One sentence per segment of the output segmentation, computed on the input volume's grid."""
@@ -376,6 +429,108 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Previous segments restored")
         self._checkCanApply()
 
+    # ------------------------------------------------------------------ PET/CT tumour and prognosis
+    def _setupPetCt(self) -> None:
+        try:
+            models = self.logic.availableModels()
+        except Exception:  # PromptSegLib missing: the install button says what to do
+            models = []
+        for name, folder in models:
+            self.ui.petCtModelComboBox.addItem(name, str(folder))
+        self.ui.petCtModelComboBox.setCurrentIndex(max(self.ui.petCtModelComboBox.findText(promptSegLogic.PET_CT_MODEL), 0))
+        self.ui.petCtModelComboBox.connect("currentIndexChanged(int)", lambda index: self.onPetCtModelChanged())
+        self.ui.petCtVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._prefillClinicalRecord)
+        self.ui.petVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPetVolumeChanged)
+        self.ui.petSuvButton.connect("clicked(bool)", self.onConvertPetToSuv)
+        self.ui.petCtApplyButton.connect("clicked(bool)", self.onPetCtApply)
+        self.ui.prognosisPredictButton.connect("clicked(bool)", self.onPredict)
+        self.onPetCtModelChanged()
+        self.onPetVolumeChanged(self.ui.petVolumeSelector.currentNode())
+
+    def onPetCtModelChanged(self) -> None:
+        """Fill the targets with the model's; say when it has no GTVp/GTVn."""
+        try:
+            targets = self.logic.petCtTargets(self.ui.petCtModelComboBox.currentText or None)
+        except Exception as exc:
+            self.ui.petCtTargetsLineEdit.text = ""
+            self.ui.petCtTargetsLineEdit.toolTip = str(exc)
+            return
+        self.ui.petCtTargetsLineEdit.text = ", ".join(targets)
+        lacking = [label for name, label in promptSegLogic.HECKTOR_TARGETS.items() if name not in targets]
+        self.ui.petCtTargetsLineEdit.toolTip = (_("This model has no {labels}; it segments: {targets}").format(
+            labels=" or ".join(lacking), targets=", ".join(targets)) if lacking else _("Targets to segment, comma-separated"))
+
+    def onPetVolumeChanged(self, node) -> None:
+        isSuv = node is not None and self.logic.petIsSuv(node)
+        self.ui.petSuvButton.enabled = node is not None and not isSuv
+        self.ui.petSuvButton.text = _("In SUV") if isSuv else _("Convert to SUV")
+        self._prefillClinicalRecord(node)
+
+    def _prefillClinicalRecord(self, node) -> None:
+        """Sex, age and weight from the volume's DICOM patient tags, where present."""
+        if node is None:
+            return
+        try:
+            record = self.logic.clinicalRecordFromDicom(node)
+        except Exception:  # not readable as DICOM: the fields stay as the user left them
+            logging.exception("PromptSeg: could not read the DICOM patient tags")
+            return
+        if record.gender is not None:
+            self.ui.prognosisSexComboBox.setCurrentIndex(1 if record.gender == 1 else 2)
+        if record.age is not None:
+            self.ui.prognosisAgeSpinBox.value = record.age
+        if record.weight is not None:
+            self.ui.prognosisWeightSpinBox.value = record.weight
+
+    def onConvertPetToSuv(self) -> None:
+        node = self.ui.petVolumeSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay(_("Could not convert the PET to SUV."), waitCursor=True):
+            info = self.logic.convertPetToSuv(node)
+            self.ui.statusLabel.text = _("PET now in SUV body weight (scale factor {factor:.4g})").format(
+                factor=info.scale_factor)
+        self.onPetVolumeChanged(node)
+
+    def onPetCtApply(self) -> None:
+        ct, pet = self.ui.petCtVolumeSelector.currentNode(), self.ui.petVolumeSelector.currentNode()
+        targets = [t.strip() for t in self.ui.petCtTargetsLineEdit.text.split(",") if t.strip()]
+        output = self.petCtSegmentation if slicer.mrmlScene.IsNodePresent(self.petCtSegmentation) else None
+
+        def progress(fraction: float, message: str) -> None:
+            self.ui.progressBar.setValue(int(100 * fraction))
+            self.ui.statusLabel.text = message
+            slicer.app.processEvents()
+
+        self.ui.progressBar.setVisible(True)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("PET/CT segmentation failed."), waitCursor=True):
+                self._saveSegmentEditorUndoState(output)
+                self.petCtSegmentation, overlap = self.logic.segmentPetCt(
+                    ct, pet, output, targets or None, self.ui.petCtModelComboBox.currentText or None,
+                    self.ui.petWeightSpinBox.value, device=self._parameterNode.device, progress=progress)
+                self.petCtSegmentation.CreateClosedSurfaceRepresentation()
+                self.ui.statusLabel.text = overlap["message"]
+        finally:
+            self.ui.progressBar.setVisible(False)
+
+    def onPredict(self) -> None:
+        ct = self.ui.petCtVolumeSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
+            fields = self.logic.parseClinicalFields(self.ui.prognosisFieldsPlainTextEdit.toPlainText())
+            fields["patient_id"] = self.logic.clinicalRecordFromDicom(ct).patient_id if ct else "patient"
+            sex = self.ui.prognosisSexComboBox.currentIndex  # unknown, male, female
+            if sex:
+                fields["gender"] = 1 if sex == 1 else 0
+            if self.ui.prognosisAgeSpinBox.value >= 0:
+                fields["age"] = self.ui.prognosisAgeSpinBox.value
+            if self.ui.prognosisWeightSpinBox.value > 0:
+                fields["weight"] = self.ui.prognosisWeightSpinBox.value
+            prediction, chart = self.logic.predictPrognosis(fields, self.ui.prognosisModelLineEdit.text.strip() or None,
+                                                            ct)
+            self.ui.prognosisResultLabel.text = _("Risk score {risk:.2f} ({group} risk): {definition}").format(
+                risk=prediction["risk_score"], group=prediction["risk_group"],
+                definition=prediction["risk_definition"])
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+
 
 #
 # Logic: the Qt-free PromptSegSlicer logic, with the module's parameter node
@@ -393,15 +548,15 @@ class PromptSegLogic(promptSegLogic.PromptSegLogic):
         called at the end. Never replaces Slicer's SimpleITK, numpy or vtk (a pip constraints file pins them);
         PromptSegLib itself comes from the module folder, not from PyPI."""
         missing = self.missingDependencies()
-        torch = [r for r in missing if r.startswith("torch")]
-        if torch:
+        torch = promptSegLogic.REQUIRED_PACKAGES["torch"]
+        if torch in missing:
             try:
                 import PyTorchUtils
             except ImportError:
-                raise DependencyError(torch) from None
+                raise DependencyError([torch]) from None
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
-                raise DependencyError(torch)
-            missing.remove(torch[0])
+                raise DependencyError([torch])
+            missing.remove(torch)
         if not missing:
             completed(True)
             return

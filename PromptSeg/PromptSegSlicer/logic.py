@@ -1,11 +1,11 @@
 """PromptSeg module logic: MRML volume in, segments out, PromptSegLib run off the main thread. No Qt.
 
-Threading model: ``startSegmentation`` validates the request and copies the volume into a SimpleITK image on
-the calling (main) thread, then runs PromptSegLib in a ``threading.Thread``. The thread never touches the
-MRML scene. The caller polls the returned ``SegmentationJob`` (``progress``, ``message``, ``isDone()``) -- the
-widget does it from a QTimer -- and then calls ``finishSegmentation`` on the main thread, which is the only
-place the scene is modified. A cancelled job (``job.cancel()``, any number of times) writes nothing, even if
-the worker had already finished.
+Threading model: ``startSegmentation`` (and ``startPropagation``) validates the request and copies the volume
+(and the segment) on the calling (main) thread, then runs PromptSegLib in a ``threading.Thread``. The thread
+never touches the MRML scene. The caller polls the returned ``SegmentationJob`` (``progress``, ``message``,
+``isDone()``) -- the widget does it from a QTimer -- and then calls ``finishSegmentation`` (or
+``finishPropagation``) on the main thread, which is the only place the scene is modified. A cancelled job
+(``job.cancel()``, any number of times) writes nothing, even if the worker had already finished.
 
 PromptSegLib, torch and MONAI are imported lazily, so this module (and the Slicer module that uses it)
 imports without them and can tell the user what to install.
@@ -43,6 +43,12 @@ REQUIRED_PACKAGES = {"torch": "torch>=2.2", "monai": "monai>=1.4", "transformers
 SLICER_OWNED = ("numpy", "SimpleITK", "vtk")
 MODULE_DIR = Path(__file__).resolve().parents[1]
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "PromptSeg.term.json"
+PET_CT_MODEL = "promptseg-sts-gtv"  # the bundled model with CT and PET input blocks (GTV of soft-tissue sarcoma)
+PROGNOSIS_MODEL = "promptseg-prognosis-hecktor"  # bundled under PromptSegLib/models
+HECKTOR_TARGETS = {"primary tumor": "GTVp", "malignant lymph node": "GTVn"}  # vocabulary name -> HECKTOR label
+SUV_QUANTITY = ("126400", "DCM", "Standardized Uptake Value")
+SUV_UNITS = ("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")  # as Slicer's PET DICOM plugin
+MAX_PLAUSIBLE_SUV = 200.0  # FDG SUVs stay far below; activity concentrations (Bq/ml) far above
 
 
 class InputError(ValueError):
@@ -57,7 +63,7 @@ class DependencyError(RuntimeError):
         super().__init__("PromptSeg needs these Python packages, which are not installed: " + ", ".join(self.missing)
                          + (". Install PyTorch with the PyTorch extension (Extension Manager) or "
                             "slicer.util.pip_install, then the rest with slicer.util.pip_install."
-                            if "torch" in self.missing else ". Install them with slicer.util.pip_install."))
+                            if REQUIRED_PACKAGES["torch"] in self.missing else ". Install them with slicer.util.pip_install."))
 
 
 def ensureLibraryImportable() -> None:
@@ -181,9 +187,10 @@ def terminologyEntryString(entry: dict | None) -> str:
 
 
 class SegmentationJob:
-    """One PromptSeg run in a background thread. Poll ``progress``/``message``/``isDone()``; ``cancel()``."""
+    """One PromptSeg run (a segmentation or a propagation) in a background thread. Poll
+    ``progress``/``message``/``isDone()``; ``cancel()``."""
 
-    def __init__(self, request: dict, image, volumeNode, outputNode, ijkToRas: np.ndarray):
+    def __init__(self, request: dict, image, volumeNode, outputNode, ijkToRas: np.ndarray | None = None):
         self.request = request
         self.image = image
         self.volumeNode = volumeNode
@@ -193,13 +200,13 @@ class SegmentationJob:
         self.message = "starting"
         self.result = None
         self.error: BaseException | None = None
-        self.finished = False  # finishSegmentation has run
+        self.finished = False  # finishSegmentation/finishPropagation has run
         self.startTime = time.monotonic()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
 
     def cancel(self) -> None:
-        """Ask the worker to stop at the next window; safe to call any number of times."""
+        """Ask the worker to stop at the next window (or slice); safe to call any number of times."""
         if not self._cancel.is_set():
             self._cancel.set()
             self.message = "cancelling"
@@ -239,7 +246,9 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         self._scene = scene
         self._segmenters: dict = {}
         self._segmenterLock = threading.Lock()
+        self._propagatorInstance = None
         self._editors: dict = {}
+        self._prognosisModels: dict = {}
         self.jobs: list[SegmentationJob] = []
 
     # ------------------------------------------------------------------ environment
@@ -332,13 +341,25 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                        contextText=contextText or None, modelFolder=folder, device=device or "auto",
                        threads=threads, threshold=threshold, allowUntrained=allowUntrained)
         job = SegmentationJob(request, image, inputVolume, outputSegmentation, ijkToRasMatrix(inputVolume))
+        return self._startJob(job, self._segmentationWork, onProgress)
+
+    def _startJob(self, job: SegmentationJob, work: Callable[[SegmentationJob, Callable[[float, str], None]], None],
+                  onProgress: Callable[[float, str], None] | None) -> SegmentationJob:
+        """Run ``work(job, report)`` in a daemon thread; what it raises is kept in ``job.error`` for the finish
+        call on the main thread. ``report(fraction, message)`` updates the job, then calls ``onProgress``."""
 
         def report(fraction, message):
             job._report(fraction, message)
             if onProgress is not None:
                 onProgress(fraction, message)
 
-        job._thread = threading.Thread(target=self._work, args=(job, report), name="PromptSeg worker", daemon=True)
+        def run():
+            try:
+                work(job, report)
+            except BaseException as exc:  # reported to the main thread by the finish call
+                job.error = exc
+
+        job._thread = threading.Thread(target=run, name="PromptSeg worker", daemon=True)
         self.jobs.append(job)
         job._thread.start()
         return job
@@ -352,33 +373,33 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                 self._segmenters[key] = Segmenter(folder, device=device, threads=threads)
             return self._segmenters[key]
 
-    def _work(self, job: SegmentationJob, report) -> None:
+    def _segmentationWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
-        try:
-            from PromptSegLib.errors import Cancelled
+        from PromptSegLib.errors import Cancelled
 
-            request = job.request
-            report(0.0, "loading the model")
-            segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
-            if job.cancelRequested:
-                raise Cancelled("segmentation cancelled")
-            job.result = segmenter.segment(
-                job.image, request["modality"], request["region"], request["targets"],
-                target_texts=request["targetTexts"], context_text=request["contextText"],
-                allow_untrained=request["allowUntrained"], progress=report, cancel=job._cancel)
-        except BaseException as exc:  # reported to the main thread by finishSegmentation
-            job.error = exc
+        request = job.request
+        report(0.0, "loading the model")
+        segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
+        if job.cancelRequested:
+            raise Cancelled("segmentation cancelled")
+        job.result = segmenter.segment(
+            job.image, request["modality"], request["region"], request["targets"],
+            target_texts=request["targetTexts"], context_text=request["contextText"],
+            allow_untrained=request["allowUntrained"], progress=report, cancel=job._cancel)
 
-    def finishSegmentation(self, job: SegmentationJob, timeout: float | None = None):
-        """Main thread: wait for the worker, then write the segments. Returns the segmentation node.
+    def _finishJob(self, job: SegmentationJob, timeout: float | None, what: str) -> None:
+        """Main thread: wait for the worker and check that its result may be written (``what``: the kind of
+        run, for the messages). Shared by ``finishSegmentation`` and ``finishPropagation``.
 
         Raises:
-            PromptSegLib.errors.Cancelled: the job was cancelled (the scene is untouched).
+            PromptSegLib.errors.Cancelled: the job was cancelled.
             TimeoutError: the worker is still running after ``timeout`` seconds.
-            whatever the worker raised (PromptError, ModelError, InputImageError...).
+            RuntimeError: the job was finished before.
+            InputError: its volume or output node was removed from the scene meanwhile.
+            whatever the worker raised.
         """
         if not job.wait(timeout):
-            raise TimeoutError("PromptSeg is still running")
+            raise TimeoutError(f"PromptSeg {what} is still running")
         if job in self.jobs:
             self.jobs.remove(job)
         if job.finished:
@@ -388,14 +409,24 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
 
         if job.cancelRequested or isinstance(job.error, Cancelled):
             job.message = "cancelled"
-            raise Cancelled("segmentation cancelled: nothing was changed")
+            raise Cancelled(f"{what} cancelled: nothing was changed")
         if job.error is not None:
             job.message = f"failed: {job.error}"
             raise job.error
         if not self.scene.IsNodePresent(job.volumeNode):
-            raise InputError("the input volume was removed from the scene while PromptSeg ran")
+            raise InputError(f"the input volume was removed from the scene while PromptSeg {what} ran")
         if job.outputNode is not None and not self.scene.IsNodePresent(job.outputNode):
-            raise InputError("the output segmentation was removed from the scene while PromptSeg ran")
+            raise InputError(f"the output segmentation was removed from the scene while PromptSeg {what} ran")
+
+    def finishSegmentation(self, job: SegmentationJob, timeout: float | None = None):
+        """Main thread: wait for the worker, then write the segments. Returns the segmentation node.
+
+        Raises:
+            PromptSegLib.errors.Cancelled: the job was cancelled (the scene is untouched).
+            TimeoutError: the worker is still running after ``timeout`` seconds.
+            whatever the worker raised (PromptError, ModelError, InputImageError...).
+        """
+        self._finishJob(job, timeout, "segmentation")
         node = self.writeResult(job.result, job.volumeNode, job.outputNode, job.request["threshold"], job.ijkToRas)
         job.message = f"done in {time.monotonic() - job.startTime:.1f} s"
         return node
@@ -575,41 +606,101 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         return describe(segmentName, masks[segmentName], volumeNodeToSimpleITK(volumeNode), modality, region, masks)
 
     # ------------------------------------------------------------------ propagation
-    def propagateSegment(self, segmentationNode, segmentName: str, volumeNode, sliceIndex: int,
+    def startPropagation(self, segmentationNode, segmentName: str, volumeNode, sliceIndex: int,
                          axis: str = "axial", start: int | None = None, stop: int | None = None,
-                         progress=None, cancel=None):
-        """Carry segment ``segmentName`` from slice ``sliceIndex`` (array index along ``axis`` of the volume's
-        ``[k, j, i]`` array; axial = k) through the volume with the bundled propagation model, both ways.
+                         onProgress: Callable[[float, str], None] | None = None) -> SegmentationJob:
+        """Start carrying segment ``segmentName`` from slice ``sliceIndex`` through the volume, both ways, with
+        the bundled propagation model. Nothing in the scene changes here (see ``finishPropagation``).
 
-        The slice the user drew is the prompt and is kept, and so is every slice an earlier propagation of this
-        segment started from (the user's corrections, remembered in the segment's ``PromptSeg.FixedSlices``
-        tag): propagation never overwrites them. The change is recorded for ``undo``. A cancelled run
-        (``cancel.is_set()``) changes nothing. Returns PromptSegLib's ``PropagationResult``.
+        Slice indices are array indices along ``axis`` of the volume's ``[k, j, i]`` array (axial = k).
+        ``start``/``stop`` (inclusive) limit the slices that may be written. The slice the user drew is the
+        prompt and is kept, and so is every slice an earlier propagation of this segment started from (the
+        user's corrections, remembered in the segment's ``PromptSeg.FixedSlices.<axis>`` tag): propagation
+        stops at them and never overwrites them.
+
+        Raises:
+            InputError: no/unsuitable volume, no such segment.
+            DependencyError: torch or another required package is missing.
+            PromptSegLib.errors.PromptSegError: a bad axis (slice and range errors come from the worker,
+                raised by ``finishPropagation``).
         """
-        ensureLibraryImportable()
-        from PromptSegLib.propagation import propagate
-
         validateVolumeNode(volumeNode)
+        if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("No segmentation: choose the segmentation holding the segment to propagate.")
         segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
         if not segmentId:
             raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")
+        checkDependencies()
+        ensureLibraryImportable()
+        from PromptSegLib.propagation import AXES, resolve_axis, take_slice
+
+        axisIndex = resolve_axis(axis)
+        axisName = list(AXES)[axisIndex]
         image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        tagName = f"PromptSeg.FixedSlices.{axis}"
         tag = vtk.mutable("")
-        fixedIndices = {int(i) for i in str(tag).split()} if segment.GetTag(tagName, tag) else set()
-        fixedIndices = {i for i in fixedIndices if i != int(sliceIndex)}
-        axisIndex = {"axial": 0, "coronal": 1, "sagittal": 2}[axis]
-        fixed = {i: np.take(mask, i, axis=axisIndex) for i in fixedIndices if 0 <= i < mask.shape[axisIndex]}
-        result = propagate(None, image, mask, int(sliceIndex), axis, fixed=fixed, start=start, stop=stop,
-                           progress=progress, cancel=cancel)
-        self._editorLogic(segmentationNode, volumeNode).SaveStateForUndo()
-        slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask.astype(np.uint8), segmentationNode, segmentId,
-                                                         volumeNode)
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        segment.SetTag(tagName, " ".join(str(i) for i in sorted(fixedIndices | {int(sliceIndex)})))
+        kept = {int(i) for i in str(tag).split()} if segment.GetTag(f"PromptSeg.FixedSlices.{axisName}", tag) else set()
+        kept = {i for i in kept if i != int(sliceIndex) and 0 <= i < mask.shape[axisIndex]}
+        request = dict(segmentId=segmentId, segmentName=segmentName, sliceIndex=int(sliceIndex), axis=axisName,
+                       start=start, stop=stop, mask=mask, fixed={i: take_slice(mask, axisIndex, i) for i in kept})
+        job = SegmentationJob(request, image, volumeNode, segmentationNode)
+        return self._startJob(job, self._propagationWork, onProgress)
+
+    def _propagator(self):
+        """The bundled propagation model, loaded once (torch's thread count is left as Slicer set it)."""
+        from PromptSegLib.propagation import Propagator
+
+        with self._segmenterLock:
+            if self._propagatorInstance is None:
+                self._propagatorInstance = Propagator(None, threads=None)
+            return self._propagatorInstance
+
+    def _propagationWork(self, job: SegmentationJob, report) -> None:
+        """Worker thread: PromptSegLib only, never the scene."""
+        from PromptSegLib.propagation import propagate
+
+        request = job.request
+        report(0.0, "loading the propagation model")
+        job.result = propagate(self._propagator(), job.image, request["mask"], request["sliceIndex"],
+                               request["axis"], fixed=request["fixed"], start=request["start"], stop=request["stop"],
+                               progress=report, cancel=job._cancel)
+
+    def finishPropagation(self, job: SegmentationJob, timeout: float | None = None):
+        """Main thread: wait for the worker, then write the propagated segment as one undo step and remember
+        the prompt slice as kept. Returns PromptSegLib's ``PropagationResult``.
+
+        Raises:
+            PromptSegLib.errors.Cancelled: the job was cancelled (the segment is as it was).
+            InputError: the segment was removed or edited while the propagation ran (nothing written).
+            TimeoutError: the worker is still running after ``timeout`` seconds.
+            whatever the worker raised (slice outside the volume or the range, empty prompt slice...).
+        """
+        self._finishJob(job, timeout, "propagation")
+        request, node, volume = job.request, job.outputNode, job.volumeNode
+        name, segmentId = request["segmentName"], request["segmentId"]
+        if node.GetSegmentation().GetSegment(segmentId) is None:
+            raise InputError(f"segment '{name}' was removed while the propagation ran")
+        current = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentId, volume) > 0
+        if not np.array_equal(current, request["mask"]):
+            raise InputError(f"segment '{name}' was edited while the propagation ran: nothing was changed; "
+                             "propagate again")
+        self._editorLogic(node, volume).SaveStateForUndo()
+        slicer.util.updateSegmentBinaryLabelmapFromArray(job.result.mask.astype(np.uint8), node, segmentId, volume)
+        kept = sorted(set(request["fixed"]) | {request["sliceIndex"]})
+        node.GetSegmentation().GetSegment(segmentId).SetTag(f"PromptSeg.FixedSlices.{request['axis']}",
+                                                            " ".join(str(i) for i in kept))
+        result = job.result
+        job.message = (f"propagated over {len(result.written)} slices in {time.monotonic() - job.startTime:.1f} s "
+                       f"({'; '.join(result.stopped.values())}); kept slices {', '.join(str(i) for i in kept)}")
         return result
+
+    def propagateSegment(self, segmentationNode, segmentName: str, volumeNode, sliceIndex: int, axis: str = "axial",
+                         start: int | None = None, stop: int | None = None,
+                         onProgress: Callable[[float, str], None] | None = None):
+        """Blocking ``startPropagation`` + ``finishPropagation`` (scripts and tests)."""
+        return self.finishPropagation(self.startPropagation(segmentationNode, segmentName, volumeNode, sliceIndex,
+                                                            axis, start, stop, onProgress))
 
     # ------------------------------------------------------------------ DICOM export
     @staticmethod
@@ -620,6 +711,22 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         if not uids or database is None:
             return []
         return [f for f in (database.fileForInstance(uid) for uid in uids) if f]
+
+    def _dicomSeriesFolder(self, volumeNode, work: Path) -> Path:
+        """A folder under ``work`` holding links to the DICOM files ``volumeNode`` was loaded from.
+
+        Raises:
+            InputError: the volume was not loaded through Slicer's DICOM database.
+        """
+        files = self.dicomFilesOfVolume(volumeNode)
+        if not files:
+            raise InputError(f"'{volumeNode.GetName()}' was not loaded from DICOM: load the series through the "
+                             "DICOM module, or give the folder holding its files")
+        folder = work / "series"
+        folder.mkdir()
+        for index, file in enumerate(files):
+            (folder / f"{index:05d}.dcm").symlink_to(file)
+        return folder
 
     def exportDicom(self, segmentationNode, volumeNode, outputPath, kind: str = "rtstruct", dicomFolder=None):
         """Write an RTSTRUCT (``kind="rtstruct"``) or DICOM SEG (``"seg"``) of ``segmentationNode`` that
@@ -636,15 +743,7 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         if kind not in ("rtstruct", "seg"):
             raise InputError(f"unknown DICOM export kind {kind!r}: use 'rtstruct' or 'seg'")
         with tempfile.TemporaryDirectory(prefix="PromptSeg-") as work:
-            if dicomFolder is None:
-                files = self.dicomFilesOfVolume(volumeNode)
-                if not files:
-                    raise InputError(f"'{volumeNode.GetName()}' was not loaded from DICOM: load the CT series "
-                                     "through the DICOM module, or give the folder holding its files")
-                dicomFolder = Path(work) / "series"
-                dicomFolder.mkdir()
-                for index, file in enumerate(files):
-                    (dicomFolder / f"{index:05d}.dcm").symlink_to(file)
+            dicomFolder = dicomFolder or self._dicomSeriesFolder(volumeNode, Path(work))
             segmentationFile = Path(work) / "segments.seg.nrrd"
             storage = slicer.vtkMRMLSegmentationStorageNode()  # not the node's own: its file name stays as it was
             storage.SetFileName(str(segmentationFile))
@@ -652,6 +751,221 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                 raise OSError(f"could not write the segments of '{segmentationNode.GetName()}' for export")
             export = export_rtstruct if kind == "rtstruct" else export_dicom_seg
             return export(dicomFolder, segmentationFile, outputPath)
+
+    # ------------------------------------------------------------------ PET/CT tumour and prognosis
+    @staticmethod
+    def petCtTargets(modelFolder=None) -> list[str]:
+        """The targets a PET/CT model segments (GTVp and GTVn first when it has them).
+
+        Raises:
+            InputError: the model lacks a CT or a PET input block.
+            PromptSegLib.errors.ModelError: a missing model or one failing its checksums.
+        """
+        ensureLibraryImportable()
+        from PromptSegLib.catalogue import resolve_model
+        from PromptSegLib.model_io import read_config
+
+        config = read_config(resolve_model(str(modelFolder or PET_CT_MODEL)))
+        lacking = [m for m in ("CT", "PET") if m not in config.network.modalities or not config.regions.get(m)]
+        if lacking:
+            raise InputError(f"model {config.name} has no trained {' and no '.join(lacking)} input: PET/CT needs a "
+                             f"model trained on both (it was on {', '.join(config.regions)})")
+        return sorted(config.targets, key=lambda name: name not in HECKTOR_TARGETS)
+
+    @staticmethod
+    def petIsSuv(volumeNode) -> bool:
+        """The volume's voxel value units say SUV body weight (set by Slicer's PET DICOM plugin or
+        ``convertPetToSuv``)."""
+        units = volumeNode.GetVoxelValueUnits()
+        return units is not None and units.GetCodeValue() == SUV_UNITS[0]
+
+    def convertPetToSuv(self, petVolume, dicomFolder=None):
+        """Replace a PET volume's voxels (activity, as loaded from DICOM) by SUV body weight, computed from the
+        DICOM tags of the files it was loaded from (Slicer's DICOM database) or of the series in
+        ``dicomFolder``; marks the volume's units as SUVbw. Returns PromptSegLib's ``SUVInfo`` (scale factor,
+        weight, dose, decay).
+
+        Raises:
+            InputError: the volume is already in SUV, or was not loaded from DICOM and no folder is given.
+            PromptSegLib.pet.PETConversionError: a tag the conversion needs is missing or invalid (named).
+        """
+        import tempfile
+
+        import SimpleITK as sitk
+
+        ensureLibraryImportable()
+        from PromptSegLib.imageio import same_geometry
+        from PromptSegLib.pet import read_pet_suv
+        from PromptSegLib.preprocess import resample_to
+
+        validateVolumeNode(petVolume)
+        if self.petIsSuv(petVolume):
+            raise InputError(f"'{petVolume.GetName()}' is already in SUV (body weight)")
+        with tempfile.TemporaryDirectory(prefix="PromptSeg-") as work:
+            suv, info = read_pet_suv(dicomFolder or self._dicomSeriesFolder(petVolume, Path(work)))
+        grid = volumeNodeToSimpleITK(petVolume)
+        if not same_geometry(suv, grid, 1e-3):  # Slicer's loader may order or orient the slices otherwise
+            suv = resample_to(suv, grid, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        slicer.util.updateVolumeFromArray(petVolume, sitk.GetArrayFromImage(suv))
+        for setter, code in ((petVolume.SetVoxelValueQuantity, SUV_QUANTITY), (petVolume.SetVoxelValueUnits, SUV_UNITS)):
+            entry = slicer.vtkCodedEntry()
+            entry.SetValueSchemeMeaning(*code)
+            setter(entry)
+        petVolume.SetAttribute("PromptSeg.SUVScaleFactor", f"{info.scale_factor:.8g}")
+        return info
+
+    def segmentPetCt(self, ctVolume, petVolume, segmentationNode=None, targets: Sequence[str] | None = None,
+                     modelFolder=None, petWeight: float = 0.5, threshold: float | None = None,
+                     minOverlap: float = 0.0, device: str = "auto", threads: int | None = None,
+                     progress: Callable[[float, str], None] | None = None, cancel=None):
+        """Segment the tumour on a co-registered CT and PET (in SUV) by late fusion: each image through the
+        model's block for its modality (context: the model's first region for it), the PET probabilities
+        resampled onto the CT grid, their weighted mean (PET weight ``petWeight``) thresholded, one segment per
+        target on the CT's geometry (name, colour, terminology, undo: see ``writeResult``).
+
+        Args:
+            targets: vocabulary names or synonyms (``GTVp``, ``GTVn``); default: every target of the model.
+            minOverlap: the fraction of the CT box the PET must cover.
+            progress: called with (fraction, message); cancel: an ``is_set()`` flag checked before each window.
+
+        Returns:
+            (segmentation node, overlap report ``{"ct_covered", "pet_covered", "message"}``).
+
+        Raises:
+            InputError: a missing or unsuitable volume, PET values that cannot be SUV, a transformed PET, a
+                weight outside [0, 1], a model without CT and PET blocks or without a requested target (the
+                error names the targets it has).
+            PromptSegLib.pet.NoOverlapError: PET and CT do not overlap (before any segmentation).
+        """
+        ensureLibraryImportable()
+        checkDependencies()
+        from PromptSegLib.catalogue import resolve_model
+        from PromptSegLib.fusion import fuse, segment_pair
+        from PromptSegLib.inference import SegmentationResult
+        from PromptSegLib.vocabulary import default_vocabulary
+
+        for role, node in (("CT", ctVolume), ("PET", petVolume)):
+            if node is None:
+                raise InputError(f"No {role} volume selected: choose the {role} of the patient.")
+            validateVolumeNode(node)
+        if ctVolume is petVolume:
+            raise InputError("The CT and the PET are the same volume: choose the patient's PET.")
+        if petVolume.GetTransformNodeID() != ctVolume.GetTransformNodeID():
+            raise InputError("The PET and the CT are under different transforms: harden the transform first.")
+        if not 0.0 <= petWeight <= 1.0:
+            raise InputError(f"PET weight {petWeight} must be between 0 and 1")
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise InputError(f"threshold {threshold} must be between 0 and 1")
+        peak = float(np.max(slicer.util.arrayFromVolume(petVolume)))
+        if peak > MAX_PLAUSIBLE_SUV:
+            raise InputError(f"'{petVolume.GetName()}' reaches {peak:.0f}: not SUV (activity concentration?); "
+                             "convert it to SUV from its DICOM tags first.")
+        folder = resolve_model(str(modelFolder or PET_CT_MODEL))
+        available = self.petCtTargets(folder)
+        names = [default_vocabulary().target(t).name for t in targets or available]
+        lacking = [f"{n} ({HECKTOR_TARGETS[n]})" if n in HECKTOR_TARGETS else n for n in names if n not in available]
+        if lacking:
+            raise InputError(f"model {folder.name} has no {', '.join(lacking)} target; it segments: "
+                             f"{', '.join(available)}")
+        segmenter = self._segmenter(folder, device or "auto", threads)
+        regions = tuple(segmenter.model.config.regions[m][0] for m in ("CT", "PET"))  # both exist: petCtTargets
+        ct = volumeNodeToSimpleITK(ctVolume)
+        ctResult, petResult, overlap = segment_pair(segmenter, ct, volumeNodeToSimpleITK(petVolume), ("CT", "PET"),
+                                                    regions, names, min_overlap=minOverlap, progress=progress,
+                                                    cancel=cancel)
+        fused = SegmentationResult(ctResult.queries, f"{ctResult.context} | {petResult.context}",
+                                   fuse([ctResult.probabilities, petResult.probabilities], "weighted_mean",
+                                        [1.0 - petWeight, petWeight]), ct, ctResult.threshold)
+        logging.info("PromptSeg PET/CT: %s", overlap["message"])
+        return self.writeResult(fused, ctVolume, segmentationNode, threshold), overlap
+
+    def clinicalRecordFromDicom(self, volumeNode):
+        """The patient's sex, age and weight from the DICOM patient tags of the files ``volumeNode`` was loaded
+        from (PromptSegLib ``ClinicalRecord``; every field unknown when it was not loaded from DICOM)."""
+        ensureLibraryImportable()
+        import pydicom
+
+        from PromptSegLib.prognosis import ClinicalRecord, record_from_dicom
+
+        files = self.dicomFilesOfVolume(volumeNode)
+        if not files:
+            return ClinicalRecord(volumeNode.GetName())
+        return record_from_dicom(pydicom.dcmread(files[0], stop_before_pixels=True))
+
+    @staticmethod
+    def parseClinicalFields(text: str) -> dict[str, str]:
+        """``name: value`` lines (clinical table column or record field names) as a dict; blank lines skipped.
+
+        Raises:
+            InputError: a line without ``:``, or a field given twice.
+        """
+        fields: dict[str, str] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, colon, value = line.partition(":")
+            if not colon or not name.strip():
+                raise InputError(f"clinical field line {number} ({line.strip()!r}) is not 'name: value'")
+            if name.strip() in fields:
+                raise InputError(f"clinical field {name.strip()!r} is given twice")
+            fields[name.strip()] = value.strip()
+        return fields
+
+    def predictPrognosis(self, record, modelFolder=None, volumeNode=None):
+        """Risk score, risk group and survival curve of one patient, and the curve as a plot.
+
+        Args:
+            record: a PromptSegLib ``ClinicalRecord``, or a dict of its fields or clinical CSV column names.
+            modelFolder: a prognosis model folder (default: the bundled HECKTOR clinical model).
+            volumeNode: when given, the plot's nodes go under its study.
+
+        Returns:
+            (prediction, chart node): the prediction of ``PromptSegLib.prognosis.patient_prognosis``
+            (``risk_score`` in [0, 1], ``risk_group``, ``survival_curve`` time and survival) and a plot chart
+            node showing the curve from a table node (columns ``time``, ``survival``) and a plot series node.
+
+        Raises:
+            PromptSegLib.prognosis.ClinicalDataError: an unknown field or an implausible value (named).
+            PromptSegLib.errors.ModelError: a missing model folder or one failing its checksums.
+        """
+        ensureLibraryImportable()
+        checkDependencies()
+        from PromptSegLib.model_io import BUNDLED_MODELS
+        from PromptSegLib.prognosis import ClinicalRecord, load_prognosis_model, patient_prognosis
+
+        record = record if isinstance(record, ClinicalRecord) else ClinicalRecord.from_dict(dict(record))
+        folder = str(Path(modelFolder or BUNDLED_MODELS / PROGNOSIS_MODEL).resolve())
+        if folder not in self._prognosisModels:
+            self._prognosisModels[folder] = load_prognosis_model(folder)
+        prediction = patient_prognosis(self._prognosisModels[folder], record)
+        return prediction, self._survivalChart(prediction, volumeNode)
+
+    def _survivalChart(self, prediction: dict, volumeNode=None):
+        """Table, plot series and chart nodes of ``prediction["survival_curve"]`` (time, survival), named after
+        the patient and placed under ``volumeNode``'s study when given."""
+        scene = self.scene
+        name = scene.GenerateUniqueName(f"{prediction['patient_id']} survival")
+        curve = prediction["survival_curve"]
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        slicer.util.updateTableFromArray(table, [np.asarray(curve["time"], float), np.asarray(curve["survival"], float)],
+                                         ["time", "survival"])
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName("time")
+        series.SetYColumnName("survival")
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle(f"{prediction['patient_id']}: risk {prediction['risk_score']:.2f} ({prediction['risk_group']})")
+        chart.SetXAxisTitle("time (days)")
+        chart.SetYAxisTitle("survival probability")
+        chart.SetLegendVisibility(False)
+        if volumeNode is not None:
+            for node in (table, series, chart):
+                self._placeInStudy(node, volumeNode)
+        return chart
 
     # ------------------------------------------------------------------ files
     def saveSegmentation(self, segmentationNode, path) -> Path:

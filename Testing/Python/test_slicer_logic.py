@@ -459,11 +459,12 @@ def test_models_listed_imported_and_used_by_name(scene, logic, tiny_model_folder
     assert segment_names(node) == ["liver"]
 
 
-def test_propagate_a_segment_from_one_slice_and_undo(scene, logic, chest_ct_path, chest_segmentation):
+def lung_with_one_drawn_slice(logic, chest_ct_path, chest_segmentation):
+    """The chest CT, a segmentation whose "left lung" holds only its largest true slice (plus a full right lung,
+    so undo has a state to return to), the true left lung and that slice's index."""
     from conftest import segment_mask
 
     from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.metrics import dice
     from PromptSegLib.prompts import target_query
 
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
@@ -476,33 +477,243 @@ def test_propagate_a_segment_from_one_slice_and_undo(scene, logic, chest_ct_path
                                                 one_slice[None].astype(np.float32), image, 0.5), volume)
     logic.writeResult(SegmentationResult([target_query("CT", "right lung")], "x",
                                          segment_mask(chest_segmentation, "right lung")[None].astype(np.float32),
-                                         image, 0.5), volume, node)  # a second segment, so undo has a state
+                                         image, 0.5), volume, node)
+    return volume, node, truth, k
+
+
+def set_segment(node, name, volume, array):
+    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(array.astype(np.uint8), node, segment_id, volume)
+
+
+def test_propagate_a_segment_from_one_slice_then_from_a_corrected_one_each_one_undo(
+        scene, logic, chest_ct_path, chest_segmentation):
+    from PromptSegSlicer import InputError
+
+    from PromptSegLib.metrics import dice
+
+    volume, node, truth, k = lung_with_one_drawn_slice(logic, chest_ct_path, chest_segmentation)
+    before = segment_array(node, "left lung", volume)
     result = logic.propagateSegment(node, "left lung", volume, k, "axial")
     propagated = segment_array(node, "left lung", volume)
-    assert len(result.written) > 3 and propagated.sum() > 3 * one_slice.sum()
+    assert len(result.written) > 3 and propagated.sum() > 3 * before.sum()
     np.testing.assert_array_equal(propagated[k], truth[k])  # the drawn slice is kept
-    assert dice(propagated, truth) > dice(one_slice, truth)
-    # the user corrects another slice and propagates from there: the first drawn slice is not overwritten
-    corrected = segment_array(node, "left lung", volume).copy()
+    assert dice(propagated, truth) > dice(before, truth)
+    assert logic.undo(node)  # one undo removes the whole propagation
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), before)
+    assert logic.redo(node)
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), propagated)
+    # the user corrects another slice and propagates from there: the first drawn slice is kept
+    corrected = propagated.copy()
     j = k - 3
     corrected[j] = truth[j]
-    slicer.util.updateSegmentBinaryLabelmapFromArray(corrected.astype(np.uint8), node,
-                                                     node.GetSegmentation().GetSegmentIdBySegmentName("left lung"), volume)
+    set_segment(node, "left lung", volume, corrected)
     second = logic.propagateSegment(node, "left lung", volume, j, "axial")
     again = segment_array(node, "left lung", volume)
     np.testing.assert_array_equal(again[k], truth[k])
     np.testing.assert_array_equal(again[j], truth[j])
-    assert k not in second.written
-    assert logic.undo(node) and logic.undo(node)
-    np.testing.assert_array_equal(segment_array(node, "left lung", volume), one_slice)
-    with pytest.raises(Exception, match="no segment named 'liver'"):
+    assert second.written and all(i < k for i in second.written), "it stops at the kept slice k"
+    segment = node.GetSegmentation().GetSegment(node.GetSegmentation().GetSegmentIdBySegmentName("left lung"))
+    assert tag(segment, "PromptSeg.FixedSlices.axial") == " ".join(str(i) for i in sorted((j, k)))
+    assert logic.undo(node)
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), corrected)
+    with pytest.raises(InputError, match="no segment named 'liver'"):
         logic.propagateSegment(node, "liver", volume, k)
-    import threading
+    with pytest.raises(Exception, match="range"):
+        logic.propagateSegment(node, "left lung", volume, k, start=k + 2, stop=k + 4)
+
+
+def test_propagation_respects_the_range_runs_off_the_main_thread_and_cancels(
+        scene, logic, chest_ct_path, chest_segmentation):
+    from PromptSegSlicer import InputError
 
     from PromptSegLib.errors import Cancelled
 
-    stop = threading.Event()
-    stop.set()
+    volume, node, truth, k = lung_with_one_drawn_slice(logic, chest_ct_path, chest_segmentation)
+    drawn = segment_array(node, "left lung", volume)
+    drawn[k + 12] = truth[k + 12]  # a slice the user drew outside the range
+    set_segment(node, "left lung", volume, drawn)
+    messages = []
+    job = logic.startPropagation(node, "left lung", volume, k, "axial", start=k - 5, stop=k + 5,
+                                 onProgress=lambda fraction, message: messages.append(message))
+    result = logic.finishPropagation(job, timeout=60)
+    ranged = segment_array(node, "left lung", volume)
+    outside = np.ones(len(ranged), bool)
+    outside[k - 5:k + 6] = False
+    np.testing.assert_array_equal(ranged[outside], drawn[outside])  # nothing written outside the range
+    assert min(result.written) < k < max(result.written) and all(k - 5 <= i <= k + 5 for i in result.written)
+    assert any(m.startswith("slice") for m in messages)
+    assert "kept slices" in job.message
+
+    # cancelled at its first slice: the segment is as it was, and no undo step was added
+    def cancel_at_first_slice(fraction, message):
+        if message.startswith("slice"):
+            logic.jobs[-1].cancel()  # the running job (listed before its thread starts)
+
+    cancelled = logic.startPropagation(node, "left lung", volume, k, "axial", onProgress=cancel_at_first_slice)
+    with pytest.raises(Cancelled, match="nothing was changed"):
+        logic.finishPropagation(cancelled, timeout=60)
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), ranged)
+    # cancelled after the worker finished, before the result was written: still nothing written
+    late = logic.startPropagation(node, "left lung", volume, k, "axial")
+    assert late.wait(60) and late.result is not None
+    late.cancel()
     with pytest.raises(Cancelled):
-        logic.propagateSegment(node, "left lung", volume, k, cancel=stop)
-    np.testing.assert_array_equal(segment_array(node, "left lung", volume), one_slice)  # left as it was
+        logic.finishPropagation(late)
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), ranged)
+    # the user paints while the worker runs: the result is not written over the edit
+    edited = logic.startPropagation(node, "left lung", volume, k, "axial")
+    painted = ranged.copy()
+    painted[k + 20] = truth[k + 20]
+    set_segment(node, "left lung", volume, painted)
+    with pytest.raises(InputError, match="edited while the propagation ran"):
+        logic.finishPropagation(edited, timeout=60)
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), painted)
+    assert logic.undo(node)  # the previous step is the ranged propagation: the cancelled ones added none
+    np.testing.assert_array_equal(segment_array(node, "left lung", volume), drawn)
+
+
+# ------------------------------------------------------------------ PET/CT tumour and prognosis
+
+STS = REPO.parent / "shared" / "data" / "sts_pet_ct_mr"
+STS_026 = STS / "nifti" / "STS_026"  # a held-out patient of the bundled promptseg-sts-gtv model
+
+
+def test_pet_ct_fused_segment_on_the_ct_geometry_with_terminology(scene, logic):
+    from PromptSegLib.fusion import fuse, segment_pair
+    from PromptSegLib.inference import Segmenter
+    from PromptSegLib.metrics import dice
+    from PromptSegLib.vocabulary import default_vocabulary
+
+    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
+    pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
+    assert logic.petCtTargets() == ["gross tumor volume"]
+
+    node, overlap = logic.segmentPetCt(ct, pet, device="cpu", threads=1)
+
+    assert segment_names(node) == ["gross tumor volume"] and overlap["ct_covered"] > 0.99
+    segment = node.GetSegmentation().GetSegment(node.GetSegmentation().GetSegmentIdBySegmentName("gross tumor volume"))
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.modules.terminologies.logic().DeserializeTerminologyEntry(
+        tag(segment, segment.GetTerminologyEntryTagName()), entry)
+    assert entry.GetTypeObject().GetCodeValue() == default_vocabulary().target("GTV").type[1]
+    assert tag(segment, "PromptSeg.Context") == ("A computed tomography of the extremity | A positron emission "
+                                                 "tomography of the extremity")
+    # Geometry: the CT's, exactly
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is ct
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    expected = slicer.vtkSegmentationConverter.SerializeImageGeometry(
+        slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(ct))
+    assert node.GetSegmentation().GetConversionParameter(name) == expected
+    mask = segment_array(node, "gross tumor volume", ct)
+    assert mask.shape == slicer.util.arrayFromVolume(ct).shape
+    # Voxels: PromptSegLib's late fusion of the same files, and the model card's Dice for this patient (0.766)
+    ct_image, pet_image = (sitk.ReadImage(str(STS_026 / f"{m}_image.nii.gz")) for m in ("CT", "PET"))
+    first, second, _ = segment_pair(Segmenter("promptseg-sts-gtv", device="cpu"), ct_image, pet_image, ("CT", "PET"),
+                                    ("extremity", "extremity"), ["gross tumor volume"])
+    np.testing.assert_array_equal(mask, fuse([first.probabilities, second.probabilities])[0] >= 0.5)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(STS_026 / "CT_mask.nii.gz"))) > 0
+    assert dice(mask, truth) > 0.7
+
+
+def test_pet_ct_refuses_non_overlapping_pet_activity_and_targets_the_model_lacks(scene, logic):
+    from PromptSegLib.pet import NoOverlapError
+    from PromptSegSlicer import InputError
+
+    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
+    pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match=r"no primary tumor \(GTVp\), malignant lymph node \(GTVn\) target; it "
+                                         "segments: gross tumor volume"):
+        logic.segmentPetCt(ct, pet, targets=["GTVp", "GTVn"], device="cpu")
+    with pytest.raises(InputError, match="same volume"):
+        logic.segmentPetCt(ct, ct, device="cpu")
+    with pytest.raises(InputError, match="No PET volume"):
+        logic.segmentPetCt(ct, None, device="cpu")
+    with pytest.raises(InputError, match="no trained PET input"):
+        logic.segmentPetCt(ct, pet, modelFolder="promptseg-starter", device="cpu")
+    origin = np.array(pet.GetOrigin())
+    pet.SetOrigin(*(origin + [0.0, 0.0, 1000.0]))
+    with pytest.raises(NoOverlapError, match="do not overlap"):
+        logic.segmentPetCt(ct, pet, device="cpu")
+    pet.SetOrigin(*origin)
+    slicer.util.updateVolumeFromArray(pet, slicer.util.arrayFromVolume(pet) * 5000.0)  # Bq/ml, not SUV
+    with pytest.raises(InputError, match="not SUV"):
+        logic.segmentPetCt(ct, pet, device="cpu")
+    assert scene.GetNumberOfNodes() == count  # nothing was written
+
+
+class _DicomDatabase:
+    """Slicer's DICOM database as far as the logic uses it: instance UID -> file."""
+
+    def __init__(self, files):
+        import pydicom
+
+        self.files = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): str(f) for f in files}
+
+    def fileForInstance(self, uid):
+        return self.files.get(uid, "")
+
+
+def test_pet_converted_to_suv_from_its_dicom_and_clinical_record_from_patient_tags(scene, logic, tmp_path,
+                                                                                     monkeypatch):
+    from test_pet_fusion import _write_bqml
+
+    from PromptSegSlicer import InputError
+
+    _write_bqml(tmp_path / "pet", "ADMIN", None)  # the real STS_002 PET series rewritten in Bq/ml
+    database = _DicomDatabase(sorted((tmp_path / "pet").glob("*.dcm")))
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    suv_file = STS / "nifti" / "STS_002" / "PET_image.nii.gz"
+    pet = slicer_shim.load_volume(suv_file, "PET")  # the series' grid; its voxels replaced by activity below
+    slicer.util.updateVolumeFromArray(pet, slicer.util.arrayFromVolume(pet) * 4000.0)
+    pet.SetAttribute("DICOM.instanceUIDs", " ".join(database.files))
+    assert not logic.petIsSuv(pet)
+
+    info = logic.convertPetToSuv(pet)
+
+    assert info.units == "BQML" and info.weight_kg == 99.0 and logic.petIsSuv(pet)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(suv_file)))
+    assert np.abs(slicer.util.arrayFromVolume(pet) - expected).max() < 1e-4 * expected.max()
+    with pytest.raises(InputError, match="already in SUV"):
+        logic.convertPetToSuv(pet)
+    record = logic.clinicalRecordFromDicom(pet)
+    assert (record.patient_id, record.gender, record.age, record.weight) == ("STS_002", 1, 61.0, 99.0)
+    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
+    assert logic.clinicalRecordFromDicom(ct).gender is None  # not loaded from DICOM: all unknown
+    with pytest.raises(InputError, match="not loaded from DICOM"):
+        logic.convertPetToSuv(ct)
+
+
+def test_predict_gives_risk_group_and_a_survival_curve_plot(scene, logic):
+    from PromptSegLib.prognosis import ClinicalDataError
+
+    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
+    sh = scene.GetSubjectHierarchyNode()
+    study = sh.CreateHierarchyItem(sh.GetSceneItemID(), "Study", slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy())
+    sh.CreateItem(study, ct)
+    record = {"patient_id": "P1", "gender": 1, "age": 62, "weight": 80, "Tobacco": 1, "HPV status (0=-, 1=+)": 0,
+              "T-stage": "T4", "N-stage": "N2", "M-stage": "M0"}
+
+    prediction, chart = logic.predictPrognosis(record, volumeNode=ct)
+
+    assert 0.0 <= prediction["risk_score"] <= 1.0 and prediction["risk_group"] in ("low", "intermediate", "high")
+    assert "a male patient, 62 years old" in prediction["prompt"]
+    time, survival = (np.array(prediction["survival_curve"][k]) for k in ("time", "survival"))
+    assert time[0] == 0.0 and survival[0] == 1.0 and (np.diff(time) > 0).all()
+    assert (np.diff(survival) <= 1e-12).all() and ((0.0 <= survival) & (survival <= 1.0)).all()
+    assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() == 1
+    series = chart.GetNthPlotSeriesNode(0)
+    table = series.GetTableNode()
+    assert (series.GetXColumnName(), series.GetYColumnName()) == ("time", "survival")
+    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "survival"), survival)
+    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "time"), time)
+    assert sh.GetItemParent(sh.GetItemByDataNode(chart)) == study
+    other, _ = logic.predictPrognosis({**record, "T-stage": "T1", "N-stage": "N0", "age": 40}, volumeNode=ct)
+    assert other["risk_score"] != prediction["risk_score"]  # the record reaches the model
+    with pytest.raises(ClinicalDataError, match="shoe size"):
+        logic.predictPrognosis({"shoe size": 44})
+    fields = logic.parseClinicalFields("HPV status: 1\n\nT-stage: T2 \n")
+    assert fields == {"HPV status": "1", "T-stage": "T2"}
+    with pytest.raises(Exception, match="line 2"):
+        logic.parseClinicalFields("HPV status: 1\nsmoker")
