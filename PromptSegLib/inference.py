@@ -198,11 +198,13 @@ class Segmenter:
         from monai.inferers import sliding_window_inference
 
         volume = torch.from_numpy(prepared.array)[None, None]
+        padding = self.model.config.padding  # as the training crops were padded
+        fill = {"cval": float(prepared.array.min())} if padding == "constant" else {}
         with torch.inference_mode(), self._autocast():
             probabilities = sliding_window_inference(
                 volume, roi_size=self.model.config.patch_size, sw_batch_size=sw_batch_size, predictor=logits_fn,
                 overlap=overlap, mode="gaussian", sw_device=self.device, device=torch.device("cpu"),
-                padding_mode="constant", cval=float(prepared.array.min()))  # pad as training crops are: background
+                padding_mode=padding, **fill)
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
         report(0.95, "mapping back to the input grid")

@@ -23,6 +23,7 @@ FORMAT = "promptseg-model"
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, CARD, SUMS = "weights.safetensors", "config.json", "README.md", "SHA256SUMS"
 TEXT_LORA = "text_lora.safetensors"
+PADDINGS = ("replicate", "constant")
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL_NAME = "promptseg-starter"
 
@@ -44,6 +45,8 @@ class ModelConfig:
             training data; modalities not listed are z-scored with each image's own statistics.
         text_lora: LoRA settings (``LoraSettings.to_dict()``) when the text encoder was tuned with LoRA; its
             adapter weights are the folder's ``text_lora.safetensors``.
+        padding: how windows reaching past the volume are filled, as the training crops were: ``replicate``
+            (edge voxels: a scan cut short continues) or ``constant`` (the image minimum; older models).
     """
 
     name: str
@@ -57,6 +60,7 @@ class ModelConfig:
     threshold: float = 0.5
     intensity: dict[str, list[float]] = field(default_factory=dict)
     text_lora: dict | None = None
+    padding: str = "constant"
 
     def to_dict(self) -> dict:
         encoder = {"id": self.text_encoder, "dim": self.network.text_dim}
@@ -66,7 +70,7 @@ class ModelConfig:
                 "architecture": "DuPLUS", "network": self.network.to_dict(), "patch_size": list(self.patch_size),
                 "spacing_mm": self.spacing_mm, "text_encoder": encoder,
                 "modalities": list(self.network.modalities), "targets": self.targets, "regions": self.regions,
-                "threshold": self.threshold, "intensity": self.intensity}
+                "threshold": self.threshold, "intensity": self.intensity, "padding": self.padding}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -82,9 +86,11 @@ class ModelConfig:
                          text_encoder=data["text_encoder"]["id"], targets=list(data.get("targets", [])),
                          regions=dict(data.get("regions", {})), threshold=float(data.get("threshold", 0.5)),
                          intensity={m: [float(v) for v in stats] for m, stats in data.get("intensity", {}).items()},
-                         text_lora=data["text_encoder"].get("lora"))
+                         text_lora=data["text_encoder"].get("lora"), padding=data.get("padding", "constant"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
+        if config.padding not in PADDINGS:
+            raise ModelError(f"padding {config.padding!r} is not one of {', '.join(PADDINGS)}")
         if any(p % network.divisor for p in config.patch_size):
             raise ModelError(f"patch size {config.patch_size} is not a multiple of {network.divisor}")
         return config

@@ -77,7 +77,8 @@ def crop(case: PreparedCase, patch: tuple[int, int, int], foreground_ratio: floa
     a target drawn uniformly among the case's present targets (so a target made of many label values, such
     as the vertebrae, is not drawn more often than the liver).
 
-    Out-of-volume parts are padded with the image minimum (label 0).
+    Out-of-volume parts repeat the edge voxels of image and label (``replicate`` padding, as inference pads
+    its windows): a scan that stops short looks as if it went on, not as if the body ended there.
     """
     shape = np.array(case.label.shape)
     size = np.array(patch)
@@ -88,22 +89,34 @@ def crop(case: PreparedCase, patch: tuple[int, int, int], foreground_ratio: floa
     else:
         centre = np.array([rng.integers(0, s) for s in shape])
     start = np.clip(centre - size // 2, np.minimum(0, shape - size), np.maximum(0, shape - size))
-    image = np.full(patch, case.input.array.min(), np.float32)
-    label = np.zeros(patch, case.label.dtype)
     src = tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, shape))
-    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
-    image[dst] = case.input.array[src]
-    label[dst] = case.label[src]
-    return image, label
+    pad = [(sl.start - s, s + n - sl.stop) for sl, s, n in zip(src, start, size)]
+    return (np.pad(case.input.array[src], pad, mode="edge").astype(np.float32, copy=False),
+            np.pad(case.label[src], pad, mode="edge"))
+
+
+def limit_field_of_view(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                        min_slices: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """A scan cut short: keep a random slab of ``min_slices`` to half the crop's slices along z (axis 0) and
+    repeat its edge slices to the crop's size, image and label alike (what inference sees on a short series)."""
+    depth = image.shape[0]
+    keep = int(rng.integers(min(min_slices, depth), max(depth // 2, min_slices) + 1))
+    start = int(rng.integers(0, depth - keep + 1))
+    pad = [(start, depth - start - keep), (0, 0), (0, 0)]
+    return (np.pad(image[start:start + keep], pad, mode="edge"),
+            np.pad(label[start:start + keep], pad, mode="edge"))
 
 
 def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation (+-15 deg) and scaling (+-15%) with probability 0.3; brightness, contrast and gamma.
+    """A short field of view (``limit_field_of_view``) with probability 0.2; rotation (+-15 deg) and scaling
+    (+-15%) with probability 0.3; brightness, contrast and gamma.
 
     No mirroring: left and right are targets of their own.
     """
     from monai.transforms import RandAffine
 
+    if rng.random() < 0.2:
+        image, label = limit_field_of_view(image, label, rng)
     if rng.random() < 0.3:
         affine = RandAffine(prob=1.0, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.15, 0.15, 0.15),
                             padding_mode="border")
@@ -230,7 +243,7 @@ def train(config: TrainConfig) -> Path:
         config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
         targets, _regions(train_cases, base_config),
         intensity={m: [rule.mean, rule.std] for m, rule in rules.items()},
-        text_lora=encoder.lora.to_dict() if encoder.lora else None)
+        text_lora=encoder.lora.to_dict() if encoder.lora else None, padding="replicate")
     if config.freeze_backbone:
         for name, parameter in network.named_parameters():
             new_input = (name.startswith("inputs.") and base_config

@@ -20,6 +20,21 @@ def test_result_is_on_the_input_grid(tiny_segmenter, chest_ct):
     assert result.reference is chest_ct
 
 
+def test_windows_past_a_short_scan_are_padded_as_the_model_was_trained(tiny_model_folder, chest_ct):
+    """Ten 10 mm slices are fewer than a window holds: ``replicate`` repeats the end slices (a scan cut
+    short), ``constant`` fills with the image minimum; the model's config decides, so the two differ."""
+    from PromptSegLib.inference import Segmenter
+    from PromptSegLib.model_io import load_model
+
+    short = chest_ct[:, :, 12:22]
+    results = {}
+    for padding in ("replicate", "constant"):
+        model = load_model(tiny_model_folder)
+        model.config.padding = padding
+        results[padding] = Segmenter(model, device="cpu").segment(short, "CT", "thorax", ["liver"]).probabilities
+    assert np.abs(results["replicate"] - results["constant"]).max() > 1e-3
+
+
 def test_target_prompt_switches_the_output(tiny_segmenter, chest_ct):
     result = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["left lung", "liver"])
     assert np.abs(result.probabilities[0] - result.probabilities[1]).mean() > 1e-3

@@ -75,6 +75,14 @@ def test_foreign_config_is_refused(folder):
         load_model(folder)
 
 
+def test_padding_defaults_to_constant_for_older_configs_and_is_checked(folder):
+    _rewrite_config(folder, lambda c: c.pop("padding"))
+    assert read_config(folder).padding == "constant"  # models saved before the field existed
+    _rewrite_config(folder, lambda c: c.update(padding="mirror"))
+    with pytest.raises(ModelError, match="padding 'mirror'"):
+        load_model(folder)
+
+
 def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatch, capsys):
     import zipfile
 

@@ -16,7 +16,7 @@ from PromptSegLib.cli import main
 from PromptSegLib.datasets import load_spec, prepare_split
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.model_io import load_model
-from PromptSegLib.training import TrainConfig, absent_elsewhere, crop, train
+from PromptSegLib.training import TrainConfig, absent_elsewhere, crop, limit_field_of_view, train
 from PromptSegLib.vocabulary import default_vocabulary
 
 from conftest import SHARED
@@ -127,6 +127,19 @@ def test_foreground_oversampling_finds_the_tumour(tmp_path):
     assert all(hits)
     image, label = crop(case, (64, 64, 64), 0.0, rng)  # larger than the volume: padded
     assert image.shape == label.shape == (64, 64, 64)
+
+
+def test_short_field_of_view_keeps_a_slab_and_repeats_its_end_slices():
+    rng = np.random.default_rng(3)
+    image = np.arange(48, dtype=np.float32)[:, None, None] * np.ones((48, 5, 5), np.float32)
+    label = (image > 20).astype(np.uint8)
+    for _ in range(20):
+        short, short_label = limit_field_of_view(image, label, rng)
+        column = short[:, 0, 0]
+        kept = np.unique(column)
+        assert short.shape == image.shape and 6 <= len(kept) <= 24
+        assert np.array_equal(kept, np.arange(kept[0], kept[-1] + 1))  # one contiguous slab of the original
+        assert np.array_equal(short_label, (short > 20).astype(np.uint8))  # the label follows the image
 
 
 def test_bad_specs(tmp_path):
