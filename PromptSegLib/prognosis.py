@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, PromptSegError
-from .text_encoder import mean_pool, resolve_encoder
+from .text_encoder import LoraSettings, TextEncoder
 
 FORMAT = "promptseg-prognosis-1"
 CONFIG, HEAD, LORA, CARD = "config.json", "head.safetensors", "lora.safetensors", "README.md"
@@ -498,36 +498,21 @@ class Prediction:
 class PrognosisModel:
     """Prompt encoder (MiniLM + LoRA) [+ image features] -> DeepHit head."""
 
-    def __init__(self, config: dict, encoder_folder: str | os.PathLike | None = None):
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    def __init__(self, config: dict, encoder_folder: str | os.PathLike | None = None,
+                 lora_state: dict[str, torch.Tensor] | None = None):
         self.config = config
-        encoder_id, folder = resolve_encoder(encoder_folder if encoder_folder is not None else config["encoder"])
-        self.config["encoder"] = encoder_id
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            base = AutoModel.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load text encoder from {folder}: {exc}") from exc
         lora = config["lora"]
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-            warnings.simplefilter("ignore", FutureWarning)
-            self.encoder = get_peft_model(base, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"],
-                                                           lora_dropout=lora["dropout"],
-                                                           target_modules=lora["targets"]))
-        self.encoder.eval()
+        self.text = TextEncoder(encoder_folder if encoder_folder is not None else config["encoder"],
+                                lora=LoraSettings(lora["r"], lora["alpha"], lora["dropout"], tuple(lora["targets"])),
+                                lora_state=lora_state)
+        self.config["encoder"] = self.text.encoder_id
+        self.encoder = self.text.model  # the peft-wrapped encoder (frozen but for its adapters)
         self.head = DeepHitHead(config["in_dim"], len(config["cuts"]) + 1, config["hidden"], config["dropout"]).eval()
         self.cuts = np.asarray(config["cuts"], dtype=float)
 
     # -- features ---------------------------------------------------------------------------------------
     def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=128, return_tensors="pt")
-        return mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
+        return self.text.embed(list(prompts))
 
     def features(self, prompts: Sequence[str], image: np.ndarray | None = None, batch_size: int = 64) -> torch.Tensor:
         """Standardised head input ``(N, in_dim)``: prompt embedding [+ image features]."""
@@ -588,9 +573,7 @@ class PrognosisModel:
         return build_prompt(record, self.config["modality"], self.config["region"])
 
     def lora_state(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(self.encoder).items()}
+        return self.text.lora_state()
 
 
 def patient_prognosis(model: PrognosisModel, record: ClinicalRecord, image: np.ndarray | None = None) -> dict:
@@ -678,7 +661,7 @@ def train_deephit(prompts: Sequence[str], times, events, image: np.ndarray | Non
             log(f"head epoch {epoch + 1}/{settings.head_epochs}: loss {loss.item():.4f}")
 
     if settings.lora_epochs > 0:
-        lora_params = [p for p in model.encoder.parameters() if p.requires_grad]
+        lora_params = model.text.lora_parameters()
         optimizer = torch.optim.AdamW([{"params": lora_params, "lr": settings.lora_lr},
                                        {"params": model.head.parameters(), "lr": settings.head_lr}],
                                       weight_decay=settings.weight_decay)
@@ -747,7 +730,6 @@ def load_prognosis_model(folder: str | os.PathLike, encoder: str | os.PathLike |
     Raises:
         ModelError: missing folder or file, checksum mismatch, or a folder of another format.
     """
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from .model_io import verify_folder
@@ -756,10 +738,7 @@ def load_prognosis_model(folder: str | os.PathLike, encoder: str | os.PathLike |
     config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     if config.get("format") != FORMAT:
         raise ModelError(f"{folder} is not a prognosis model folder (format {config.get('format')!r})")
-    model = PrognosisModel(config, encoder)
-    result = set_peft_model_state_dict(model.encoder, load_file(str(folder / LORA)))
-    if getattr(result, "unexpected_keys", None):
-        raise ModelError(f"LoRA weights in {folder} do not fit the encoder: {result.unexpected_keys[:3]}")
+    model = PrognosisModel(config, encoder, lora_state=load_file(str(folder / LORA)))
     model.head.load_state_dict(load_file(str(folder / HEAD)))
     model.encoder.eval()
     model.head.eval()
