@@ -136,7 +136,7 @@ def describe(name: str, mask: np.ndarray, image: sitk.Image, modality: str, regi
                 if other != name and m.shape == mask.shape and np.any(ndimage.binary_dilation(mask) & m)]
     if not mask.any():
         return Description(name, 0.0, 0, [0.0, 0.0, 0.0], [], "", "", "", float("nan"), float("nan"), unit,
-                           float("nan"), float("nan"), touching, f"{name}: empty.")
+                           float("nan"), float("nan"), touching, "Empty.")
     _, components = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     points = index_to_lps(image, np.argwhere(mask))
     centroid = points.mean(axis=0)

@@ -49,7 +49,7 @@ def test_shape_measures_on_a_ball_and_a_rod(chest_ct):
 
 
 def test_empty_segment(chest_ct):
-    assert describe("nothing", np.zeros((34, 128, 128), bool), chest_ct, "CT").sentence == "nothing: empty."
+    assert describe("nothing", np.zeros((34, 128, 128), bool), chest_ct, "CT").sentence == "Empty."
 
 
 def test_detection_boxes_per_component(chest_ct, masks):
