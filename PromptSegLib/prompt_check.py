@@ -66,7 +66,8 @@ def prompt_check(segmenter: Segmenter, image: sitk.Image, modality: str, region:
     mask = reference.mask(0)
     attributes = describe(name, mask, image, modality, region).sentence if mask.any() else ""
     variants = prompt_variants(modality, name, attributes.rstrip("."))
-    result = segmenter.segment(image, modality, region, target_texts=list(variants.values()))
+    result = segmenter.segment(image, modality, region, target_texts=list(variants.values()),
+                               allow_untrained=True)  # a variant may mention another vocabulary word
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     rows = [PromptCheck("reference", reference.queries[0].prompt, 1.0, round(float(mask.sum()) * voxel_ml, 2), "")]
     for i, (kind, text) in enumerate(variants.items()):
