@@ -2,6 +2,8 @@
 report, so the tests catch a broken model or pipeline rather than run-to-run noise."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -11,7 +13,7 @@ from PromptSegLib.inference import Segmenter
 from PromptSegLib.metrics import dice
 from PromptSegLib.model_io import BUNDLED_MODELS
 
-from conftest import SHARED, segment_mask
+from conftest import SHARED
 
 HELD_OUT = [f"STS_{i:03d}" for i in range(25, 31)]  # the GTV model's validation patients
 
@@ -33,17 +35,6 @@ def test_gtv_on_held_out_patients(gtv_model, modality, prefix, floor):
     assert np.mean(scores) >= floor, scores  # cards: CT 0.585, PET 0.621
 
 
-def test_starter_finds_the_spine_on_the_unseen_chest_ct_and_switches_targets(chest_ct, chest_segmentation):
-    model = Segmenter(None, device="cpu")  # the default model
-    assert model.model.config.name == "promptseg-starter"
-    truth = (segment_mask(chest_segmentation, "thoracic vertebral column")
-             | segment_mask(chest_segmentation, "lumbar vertebral column")
-             | segment_mask(chest_segmentation, "cervical vertebral column"))
-    result = model.segment(chest_ct, "CT", "thorax", ["vertebral column", "liver"])
-    assert dice(result.mask(0), truth) >= 0.25  # card: 0.333
-    assert dice(result.mask(0), result.mask(1)) < 0.2  # another target prompt, another mask
-
-
 def test_catalogue_matches_the_bundled_folders():
     entries = {e["name"]: e for e in load_catalogue()}
     assert set(entries) == {"promptseg-starter", "promptseg-sts-gtv"}
@@ -51,21 +42,76 @@ def test_catalogue_matches_the_bundled_folders():
         assert catalogue_entry(BUNDLED_MODELS / entry["folder"]) == entry, f"{name}: run promptseg models --update"
 
 
-PARAPHRASES = ["A CT image of the liver", "The liver in a CT scan", "Segment the liver on CT",
-               "A computed tomography of the hepatic", "liver"]
+BRATS_HELD_OUT = SHARED / "brats2015" / "brats_2013_pat0006_1"  # the starter's validation patient
 
 
-def test_starter_paraphrases_give_the_same_segment_and_other_targets_do_not():
-    """On the starter model's own training CT (the only anatomy it knows): prompt control, not generalisation."""
-    folder = SHARED / "totalsegmentator_example" / "ct_3mm"
-    image = sitk.ReadImage(str(folder / "example_ct.nii.gz"))
-    liver_truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz"))) == 5
-    texts = ["A computed tomography of the liver", *PARAPHRASES, "A computed tomography of the spleen",
-             "A computed tomography of the"]
-    result = Segmenter(None, device="cpu").segment(image, "CT", "abdomen", target_texts=texts)
+@pytest.fixture(scope="module")
+def starter():
+    model = Segmenter(None, device="cpu")  # the default model
+    assert model.model.config.name == "promptseg-starter"
+    return model
+
+
+@pytest.fixture(scope="module")
+def held_out_flair():
+    image = sitk.ReadImage(str(BRATS_HELD_OUT / "Flair_subtrMeanDivStd.nii.gz"))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(BRATS_HELD_OUT / "OTMultiClass.nii.gz")))
+    return image, label
+
+
+# Sentence paraphrases of the whole tumour (the bare keyword "whole tumor" as a raw text gives a larger mask:
+# Dice 0.78 to the reference in the card's prompt-check table).
+PARAPHRASES = ["The whole tumour in an MRI scan", "Segment the complete tumor on MR",
+               "A magnetic resonance imaging of the entire tumor"]
+# Floors below the card's held-out figures: whole tumour 0.776, oedema 0.464, MNI152 white matter 0.878.
+WHOLE_TUMOUR_FLOOR, EDEMA_FLOOR, WHITE_MATTER_FLOOR = 0.65, 0.35, 0.8
+
+
+def test_starter_on_the_held_out_brain_tumour_patient(starter, held_out_flair):
+    """BRATS patient 6 was never trained on: the whole tumour and the oedema on its FLAIR."""
+    image, label = held_out_flair
+    result = starter.segment(image, "MR", "brain", ["whole tumor", "edema"])
+    assert dice(result.mask(0), label > 0) >= WHOLE_TUMOUR_FLOOR
+    assert dice(result.mask(1), label == 2) >= EDEMA_FLOOR
+
+
+def test_starter_obeys_the_prompts_on_the_held_out_patient(starter, held_out_flair):
+    """Paraphrases give the same tumour, a target of another body region and an empty target give (almost)
+    nothing, and a wrong context prompt (T1 mismatch: an abdominal CT) takes the tumour away (0.776 -> 0.0 when
+    this test was written; the card measures a milder mismatch, the lower limb: 0.581)."""
+    image, label = held_out_flair
+    texts = ["A magnetic resonance image of the whole tumor", *PARAPHRASES, "A magnetic resonance image of the liver",
+             "A magnetic resonance image of the"]
+    result = starter.segment(image, "MR", "brain", target_texts=texts)
     reference = result.mask(0)
-    assert dice(reference, liver_truth) > 0.9
     for i, text in enumerate(PARAPHRASES, start=1):
-        assert dice(result.mask(i), reference) >= 0.95, text
-    assert dice(result.mask(len(texts) - 2), reference) < 0.05  # the spleen is not the liver
-    assert result.mask(len(texts) - 1).sum() < 0.1 * reference.sum()  # an empty target gives (almost) nothing
+        assert dice(result.mask(i), reference) >= 0.9, text
+    assert result.mask(len(texts) - 2).sum() < 0.02 * reference.sum()  # no liver in a brain
+    assert result.mask(len(texts) - 1).sum() < 0.02 * reference.sum()  # an empty target names nothing
+    mismatch = starter.segment(image, "MR", targets=["whole tumor"],
+                               context_text="A computed tomography of the abdomen")
+    assert dice(mismatch.mask(0), label > 0) < dice(reference, label > 0) - 0.3
+
+
+def test_starter_switches_tissues_on_the_unseen_mni152_brain(starter, mni_t1_path):
+    """nilearn's MNI152 template (an average of 152 adults, never trained on) against its own tissue maps: the
+    white-matter prompt finds the white matter, the grey-matter prompt another mask."""
+    import nilearn
+
+    image = sitk.ReadImage(str(mni_t1_path))
+    maps = Path(nilearn.__file__).parent / "datasets" / "data"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(maps / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"))) >= 128
+    result = starter.segment(image, "MR", "brain", ["white matter", "grey matter"])
+    assert dice(result.mask(0), truth) >= WHITE_MATTER_FLOOR
+    assert dice(result.mask(0), result.mask(1)) < 0.2  # 0.06 when this test was written
+
+
+def test_prompt_check_on_the_held_out_patient(starter, held_out_flair):
+    """``promptseg prompt-check``: wordings of a trained target run even when they mention other vocabulary
+    words (the misspelt "whoe tumor" reads as a tumour); sentences keep the mask, the empty target gives none."""
+    from PromptSegLib.prompt_check import prompt_check
+
+    rows = {r.variant: r for r in prompt_check(starter, held_out_flair[0], "MR", "brain", "whole tumor")}
+    assert {"paraphrase", "report sentence", "misspelling", "empty target"} <= set(rows)
+    assert rows["paraphrase"].dice_to_reference >= 0.9 and rows["report sentence"].dice_to_reference >= 0.85
+    assert rows["empty target"].volume_ml == 0.0 and not rows["empty target"].flag  # not flagged
