@@ -82,6 +82,12 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     ``{"name": ..., "modality": ..., "regions": [...], "folder": "Task03_Liver", "val": ["liver_7"]}``; its
     ``dataset.json`` gives the cases and, when ``labels`` is absent, the label names.
 
+    A HECKTOR folder (per patient ``<id>__CT.nii.gz``, ``<id>__PT.nii.gz`` and ``<id>.nii.gz`` with 1 = GTVp,
+    2 = GTVn on the CT grid) gives two datasets, ``<name>_ct`` and ``<name>_pet`` (the label resampled onto
+    the PET grid), with the same case ids, ready for ``promptseg evaluate --fuse <name>_ct <name>_pet``:
+    ``{"name": "hecktor", "layout": "hecktor", "folder": "hecktor2022/train", "val": ["CHUM-001"]}``
+    (``regions`` defaults to the head and neck, ``labels`` to GTVp and GTVn).
+
     Raises:
         PromptSegError: a malformed spec, an unknown target or region, a missing file.
     """
@@ -91,24 +97,54 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     out = []
     for entry in data.get("datasets", []):
         try:
-            if "folder" in entry:
-                labels, cases = _decathlon(path.parent / entry["folder"], entry, vocabulary)
-            else:
-                labels = parse_labels(entry["labels"], vocabulary)
-                cases = [CaseSpec(str(c["id"]), path.parent / c["image"], path.parent / c["label"],
-                                  c.get("split", "train")) for c in entry["cases"]]
-            spec = DatasetSpec(entry["name"], canonical_modality(entry["modality"]),
-                               [vocabulary.region(r).name for r in entry["regions"]], labels, cases)
+            specs = (_hecktor(path.parent / entry["folder"], entry, vocabulary) if entry.get("layout") == "hecktor"
+                     else [_entry(path.parent, entry, vocabulary)])
         except KeyError as exc:
             raise PromptSegError(f"dataset spec {path}: entry {entry.get('name', '?')} lacks {exc}") from exc
-        for case in spec.cases:
-            for file in (case.image, case.label):
-                if not file.exists():
-                    raise PromptSegError(f"dataset {spec.name}, case {case.id}: no such file {file}")
-        out.append(spec)
+        for spec in specs:
+            for case in spec.cases:
+                for file in (case.image, case.label):
+                    if not file.exists():
+                        raise PromptSegError(f"dataset {spec.name}, case {case.id}: no such file {file}")
+        out += specs
     if not out:
         raise PromptSegError(f"dataset spec {path} lists no datasets")
     return out
+
+
+def _entry(root: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
+    """One dataset from a spec entry listing its cases or naming an MSD / nnU-Net folder."""
+    if "folder" in entry:
+        labels, cases = _decathlon(root / entry["folder"], entry, vocabulary)
+    else:
+        labels = parse_labels(entry["labels"], vocabulary)
+        cases = [CaseSpec(str(c["id"]), root / c["image"], root / c["label"], c.get("split", "train"))
+                 for c in entry["cases"]]
+    return DatasetSpec(entry["name"], canonical_modality(entry["modality"]),
+                       [vocabulary.region(r).name for r in entry["regions"]], labels, cases)
+
+
+HECKTOR_LABELS = {"1": "GTVp", "2": "GTVn"}
+
+
+def _hecktor(folder: Path, entry: dict, vocabulary: Vocabulary) -> list[DatasetSpec]:
+    """The CT and the PET dataset of a HECKTOR folder (see ``load_spec``)."""
+    if not folder.is_dir():
+        raise PromptSegError(f"HECKTOR folder {folder} does not exist")
+    ids = sorted(p.name[: -len("__CT.nii.gz")] for p in folder.glob("*__CT.nii.gz"))
+    if not ids:
+        raise PromptSegError(f"HECKTOR folder {folder} holds no <id>__CT.nii.gz")
+    lacking = [i for i in ids if not (folder / f"{i}__PT.nii.gz").is_file() or not (folder / f"{i}.nii.gz").is_file()]
+    if lacking:
+        raise PromptSegError(f"HECKTOR folder {folder}: no PET (<id>__PT.nii.gz) or label (<id>.nii.gz) for "
+                             f"{', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}")
+    validation = set(entry.get("val", []))
+    labels = parse_labels(entry.get("labels", HECKTOR_LABELS), vocabulary)
+    regions = [vocabulary.region(r).name for r in entry.get("regions", ["head and neck"])]
+    return [DatasetSpec(f"{entry['name']}_{modality.lower()}", modality, regions, labels,
+                        [CaseSpec(i, folder / f"{i}__{suffix}.nii.gz", folder / f"{i}.nii.gz",
+                                  "val" if i in validation else "train") for i in ids])
+            for suffix, modality in (("CT", "CT"), ("PT", "PET"))]
 
 
 def _read_structured(path: Path) -> dict:

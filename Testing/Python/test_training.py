@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from PromptSegLib.cli import main
-from PromptSegLib.datasets import load_spec, prepare_split
+from PromptSegLib.datasets import load_spec, load_split, prepare_split
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.model_io import load_model
 from PromptSegLib.training import TrainConfig, absent_elsewhere, crop, limit_field_of_view, train
@@ -218,6 +218,31 @@ def test_decathlon_and_nnunet_folders(tmp_path, layout):
     assert dataset.labels == {"gross tumor volume": (1,)}
     assert [(c.id, c.split) for c in dataset.cases] == [("STS_004", "train"), ("STS_005", "val")]
     assert prepare_split([dataset], "val", 6.0)[0].label.any()
+
+
+def test_hecktor_folder_gives_a_ct_and_a_pet_dataset(tmp_path):
+    """The HECKTOR layout, built from two sarcoma patients' CT, PET and CT-grid mask: one CT and one PET
+    dataset with the same case ids, GTVp/GTVn targets, the label resampled onto the PET grid."""
+    folder = tmp_path / "hecktor"
+    folder.mkdir()
+    for case in ("STS_025", "STS_026"):
+        (folder / f"{case}__CT.nii.gz").symlink_to(STS / case / "CT_image.nii.gz")
+        (folder / f"{case}__PT.nii.gz").symlink_to(STS / case / "PET_image.nii.gz")
+        (folder / f"{case}.nii.gz").symlink_to(STS / case / "CT_mask.nii.gz")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"datasets": [{"name": "hn", "layout": "hecktor", "folder": "hecktor",
+                                              "val": ["STS_026"]}]}))
+    ct, pet = load_spec(spec)
+    assert (ct.name, ct.modality, pet.name, pet.modality) == ("hn_ct", "CT", "hn_pet", "PET")
+    assert ct.labels == pet.labels == {"primary tumor": (1,), "malignant lymph node": (2,)}
+    assert ct.regions == ["head and neck"]
+    assert [(c.id, c.split) for c in pet.cases] == [("STS_025", "train"), ("STS_026", "val")]
+    (pet_case,) = load_split([pet], "val")
+    assert pet_case.label.GetSize() == pet_case.image.GetSize()  # on the PET grid
+    assert sitk.GetArrayViewFromImage(pet_case.label).any()
+    (folder / "STS_025__PT.nii.gz").unlink()
+    with pytest.raises(PromptSegError, match="no PET .* for STS_025"):
+        load_spec(spec)
 
 
 def test_torchrun_two_processes_train_without_code_changes(tmp_path):
