@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Installs everything, then segments the tumour (gross tumour volume) of a soft-tissue sarcoma patient that
-# the bundled GTV model never saw in training (../shared/data, STS_026: a typical held-out case), on its CT
-# and on its FDG-PET, by naming it in words. Writes out/sts026_ct.seg.nrrd and out/sts026_pet.seg.nrrd (open
-# them in 3D Slicer over the images), PNG pictures and JSON boxes beside them.
+# Installs everything, then segments structures named in words on images the bundled models never saw:
+# - the tumour (gross tumour volume) of a soft-tissue sarcoma patient held out from the GTV model's training
+#   (../shared/data, STS_026: a typical held-out case), on its CT and on its FDG-PET;
+# - with the default model (promptseg-starter): the whole tumour and the oedema of the held-out BRATS patient's
+#   FLAIR, and the white and grey matter of nilearn's MNI152 brain template (shipped in the nilearn package).
+# Writes out/*.seg.nrrd (open them in 3D Slicer over the images), PNG pictures and JSON boxes beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-CASE="../shared/data/sts_pet_ct_mr/nifti/STS_026"
-[ -d "$CASE" ] || { echo "demo data not found: $CASE (see ../shared/data/MANIFEST.md)" >&2; exit 1; }
+DATA="../shared/data"
+CASE="$DATA/sts_pet_ct_mr/nifti/STS_026"
+BRATS="$DATA/brats2015/brats_2013_pat0006_1"
+for folder in "$CASE" "$BRATS"; do
+  [ -d "$folder" ] || { echo "demo data not found: $folder (see $DATA/MANIFEST.md)" >&2; exit 1; }
+done
 mkdir -p out
 for modality in CT PET; do
   name="$(echo "$modality" | tr '[:upper:]' '[:lower:]')"
@@ -15,3 +21,9 @@ for modality in CT PET; do
     --region extremity --target "gross tumor volume" \
     -o "out/sts026_${name}.seg.nrrd" --overlay "out/sts026_${name}.png" --boxes "out/sts026_${name}_boxes.json"
 done
+.venv/bin/promptseg segment "$BRATS/Flair_subtrMeanDivStd.nii.gz" --modality MR --region brain \
+  --target "whole tumor" --target edema -o out/brats006_flair.seg.nrrd --overlay out/brats006_flair.png \
+  --boxes out/brats006_flair_boxes.json
+MNI="$(.venv/bin/python -c 'from nilearn.datasets import MNI152_FILE_PATH; print(MNI152_FILE_PATH)')"
+.venv/bin/promptseg segment "$MNI" --modality MR --region brain --target "white matter" --target "grey matter" \
+  -o out/mni152.seg.nrrd --overlay out/mni152.png
