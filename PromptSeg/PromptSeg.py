@@ -255,7 +255,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         bar shows, and the timer polls until ``jobDone(job)`` writes the result."""
         self.jobDone = jobDone
         cancelButton.text = _("Cancel")
-        for button in (self.ui.applyButton, self.ui.propagateButton):
+        for button in (self.ui.applyButton, self.ui.propagateButton, self.ui.petCtApplyButton):
             button.enabled = button is cancelButton
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
@@ -275,7 +275,8 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.job = None
         self.ui.applyButton.text = _("Apply")
         self.ui.propagateButton.text = _("Propagate from the slice in view")
-        self.ui.propagateButton.enabled = True
+        self.ui.petCtApplyButton.text = _("Segment tumour on PET/CT")
+        self.ui.propagateButton.enabled = self.ui.petCtApplyButton.enabled = True
         self.ui.progressBar.setVisible(False)
         try:
             # Let the Segment Editor's own undo cover this change when it edits the same segmentation.
@@ -491,26 +492,30 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onPetVolumeChanged(node)
 
     def onPetCtApply(self) -> None:
+        """Start the PET/CT segmentation off the main thread; while it runs the button reads Cancel."""
+        if self.job is not None:  # the button reads Cancel
+            self.job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.ui.petCtApplyButton.enabled = False
+            return
         ct, pet = self.ui.petCtVolumeSelector.currentNode(), self.ui.petVolumeSelector.currentNode()
         targets = [t.strip() for t in self.ui.petCtTargetsLineEdit.text.split(",") if t.strip()]
         output = self.petCtSegmentation if slicer.mrmlScene.IsNodePresent(self.petCtSegmentation) else None
-
-        def progress(fraction: float, message: str) -> None:
-            self.ui.progressBar.setValue(int(100 * fraction))
-            self.ui.statusLabel.text = message
-            slicer.app.processEvents()
-
-        self.ui.progressBar.setVisible(True)
         try:
-            with slicer.util.tryWithErrorDisplay(_("PET/CT segmentation failed."), waitCursor=True):
-                self._saveSegmentEditorUndoState(output)
-                self.petCtSegmentation, overlap = self.logic.segmentPetCt(
-                    ct, pet, output, targets or None, self.ui.petCtModelComboBox.currentText or None,
-                    self.ui.petWeightSpinBox.value, device=self._parameterNode.device, progress=progress)
-                self.petCtSegmentation.CreateClosedSurfaceRepresentation()
-                self.ui.statusLabel.text = overlap["message"]
-        finally:
-            self.ui.progressBar.setVisible(False)
+            self.job = self.logic.startPetCt(ct, pet, output, targets or None,
+                                             self.ui.petCtModelComboBox.currentText or None,
+                                             self.ui.petWeightSpinBox.value, device=self._parameterNode.device)
+        except Exception as exc:
+            self.job = None
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
+            return
+        self._showRunning(self._onPetCtDone, self.ui.petCtApplyButton)
+
+    def _onPetCtDone(self, job) -> None:
+        """Main thread: write a finished PET/CT job's fused segments."""
+        self.petCtSegmentation, overlap = self.logic.finishPetCt(job)
+        self.petCtSegmentation.CreateClosedSurfaceRepresentation()
 
     def onPredict(self) -> None:
         ct = self.ui.petCtVolumeSelector.currentNode()

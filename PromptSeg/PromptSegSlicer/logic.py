@@ -814,34 +814,27 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         petVolume.SetAttribute("PromptSeg.SUVScaleFactor", f"{info.scale_factor:.8g}")
         return info
 
-    def segmentPetCt(self, ctVolume, petVolume, segmentationNode=None, targets: Sequence[str] | None = None,
-                     modelFolder=None, petWeight: float = 0.5, threshold: float | None = None,
-                     minOverlap: float = 0.0, device: str = "auto", threads: int | None = None,
-                     progress: Callable[[float, str], None] | None = None, cancel=None):
-        """Segment the tumour on a co-registered CT and PET (in SUV) by late fusion: each image through the
-        model's block for its modality (context: the model's first region for it), the PET probabilities
-        resampled onto the CT grid, their weighted mean (PET weight ``petWeight``) thresholded, one segment per
-        target on the CT's geometry (name, colour, terminology, undo: see ``writeResult``).
+    def startPetCt(self, ctVolume, petVolume, segmentationNode=None, targets: Sequence[str] | None = None,
+                   modelFolder=None, petWeight: float = 0.5, threshold: float | None = None,
+                   minOverlap: float = 0.0, device: str = "auto", threads: int | None = None,
+                   onProgress: Callable[[float, str], None] | None = None) -> SegmentationJob:
+        """Start segmenting the tumour on a co-registered CT and PET (in SUV) by late fusion, off the main thread:
+        each image through the model's block for its modality (context: the model's first region for it), the
+        PET probabilities resampled onto the CT grid, their weighted mean (PET weight ``petWeight``). Nothing in
+        the scene changes here: ``finishPetCt`` writes one segment per target on the CT's geometry.
 
         Args:
             targets: vocabulary names or synonyms (``GTVp``, ``GTVn``); default: every target of the model.
             minOverlap: the fraction of the CT box the PET must cover.
-            progress: called with (fraction, message); cancel: an ``is_set()`` flag checked before each window.
-
-        Returns:
-            (segmentation node, overlap report ``{"ct_covered", "pet_covered", "message"}``).
 
         Raises:
             InputError: a missing or unsuitable volume, PET values that cannot be SUV, a transformed PET, a
                 weight outside [0, 1], a model without CT and PET blocks or without a requested target (the
                 error names the targets it has).
-            PromptSegLib.pet.NoOverlapError: PET and CT do not overlap (before any segmentation).
         """
         ensureLibraryImportable()
         checkDependencies()
         from PromptSegLib.catalogue import resolve_model
-        from PromptSegLib.fusion import fuse, segment_pair
-        from PromptSegLib.inference import SegmentationResult
         from PromptSegLib.vocabulary import default_vocabulary
 
         for role, node in (("CT", ctVolume), ("PET", petVolume)):
@@ -867,17 +860,54 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         if lacking:
             raise InputError(f"model {folder.name} has no {', '.join(lacking)} target; it segments: "
                              f"{', '.join(available)}")
-        segmenter = self._segmenter(folder, device or "auto", threads)
+        request = dict(modelFolder=folder, device=device or "auto", threads=threads, targets=names,
+                       petWeight=petWeight, threshold=threshold, minOverlap=minOverlap)
+        images = (volumeNodeToSimpleITK(ctVolume), volumeNodeToSimpleITK(petVolume))
+        job = SegmentationJob(request, images, ctVolume, segmentationNode)
+        return self._startJob(job, self._petCtWork, onProgress)
+
+    def _petCtWork(self, job: SegmentationJob, report) -> None:
+        """Worker thread: PromptSegLib only, never the scene. ``job.result``: (fused result, overlap report)."""
+        from PromptSegLib.errors import Cancelled
+        from PromptSegLib.fusion import fuse, segment_pair
+        from PromptSegLib.inference import SegmentationResult
+
+        request = job.request
+        report(0.0, "loading the model")
+        segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
+        if job.cancelRequested:
+            raise Cancelled("PET/CT segmentation cancelled")
         regions = tuple(segmenter.model.config.regions[m][0] for m in ("CT", "PET"))  # both exist: petCtTargets
-        ct = volumeNodeToSimpleITK(ctVolume)
-        ctResult, petResult, overlap = segment_pair(segmenter, ct, volumeNodeToSimpleITK(petVolume), ("CT", "PET"),
-                                                    regions, names, min_overlap=minOverlap, progress=progress,
-                                                    cancel=cancel)
+        ct, pet = job.image
+        ctResult, petResult, overlap = segment_pair(segmenter, ct, pet, ("CT", "PET"), regions, request["targets"],
+                                                    min_overlap=request["minOverlap"], progress=report,
+                                                    cancel=job._cancel)
+        weight = request["petWeight"]
         fused = SegmentationResult(ctResult.queries, f"{ctResult.context} | {petResult.context}",
                                    fuse([ctResult.probabilities, petResult.probabilities], "weighted_mean",
-                                        [1.0 - petWeight, petWeight]), ct, ctResult.threshold)
+                                        [1.0 - weight, weight]), ct, ctResult.threshold)
+        job.result = (fused, overlap)
+
+    def finishPetCt(self, job: SegmentationJob, timeout: float | None = None):
+        """Main thread: wait for the worker, then write the fused segments (name, colour, terminology, undo: see
+        ``writeResult``) on the CT's geometry. Returns (segmentation node, overlap report ``{"ct_covered",
+        "pet_covered", "message"}``).
+
+        Raises:
+            PromptSegLib.errors.Cancelled: the job was cancelled (the scene is untouched).
+            PromptSegLib.pet.NoOverlapError: PET and CT do not overlap (found before any segmentation).
+            TimeoutError: the worker is still running after ``timeout`` seconds.
+        """
+        self._finishJob(job, timeout, "PET/CT segmentation")
+        fused, overlap = job.result
         logging.info("PromptSeg PET/CT: %s", overlap["message"])
-        return self.writeResult(fused, ctVolume, segmentationNode, threshold), overlap
+        node = self.writeResult(fused, job.volumeNode, job.outputNode, job.request["threshold"])
+        job.message = f"{overlap['message']}; done in {time.monotonic() - job.startTime:.1f} s"
+        return node, overlap
+
+    def segmentPetCt(self, ctVolume, petVolume, segmentationNode=None, **kwargs):
+        """Blocking ``startPetCt`` + ``finishPetCt`` (scripts and tests)."""
+        return self.finishPetCt(self.startPetCt(ctVolume, petVolume, segmentationNode, **kwargs))
 
     def clinicalRecordFromDicom(self, volumeNode):
         """The patient's sex, age and weight from the DICOM patient tags of the files ``volumeNode`` was loaded

@@ -616,6 +616,25 @@ def test_pet_ct_fused_segment_on_the_ct_geometry_with_terminology(scene, logic):
     assert dice(mask, truth) > 0.7
 
 
+def test_pet_ct_runs_off_the_main_thread_and_a_cancel_writes_nothing(scene, logic):
+    from PromptSegLib.errors import Cancelled
+
+    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
+    pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
+    count = scene.GetNumberOfNodes()
+    seen = []
+    job = logic.startPetCt(ct, pet, device="cpu", threads=1, onProgress=lambda f, m: seen.append(m))
+    job.cancel()
+    job.cancel()  # pressed twice
+    with pytest.raises(Cancelled):
+        logic.finishPetCt(job, timeout=120)
+    assert scene.GetNumberOfNodes() == count and job.message == "cancelled"
+    job = logic.startPetCt(ct, pet, device="cpu", threads=1, onProgress=lambda f, m: seen.append(m))
+    node, overlap = logic.finishPetCt(job, timeout=300)
+    assert segment_names(node) == ["gross tumor volume"] and "done in" in job.message
+    assert any(m.startswith("PET: window") for m in seen)  # progress came from the worker, both images
+
+
 def test_pet_ct_refuses_non_overlapping_pet_activity_and_targets_the_model_lacks(scene, logic):
     from PromptSegLib.pet import NoOverlapError
     from PromptSegSlicer import InputError
