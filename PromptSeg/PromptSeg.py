@@ -228,27 +228,38 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateTargetCompleter()
 
     def onApplyButton(self) -> None:
-        if self.job is not None:  # the button reads Cancel
-            self.job.cancel()
-            self.ui.statusLabel.text = _("Cancelling...")
-            self.ui.applyButton.enabled = False
+        if self._cancelRunningJob(self.ui.applyButton):
             return
         p = self._parameterNode
         targets, texts = [], []
         for line in self._targetList():
             (texts if len(line.split()) > 4 else targets).append(line)  # a sentence is a raw prompt
+        self._runJob(lambda: self.logic.startSegmentation(
+            p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region, targets=targets,
+            targetTexts=texts, contextText=p.contextText or None, device=p.device, modelFolder=p.model,
+            allowUntrained=self.ui.allowUntrainedCheckBox.checked), self._onSegmentationDone, self.ui.applyButton)
+
+    def _cancelRunningJob(self, button) -> bool:
+        """While a job runs its ``button`` reads Cancel: ask the job to stop and disable the button. Returns
+        whether a job was running."""
+        if self.job is None:
+            return False
+        self.job.cancel()
+        self.ui.statusLabel.text = _("Cancelling...")
+        button.enabled = False
+        return True
+
+    def _runJob(self, start, jobDone, button) -> None:
+        """``start()`` a logic job (its checks raise on bad input: shown, nothing runs), then poll it until
+        ``jobDone(job)`` writes the result on the main thread; ``button`` reads Cancel meanwhile."""
         try:
-            self.job = self.logic.startSegmentation(
-                p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region,
-                targets=targets, targetTexts=texts, contextText=p.contextText or None, device=p.device,
-                modelFolder=p.model,
-                allowUntrained=self.ui.allowUntrainedCheckBox.checked)
+            self.job = start()
         except Exception as exc:
             self.job = None
             self.ui.statusLabel.text = str(exc)
             slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
             return
-        self._showRunning(self._onSegmentationDone, self.ui.applyButton)
+        self._showRunning(jobDone, button)
 
     def _showRunning(self, jobDone, cancelButton) -> None:
         """``self.job`` started: ``cancelButton`` reads Cancel, the other run button is disabled, the progress
@@ -367,10 +378,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPropagate(self) -> None:
         """Start carrying the chosen segment from the slice in view, off the main thread; while it runs the
         button reads Cancel."""
-        if self.job is not None:  # the button reads Cancel
-            self.job.cancel()
-            self.ui.statusLabel.text = _("Cancelling...")
-            self.ui.propagateButton.enabled = False
+        if self._cancelRunningJob(self.ui.propagateButton):
             return
         node, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
         name = self.ui.propagateSegmentComboBox.currentText
@@ -379,17 +387,11 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         axis = self.ui.propagateAxisComboBox.currentText
         limited = self.ui.propagateLimitCheckBox.checked
-        try:
-            self.job = self.logic.startPropagation(
-                node, name, volume, self._sliceIndexInView(volume, axis), axis,
-                start=self.ui.propagateFirstSpinBox.value if limited else None,
-                stop=self.ui.propagateLastSpinBox.value if limited else None)
-        except Exception as exc:
-            self.job = None
-            self.ui.statusLabel.text = str(exc)
-            slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
-            return
-        self._showRunning(self.logic.finishPropagation, self.ui.propagateButton)
+        self._runJob(lambda: self.logic.startPropagation(
+            node, name, volume, self._sliceIndexInView(volume, axis), axis,
+            start=self.ui.propagateFirstSpinBox.value if limited else None,
+            stop=self.ui.propagateLastSpinBox.value if limited else None),
+            self.logic.finishPropagation, self.ui.propagateButton)
 
     def onDescribeButton(self) -> None:
         """One sentence per segment of the output segmentation, computed on the input volume's grid."""
@@ -493,24 +495,15 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPetCtApply(self) -> None:
         """Start the PET/CT segmentation off the main thread; while it runs the button reads Cancel."""
-        if self.job is not None:  # the button reads Cancel
-            self.job.cancel()
-            self.ui.statusLabel.text = _("Cancelling...")
-            self.ui.petCtApplyButton.enabled = False
+        if self._cancelRunningJob(self.ui.petCtApplyButton):
             return
         ct, pet = self.ui.petCtVolumeSelector.currentNode(), self.ui.petVolumeSelector.currentNode()
         targets = [t.strip() for t in self.ui.petCtTargetsLineEdit.text.split(",") if t.strip()]
         output = self.petCtSegmentation if slicer.mrmlScene.IsNodePresent(self.petCtSegmentation) else None
-        try:
-            self.job = self.logic.startPetCt(ct, pet, output, targets or None,
-                                             self.ui.petCtModelComboBox.currentText or None,
-                                             self.ui.petWeightSpinBox.value, device=self._parameterNode.device)
-        except Exception as exc:
-            self.job = None
-            self.ui.statusLabel.text = str(exc)
-            slicer.util.errorDisplay(str(exc), windowTitle=_("PromptSeg"))
-            return
-        self._showRunning(self._onPetCtDone, self.ui.petCtApplyButton)
+        self._runJob(lambda: self.logic.startPetCt(ct, pet, output, targets or None,
+                                                   self.ui.petCtModelComboBox.currentText or None,
+                                                   self.ui.petWeightSpinBox.value, device=self._parameterNode.device),
+                     self._onPetCtDone, self.ui.petCtApplyButton)
 
     def _onPetCtDone(self, job) -> None:
         """Main thread: write a finished PET/CT job's fused segments."""

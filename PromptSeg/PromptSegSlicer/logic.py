@@ -373,15 +373,22 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                 self._segmenters[key] = Segmenter(folder, device=device, threads=threads)
             return self._segmenters[key]
 
-    def _segmentationWork(self, job: SegmentationJob, report) -> None:
-        """Worker thread: PromptSegLib only, never the scene."""
+    def _jobSegmenter(self, job: SegmentationJob, report, what: str):
+        """Worker thread: the job's model (loaded once per folder, device and threads), unless the job was
+        cancelled meanwhile."""
         from PromptSegLib.errors import Cancelled
 
         request = job.request
         report(0.0, "loading the model")
         segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
         if job.cancelRequested:
-            raise Cancelled("segmentation cancelled")
+            raise Cancelled(f"{what} cancelled")
+        return segmenter
+
+    def _segmentationWork(self, job: SegmentationJob, report) -> None:
+        """Worker thread: PromptSegLib only, never the scene."""
+        request = job.request
+        segmenter = self._jobSegmenter(job, report, "segmentation")
         job.result = segmenter.segment(
             job.image, request["modality"], request["region"], request["targets"],
             target_texts=request["targetTexts"], context_text=request["contextText"],
@@ -868,15 +875,11 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
 
     def _petCtWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene. ``job.result``: (fused result, overlap report)."""
-        from PromptSegLib.errors import Cancelled
         from PromptSegLib.fusion import fuse, segment_pair
         from PromptSegLib.inference import SegmentationResult
 
         request = job.request
-        report(0.0, "loading the model")
-        segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
-        if job.cancelRequested:
-            raise Cancelled("PET/CT segmentation cancelled")
+        segmenter = self._jobSegmenter(job, report, "PET/CT segmentation")
         regions = tuple(segmenter.model.config.regions[m][0] for m in ("CT", "PET"))  # both exist: petCtTargets
         ct, pet = job.image
         ctResult, petResult, overlap = segment_pair(segmenter, ct, pet, ("CT", "PET"), regions, request["targets"],
