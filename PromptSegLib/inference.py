@@ -16,7 +16,7 @@ from .errors import Cancelled, InputImageError, ModelError, PromptError
 from .imageio import validate_volume
 from .catalogue import resolve_model
 from .model_io import Model, load_model
-from .preprocess import CT_WINDOW_HU, IntensityRule, canonical_modality, prepare, to_original_grid
+from .preprocess import IntensityRule, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import LoraSettings, TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary
@@ -138,12 +138,7 @@ class Segmenter:
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
         """The model's fixed intensity rule for ``modality`` (CT), or None to use each image's own statistics."""
-        modality = canonical_modality(modality)
-        stats = self.model.config.intensity.get(modality)
-        if not stats:
-            return None
-        low, high = CT_WINDOW_HU
-        return IntensityRule(low, high, stats[0], stats[1])
+        return self.model.config.intensity_rule(modality)
 
     def check_request(self, modality: str, region: str | None = None, targets: Sequence[str] = (),
                       target_texts: Sequence[str] = (), context_text: str | None = None,

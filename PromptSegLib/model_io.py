@@ -18,6 +18,7 @@ import torch
 
 from .errors import ModelError, OutputError
 from .network import DuPLUSNet, NetworkConfig
+from .preprocess import CT_WINDOW_HU, IntensityRule, canonical_modality
 
 FORMAT = "promptseg-model"
 FORMAT_VERSION = 1
@@ -61,6 +62,12 @@ class ModelConfig:
     intensity: dict[str, list[float]] = field(default_factory=dict)
     text_lora: dict | None = None
     padding: str = "constant"
+
+    def intensity_rule(self, modality: str) -> IntensityRule | None:
+        """The fixed intensity rule for ``modality`` (CT: the training data's statistics in the CT window), or
+        None when images of that modality are z-scored with their own statistics."""
+        stats = self.intensity.get(canonical_modality(modality))
+        return IntensityRule(*CT_WINDOW_HU, *stats) if stats else None
 
     def to_dict(self) -> dict:
         encoder = {"id": self.text_encoder, "dim": self.network.text_dim}
@@ -268,11 +275,10 @@ def load_model(folder: str | os.PathLike | None = None) -> Model:
     folder = Path(folder) if folder is not None else default_model_folder()
     config = read_config(folder)
     lora = None
-    if config.text_lora:
+    if config.text_lora:  # its checksum was verified with the rest of the folder by read_config
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        verify_folder(folder, required=(TEXT_LORA,))
         try:
             lora = load_file(str(folder / TEXT_LORA))
         except (SafetensorError, OSError) as exc:

@@ -25,9 +25,9 @@ from .datasets import DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spe
 from .errors import PromptSegError
 from .evaluation import evaluate_cases, markdown_table, summarize
 from .inference import Segmenter, select_device
-from .model_io import Model, ModelConfig, load_model, read_config, save_model
+from .model_io import Model, ModelConfig, load_model, save_model
 from .network import DuPLUSNet, NetworkConfig, count_parameters
-from .preprocess import CT_WINDOW_HU, MODALITIES, IntensityRule
+from .preprocess import MODALITIES, IntensityRule
 from .prompts import paraphrases
 from .text_encoder import LoraSettings, TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary
@@ -230,15 +230,15 @@ def train(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed + rank)
     datasets = load_spec(config.spec)
     loaded = load_split(datasets, "train")
-    rules = _intensity_rules(config, loaded)
+    base = load_model(config.init) if config.init else None
+    rules = _intensity_rules(base, loaded)
     train_cases = [prepare_case(case, config.spacing_mm, rules) for case in loaded]
     val_cases = load_split(datasets, "val") if rank == 0 else []  # scored on their own grids
-    base = load_model(config.init) if config.init else None
     encoder = text_encoder(config, base)
     bank = PromptBank(encoder, train_cases)
     network = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim, base)
     base_config = base.config if base else None
-    targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base_config.targets if base else []))
+    targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base_config.targets if base_config else []))
     model_config = ModelConfig(
         config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
         targets, _regions(train_cases, base_config),
@@ -332,7 +332,8 @@ def train(config: TrainConfig) -> Path:
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config, encoder.lora_state())
             if val_cases and (step % config.validate_every == 0 or step == config.steps):
-                encoder.clear_cache()  # the adapters moved
+                if lora_params:
+                    encoder.clear_cache()  # the adapters moved
                 validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
                 if board:
                     for target, value in validation.items():
@@ -362,13 +363,10 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder / "tensorboard"))
 
 
-def _intensity_rules(config: TrainConfig, cases: list[LabelledCase]) -> dict[str, IntensityRule]:
-    """CT's shared z-score statistics: the fine-tuned model's own, else those of the training CTs."""
-    if config.init:
-        stats = read_config(config.init).intensity.get("CT")
-        if stats:
-            return {"CT": IntensityRule(*CT_WINDOW_HU, *stats)}
-    rule = ct_rule(cases)
+def _intensity_rules(base: Model | None, cases: list[LabelledCase]) -> dict[str, IntensityRule]:
+    """CT's shared z-score statistics: those of ``base`` (the model fine-tuned from), else those of the
+    training CTs."""
+    rule = (base.config.intensity_rule("CT") if base else None) or ct_rule(cases)
     return {"CT": rule} if rule else {}
 
 
