@@ -78,7 +78,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.job = None
-        self.jobDone = None  # main-thread step that writes a finished job: segmentation or propagation
+        self.jobDone = None  # main-thread step that writes a finished job: segmentation, propagation or PET/CT
         self.pollTimer = None
         self.petCtSegmentation = None  # the PET/CT panel's output, updated by each Apply
 
@@ -321,12 +321,15 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pass
 
     def _updateModelList(self) -> None:
-        current = self._parameterNode.model if self._parameterNode else ""
-        self.ui.modelComboBox.clear()
+        self._fillModels(self.ui.modelComboBox, self._parameterNode.model if self._parameterNode else "")
+
+    def _fillModels(self, comboBox, current: str) -> None:
+        """The available models (name, folder as item data) in ``comboBox``, ``current`` selected, else the
+        first."""
+        comboBox.clear()
         for name, folder in self.logic.availableModels():
-            self.ui.modelComboBox.addItem(name, str(folder))
-        index = self.ui.modelComboBox.findText(current)
-        self.ui.modelComboBox.setCurrentIndex(max(index, 0))
+            comboBox.addItem(name, str(folder))
+        comboBox.setCurrentIndex(max(comboBox.findText(current), 0))
 
     def onModelSelected(self, index: int) -> None:
         if self._parameterNode and index >= 0:
@@ -435,12 +438,9 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ PET/CT tumour and prognosis
     def _setupPetCt(self) -> None:
         try:
-            models = self.logic.availableModels()
+            self._fillModels(self.ui.petCtModelComboBox, promptSegLogic.PET_CT_MODEL)
         except Exception:  # PromptSegLib missing: the install button says what to do
-            models = []
-        for name, folder in models:
-            self.ui.petCtModelComboBox.addItem(name, str(folder))
-        self.ui.petCtModelComboBox.setCurrentIndex(max(self.ui.petCtModelComboBox.findText(promptSegLogic.PET_CT_MODEL), 0))
+            pass
         self.ui.petCtModelComboBox.connect("currentIndexChanged(int)", lambda index: self.onPetCtModelChanged())
         self.ui.petCtVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._prefillClinicalRecord)
         self.ui.petVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPetVolumeChanged)

@@ -1,10 +1,11 @@
 """PromptSeg module logic: MRML volume in, segments out, PromptSegLib run off the main thread. No Qt.
 
-Threading model: ``startSegmentation`` (and ``startPropagation``) validates the request and copies the volume
-(and the segment) on the calling (main) thread, then runs PromptSegLib in a ``threading.Thread``. The thread
-never touches the MRML scene. The caller polls the returned ``SegmentationJob`` (``progress``, ``message``,
-``isDone()``) -- the widget does it from a QTimer -- and then calls ``finishSegmentation`` (or
-``finishPropagation``) on the main thread, which is the only place the scene is modified. A cancelled job
+Threading model: ``startSegmentation`` (and ``startPropagation``, ``startPetCt``) validates the request and
+copies the volume (and the segment) on the calling (main) thread, then runs PromptSegLib in a
+``threading.Thread``. The thread never touches the MRML scene. The caller polls the returned
+``SegmentationJob`` (``progress``, ``message``, ``isDone()``) -- the widget does it from a QTimer -- and then
+calls ``finishSegmentation`` (or ``finishPropagation``, ``finishPetCt``) on the main thread, which is the only
+place the scene is modified. A cancelled job
 (``job.cancel()``, any number of times) writes nothing, even if the worker had already finished.
 
 PromptSegLib, torch and MONAI are imported lazily, so this module (and the Slicer module that uses it)
@@ -63,7 +64,8 @@ class DependencyError(RuntimeError):
         super().__init__("PromptSeg needs these Python packages, which are not installed: " + ", ".join(self.missing)
                          + (". Install PyTorch with the PyTorch extension (Extension Manager) or "
                             "slicer.util.pip_install, then the rest with slicer.util.pip_install."
-                            if REQUIRED_PACKAGES["torch"] in self.missing else ". Install them with slicer.util.pip_install."))
+                            if REQUIRED_PACKAGES["torch"] in self.missing
+                            else ". Install them with slicer.util.pip_install."))
 
 
 def ensureLibraryImportable() -> None:
@@ -187,7 +189,7 @@ def terminologyEntryString(entry: dict | None) -> str:
 
 
 class SegmentationJob:
-    """One PromptSeg run (a segmentation or a propagation) in a background thread. Poll
+    """One PromptSeg run (a segmentation, a propagation or a PET/CT segmentation) in a background thread. Poll
     ``progress``/``message``/``isDone()``; ``cancel()``."""
 
     def __init__(self, request: dict, image, volumeNode, outputNode, ijkToRas: np.ndarray | None = None):
@@ -200,7 +202,7 @@ class SegmentationJob:
         self.message = "starting"
         self.result = None
         self.error: BaseException | None = None
-        self.finished = False  # finishSegmentation/finishPropagation has run
+        self.finished = False  # its finish call (finishSegmentation/finishPropagation/finishPetCt) has run
         self.startTime = time.monotonic()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
@@ -396,7 +398,7 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
 
     def _finishJob(self, job: SegmentationJob, timeout: float | None, what: str) -> None:
         """Main thread: wait for the worker and check that its result may be written (``what``: the kind of
-        run, for the messages). Shared by ``finishSegmentation`` and ``finishPropagation``.
+        run, for the messages). Shared by ``finishSegmentation``, ``finishPropagation`` and ``finishPetCt``.
 
         Raises:
             PromptSegLib.errors.Cancelled: the job was cancelled.
