@@ -1,14 +1,17 @@
 """The model catalogue: one JSON list of the models PromptSeg knows, bundled or to be imported.
 
-Each entry: name, version, url (``null`` for bundled models), sha256 of the weights file, size in bytes,
-modalities, targets, regions, spacing, and ``folder`` (the bundled folder's name under
-``PromptSegLib/models``). The Slicer module's model manager reads the same file.
+Each entry: name, version, url (``null`` for bundled models; else where a ``.zip`` of the model folder is
+downloaded from), sha256 of the weights file, size in bytes, modalities, targets, regions, spacing, and
+``folder`` (the bundled folder's name under ``PromptSegLib/models``). A site may list its own downloadable
+models in ``$PROMPTSEG_HOME/catalogue.json`` (same format). The Slicer module's model manager reads the same
+files. Nothing is downloaded unless the user asks for that model.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from .model_io import BUNDLED_MODELS, WEIGHTS, read_config, sha256
 from .outputs import atomic_path
@@ -43,9 +46,73 @@ def user_models_folder() -> Path:
     return Path(os.environ.get("PROMPTSEG_HOME", Path.home() / ".promptseg")) / "models"
 
 
-def import_model(source: str | os.PathLike, models_folder: str | os.PathLike | None = None) -> Path:
+def catalogue_entries() -> list[dict]:
+    """The bundled catalogue, then the site's (``$PROMPTSEG_HOME/catalogue.json``); a name in both is the
+    site's entry."""
+    entries = {e["name"]: e for e in load_catalogue()}
+    entries.update({e["name"]: e for e in load_catalogue(user_models_folder().parent / "catalogue.json")})
+    return list(entries.values())
+
+
+def download_model(name: str, models_folder: str | os.PathLike | None = None,
+                   progress: Callable[[int, int | None], None] | None = None, timeout_s: float = 60.0) -> Path:
+    """Download the catalogue entry ``name`` from its ``url`` (a ``.zip`` of one model folder) and install it
+    like :func:`import_model`, refusing weights whose sha256 differs from the entry's.
+
+    ``progress(bytes_done, bytes_total or None)`` is called per chunk; raising in it (a cancel) stops the
+    download. Nothing is installed unless the whole download passes its checks; the partial file is removed.
+
+    Raises:
+        ModelError: unknown name, an entry without url (bundled), a failed download (with what to do
+            offline), or a download that is not the catalogued model.
+    """
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    from .errors import ModelError
+
+    entries = {e["name"]: e for e in catalogue_entries()}
+    if name not in entries:
+        raise ModelError(f"no model named {name!r} in the catalogue; known: {', '.join(entries) or 'none'}")
+    entry = entries[name]
+    if not entry.get("url"):
+        raise ModelError(f"model {name!r} is bundled with PromptSeg; there is nothing to download")
+    target_root = Path(models_folder) if models_folder else user_models_folder()
+    target_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target_root, prefix=".download-") as work:
+        archive = Path(work) / f"{name}.zip"
+
+        def failed(exc: Exception) -> ModelError:
+            return ModelError(f"could not download {name} from {entry['url']} ({exc}); without internet, fetch the "
+                              "model's .zip elsewhere and install it with: promptseg models --import ZIP")
+
+        try:
+            response = urllib.request.urlopen(entry["url"], timeout=timeout_s)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise failed(exc) from None
+        with response, open(archive, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            done = 0
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except OSError as exc:  # the connection dropped
+                    raise failed(exc) from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+        return import_model(archive, target_root, expected=entry)
+
+
+def import_model(source: str | os.PathLike, models_folder: str | os.PathLike | None = None,
+                 expected: dict | None = None) -> Path:
     """Copy a model folder or ``.zip`` (for hospitals without internet) into the user cache after checking
-    its manifest; returns the installed folder. An installed model of the same name is replaced whole."""
+    its manifest; returns the installed folder. An installed model of the same name is replaced whole.
+    ``expected`` (a catalogue entry): the model must have that name and weights sha256."""
     import shutil
     import tempfile
     import zipfile
@@ -69,6 +136,9 @@ def import_model(source: str | os.PathLike, models_folder: str | os.PathLike | N
         else:
             raise ModelError(f"{source} is neither a model folder nor a .zip of one")
         config = read_config(verify_folder(folder))
+        if expected and (config.name != expected["name"] or sha256(folder / WEIGHTS) != expected["sha256"]):
+            raise ModelError(f"{source} is not the catalogued model {expected['name']} {expected.get('version', '')}:"
+                             " its name or weights sha256 differ from the catalogue entry")
         final = target_root / config.name
         staged = target_root / f".{config.name}.new"
         shutil.rmtree(staged, ignore_errors=True)
@@ -92,6 +162,8 @@ def resolve_model(name_or_folder: str | os.PathLike | None) -> Path:
     for folder in (user_models_folder() / path.name, BUNDLED_MODELS / path.name):
         if (folder / "config.json").is_file():
             return folder
-    names = [e["name"] for e in load_catalogue()]
+    names = [e["name"] for e in catalogue_entries()]
+    hint = ("download it with: promptseg models --download NAME, or " if any(
+        e["name"] == path.name and e.get("url") for e in catalogue_entries()) else "")
     raise ModelError(f"no model named {name_or_folder!r} is installed; known: {', '.join(names) or 'none'}; "
-                     "import one with: promptseg models --import FOLDER_OR_ZIP")
+                     f"{hint}import one with: promptseg models --import FOLDER_OR_ZIP")

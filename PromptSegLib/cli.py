@@ -151,12 +151,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .catalogue import catalogue_entry, import_model, load_catalogue, user_models_folder, write_catalogue
+    from .catalogue import (catalogue_entries, catalogue_entry, download_model, import_model, user_models_folder,
+                            write_catalogue)
     from .errors import ModelError
     from .model_io import BUNDLED_MODELS, FORMAT
 
     if args.import_model:
         print(f"installed {import_model(args.import_model)}")
+    if args.download:
+        print(f"installed {download_model(args.download)}")
     if args.update:
         folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file()
                          and json.loads((p / "config.json").read_text()).get("format") == FORMAT)
@@ -165,11 +168,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         entry = catalogue_entry(folder.parent)
         print(f"{entry['name']} {entry['version']}  [imported, verified: {folder.parent}]  "
               f"{', '.join(entry['modalities'])}: {', '.join(entry['targets'])}")
-    for entry in load_catalogue():
+    installed = {p.parent.name for p in user_models_folder().glob("*/config.json")}
+    for entry in catalogue_entries():
+        if entry["name"] in installed and not entry.get("folder"):
+            continue  # listed above
         folder = BUNDLED_MODELS / entry["folder"] if entry.get("folder") else None
         try:
             state = "bundled, verified" if folder and catalogue_entry(folder)["sha256"] == entry["sha256"] else (
-                "bundled, CHANGED since catalogued" if folder else f"import from {entry['url']}")
+                "bundled, CHANGED since catalogued" if folder else f"download with --download {entry['name']}: "
+                f"{entry['url']}")
         except ModelError as exc:
             state = f"bundled, BROKEN: {exc}"
         print(f"{entry['name']} {entry['version']}  [{state}]  {', '.join(entry['modalities'])}: "
@@ -353,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--update", action="store_true", help="rewrite the catalogue from the bundled model folders")
     mod.add_argument("--import", dest="import_model", metavar="FOLDER_OR_ZIP",
                      help="check a model folder (or .zip) and install it in the per-user cache")
+    mod.add_argument("--download", metavar="NAME",
+                     help="download a catalogue model (a site's own in $PROMPTSEG_HOME/catalogue.json) from its url, "
+                          "check it against the catalogue's sha256 and install it in the per-user cache")
     mod.set_defaults(func=cmd_models)
 
     voc = sub.add_parser("vocabulary", help="list known targets, or look one up")

@@ -107,3 +107,51 @@ def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatc
     assert main(["models", "--import", str(folder)]) == 2  # a corrupted folder is refused, the cache kept
     assert "sha256" in capsys.readouterr().err
     load_model(installed)
+
+
+def test_download_a_site_catalogue_model_checked_against_its_sha256(folder, tmp_path, monkeypatch, capsys):
+    import zipfile
+
+    from PromptSegLib.catalogue import catalogue_entry, download_model, resolve_model
+    from PromptSegLib.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("PROMPTSEG_HOME", str(home))
+    archive = tmp_path / "served" / "tiny.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as handle:
+        for file in folder.iterdir():
+            handle.write(file, f"tiny/{file.name}")
+    entry = catalogue_entry(folder, url=archive.as_uri())  # a site's server, here a file: URL
+    (home / "catalogue.json").write_text(json.dumps([entry]))
+
+    assert main(["models"]) == 0
+    assert "download with --download tiny-untrained" in capsys.readouterr().out
+    with pytest.raises(ModelError, match="promptseg models --download NAME"):
+        resolve_model("tiny-untrained")
+    seen = []
+    installed = download_model("tiny-untrained", progress=lambda done, total: seen.append((done, total)))
+    assert installed == home / "models" / "tiny-untrained"
+    assert load_model(installed).config.name == "tiny-untrained"
+    assert seen[-1] == (archive.stat().st_size, archive.stat().st_size)
+    assert main(["models"]) == 0 and "[imported, verified" in capsys.readouterr().out
+
+    shutil.rmtree(installed)
+    (home / "catalogue.json").write_text(json.dumps([{**entry, "sha256": "0" * 64}]))  # not the catalogued model
+    with pytest.raises(ModelError, match="not the catalogued model"):
+        download_model("tiny-untrained")
+    (home / "catalogue.json").write_text(json.dumps([{**entry, "url": (tmp_path / "gone.zip").as_uri()}]))
+    assert main(["models", "--download", "tiny-untrained"]) == 2  # offline or moved: says how to import instead
+    assert "promptseg models --import ZIP" in capsys.readouterr().err
+
+    def cancel(done, total):
+        raise InterruptedError("cancelled")
+
+    (home / "catalogue.json").write_text(json.dumps([entry]))
+    with pytest.raises(InterruptedError):
+        download_model("tiny-untrained", progress=cancel)
+    assert sorted(p.name for p in (home / "models").iterdir()) == []  # nothing half-installed, no partial file
+    with pytest.raises(ModelError, match="bundled"):
+        download_model("promptseg-starter")
+
