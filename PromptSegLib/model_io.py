@@ -205,8 +205,23 @@ def append_to_card(folder: str | os.PathLike, text: str) -> None:
     replace_card(folder, card)
 
 
+# Folders whose checksums passed, with the (name, size, mtime, ctime, inode) of each file then: a folder whose
+# files have not changed since is not hashed again (a model is checked when a request names it, then loaded).
+_verified: dict[tuple[str, tuple[str, ...]], tuple] = {}
+
+
+def _file_states(folder: Path) -> tuple:
+    states = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            st = path.stat()
+            states.append((path.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(states)
+
+
 def verify_folder(folder: str | os.PathLike, required: tuple[str, ...] = (WEIGHTS, CONFIG)) -> Path:
-    """Check a model folder's files against its ``SHA256SUMS``.
+    """Check a model folder's files against its ``SHA256SUMS``. A folder that passed before and whose files
+    have not changed since (sizes, times, inodes) is not hashed again.
 
     Raises:
         ModelError: missing folder or file, a file not listed, or a checksum mismatch.
@@ -214,6 +229,9 @@ def verify_folder(folder: str | os.PathLike, required: tuple[str, ...] = (WEIGHT
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
+    key, states = (str(folder.resolve()), tuple(required)), _file_states(folder)  # states before hashing
+    if _verified.get(key) == states:
+        return folder
     if not (folder / SUMS).is_file():
         raise ModelError(f"model folder {folder} has no {SUMS} manifest")
     listed: dict[str, str] = {}
@@ -234,6 +252,7 @@ def verify_folder(folder: str | os.PathLike, required: tuple[str, ...] = (WEIGHT
             raise ModelError(f"model folder {folder} is missing {name}")
         if sha256(path) != digest:
             raise ModelError(f"model file {path} fails its sha256 check: corrupted or altered")
+    _verified[key] = states
     return folder
 
 

@@ -155,3 +155,23 @@ def test_download_a_site_catalogue_model_checked_against_its_sha256(folder, tmp_
     with pytest.raises(ModelError, match="bundled"):
         download_model("promptseg-starter")
 
+
+def test_an_unchanged_verified_folder_is_not_hashed_again_a_changed_one_is(folder, monkeypatch):
+    import PromptSegLib.model_io as model_io
+
+    hashed = []
+    real_sha256 = model_io.sha256
+    monkeypatch.setattr(model_io, "sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    model_io.verify_folder(folder)
+    first = len(hashed)
+    assert first == 3  # every file its manifest lists: weights, config, card
+    read_config(folder)
+    load_model(folder)
+    assert len(hashed) == first  # a request's check, then its load: hashed once
+    with open(folder / "weights.safetensors", "r+b") as handle:  # same size, new bytes
+        handle.seek(300)
+        handle.write(b"\x07")
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(folder)
+    with pytest.raises(ModelError, match="sha256"):  # a failure is never remembered as a pass
+        model_io.verify_folder(folder)
