@@ -189,7 +189,8 @@ def terminologyEntryString(entry: dict | None) -> str:
 
 
 class SegmentationJob:
-    """One PromptSeg run (a segmentation, a propagation or a PET/CT segmentation) in a background thread. Poll
+    """One PromptSeg run (a segmentation, a propagation, a PET/CT segmentation or a model download) in a
+    background thread. Poll
     ``progress``/``message``/``isDone()``; ``cancel()``."""
 
     def __init__(self, request: dict, image, volumeNode, outputNode, ijkToRas: np.ndarray | None = None):
@@ -299,14 +300,75 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         return default_model_folder()
 
     @staticmethod
-    def availableDevices() -> list[str]:
-        """``auto``, ``cpu`` and each CUDA device torch sees (just ``auto``/``cpu`` without torch)."""
-        devices = ["auto", "cpu"]
-        if not missingDependencies():
-            import torch
+    def availableDevices() -> list[tuple[str, str]]:
+        """(device, what was found) for ``auto``, ``cpu`` and each CUDA device torch sees, e.g.
+        ``("cuda:0", "NVIDIA H200, 140 GB")``; just ``auto``/``cpu`` without torch."""
+        import os
 
-            devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return devices
+        cpu = f"{os.cpu_count() or 1} CPU cores"
+        if missingDependencies():
+            return [("auto", "torch not installed"), ("cpu", cpu)]
+        import torch
+
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(i)
+            gpus.append((f"cuda:{i}", f"{properties.name}, {properties.total_memory / 1e9:.0f} GB"))
+        auto = f"uses {gpus[0][0]} ({gpus[0][1]})" if gpus else f"no CUDA device found: uses the {cpu}"
+        return [("auto", auto), ("cpu", cpu)] + gpus
+
+    @staticmethod
+    def targetSuggestions(model=None, untrained: bool = False) -> list[str]:
+        """What the target completer offers for ``model`` (name or folder; ``None``: the default): its trained
+        targets with their vocabulary synonyms, and with ``untrained`` every vocabulary target too. Sorted."""
+        ensureLibraryImportable()
+        from PromptSegLib.catalogue import resolve_model
+        from PromptSegLib.model_io import read_config
+        from PromptSegLib.vocabulary import default_vocabulary
+
+        vocabulary = default_vocabulary()
+        names = set(read_config(resolve_model(model)).targets)
+        if untrained:
+            names |= set(vocabulary.targets)
+        suggestions = set(names)
+        for name in names:
+            if name in vocabulary.targets:
+                suggestions.update(vocabulary.targets[name].synonyms)
+        return sorted(suggestions)
+
+    @staticmethod
+    def downloadableModels() -> list[dict]:
+        """Catalogue entries (the bundled catalogue and the site's ``$PROMPTSEG_HOME/catalogue.json``) with a
+        download URL that are not installed yet."""
+        ensureLibraryImportable()
+        from PromptSegLib.catalogue import catalogue_entries, user_models_folder
+
+        return [e for e in catalogue_entries()
+                if e.get("url") and not (user_models_folder() / e["name"] / "config.json").is_file()]
+
+    def startModelDownload(self, name: str,
+                           onProgress: Callable[[float, str], None] | None = None) -> SegmentationJob:
+        """Download and install catalogue model ``name`` in a background thread (``job.cancel()`` stops it,
+        nothing is installed); ``finishModelDownload`` gives the installed folder."""
+        ensureLibraryImportable()
+        from PromptSegLib.catalogue import download_model
+        from PromptSegLib.errors import Cancelled
+
+        def work(job: SegmentationJob, report) -> None:
+            def progress(done: int, total: int | None) -> None:  # after each chunk, before installing
+                report(done / total if total else 0.0, f"downloading {name}: {done / 1e6:.1f} MB")
+                if job.cancelRequested:
+                    raise Cancelled(f"download of {name} cancelled")
+
+            job.result = download_model(name, progress=progress)
+
+        return self._startJob(SegmentationJob({"model": name}, None, None, None), work, onProgress)
+
+    def finishModelDownload(self, job: SegmentationJob, timeout: float | None = None) -> Path:
+        """Main thread: the installed model folder of a finished download job (raises as ``_finishJob``)."""
+        self._finishJob(job, timeout, "download")
+        job.message = f"installed {job.result.name}"
+        return job.result
 
     # ------------------------------------------------------------------ running
     def startSegmentation(self, inputVolume, outputSegmentation=None, modality: str = "CT", region: str | None = None,
@@ -422,7 +484,7 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         if job.error is not None:
             job.message = f"failed: {job.error}"
             raise job.error
-        if not self.scene.IsNodePresent(job.volumeNode):
+        if job.volumeNode is not None and not self.scene.IsNodePresent(job.volumeNode):
             raise InputError(f"the input volume was removed from the scene while PromptSeg {what} ran")
         if job.outputNode is not None and not self.scene.IsNodePresent(job.outputNode):
             raise InputError(f"the output segmentation was removed from the scene while PromptSeg {what} ran")

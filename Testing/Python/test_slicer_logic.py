@@ -459,6 +459,65 @@ def test_models_listed_imported_and_used_by_name(scene, logic, tiny_model_folder
     assert segment_names(node) == ["liver"]
 
 
+def test_model_download_runs_off_the_main_thread_cancels_and_installs(logic, tiny_model_folder, tmp_path,
+                                                                       monkeypatch):
+    import json
+    import threading
+    import zipfile
+
+    from PromptSegLib.catalogue import catalogue_entry
+    from PromptSegLib.errors import Cancelled
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("PROMPTSEG_HOME", str(home))
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for file in tiny_model_folder.iterdir():
+            handle.write(file, f"tiny/{file.name}")
+    (home / "catalogue.json").write_text(json.dumps([catalogue_entry(tiny_model_folder, url=archive.as_uri())]))
+    assert [e["name"] for e in logic.downloadableModels()] == ["tiny-untrained"]  # bundled ones need no download
+
+    started, release = threading.Event(), threading.Event()
+
+    def held(fraction, message):  # the first progress report waits until the test has pressed Cancel
+        started.set()
+        release.wait(10)
+
+    job = logic.startModelDownload("tiny-untrained", onProgress=held)
+    assert started.wait(10)
+    job.cancel()
+    release.set()
+    with pytest.raises(Cancelled):
+        logic.finishModelDownload(job, timeout=30)
+    assert not (home / "models" / "tiny-untrained").exists() and logic.downloadableModels()
+
+    job = logic.startModelDownload("tiny-untrained")
+    folder = logic.finishModelDownload(job, timeout=30)
+    assert folder == home / "models" / "tiny-untrained" and job.message == "installed tiny-untrained"
+    assert ("tiny-untrained", folder) in logic.availableModels() and logic.downloadableModels() == []
+
+
+def test_target_suggestions_follow_the_model_and_devices_say_what_was_found(logic, tiny_model_folder):
+    from PromptSegLib.model_io import read_config
+    from PromptSegLib.vocabulary import default_vocabulary
+
+    vocabulary = default_vocabulary()
+    starter = logic.targetSuggestions("promptseg-starter")
+    assert set(read_config(logic.defaultModelFolder()).targets) <= set(starter)
+    assert set(vocabulary.targets["liver"].synonyms) <= set(starter)  # typed synonyms are offered too
+    assert "urinary bladder" not in starter  # not a starter target ...
+    assert "urinary bladder" in logic.targetSuggestions("promptseg-starter", untrained=True)  # ... unless allowed
+    tiny = logic.targetSuggestions(tiny_model_folder)
+    assert "whole tumor" in starter and "whole tumor" not in tiny
+    devices = dict(logic.availableDevices())
+    assert list(devices)[:2] == ["auto", "cpu"] and "CPU cores" in devices["cpu"]
+    import torch
+
+    assert ("no CUDA device found" in devices["auto"]) == (not torch.cuda.is_available())
+    assert len(devices) == 2 + torch.cuda.device_count()
+
+
 def lung_with_one_drawn_slice(logic, chest_ct_path, chest_segmentation):
     """The chest CT, a segmentation whose "left lung" holds only its largest true slice (plus a full right lung,
     so undo has a state to return to), the true left lung and that slice's index."""
