@@ -6,7 +6,6 @@ PromptSegLib and torch are imported lazily, so the module loads without them and
 """
 import inspect
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +25,7 @@ except ImportError:  # Python < 3.9
     from typing_extensions import Annotated
 
 from PromptSegSlicer import logic as promptSegLogic
-from PromptSegSlicer.logic import DependencyError, InputError
+from PromptSegSlicer.logic import DependencyError
 
 POLL_INTERVAL_MS = 200
 SLICE_VIEWS = {"axial": "Red", "coronal": "Green", "sagittal": "Yellow"}  # where the user draws the prompt slice
@@ -81,6 +80,8 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.jobDone = None  # main-thread step that writes a finished job: segmentation, propagation or PET/CT
         self.pollTimer = None
         self.petCtSegmentation = None  # the PET/CT panel's output, updated by each Apply
+        self.runButtonTexts = ()  # (button, idle text) of the run buttons
+        self.installMenu = None  # the Install button's menu
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -95,20 +96,26 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
 
+        # What each run button reads when no job runs; while one runs, its button reads Cancel.
+        self.runButtonTexts = ((self.ui.applyButton, _("Apply")),
+                               (self.ui.propagateButton, _("Propagate from the slice in view")),
+                               (self.ui.petCtApplyButton, _("Segment tumour on PET/CT")))
         self._updateModelList()
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
-        self.ui.deviceComboBox.clear()
-        for device in self.logic.availableDevices():
-            self.ui.deviceComboBox.addItem(device)
+        self._fillDevices()
         self.ui.progressBar.setVisible(False)
-        self._updateTargetCompleter()
+        self.installMenu = qt.QMenu(self.ui.importModelButton)
+        self.installMenu.connect("aboutToShow()", self._fillInstallMenu)
+        self.ui.importModelButton.setMenu(self.installMenu)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.describeButton.connect("clicked(bool)", self.onDescribeButton)
-        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.ui.addTargetButton.connect("clicked(bool)", self.onAddTarget)
+        self.ui.addTargetLineEdit.connect("returnPressed()", self.onAddTarget)
+        self.ui.allowUntrainedCheckBox.connect("toggled(bool)", lambda checked: self._updateTargetCompleter())
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.propagateCollapsibleButton.connect("contentsCollapsed(bool)", lambda c: self._updatePropagatePanel())
         self.ui.propagateAxisComboBox.connect("currentIndexChanged(int)", lambda index: self._updatePropagatePanel())
@@ -123,8 +130,9 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Bound by hand: the parameter node wrapper has no QPlainTextEdit connector, and the device list is
         # only known at run time.
         self.ui.targetsPlainTextEdit.connect("textChanged()", self.onTargetsEdited)
-        self.ui.deviceComboBox.connect("currentTextChanged(QString)", self.onDeviceChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.initializeParameterNode()
+        self._updateTargetCompleter()
         self._updateDependencyStatus()
 
     def cleanup(self) -> None:
@@ -169,7 +177,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             if self.ui.targetsPlainTextEdit.toPlainText() != self._parameterNode.targets:
                 self.ui.targetsPlainTextEdit.setPlainText(self._parameterNode.targets)
-            index = self.ui.deviceComboBox.findText(self._parameterNode.device)
+            index = self.ui.deviceComboBox.findData(self._parameterNode.device)
             self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
             self._checkCanApply()
 
@@ -177,9 +185,19 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNode.targets != self.ui.targetsPlainTextEdit.toPlainText():
             self._parameterNode.targets = self.ui.targetsPlainTextEdit.toPlainText()
 
-    def onDeviceChanged(self, text) -> None:
-        if self._parameterNode and text and self._parameterNode.device != text:
-            self._parameterNode.device = text
+    def onDeviceChanged(self, index: int) -> None:
+        device = self.ui.deviceComboBox.itemData(index) if index >= 0 else None
+        if self._parameterNode and device and self._parameterNode.device != device:
+            self._parameterNode.device = device
+
+    def _fillDevices(self) -> None:
+        """The devices torch offers, each with what was found (GPU name and memory, CPU cores); the device
+        name is the item data. The parameter's device stays selected when it is still offered."""
+        current = self._parameterNode.device if self._parameterNode else "auto"  # refilling selects item 0
+        self.ui.deviceComboBox.clear()
+        for device, found in self.logic.availableDevices():
+            self.ui.deviceComboBox.addItem(f"{device}: {found}", device)
+        self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(current), 0))
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self.job is not None:  # running: the button is Cancel
@@ -195,11 +213,26 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [line.strip() for line in self._parameterNode.targets.splitlines() if line.strip()]
 
     def _updateTargetCompleter(self) -> None:
+        """Suggest the selected model's targets and their synonyms (every known target when untrained targets
+        are allowed) while the user types in the add-target box."""
         try:
-            names = self.logic.vocabularyTargetNames()
-        except Exception:  # PromptSegLib missing: no completion
+            names = self.logic.targetSuggestions(self._parameterNode.model if self._parameterNode else None,
+                                                 untrained=self.ui.allowUntrainedCheckBox.checked)
+        except Exception:  # PromptSegLib missing or the model unreadable: no completion
+            names = []
+        completer = qt.QCompleter(names, self.ui.addTargetLineEdit)
+        completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
+        completer.setFilterMode(qt.Qt.MatchContains)
+        self.ui.addTargetLineEdit.setCompleter(completer)
+
+    def onAddTarget(self) -> None:
+        """Append the add-target box's text to the target list (once), then clear the box."""
+        text = self.ui.addTargetLineEdit.text.strip()
+        if not text or not self._parameterNode:
             return
-        self.ui.targetsPlainTextEdit.toolTip = _("One target per line. Known targets: ") + ", ".join(names)
+        if text.lower() not in (line.lower() for line in self._targetList()):
+            self.ui.targetsPlainTextEdit.setPlainText("\n".join(self._targetList() + [text]))  # edits the parameter
+        self.ui.addTargetLineEdit.clear()
 
     def _updateDependencyStatus(self) -> None:
         missing = self.logic.missingDependencies()
@@ -222,9 +255,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "install them with pip from a local folder (pip install --no-index "
                                          "--find-links FOLDER ...).")
         self._updateDependencyStatus()
-        self.ui.deviceComboBox.clear()
-        for device in self.logic.availableDevices():
-            self.ui.deviceComboBox.addItem(device)
+        self._fillDevices()
         self._updateTargetCompleter()
 
     def onApplyButton(self) -> None:
@@ -266,7 +297,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         bar shows, and the timer polls until ``jobDone(job)`` writes the result."""
         self.jobDone = jobDone
         cancelButton.text = _("Cancel")
-        for button in (self.ui.applyButton, self.ui.propagateButton, self.ui.petCtApplyButton):
+        for button in [button for button, text in self.runButtonTexts] + [self.ui.importModelButton]:
             button.enabled = button is cancelButton
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
@@ -284,10 +315,9 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.pollTimer.stop()
         self.job = None
-        self.ui.applyButton.text = _("Apply")
-        self.ui.propagateButton.text = _("Propagate from the slice in view")
-        self.ui.petCtApplyButton.text = _("Segment tumour on PET/CT")
-        self.ui.propagateButton.enabled = self.ui.petCtApplyButton.enabled = True
+        for button, text in self.runButtonTexts:
+            button.text = text
+        self.ui.propagateButton.enabled = self.ui.petCtApplyButton.enabled = self.ui.importModelButton.enabled = True
         self.ui.progressBar.setVisible(False)
         try:
             # Let the Segment Editor's own undo cover this change when it edits the same segmentation.
@@ -334,16 +364,47 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelSelected(self, index: int) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemText(index)
+        self._updateTargetCompleter()
 
-    def onImportModel(self) -> None:
-        path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Model folder to import"))
+    def _fillInstallMenu(self) -> None:
+        """The Install button's menu, built when it opens: from a folder, from a .zip, and each catalogue
+        model with a download URL that is not installed yet."""
+        self.installMenu.clear()
+        self.installMenu.addAction(_("From a model folder...")).connect("triggered()", lambda: self.onImportModel(True))
+        self.installMenu.addAction(_("From a .zip file...")).connect("triggered()", lambda: self.onImportModel(False))
+        try:
+            entries = self.logic.downloadableModels()
+        except Exception:  # PromptSegLib missing: the install button says what to do
+            entries = []
+        for entry in entries:
+            action = self.installMenu.addAction(_("Download {name} {version} ({size:.0f} MB)").format(
+                name=entry["name"], version=entry["version"], size=entry["size_bytes"] / 1e6))
+            action.toolTip = entry["url"]
+            action.connect("triggered()", lambda name=entry["name"]: self.onDownloadModel(name))
+
+    def onImportModel(self, fromFolder: bool) -> None:
+        """Check a model folder or .zip (SHA256SUMS) and install it for this user."""
+        if fromFolder:
+            path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Model folder to install"))
+        else:
+            path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Model archive to install"), "",
+                                                  _("Model archive (*.zip)"))
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay(_("This model folder cannot be used."), waitCursor=True):
-            folder = self.logic.importModel(path)
-            self._updateModelList()
-            self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findText(folder.name))
-            self.ui.statusLabel.text = _("imported ") + str(folder)
+        with slicer.util.tryWithErrorDisplay(_("This model cannot be used."), waitCursor=True):
+            self._selectInstalledModel(self.logic.importModel(path))
+
+    def onDownloadModel(self, name: str) -> None:
+        """Download a catalogue model off the main thread; Apply reads Cancel meanwhile."""
+        if self.job is not None:
+            return
+        self._runJob(lambda: self.logic.startModelDownload(name),
+                     lambda job: self._selectInstalledModel(self.logic.finishModelDownload(job)), self.ui.applyButton)
+
+    def _selectInstalledModel(self, folder: Path) -> None:
+        self._updateModelList()
+        self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findText(folder.name))
+        self.ui.statusLabel.text = _("installed ") + str(folder)
 
     def _updateSegmentList(self) -> None:
         self.ui.propagateSegmentComboBox.clear()
@@ -565,12 +626,6 @@ class PromptSegLogic(promptSegLogic.PromptSegLogic):
             slicer.util.pip_install(arguments)
             completed(True)
 
-    def vocabularyTargetNames(self):
-        promptSegLogic.ensureLibraryImportable()
-        from PromptSegLib.vocabulary import default_vocabulary
-
-        return sorted(default_vocabulary().targets)
-
 
 #
 # Test, run inside Slicer (Reload and Test)
@@ -582,6 +637,8 @@ class PromptSegTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_PromptSeg_chest_ct()
+        self.setUp()
+        self.test_PromptSeg_widget_apply_and_cancel()
 
     def test_PromptSeg_chest_ct(self):
         import SampleData
@@ -610,3 +667,47 @@ class PromptSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentation.GetNumberOfSegments(), 2)
         self.assertTrue(logic.undo(segmentationNode))
         self.delayDisplay("Test passed")
+
+    def test_PromptSeg_widget_apply_and_cancel(self):
+        """The panel as a user drives it: add a target through the completer box, Apply (the button reads
+        Cancel while it runs), then a second run cancelled at once leaves the segments as they were."""
+        import time
+
+        import SampleData
+
+        widget = slicer.util.getModuleWidget("PromptSeg")
+        if widget.logic.missingDependencies():
+            self.delayDisplay(f"Skipped: missing Python packages {widget.logic.missingDependencies()}")
+            return
+        volume = SampleData.downloadSample("CTChest")
+        widget.ui.inputVolumeSelector.setCurrentNode(volume)
+        widget.ui.targetsPlainTextEdit.setPlainText("")
+        self.assertFalse(widget.ui.applyButton.enabled)  # no target yet
+        widget.ui.addTargetLineEdit.text = "liver"
+        widget.onAddTarget()
+        widget.onAddTarget()  # the box is empty now: nothing is added twice
+        self.assertEqual(widget._parameterNode.targets, "liver")
+        self.assertTrue(widget.ui.applyButton.enabled)
+
+        def waitForJob(seconds=600):
+            deadline = time.monotonic() + seconds
+            while widget.job is not None and time.monotonic() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            self.assertIsNone(widget.job, "the run did not finish")
+
+        widget.ui.applyButton.click()
+        self.assertEqual(widget.ui.applyButton.text, "Cancel")
+        waitForJob()
+        self.assertEqual(widget.ui.applyButton.text, "Apply")
+        segmentation = widget._parameterNode.outputSegmentation.GetSegmentation()
+        self.assertTrue(segmentation.GetSegmentIdBySegmentName("liver"))
+        self.assertTrue(widget.ui.undoButton.enabled)
+
+        widget.ui.addTargetLineEdit.text = "spleen"
+        widget.onAddTarget()
+        widget.ui.applyButton.click()
+        widget.ui.applyButton.click()  # Cancel
+        waitForJob()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)  # the cancelled run wrote nothing
+        self.delayDisplay("Widget test passed")

@@ -6,11 +6,9 @@ to PromptSegLib's own output, re-runs, undo, cancel, files, errors), never segme
 from __future__ import annotations
 
 import ast
-import re
 import shutil
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -341,24 +339,6 @@ def test_install_requirements_match_the_library_and_keep_slicers_packages(logic,
     pins = (tmp_path / "constraints.txt").read_text().split()
     assert f"numpy=={importlib.metadata.version('numpy')}" in pins
     assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in pins
-
-
-def test_ui_file_has_every_widget_the_module_uses():
-    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "PromptSeg.ui").getroot()
-    widgets = {w.get("name"): w for w in root.iter("widget")}
-    source = (MODULE_DIR / "PromptSeg.py").read_text()
-    used = set(re.findall(r"self\.ui\.(\w+)", source))
-    assert used and not used - set(widgets), f"missing in PromptSeg.ui: {sorted(used - set(widgets))}"
-    # Widgets bound to the parameter node name real parameters
-    parameters = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and node.name == "PromptSegParameterNode":
-            parameters = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
-    bound = {p.findtext("string") for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
-    assert bound and bound <= parameters
-    assert widgets["inputVolumeSelector"].get("class") == "qMRMLNodeComboBox"
-    titles = {w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"}
-    assert {"PET/CT tumour and prognosis", "Propagate a segment"} <= titles
 
 
 def test_cmake_lists_every_module_script():

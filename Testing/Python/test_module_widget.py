@@ -1,0 +1,222 @@
+"""The module's widget code against the Qt classes it drives, without a Slicer application.
+
+Slicer's widget code talks to Qt through PythonQt (``widget.connect("signal(int)", slot)``, properties as
+attributes, public methods), which is not on PyPI. The Qt class metadata is: these tests check every signal,
+property and method the widget uses on a ``self.ui`` widget (and the timer, menu and actions it makes) against
+Qt's own meta-objects from PySide6, and against the CTK/MRML widget headers for Slicer's classes. A renamed
+signal or a typo in a property name fails here instead of inside Slicer.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from PySide6 import QtCore, QtGui, QtWidgets  # a test requirement: a missing install must fail, not skip
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "PromptSeg"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "PromptSeg.ui"
+SOURCE = MODULE_DIR / "PromptSeg.py"
+# What the widget code makes itself (not from the .ui): attribute of ``self`` -> Qt class.
+OWN_OBJECTS = {"pollTimer": "QTimer", "installMenu": "QMenu"}
+# Local names the widget code gives to Qt objects, always of one class.
+LOCAL_OBJECTS = {"action": "QAction", "button": "QPushButton", "cancelButton": "QPushButton", "spinBox": "QSpinBox",
+                 "box": "QSpinBox", "comboBox": "QComboBox", "completer": "QCompleter"}
+
+
+@dataclass(frozen=True)
+class SlicerClass:
+    """A CTK/MRML widget class as its header declares it: Qt base class, and what it adds."""
+
+    base: str
+    signals: frozenset = field(default_factory=frozenset)
+    properties: frozenset = field(default_factory=frozenset)
+    methods: frozenset = field(default_factory=frozenset)  # public slots and Q_INVOKABLE methods
+
+
+# From CTK Libs/Widgets/ctkCollapsibleButton.h, Slicer Libs/MRML/Widgets/qMRMLNodeComboBox.h and qMRMLWidget.h.
+SLICER_CLASSES = {
+    "ctkCollapsibleButton": SlicerClass(
+        "QAbstractButton", frozenset({"contentsCollapsed(bool)"}),
+        frozenset({"collapsed", "collapsedHeight", "contentsFrameShape", "contentsFrameShadow", "contentsLineWidth",
+                   "contentsMidLineWidth", "buttonTextAlignment", "indicatorAlignment"}),
+        frozenset({"setCollapsed", "collapsed"})),
+    "qMRMLNodeComboBox": SlicerClass(
+        "QWidget",
+        frozenset({"currentNodeChanged(vtkMRMLNode*)", "currentNodeChanged(bool)", "currentNodeIDChanged(QString)",
+                   "nodeActivated(vtkMRMLNode*)", "nodeAdded(vtkMRMLNode*)", "nodeAddedByUserAction(vtkMRMLNode*)"}),
+        frozenset({"currentNodeID", "nodeTypes", "showHidden", "showChildNodeTypes", "hideChildNodeTypes", "baseName",
+                   "noneEnabled", "addEnabled", "removeEnabled", "editEnabled", "renameEnabled",
+                   "interactionNodeSingletonTag", "selectNodeUponCreation", "noneDisplay", "sizeAdjustPolicy"}),
+        frozenset({"currentNode", "setCurrentNode", "setCurrentNodeID", "setMRMLScene", "mrmlScene", "nodeCount",
+                   "nodeFromIndex", "addNode"})),
+    "qMRMLWidget": SlicerClass("QWidget", frozenset({"mrmlSceneChanged(vtkMRMLScene*)"}), frozenset(),
+                               frozenset({"setMRMLScene", "mrmlScene"})),
+}
+
+
+def qt_class(name: str):
+    for module in (QtWidgets, QtGui, QtCore):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AssertionError(f"{name} is not a Qt class")
+
+
+def meta_names(meta_object, kind) -> set[str]:
+    return {bytes(meta_object.method(i).methodSignature()).decode() for i in range(meta_object.methodCount())
+            if meta_object.method(i).methodType() == kind}
+
+
+def signals(class_name: str) -> set[str]:
+    custom = SLICER_CLASSES.get(class_name)
+    if custom:
+        return set(custom.signals) | signals(custom.base)
+    return meta_names(qt_class(class_name).staticMetaObject, QtCore.QMetaMethod.MethodType.Signal)
+
+
+def slots(class_name: str) -> set[str]:
+    custom = SLICER_CLASSES.get(class_name)
+    if custom:
+        return {m for m in custom.methods} | slots(custom.base)
+    return {s.split("(")[0] for s in meta_names(qt_class(class_name).staticMetaObject,
+                                                  QtCore.QMetaMethod.MethodType.Slot)}
+
+
+def has_property(class_name: str, name: str) -> bool:
+    custom = SLICER_CLASSES.get(class_name)
+    if custom:
+        return name in custom.properties or has_property(custom.base, name)
+    return qt_class(class_name).staticMetaObject.indexOfProperty(name) >= 0
+
+
+def has_method(class_name: str, name: str) -> bool:
+    custom = SLICER_CLASSES.get(class_name)
+    if custom:
+        return name in custom.methods or has_method(custom.base, name)
+    return callable(getattr(qt_class(class_name), name, None))
+
+
+def normalized(signature: str) -> str:
+    """Qt's normalised form: no spaces, ``const T&`` as ``T``."""
+    signature = re.sub(r"\s+", "", signature)
+    return re.sub(r"const(\w+)&", r"\1", signature)
+
+
+@pytest.fixture(scope="module")
+def ui_classes() -> dict[str, str]:
+    return {w.get("name"): w.get("class") for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+
+def receiver_class(node: ast.expr, ui_classes: dict[str, str]) -> str | None:
+    """The Qt class of ``self.ui.NAME``, ``self.<own object>`` or ``<menu>.addAction(...)``; None otherwise."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
+        return ui_classes[node.attr]
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return OWN_OBJECTS.get(node.attr)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "addAction":
+        return "QAction"
+    if isinstance(node, ast.Name):
+        return LOCAL_OBJECTS.get(node.id)
+    return None
+
+
+def uses(ui_classes):
+    """(class, kind, name, line) for each connect, method call and property use on a Qt object."""
+    tree = ast.parse(SOURCE.read_text())
+    calls = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        owner = receiver_class(node.value, ui_classes)
+        if owner is None:
+            continue
+        if node.attr == "connect":
+            found.append((owner, "signal", calls[id(node)].args[0].value, node.lineno))
+        elif id(node) in calls:
+            found.append((owner, "method", node.attr, node.lineno))
+        else:
+            found.append((owner, "property", node.attr, node.lineno))
+    return found
+
+
+def test_ui_file_has_every_widget_the_module_uses():
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    source = SOURCE.read_text()
+    used = set(re.findall(r"\.ui\.(\w+)", source))  # self.ui in the widget, widget.ui in the test class
+    assert used and not used - set(widgets), f"missing in PromptSeg.ui: {sorted(used - set(widgets))}"
+    # Widgets bound to the parameter node name real parameters
+    parameters = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == "PromptSegParameterNode":
+            parameters = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+    bound = {p.findtext("string") for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert bound and bound <= parameters
+    assert widgets["inputVolumeSelector"].get("class") == "qMRMLNodeComboBox"
+    titles = {w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"}
+    assert {"PET/CT tumour and prognosis", "Propagate a segment"} <= titles
+
+
+def test_every_signal_property_and_method_the_widget_uses_exists(ui_classes):
+    found = uses(ui_classes)
+    kinds = {kind for _, kind, _, _ in found}
+    assert kinds == {"signal", "method", "property"} and len(found) > 100  # the walk sees the widget code
+    wrong = []
+    for owner, kind, name, line in found:
+        ok = (normalized(name) in signals(owner) if kind == "signal" else
+              has_method(owner, name) if kind == "method" else has_property(owner, name))
+        if not ok:
+            wrong.append(f"PromptSeg.py:{line}: {owner} has no {kind} {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_qt_class_and_enum_the_widget_names_exists():
+    """``qt.QCompleter``, ``qt.QFileDialog.getOpenFileName``, ``qt.Qt.MatchContains``..."""
+    named = set()
+    for node in ast.walk(ast.parse(SOURCE.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "qt":
+            named.add((node.attr, None))
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "qt"):
+            named.add((node.value.attr, node.attr))
+    assert ("QFileDialog", "getOpenFileName") in named
+    for class_name, attribute in named:
+        owner = QtCore.Qt if class_name == "Qt" else qt_class(class_name)
+        assert attribute is None or hasattr(owner, attribute), f"qt.{class_name}.{attribute} does not exist"
+
+
+def test_the_check_catches_wrong_names(ui_classes):
+    """The same lookups refuse what PythonQt would refuse at run time."""
+    assert normalized("currentTextChanged(const QString &)") in signals("QComboBox")
+    assert "currentIndexChanged(QString)" not in signals("QComboBox")  # Qt 5 only overload, gone in Qt 6 too
+    assert "currentNodeChanged(vtkMRMLNode*)" in signals("qMRMLNodeComboBox")
+    assert "clicked(bool)" in signals("ctkCollapsibleButton")  # from QAbstractButton
+    assert "contentsCollapsed(bool)" not in signals("QPushButton")
+    assert has_property("QPushButton", "enabled") and not has_property("QPushButton", "enable")
+    assert has_property("QSpinBox", "maximum") and not has_property("QLineEdit", "value")
+    assert has_method("QComboBox", "findData") and not has_method("QComboBox", "findNode")
+    assert not has_property("qMRMLNodeComboBox", "currentText")  # a QWidget, not a QComboBox
+
+
+def test_ui_properties_and_connections_exist():
+    root = ET.parse(UI_FILE).getroot()
+    wrong = []
+    for widget in root.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("stdset") != "0" and not has_property(widget.get("class"), prop.get("name")):
+                wrong.append(f"{widget.get('name')} ({widget.get('class')}): no property {prop.get('name')}")
+    classes = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    connections = root.findall("connections/connection")
+    assert connections
+    for connection in connections:
+        sender, receiver = classes[connection.findtext("sender")], classes[connection.findtext("receiver")]
+        if normalized(connection.findtext("signal")) not in signals(sender):
+            wrong.append(f"{sender} has no signal {connection.findtext('signal')}")
+        if connection.findtext("slot").split("(")[0] not in slots(receiver):
+            wrong.append(f"{receiver} has no slot {connection.findtext('slot')}")
+    assert not wrong, "\n".join(wrong)
