@@ -7,7 +7,7 @@ head (three 1x1x1 convolutions) runs per target.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

@@ -19,7 +19,7 @@ from PromptSegLib.errors import ModelError
 from PromptSegLib.prognosis import (ClinicalDataError, ClinicalRecord, CoxBaseline, DeepHitSettings,
                                     UndefinedMetricError, antolini_c_index, bin_index, build_prompt,
                                     deephit_loss, harrell_c_index, load_cohort, load_prognosis_model,
-                                    read_clinical_table, record_from_dicom, save_prognosis_model, time_cuts,
+                                    record_from_dicom, save_prognosis_model, time_cuts,
                                     train_deephit)
 
 CLINICAL = SHARED / "clinical"

@@ -14,7 +14,6 @@ import SimpleITK as sitk
 
 from PromptSegLib.cli import main
 from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptSegError
-from PromptSegLib.metrics import dice
 from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, TEST_FLOORS, LabelledVolume, PropagationModel,
                                       Propagator, RegionContrast, SampleGenerator, calibrate_threshold,
                                       choose_threshold, corrupt_prompt, dice_by_distance, kept_contrast,
