@@ -94,6 +94,31 @@ def test_lora_tunes_the_text_encoder_and_travels_with_the_model(tmp_path):
         load_model(folder)
 
 
+def test_fine_tune_from_init_adds_an_mr_block_and_keeps_the_frozen_backbone(trained, tmp_path):
+    import torch
+
+    root, config = trained
+    spec = {"datasets": [{"name": "sts_mr_tiny", "modality": "MR", "regions": ["extremity"], "labels": {"1": "gtv"},
+                          "cases": [{"id": c, "split": split, "image": str(STS / c / "MR_T1_image.nii.gz"),
+                                     "label": str(STS / c / "MR_T1_mask.nii.gz")}
+                                    for c, split in (("STS_003", "train"), ("STS_025", "val"))]}]}
+    (tmp_path / "mr.json").write_text(json.dumps(spec))
+    output = tmp_path / "tuned"
+    assert main(["train", str(tmp_path / "mr.json"), "-o", str(output), "--name", "tuned", "--init",
+                 config.output, "--freeze-backbone", "--patch-size", "32", "32", "32", "--spacing-mm", "6",
+                 "--batch-size", "1", "--steps", "2", "--validate-every", "2", "--threads", "1"]) == 0
+    base, tuned = load_model(config.output), load_model(output)
+    assert tuned.config.network.modalities == ("CT", "MR")
+    assert tuned.config.regions == {"CT": ["extremity"], "MR": ["extremity"]}
+    assert tuned.config.intensity["CT"] == base.config.intensity["CT"]  # the base's CT rule, not refitted
+    before, after = base.network.state_dict(), tuned.network.state_dict()
+    frozen = [k for k in before if not k.startswith("head.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
+    assert any(k.startswith("inputs.MR") for k in after)
+    assert f"--init {config.output}" in (output / "README.md").read_text()
+
+
 def test_resume_continues_from_the_checkpoint(trained):
     root, config = trained
     config.steps, config.resume = 5, True
