@@ -9,7 +9,9 @@ Spec format (paths relative to the spec file)::
 Several label values may map to one target (lobes -> lung), and a key may list several values so that
 targets overlap (``"1,2,3,4": "whole tumor"`` beside ``"4": "enhancing tumor"``). A dataset supervises only
 the targets it names: a named target absent from a case has an empty ground truth there (partial labels are
-the normal case).
+the normal case). ``"absent": ["whole tumor"]`` names targets known to be in none of a dataset's cases
+(healthy controls): training prompts them there with an empty truth, which teaches the model to return
+nothing on a healthy scan.
 """
 from __future__ import annotations
 
@@ -39,13 +41,15 @@ class CaseSpec:
 
 @dataclass
 class DatasetSpec:
-    """One dataset: modality, regions (context prompts), target names -> their label values, cases."""
+    """One dataset: modality, regions (context prompts), target names -> their label values, cases, and the
+    targets known to be in none of its cases (``absent``: healthy controls)."""
 
     name: str
     modality: str
     regions: list[str]
     labels: dict[str, tuple[int, ...]]
     cases: list[CaseSpec] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
 
     @property
     def targets(self) -> list[str]:
@@ -120,8 +124,12 @@ def _entry(root: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
         labels = parse_labels(entry["labels"], vocabulary)
         cases = [CaseSpec(str(c["id"]), root / c["image"], root / c["label"], c.get("split", "train"))
                  for c in entry["cases"]]
+    absent = sorted({vocabulary.target(name).name for name in entry.get("absent", [])})
+    both = [t for t in absent if t in labels]
+    if both:
+        raise PromptSegError(f"dataset {entry['name']}: {', '.join(both)} both labelled and listed as absent")
     return DatasetSpec(entry["name"], canonical_modality(entry["modality"]),
-                       [vocabulary.region(r).name for r in entry["regions"]], labels, cases)
+                       [vocabulary.region(r).name for r in entry["regions"]], labels, cases, absent)
 
 
 HECKTOR_LABELS = {"1": "GTVp", "2": "GTVn"}

@@ -2,9 +2,10 @@
 
 Each step draws, per sample, a random crop (foreground-oversampled) of a training case, a paraphrase of
 its context prompt, and a paraphrase of every target its dataset names, present in the crop or not (an
-absent target's truth is empty: the model learns to obey the prompt), plus a few targets of the other
-datasets that belong to body regions this dataset does not image (certainly absent: "the liver" on a brain
-MR must give nothing). Loss: soft Dice + BCE per target.
+absent target's truth is empty: the model learns to obey the prompt), plus a few targets certainly absent
+from its images: those of the other datasets that belong to body regions this dataset does not image ("the
+liver" on a brain MR must give nothing) and those the spec lists as absent from it (a tumour on a healthy
+brain). Loss: soft Dice + BCE per target.
 AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues); validation Dice on the
 original grid; a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
 """
@@ -143,15 +144,17 @@ def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:
-    """Per dataset, the other datasets' targets that cannot be in its images: targets whose vocabulary
-    regions share none of its regions. A target without regions or found in the "whole body" (a tumour) may
-    be anywhere, and a "whole body" dataset may hold anything: those are never counted absent."""
+    """Per dataset, the targets that cannot be in its images: the other datasets' targets whose vocabulary
+    regions share none of its regions, and those its spec lists as absent (healthy controls). A target
+    without regions or found in the "whole body" (a tumour) may be anywhere, and a "whole body" dataset may
+    hold anything: those are never counted absent by region."""
     every = sorted({t for d in datasets for t in d.targets})
     out = {}
     for dataset in datasets:
         regions = set(dataset.regions)
-        out[dataset.name] = [] if "whole body" in regions else [
+        by_region = [] if "whole body" in regions else [
             t for t in every if t not in dataset.targets and _confined(vocabulary.target(t).regions, regions)]
+        out[dataset.name] = sorted(set(by_region) | set(dataset.absent))
     return out
 
 

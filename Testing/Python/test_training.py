@@ -200,6 +200,18 @@ def test_overlapping_targets_and_targets_absent_from_other_regions(tmp_path):
     assert edema.sum() > 0 and whole.sum() > edema.sum() and not (edema > whole).any()
     absent = absent_elsewhere(datasets, default_vocabulary())
     assert absent == {"flair": ["liver", "spleen"], "ct": ["edema", "whole tumor"], "sts": ["edema", "liver", "spleen", "whole tumor"]}
+    # a healthy-control dataset lists the tumours it certainly lacks: prompted there with an empty truth
+    spec["datasets"].append({"name": "healthy", "modality": "MR", "regions": ["brain"], "labels": {"2": "white matter"},
+                             "absent": ["whole tumour", "edema"], "cases": []})
+    (tmp_path / "healthy.json").write_text(json.dumps(spec))
+    datasets = load_spec(tmp_path / "healthy.json")
+    assert datasets[-1].absent == ["edema", "whole tumor"]  # names resolved through the vocabulary
+    assert absent_elsewhere(datasets, default_vocabulary())["healthy"] == ["edema", "liver", "spleen", "whole tumor"]
+    spec["datasets"][-1]["absent"] = ["white matter"]
+    (tmp_path / "both.json").write_text(json.dumps(spec))
+    with pytest.raises(PromptSegError, match="both labelled and listed as absent"):
+        load_spec(tmp_path / "both.json")
+    spec["datasets"].pop()
     spec["datasets"][0]["labels"] = {"1;2": "whole tumor"}
     (tmp_path / "bad.json").write_text(json.dumps(spec))
     with pytest.raises(PromptSegError, match="comma-separated"):
