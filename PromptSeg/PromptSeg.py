@@ -105,6 +105,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillDevices()
         self.ui.progressBar.setVisible(False)
         self.installMenu = qt.QMenu(self.ui.importModelButton)
+        self.installMenu.setToolTipsVisible(True)  # a download's tooltip is its URL
         self.installMenu.connect("aboutToShow()", self._fillInstallMenu)
         self.ui.importModelButton.setMenu(self.installMenu)
 
@@ -675,6 +676,7 @@ class PromptSegTest(ScriptedLoadableModuleTest):
 
         import SampleData
 
+        slicer.util.selectModule("PromptSeg")  # entering the module gives the widget its parameter node
         widget = slicer.util.getModuleWidget("PromptSeg")
         if widget.logic.missingDependencies():
             self.delayDisplay(f"Skipped: missing Python packages {widget.logic.missingDependencies()}")
