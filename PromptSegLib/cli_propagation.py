@@ -55,7 +55,8 @@ def cmd_train_propagation(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, lr=args.lr, input_size=args.input_size,
                                minutes=args.minutes, seed=args.seed, threads=args.threads, name=args.name,
                                version=args.version, command=command, evaluate=not args.no_evaluate,
-                               end_fraction=args.end_fraction, init=args.init)
+                               end_fraction=args.end_fraction, grow_fraction=args.grow_fraction,
+                               init=args.init)
     print(f"wrote model {folder}")
     return 0
 
@@ -121,6 +122,9 @@ def add_subcommands(sub) -> None:
     tr.add_argument("--version", default="0.1.0")
     tr.add_argument("--end-fraction", type=float, default=0.1,
                     help="share of samples whose query lies past a structure's end (empty target)")
+    tr.add_argument("--grow-fraction", type=float, default=0.0,
+                    help="share of samples whose prompt mask gains pixels (else it loses some), so that the model "
+                         "also learns to shrink a too large mask")
     tr.add_argument("--init", help="propagation model folder to fine-tune (keeps its widths and input size)")
     tr.add_argument("--no-evaluate", action="store_true", help="skip the held-out Dice in the card")
     tr.set_defaults(func=cmd_train_propagation)

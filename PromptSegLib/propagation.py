@@ -272,7 +272,7 @@ class Sample:
     prompt_index: int
     units: list[str]
     cropped: bool
-    dropped_fraction: float
+    dropped_fraction: float  # of the prompt mask's pixels; negative when the corruption added pixels
 
 
 class SampleGenerator:
@@ -284,8 +284,12 @@ class SampleGenerator:
     geometric transform is applied to all four arrays alike (scale and translation +-5 %, rotation up to
     0.05 rad, flips); 70 % of samples are random crops around the prompt mask (``roi_scale`` jittered
     1.4-3x), the rest whole slices; then prompt-only corruption drops up to 30 % of the prompt mask's
-    pixels (scattered pixels or one contiguous bite), and both images are min-max normalised per slice
-    with quantiles.
+    pixels (scattered pixels or one contiguous bite) or, for a share ``grow_fraction`` of samples, adds as
+    many around it (an even margin or one bulge), and both images are min-max normalised per slice with
+    quantiles.
+
+    Addition to the paper's recipe: prompts that gain pixels. Trained only on prompts that lose pixels, the
+    network learns to add pixels back and never to remove extra ones, so masks chained slice by slice grow.
 
     Addition to the paper's recipe: a fraction ``end_fraction`` of samples (default 10 %) put the query 1-3
     slices beyond the end of one structure, the prompt on its last slices: the target is empty there. Without
@@ -295,7 +299,7 @@ class SampleGenerator:
 
     def __init__(self, volumes: Sequence[LabelledVolume], v: int = 7, size: int = 96, crop_fraction: float = 0.7,
                  max_drop: float = 0.3, quantiles: Sequence[float] = (0.5, 99.5), min_roi: int = 32,
-                 end_fraction: float = 0.1, seed: int | None = None):
+                 end_fraction: float = 0.1, grow_fraction: float = 0.0, seed: int | None = None):
         if v < 1:
             raise PromptSegError(f"v must be at least 1 (got {v})")
         self.volumes = [vol for vol in volumes if vol.units]
@@ -306,6 +310,7 @@ class SampleGenerator:
             self.groups.setdefault(volume.group or volume.name, []).append(volume)
         self.v, self.size, self.crop_fraction, self.max_drop = v, size, crop_fraction, max_drop
         self.quantiles, self.min_roi, self.end_fraction = tuple(quantiles), min_roi, end_fraction
+        self.grow_fraction = grow_fraction
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, max_tries: int = 100) -> Sample:
@@ -370,7 +375,8 @@ class SampleGenerator:
         prompt_image = normalise_slice(warp(take_slice(volume.image, axis, p)), self.quantiles)
         target = (warp(query_mask.astype(np.float32)) >= 0.5).astype(np.float32)
         prompt = (warp(prompt_mask.astype(np.float32)) >= 0.5).astype(np.float32)
-        prompt, dropped = corrupt_prompt(prompt, float(rng.uniform(0.0, self.max_drop)), rng)
+        prompt, dropped = corrupt_prompt(prompt, float(rng.uniform(0.0, self.max_drop)), rng,
+                                         grow=self.grow_fraction > 0 and bool(rng.random() < self.grow_fraction))
         return Sample(query, prompt_image, prompt, target, volume.name, axis, k, p, list(units), cropped, dropped)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -380,14 +386,32 @@ class SampleGenerator:
                      for name in ("query", "prompt_image", "prompt_mask", "target"))
 
 
-def corrupt_prompt(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Drop ``floor(fraction * n)`` of the ``n`` foreground pixels: scattered ones, or (half the time) those
-    nearest a random foreground pixel (one contiguous bite). Returns the new mask and the fraction dropped."""
+def corrupt_prompt(mask: np.ndarray, fraction: float, rng: np.random.Generator,
+                   grow: bool = False) -> tuple[np.ndarray, float]:
+    """Drop ``floor(fraction * n)`` of the ``n`` foreground pixels of a 2D mask: scattered ones, or (half the
+    time) those nearest a random foreground pixel (one contiguous bite). With ``grow``, add that many
+    background pixels instead, those nearest the mask: an even margin with a ragged edge, or (half the time)
+    those nearest a random pixel touching the mask (one bulge). Returns the new mask and the fraction of ``n``
+    dropped (negative when pixels were added)."""
     rows, cols = np.nonzero(mask)
     n = len(rows)
     count = int(math.floor(fraction * n))
     if count == 0:
         return mask, 0.0
+    if grow:
+        distance = ndimage.distance_transform_edt(mask == 0)  # pixels to the mask, 0 inside it
+        rows, cols = np.nonzero(mask == 0)
+        count = min(count, len(rows))
+        if rng.random() < 0.5:
+            key = distance[rows, cols] + rng.random(len(rows))  # nearest first, ties broken at random
+        else:
+            touching = np.flatnonzero(distance[rows, cols] < 1.5)
+            seed = touching[rng.integers(len(touching))]
+            key = (rows - rows[seed]) ** 2 + (cols - cols[seed]) ** 2
+        chosen = np.argsort(key, kind="stable")[:count]
+        out = mask.copy()
+        out[rows[chosen], cols[chosen]] = 1
+        return out, -count / n
     if rng.random() < 0.5:
         chosen = rng.choice(n, count, replace=False)
     else:
@@ -801,12 +825,15 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
                       input_size: int = 96, minutes: float | None = None, seed: int = 0, threads: int = 1,
                       name: str = "promptseg-propagation", version: str = "0.1.0", command: str | None = None,
                       evaluate: bool = True, log_every: int = 50, end_fraction: float = 0.1,
-                      init: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> Path:
+                      grow_fraction: float = 0.0, init: str | os.PathLike | None = None,
+                      progress: ProgressCallback | None = None) -> Path:
     """Train a propagation model on a dataset spec's ``train`` cases and write its model folder.
 
     Stops after ``steps`` steps or ``minutes`` of wall time, whichever comes first (cosine learning-rate decay
     over ``steps``). When ``evaluate`` and the spec has ``val`` cases, the card gets the measured Dice on them
-    by distance from the prompt slice (axial propagation from each structure's largest slice). ``init``: a
+    by distance from the prompt slice (axial propagation from each structure's largest slice).
+    ``grow_fraction``: share of samples whose prompt is corrupted by adding pixels (see
+    :class:`SampleGenerator`). ``init``: a
     propagation model folder to fine-tune (its architecture and input size are kept; its training record is
     carried into the new card).
 
@@ -825,7 +852,8 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
     start_model = load_propagation_model(init) if init is not None else None
     if start_model is not None:
         widths, input_size = start_model.config.network.widths, start_model.config.input_size
-    generator = SampleGenerator(train_volumes, v=v, size=input_size, seed=seed, end_fraction=end_fraction)
+    generator = SampleGenerator(train_volumes, v=v, size=input_size, seed=seed, end_fraction=end_fraction,
+                                grow_fraction=grow_fraction)
     config = PropagationConfig(name=name, version=version, network=PropagationNetConfig(tuple(int(w) for w in widths)),
                                input_size=input_size, v=v)
     if input_size % config.network.divisor:
@@ -867,14 +895,15 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
     config.training = {"steps": step, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads,
                        "seconds": round(train_seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
                        "spec": Path(spec_path).name, "cases": groups, "end_fraction": end_fraction,
-                       "command": command}
+                       "grow_fraction": grow_fraction, "command": command}
     if start_model is not None:
         previous = dict(start_model.config.training)
         if not previous.get("command"):  # models trained before the command was recorded in config.json
             card = (start_model.folder / CARD).read_text(encoding="utf-8").split("```")
             previous["command"] = card[1].strip() if len(card) > 2 else None
         config.training["init"] = {k: previous.get(k) for k in ("command", "steps", "batch_size", "lr", "seconds",
-                                                                 "final_loss", "end_fraction", "init")}
+                                                                 "final_loss", "end_fraction", "grow_fraction",
+                                                                 "init")}
     table, rows = "", []
     if evaluate:
         validation = load_split(datasets, "val")
@@ -932,7 +961,8 @@ min-max normalised at its {config.quantiles[0]:g}/{config.quantiles[1]:g} percen
 {chr(10).join(data_lines)}
 
 - Samples: prompt-query distance up to {config.v} slices, any axis, 1-4 structures merged, synchronized
-  augmentation, prompt corruption up to 30 %, 70 % crops (see `PromptSegLib/propagation.py`).
+  augmentation, prompt corruption up to 30 % (pixels dropped; added instead for
+  {100 * (t.get('grow_fraction') or 0):.0f} % of samples), 70 % crops (see `PromptSegLib/propagation.py`).
 - {t.get('steps')} steps of batch {t.get('batch_size')} at {config.input_size}x{config.input_size}, AdamW lr {t.get('lr')}
   (cosine), BCE + soft Dice; final loss {t.get('final_loss')}; seed {t.get('seed')}; {100 * t.get('end_fraction', 0):.0f} %
   of samples past a structure's end (empty target).
@@ -1075,7 +1105,8 @@ def _init_lines(init: dict | None, seconds: float) -> str:
         total += stage.get("seconds") or 0.0
         lines.append(f"- Started from a model trained by `{stage.get('command')}`: {stage.get('steps')} steps of batch "
                      f"{stage.get('batch_size')}, lr {stage.get('lr')}, {(stage.get('seconds') or 0) / 60:.1f} min, "
-                     f"{100 * (stage.get('end_fraction') or 0):.0f} % past-the-end samples, final loss "
+                     f"{100 * (stage.get('end_fraction') or 0):.0f} % past-the-end samples, "
+                     f"{100 * (stage.get('grow_fraction') or 0):.0f} % prompts grown, final loss "
                      f"{stage.get('final_loss')} (same data, split and hardware).")
         stage = stage.get("init")
     lines.append(f"- Total training time, all stages: {total / 60:.1f} min.")

@@ -111,13 +111,20 @@ def test_synchronized_augmentation_keeps_image_and_mask_aligned():
         union = take_slice(volume.label > 0, s.axis, s.query_index)
         if union.sum() > take_slice(volume.mask(s.units), s.axis, s.query_index).sum():
             continue  # another structure shares the slice: brightness is the union, not the target
+        if s.target.sum() < 20:
+            continue  # past a structure's end or at its tip: the slice's normalised brightness is background
         assert (bright == (s.target > 0.5)).mean() > 0.97
-        # the prompt mask (after corruption) stays inside the bright part of the prompt image
+        # the prompt mask (after corruption, which only drops pixels by default) stays inside the bright part
         inside = (s.prompt_image > 0.5)[s.prompt_mask > 0.5]
         assert inside.size == 0 or inside.mean() > 0.95
+    grown = SampleGenerator([volume], v=2, size=48, seed=3, grow_fraction=1.0)
+    added = [s.dropped_fraction for s in (grown() for _ in range(40))]
+    assert max(added) <= 0.0 and min(added) < -0.05  # every prompt gained pixels
 
 
-def test_prompt_corruption_drops_the_asked_fraction_of_foreground():
+def test_prompt_corruption_drops_or_adds_the_asked_fraction_of_foreground():
+    from scipy import ndimage
+
     rng = np.random.default_rng(0)
     mask = np.zeros((40, 40), np.float32)
     mask[5:25, 10:30] = 1
@@ -127,6 +134,17 @@ def test_prompt_corruption_drops_the_asked_fraction_of_foreground():
             assert np.all(out <= mask)
             assert mask.sum() - out.sum() == int(np.floor(fraction * mask.sum()))
             assert dropped == pytest.approx((mask.sum() - out.sum()) / mask.sum())
+            grown, added = corrupt_prompt(mask, fraction, rng, grow=True)
+            assert np.all(grown >= mask)  # the mask is kept whole, pixels only join it
+            assert grown.sum() - mask.sum() == int(np.floor(fraction * mask.sum()))
+            assert added == pytest.approx(-(grown.sum() - mask.sum()) / mask.sum())
+            assert ndimage.label(grown)[1] == 1  # added next to the mask, never as islands
+    kinds = set()
+    for _ in range(40):  # an even margin, or one bulge on one side
+        grown, _ = corrupt_prompt(mask, 0.2, rng, grow=True)
+        sides = [(grown[:5] > 0).any(), (grown[25:] > 0).any(), (grown[:, :10] > 0).any(), (grown[:, 30:] > 0).any()]
+        kinds.add(sum(sides))
+    assert 4 in kinds and min(kinds) <= 2
 
 
 def test_network_shapes_and_fusion():
