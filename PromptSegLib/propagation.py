@@ -350,8 +350,8 @@ class SampleGenerator:
         end, outward = (slices[-1], 1) if rng.random() < 0.5 else (slices[0], -1)
         k = int(end + outward * rng.integers(1, 4))
         p = int(end - outward * rng.integers(0, 3))
-        if not 0 <= k < n or abs(k - p) > self.v:
-            return None
+        if not (0 <= k < n and 0 <= p < n) or abs(k - p) > self.v:  # p leaves the volume for a structure
+            return None                                                 # thinner than 3 slices at its edge
         query_mask = np.isin(take_slice(volume.label, axis, k), volume.units[unit])
         prompt_mask = np.isin(take_slice(volume.label, axis, p), volume.units[unit])
         if query_mask.any() or not prompt_mask.any():

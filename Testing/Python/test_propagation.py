@@ -102,6 +102,16 @@ def test_past_the_end_samples_have_an_empty_target_next_to_the_structure():
     assert 0.03 <= np.mean([mixed().target.sum() == 0 for _ in range(300)]) <= 0.2
 
 
+def test_past_the_end_samples_of_a_structure_on_the_volume_edge_stay_inside_it():
+    label = np.zeros((20, 32, 32), np.uint8)
+    label[19, 10:20, 10:20] = 1  # one slice thick, on the last slice: a prompt 1-2 slices "inside" would leave
+    image = (1000.0 * label + np.indices(label.shape)[2]).astype(np.float32)
+    generator = SampleGenerator([LabelledVolume("edge", image, label, {"a": [1]})], v=3, size=32, seed=0,
+                                end_fraction=1.0)
+    samples = [generator() for _ in range(30)]
+    assert all(s.target.sum() == 0 and 0 <= s.prompt_index < 20 for s in samples)
+
+
 def test_synchronized_augmentation_keeps_image_and_mask_aligned():
     volume = ball_volume()
     generator = SampleGenerator([volume], v=2, size=48, seed=3)
