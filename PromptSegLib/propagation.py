@@ -967,7 +967,7 @@ min-max normalised at its {config.quantiles[0]:g}/{config.quantiles[1]:g} percen
   (cosine), BCE + soft Dice; final loss {t.get('final_loss')}; seed {t.get('seed')}; {100 * t.get('end_fraction', 0):.0f} %
   of samples past a structure's end (empty target).
 - Training time: {seconds / 60:.1f} min of wall time on the CPU ({platform.processor() or platform.machine()}),
-  {t.get('threads')} thread, torch {torch.__version__}, no GPU.
+  {t.get('threads')} thread{'s' if t.get('threads') != 1 else ''}, torch {torch.__version__}, no GPU.
 {_init_lines(t.get('init'), seconds)}
 ## Measured on held-out volumes
 
@@ -981,7 +981,11 @@ structure. Computed by `evaluate_volumes` on the saved fp16 weights (at the end 
 {table or '(no held-out cases in the spec)'}{per_structure}{floor}
 ## Limits
 
-Trained briefly on a CPU on a few dozen volumes. Near the prompt it follows the structure well (Dice +-5 and
+{_limits_text(t)}"""
+
+
+
+LIMITS_SHRINK_ONLY = """Trained briefly on a CPU on a few dozen volumes. Near the prompt it follows the structure well (Dice +-5 and
 +-10 above). Past a structure's ends the mask rarely vanishes: the network's probability inside its mask stays
 near 0.95 there as within the structure, and it keeps or grows the mask it is prompted with (its training
 prompts were corrupted only by removing pixels: it learnt to add pixels back, never to remove extra ones; at
@@ -996,6 +1000,28 @@ worst slice, often a tip) lower the whole-structure Dice (below): correct slices
 undo. Training on prompts that also gain pixels, or on the model's own predictions, is the fix at the source
 (not done yet). Expect errors where a structure splits, merges or touches a similar neighbour. Not a medical
 device.
+"""
+"""The Limits section of a model trained only on prompts that lose pixels (measured on 0.1.0)."""
+
+
+def _limits_text(training: dict) -> str:
+    """The card's Limits section for a model with this training record: what a model trained only on prompts
+    that lose pixels does (it grows its masks), or what is left for one trained on prompts that also gain."""
+    grow = training.get("grow_fraction") or 0.0
+    if not grow:
+        return LIMITS_SHRINK_ONLY
+    return f"""Trained briefly on a CPU on a few dozen volumes. Near the prompt it follows the structure well (Dice +-5 and
++-10 above). Its training prompts also gained pixels ({100 * grow:.0f} % of samples: an even margin or one bulge),
+so it learnt to shrink a too large mask as well as to grow a too small one; a model trained only on prompts
+that lost pixels grew its masks slice after slice and needed a higher threshold (the size bias in the
+benchmark below measures this). Past a structure's end the network still often carries the mask on where the
+neighbouring tissue looks alike; the stopping rule curbs this (see the stopping table below), but where the
+structure barely stands out (sarcoma GTVs on CT) it cannot act and the whole-structure Dice stays below the
+near-prompt Dice: set the range limits to the structure's first and last slice, or correct a slice and
+propagate again from it. A correction is carried both ways up to the next kept slice, replacing what was
+there; the benchmark's simulated corrections (the worst slice, often a structure's tip) can lower the
+whole-structure Dice (below): correct slices well inside the structure, or undo. Expect errors where a
+structure splits, merges or touches a similar neighbour. Not a medical device.
 """
 
 
@@ -1039,9 +1065,10 @@ def calibrate_threshold(folder: str | os.PathLike, spec_path: str | os.PathLike,
                         command: str | None = None) -> float:
     """Choose a propagation model's probability threshold on training cases and write it into its config.json.
 
-    Why: the network learnt from prompts with pixels dropped, never added, so it keeps or grows the mask it is
-    given; chained on its own predictions, its masks come out too large and hardly shrink past a structure's
-    end. A higher threshold offsets that bias. Each candidate (and the model's current threshold) is scored by
+    Why: a network that learnt from prompts with pixels dropped, never added (``grow_fraction`` 0), keeps or
+    grows the mask it is given; chained on its own predictions, its masks come out too large and hardly shrink
+    past a structure's end. A higher threshold offsets that bias; for a network trained on prompts that also
+    gain pixels the check usually keeps 0.5. Each candidate (and the model's current threshold) is scored by
     the held-out protocol (:func:`evaluate_volumes`, default stopping rule) on the first ``per_dataset``
     training cases of each dataset in the spec, and :func:`choose_threshold` picks one. config.json and
     SHA256SUMS are replaced atomically, the scores recorded under ``training["threshold_calibration"]``; the
@@ -1084,7 +1111,7 @@ def _inference_lines(config: PropagationConfig) -> str:
             f"- Probability threshold {config.threshold:g} (was {calibration['previous']:g}), chosen by "
             f"`calibrate_threshold` on {calibration['structures']} structures of training\n  cases "
             f"({_ids(calibration['cases'])}): the best mean whole-structure Dice whose +-5/+-10 Dice is not lower\n"
-            "  (the network keeps or grows the mask it is prompted with, so its chained masks come out too large):\n\n"
+            "  (a higher threshold offsets a network that grows the mask it is prompted with):\n\n"
             f"  ```\n  {calibration['command'] or '(run from Python)'}\n  ```\n\n"
             "  | threshold | Dice +-5 | Dice +-10 | Dice whole |\n  |---|---|---|---|\n" +
             "".join(f"  | {t} | {s['+-5']:.3f} | {s['+-10']:.3f} | {s['whole']:.3f} |\n"

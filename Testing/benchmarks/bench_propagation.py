@@ -117,6 +117,25 @@ def stopping_table(propagator: Propagator, validation: list, rows: list[dict]) -
     return "\n".join(lines) + "\n"
 
 
+def one_step_bias(propagator: Propagator, validation: list, threshold: float = 0.5) -> dict[str, float]:
+    """Does the network keep the size of what it is prompted with? Each held-out structure's largest slice (the
+    truth) prompts each neighbouring slice holding the structure, at ``threshold``, stopping rule off: how
+    many of these one-step masks are larger than the truth, and the median relative area error (%)."""
+    errors = []
+    for volume, evaluate in validation:
+        for truth in evaluation_targets(volume, evaluate).values():
+            k = largest_slice(truth)
+            seeded = np.zeros_like(truth)
+            seeded[k] = truth[k]
+            for q in (k - 1, k + 1):
+                if 0 <= q < len(truth) and truth[q].any():
+                    mask = propagate(propagator, volume.image, seeded, k, start=min(k, q), stop=max(k, q),
+                                     threshold=threshold, min_contrast=None).mask
+                    errors.append((mask[q].sum() - truth[q].sum()) / truth[q].sum())
+    return {"steps": len(errors), "larger": int(np.sum(np.array(errors) > 0)),
+            "median_error_pct": 100 * float(np.median(errors)), "threshold": threshold}
+
+
 def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[str, float]:
     """Per-slice and whole-volume propagation time on a real CT (liver) resampled to side x side x slices."""
     from PromptSegLib.propagation import load_volume
@@ -187,17 +206,22 @@ def main() -> None:
              " | ".join("-" if n == 1 else f"{np.mean([r[f'fill n={n}'] for r in rows]):.3f}" for n in counts) + " |"]
     corrections = "\n".join(lines) + "\n"
     stopping = stopping_table(propagator, validation, rows)
+    bias = one_step_bias(propagator, validation)
+    bias_text = (f"One step from the prompt (each held-out structure's largest slice prompting each neighbour, "
+                 f"threshold {bias['threshold']:g}, stopping rule off): the mask is larger than the truth in "
+                 f"{bias['larger']} of {bias['steps']} steps; median area error {bias['median_error_pct']:+.1f} %.\n")
     timing = latency(propagator)
     latency_text = (f"Volume {timing['shape']} (real CT resampled, liver): {timing['written']} slices propagated in "
                     f"{timing['total_s']:.2f} s, {timing['per_slice_ms']:.1f} ms per 256x256 slice (box resampling, "
                     f"SSIM check, network); network alone {timing['network_ms']:.1f} ms per "
                     f"{propagator.config.input_size}x{propagator.config.input_size} input; "
-                    f"{torch.get_num_threads()} CPU thread (liver Dice {timing['liver_dice']:.3f}; a training volume, "
+                    f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() != 1 else ''} (liver Dice {timing['liver_dice']:.3f}; a training volume, "
                     "for timing only).\n")
     print("\nDice by distance from the prompt slice (mean over held-out structures)\n" + distance)
     print(f"Whole-structure Dice vs user-drawn slices ({len(rows)} held-out structures; corrections where slice "
           f"Dice < {args.fix_below})\n" + corrections)
     print("Stopping at structure ends (mean over held-out structures; whole-structure Dice per group)\n" + stopping)
+    print("Size bias\n" + bias_text)
     print("Latency\n" + latency_text)
     if args.card:
         from PromptSegLib.model_io import append_to_card
@@ -210,7 +234,7 @@ def main() -> None:
                        f"ground truth; the peer gets n slices evenly spaced from the structure's first to last "
                        f"slice):\n\n{corrections}\nStopping at structure ends (held-out, same protocol as Dice "
                        f"by distance; the threshold before and after `calibrate_threshold`, the stopping rule off and "
-                       f"on):\n\n{stopping}\nLatency: {latency_text}")
+                       f"on):\n\n{stopping}\nSize bias: {bias_text}\nLatency: {latency_text}")
         print(f"appended to {Path(args.model) / 'README.md'}")
 
 
