@@ -158,7 +158,7 @@ class Segmenter:
 
     def segment(self, image: sitk.Image, modality: str, region: str | None = None,
                 targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
-                allow_untrained: bool = False, overlap: float = 0.25, sw_batch_size: int = 1,
+                allow_untrained: bool = False, overlap: float = 0.25, sw_batch_size: int | None = None,
                 spacing_mm: float | None = None, intensity: IntensityRule | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> SegmentationResult:
         """Segment every requested target in ``image``.
@@ -172,6 +172,7 @@ class Segmenter:
             context_text: a raw T1 sentence instead of ``region``.
             allow_untrained: accept vocabulary targets the model was not trained on.
             overlap: sliding-window overlap fraction.
+            sw_batch_size: windows per network call; default :meth:`windows_per_call`.
             spacing_mm: work at this spacing instead of the model's (closer look).
             intensity: intensity rule to use instead of one fitted on ``image`` (for crops).
             progress: called as windows complete.
@@ -197,7 +198,8 @@ class Segmenter:
         fill = {"cval": float(prepared.array.min())} if padding == "constant" else {}
         with torch.inference_mode(), self._autocast():
             probabilities = sliding_window_inference(
-                volume, roi_size=self.model.config.patch_size, sw_batch_size=sw_batch_size, predictor=logits_fn,
+                volume, roi_size=self.model.config.patch_size, predictor=logits_fn,
+                sw_batch_size=sw_batch_size or self.windows_per_call(),
                 overlap=overlap, mode="gaussian", sw_device=self.device, device=torch.device("cpu"),
                 padding_mode=padding, **fill)
         if cancel is not None and cancel.is_set():
@@ -206,6 +208,18 @@ class Segmenter:
         result = to_original_grid(probabilities[0].float().numpy(), prepared)
         report(1.0, "done")
         return SegmentationResult(queries, context, np.clip(result, 0.0, 1.0), image, self.model.config.threshold)
+
+    def windows_per_call(self) -> int:
+        """Sliding windows per network call: 2 on the CPU for windows of at most 64^3 voxels, else 1.
+
+        Why: for one small 3D window PyTorch sends some layers to its slow reference convolution (its
+        oneDNN heuristic counts batch x channels x depth x height, e.g. 32 channels at 24^3 falls short), for a
+        batch of two always to oneDNN. Measured by Testing/benchmarks/bench_whole_volume.py (CPU, 2 threads, a
+        256x256x200 CT): the starter model (48^3 windows) takes 7.8 s with 2 per call, 13.6 s with 1; with 96^3
+        windows the heuristic already picks oneDNN and two per call were slower (57.5 s vs 51.8 s).
+        """
+        small = int(np.prod(self.model.config.patch_size)) <= 64 ** 3
+        return 2 if self.device.type == "cpu" and small else 1
 
     def _window_predictor(self, modality: str, context: torch.Tensor, targets: torch.Tensor, shape: Sequence[int],
                           overlap: float, report: ProgressCallback, cancel: CancelFlag | None):

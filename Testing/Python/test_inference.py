@@ -46,6 +46,14 @@ def test_targets_do_not_change_each_other(tiny_segmenter, chest_ct):
     np.testing.assert_allclose(alone, many, atol=1e-5)
 
 
+def test_windows_batched_or_one_by_one_give_the_same_probabilities(tiny_segmenter, chest_ct):
+    one = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver"], sw_batch_size=1).probabilities
+    two = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver"]).probabilities  # default: 2 per call
+    three = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver"], sw_batch_size=3).probabilities
+    np.testing.assert_allclose(one, two, atol=1e-5)
+    np.testing.assert_allclose(one, three, atol=1e-5)
+
+
 def test_progress_is_reported_and_cancel_stops(tiny_segmenter, chest_ct):
     seen = []
     tiny_segmenter.segment(chest_ct, "CT", "thorax", ["aorta"], progress=lambda f, m: seen.append(f))
