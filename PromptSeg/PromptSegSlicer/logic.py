@@ -190,8 +190,7 @@ def terminologyEntryString(entry: dict | None) -> str:
 
 class SegmentationJob:
     """One PromptSeg run (a segmentation, a propagation, a PET/CT segmentation or a model download) in a
-    background thread. Poll
-    ``progress``/``message``/``isDone()``; ``cancel()``."""
+    background thread. Poll ``progress``/``message``/``isDone()``; ``cancel()``."""
 
     def __init__(self, request: dict, image, volumeNode, outputNode, ijkToRas: np.ndarray | None = None):
         self.request = request
