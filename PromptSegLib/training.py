@@ -5,7 +5,7 @@ its context prompt, and a paraphrase of every target its dataset names, present 
 absent target's truth is empty: the model learns to obey the prompt), plus a few targets certainly absent
 from its images: those of the other datasets that belong to body regions this dataset does not image ("the
 liver" on a brain MR must give nothing) and those the spec lists as absent from it (a tumour on a healthy
-brain). Loss: soft Dice + BCE per target.
+brain). Loss: soft Dice per target present in the crop + BCE over every target.
 AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues); validation Dice on the
 original grid; a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
 """
@@ -135,12 +135,20 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> t
 
 
 def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Soft Dice (per sample and target, smoothed so empty truths push towards empty) + BCE."""
+    """Soft Dice over the (sample, target) pairs whose truth is not empty, + BCE over every voxel of every
+    target (which alone pushes an absent target towards empty).
+
+    Why not Dice on empty truths too: there it is ``1 - 1 / (sum p + 1)``, a pull to exactly zero as strong as
+    a present target's whole Dice. A target absent from most crops (an organ smaller than the liver) then
+    collapsed to probability 0.00 everywhere, even on its training image."""
     probabilities = torch.sigmoid(logits)
     dims = tuple(range(2, logits.dim()))
     intersection = (probabilities * truth).sum(dims)
-    soft_dice = (2 * intersection + 1.0) / (probabilities.sum(dims) + truth.sum(dims) + 1.0)
-    return (1 - soft_dice).mean() + F.binary_cross_entropy_with_logits(logits, truth)
+    sizes = truth.sum(dims)
+    soft_dice = (2 * intersection + 1.0) / (probabilities.sum(dims) + sizes + 1.0)
+    present = sizes > 0
+    dice_term = (1 - soft_dice)[present].mean() if present.any() else logits.new_zeros(())
+    return dice_term + F.binary_cross_entropy_with_logits(logits, truth)
 
 
 def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:

@@ -16,7 +16,7 @@ from PromptSegLib.cli import main
 from PromptSegLib.datasets import load_spec, load_split, prepare_split
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.model_io import load_model
-from PromptSegLib.training import TrainConfig, absent_elsewhere, crop, limit_field_of_view, train
+from PromptSegLib.training import TrainConfig, absent_elsewhere, crop, dice_bce_loss, limit_field_of_view, train
 from PromptSegLib.vocabulary import default_vocabulary
 
 from conftest import SHARED
@@ -142,6 +142,29 @@ def test_evaluate_command_with_ablations(trained, capsys):
     card = (root / "model" / "README.md").read_text()
     assert "## Evaluation: split `val` of `spec.json`, tiny check" in card and "promptseg evaluate" in card
     load_model(config.output)  # the manifest was updated with the card
+
+
+def test_loss_pulls_absent_targets_to_empty_by_bce_only():
+    """Soft Dice counts only targets present in the crop: on an absent one it would pull to exactly zero as
+    hard as a present target's whole Dice (organs absent from most crops collapsed to probability 0)."""
+    import torch
+
+    from torch.nn import functional as F
+
+    truth = torch.zeros(1, 2, 8, 8, 8)
+    truth[0, 0, 2:6, 2:6, 2:6] = 1  # target 0 present, target 1 absent
+    logits = torch.full((1, 2, 8, 8, 8), -3.0, requires_grad=True)
+    loss = dice_bce_loss(logits, truth)
+    probability = torch.sigmoid(torch.tensor(-3.0))
+    present_dice = 1 - (2 * probability * 64 + 1) / (probability * 512 + 64 + 1)
+    expected = present_dice + F.binary_cross_entropy_with_logits(logits.detach(), truth)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)  # no Dice term for the absent target
+    loss.backward()
+    absent_pull = logits.grad[0, 1].abs().mean().item()
+    bce_only = torch.sigmoid(torch.tensor(-3.0)).item() / truth.numel()  # d BCE / d logit on a negative voxel
+    assert absent_pull == pytest.approx(bce_only, rel=1e-4)
+    empty = dice_bce_loss(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4))
+    assert torch.isfinite(empty) and empty.item() == pytest.approx(np.log(2), rel=1e-5)  # BCE of p = 0.5 only
 
 
 def test_foreground_oversampling_finds_the_tumour(tmp_path):
