@@ -46,6 +46,11 @@ def user_models_folder() -> Path:
     return Path(os.environ.get("PROMPTSEG_HOME", Path.home() / ".promptseg")) / "models"
 
 
+def installed_models() -> dict[str, Path]:
+    """Name -> folder of each model installed in the per-user cache (imported or downloaded), by name."""
+    return {p.parent.name: p.parent for p in sorted(user_models_folder().glob("*/config.json"))}
+
+
 def catalogue_entries() -> list[dict]:
     """The bundled catalogue, then the site's (``$PROMPTSEG_HOME/catalogue.json``); a name in both is the
     site's entry."""

@@ -151,7 +151,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .catalogue import (catalogue_entries, catalogue_entry, download_model, import_model, user_models_folder,
+    from .catalogue import (catalogue_entries, catalogue_entry, download_model, import_model, installed_models,
                             write_catalogue)
     from .errors import ModelError
     from .model_io import BUNDLED_MODELS, FORMAT
@@ -164,11 +164,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file()
                          and json.loads((p / "config.json").read_text()).get("format") == FORMAT)
         write_catalogue([catalogue_entry(f) for f in folders])
-    for folder in sorted(user_models_folder().glob("*/config.json")):
-        entry = catalogue_entry(folder.parent)
-        print(f"{entry['name']} {entry['version']}  [imported, verified: {folder.parent}]  "
+    installed = installed_models()
+    for folder in installed.values():
+        entry = catalogue_entry(folder)
+        print(f"{entry['name']} {entry['version']}  [imported, verified: {folder}]  "
               f"{', '.join(entry['modalities'])}: {', '.join(entry['targets'])}")
-    installed = {p.parent.name for p in user_models_folder().glob("*/config.json")}
     for entry in catalogue_entries():
         if entry["name"] in installed and not entry.get("folder"):
             continue  # listed above

@@ -271,12 +271,11 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         """(name, folder) of the bundled segmentation models and those imported into the per-user cache
         (``~/.promptseg/models``, kept across Slicer upgrades)."""
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import load_catalogue, user_models_folder
+        from PromptSegLib.catalogue import installed_models, load_catalogue
         from PromptSegLib.model_io import BUNDLED_MODELS
 
         models = [(e["name"], BUNDLED_MODELS / e["folder"]) for e in load_catalogue() if e.get("folder")]
-        models += [(p.parent.name, p.parent) for p in sorted(user_models_folder().glob("*/config.json"))]
-        return models
+        return models + list(installed_models().items())
 
     @staticmethod
     def importModel(path) -> Path:
@@ -340,10 +339,10 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         """Catalogue entries (the bundled catalogue and the site's ``$PROMPTSEG_HOME/catalogue.json``) with a
         download URL that are not installed yet."""
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import catalogue_entries, user_models_folder
+        from PromptSegLib.catalogue import catalogue_entries, installed_models
 
-        return [e for e in catalogue_entries()
-                if e.get("url") and not (user_models_folder() / e["name"] / "config.json").is_file()]
+        installed = installed_models()
+        return [e for e in catalogue_entries() if e.get("url") and e["name"] not in installed]
 
     def startModelDownload(self, name: str,
                            onProgress: Callable[[float, str], None] | None = None) -> SegmentationJob:
