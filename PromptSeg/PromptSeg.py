@@ -316,9 +316,10 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.pollTimer.stop()
         self.job = None
-        for button, text in self.runButtonTexts:
+        for button, text in self.runButtonTexts:  # Apply's state is set by _checkCanApply below
             button.text = text
-        self.ui.propagateButton.enabled = self.ui.petCtApplyButton.enabled = self.ui.importModelButton.enabled = True
+            button.enabled = True
+        self.ui.importModelButton.enabled = True
         self.ui.progressBar.setVisible(False)
         try:
             # Let the Segment Editor's own undo cover this change when it edits the same segmentation.
