@@ -41,6 +41,16 @@ def chest_ct(chest_ct_path) -> sitk.Image:
     return sitk.ReadImage(str(chest_ct_path))
 
 
+def zip_model(folder: Path, archive: Path) -> Path:
+    """A ``.zip`` of a model folder (its files under ``tiny/``), as a hospital or a site's server hands it out."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as handle:
+        for file in folder.iterdir():
+            handle.write(file, f"tiny/{file.name}")
+    return archive
+
+
 def segment_mask(segmentation, name: str) -> np.ndarray:
     """A named segment of a slicerio segmentation as a ``(Z, Y, X)`` boolean mask."""
     segment = next(s for s in segmentation["segments"] if s["name"] == name)

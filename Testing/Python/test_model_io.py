@@ -10,6 +10,8 @@ import torch
 from PromptSegLib.errors import ModelError
 from PromptSegLib.model_io import SUMS, load_model, read_config, save_model, sha256
 
+from conftest import zip_model
+
 
 @pytest.fixture()
 def folder(tiny_model_folder, tmp_path):
@@ -84,16 +86,12 @@ def test_padding_defaults_to_constant_for_older_configs_and_is_checked(folder):
 
 
 def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatch, capsys):
-    import zipfile
 
     from PromptSegLib.catalogue import resolve_model
     from PromptSegLib.cli import main
 
     monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
-    archive = tmp_path / "tiny.zip"
-    with zipfile.ZipFile(archive, "w") as handle:
-        for file in folder.iterdir():
-            handle.write(file, f"tiny/{file.name}")
+    archive = zip_model(folder, tmp_path / "tiny.zip")
     assert main(["models", "--import", str(archive)]) == 0
     installed = tmp_path / "home" / "models" / "tiny-untrained"
     assert "installed" in capsys.readouterr().out and (installed / "weights.safetensors").is_file()
@@ -110,7 +108,6 @@ def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatc
 
 
 def test_download_a_site_catalogue_model_checked_against_its_sha256(folder, tmp_path, monkeypatch, capsys):
-    import zipfile
 
     from PromptSegLib.catalogue import catalogue_entry, download_model, resolve_model
     from PromptSegLib.cli import main
@@ -118,11 +115,8 @@ def test_download_a_site_catalogue_model_checked_against_its_sha256(folder, tmp_
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("PROMPTSEG_HOME", str(home))
-    archive = tmp_path / "served" / "tiny.zip"
-    archive.parent.mkdir()
-    with zipfile.ZipFile(archive, "w") as handle:
-        for file in folder.iterdir():
-            handle.write(file, f"tiny/{file.name}")
+    (tmp_path / "served").mkdir()
+    archive = zip_model(folder, tmp_path / "served" / "tiny.zip")
     entry = catalogue_entry(folder, url=archive.as_uri())  # a site's server, here a file: URL
     (home / "catalogue.json").write_text(json.dumps([entry]))
 

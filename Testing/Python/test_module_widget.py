@@ -203,18 +203,17 @@ def test_the_check_catches_wrong_names(ui_classes):
     assert not has_property("qMRMLNodeComboBox", "currentText")  # a QWidget, not a QComboBox
 
 
-def test_ui_properties_and_connections_exist():
+def test_ui_properties_and_connections_exist(ui_classes):
     root = ET.parse(UI_FILE).getroot()
     wrong = []
     for widget in root.iter("widget"):
         for prop in widget.findall("property"):
             if prop.get("stdset") != "0" and not has_property(widget.get("class"), prop.get("name")):
                 wrong.append(f"{widget.get('name')} ({widget.get('class')}): no property {prop.get('name')}")
-    classes = {w.get("name"): w.get("class") for w in root.iter("widget")}
     connections = root.findall("connections/connection")
     assert connections
     for connection in connections:
-        sender, receiver = classes[connection.findtext("sender")], classes[connection.findtext("receiver")]
+        sender, receiver = ui_classes[connection.findtext("sender")], ui_classes[connection.findtext("receiver")]
         if normalized(connection.findtext("signal")) not in signals(sender):
             wrong.append(f"{sender} has no signal {connection.findtext('signal')}")
         if connection.findtext("slot").split("(")[0] not in slots(receiver):

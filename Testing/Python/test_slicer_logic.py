@@ -18,6 +18,7 @@ import vtk
 
 import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
 import slicer_shim
+from conftest import zip_model
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "PromptSeg"
@@ -443,7 +444,6 @@ def test_model_download_runs_off_the_main_thread_cancels_and_installs(logic, tin
                                                                        monkeypatch):
     import json
     import threading
-    import zipfile
 
     from PromptSegLib.catalogue import catalogue_entry
     from PromptSegLib.errors import Cancelled
@@ -451,10 +451,7 @@ def test_model_download_runs_off_the_main_thread_cancels_and_installs(logic, tin
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("PROMPTSEG_HOME", str(home))
-    archive = tmp_path / "tiny.zip"
-    with zipfile.ZipFile(archive, "w") as handle:
-        for file in tiny_model_folder.iterdir():
-            handle.write(file, f"tiny/{file.name}")
+    archive = zip_model(tiny_model_folder, tmp_path / "tiny.zip")
     (home / "catalogue.json").write_text(json.dumps([catalogue_entry(tiny_model_folder, url=archive.as_uri())]))
     assert [e["name"] for e in logic.downloadableModels()] == ["tiny-untrained"]  # bundled ones need no download
 
