@@ -167,8 +167,9 @@ def resolve_model(name_or_folder: str | os.PathLike | None) -> Path:
     for folder in (user_models_folder() / path.name, BUNDLED_MODELS / path.name):
         if (folder / "config.json").is_file():
             return folder
-    names = [e["name"] for e in catalogue_entries()]
-    hint = ("download it with: promptseg models --download NAME, or " if any(
-        e["name"] == path.name and e.get("url") for e in catalogue_entries()) else "")
+    entries = catalogue_entries()
+    names = [e["name"] for e in entries]
+    hint = ("download it with: promptseg models --download NAME, or "
+            if any(e["name"] == path.name and e.get("url") for e in entries) else "")
     raise ModelError(f"no model named {name_or_folder!r} is installed; known: {', '.join(names) or 'none'}; "
                      f"{hint}import one with: promptseg models --import FOLDER_OR_ZIP")
