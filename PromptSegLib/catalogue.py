@@ -154,6 +154,53 @@ def import_model(source: str | os.PathLike, models_folder: str | os.PathLike | N
     return final
 
 
+def route_model(modality: str, region: str | None, targets: list[str] | tuple[str, ...]) -> Path:
+    """The installed or bundled model to use when none is named: the one trained for every requested target on
+    ``modality``, preferring one trained on ``region`` (then the fewest other targets: the most specialised).
+
+    Args:
+        modality: ``CT``, ``MR``, ``PET`` (or an alias such as ``MRI``).
+        region: a region name or synonym, or None.
+        targets: target names or synonyms (may be empty for free-text targets: then the region decides).
+
+    Raises:
+        ModelError: no model covers the request; the message says which model knows which of the targets.
+        PromptError, InputImageError: an unknown target, region or modality.
+    """
+    from .errors import ModelError
+    from .preprocess import canonical_modality
+    from .vocabulary import default_vocabulary
+
+    vocabulary = default_vocabulary()
+    modality = canonical_modality(modality)
+    region = vocabulary.region(region).name if region else None
+    targets = list(dict.fromkeys(vocabulary.target(t).name for t in targets))
+    if not targets and not region:
+        return resolve_model(None)
+
+    candidates = []
+    for entry in catalogue_entries():
+        try:
+            folder = resolve_model(entry["name"])
+        except ModelError:
+            continue  # listed for download, not installed
+        config = read_config(folder)
+        if modality not in config.network.modalities:
+            continue
+        known = set(config.targets)
+        covered = sum(t in known for t in targets)
+        in_region = region in config.regions.get(modality, [])
+        candidates.append(((covered, in_region, -len(known)), folder, config, sorted(known & set(targets))))
+    complete = [c for c in candidates if c[0][0] == len(targets) and (targets or c[0][1])]
+    if complete:
+        return max(complete, key=lambda c: c[0])[1]
+    partial = [f"{c[2].name} knows {', '.join(c[3])}" for c in candidates if c[3]]
+    raise ModelError(f"no installed model is trained for {', '.join(targets) or 'free-text targets'} on {modality}"
+                     f"{' of the ' + region if region else ''}"
+                     + (f" ({'; '.join(partial)}): ask those targets separately" if partial else "")
+                     + "; name a model with --model to try anyway")
+
+
 def resolve_model(name_or_folder: str | os.PathLike | None) -> Path:
     """A model folder path, or a catalogue name looked up in the user cache then the bundled models."""
     from .errors import ModelError

@@ -19,6 +19,16 @@ def _progress_bar(enabled: bool):
     """A tqdm bar driven by ``(fraction, message)`` callbacks, or a no-op."""
     if not enabled:
         return (lambda fraction, message: None), (lambda: None)
+    if not sys.stderr.isatty():  # a log or a pipe: one line per tenth, no carriage returns
+        shown = [-1]
+
+        def line(fraction: float, message: str) -> None:
+            tenth = int(fraction * 10)
+            if tenth > shown[0]:
+                shown[0] = tenth
+                print(f"{fraction:4.0%} {message}", file=sys.stderr, flush=True)
+
+        return line, (lambda: None)
     from tqdm import tqdm
 
     bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
@@ -31,6 +41,7 @@ def _progress_bar(enabled: bool):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .catalogue import route_model
     from .imageio import read_image
     from .inference import Segmenter
     from .outputs import check_writable
@@ -42,8 +53,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     extra = {kind: check_writable(path) for kind, path in extra.items() if path}
     if ("rtstruct" in extra or "dicom_seg" in extra) and not Path(args.image).is_dir():
         raise PromptSegError("--rtstruct and --dicom-seg reference the source DICOM series: give a DICOM folder as IMAGE")
+    model = args.model or route_model(args.modality, args.region, args.target or ())
     image = read_image(args.image, args.series_uid)
-    segmenter = Segmenter(args.model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
+    segmenter = Segmenter(model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
     segmenter.check_request(args.modality, args.region, args.target or (), args.target_text or (), args.context_text,
                             args.allow_untrained)
     update, close = _progress_bar(not args.quiet)
@@ -265,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--rtstruct", help="also write a DICOM RT Structure Set referencing the input series (IMAGE must "
                      "be a DICOM folder)")
     seg.add_argument("--dicom-seg", help="also write a DICOM SEG referencing the input series")
-    seg.add_argument("--model", help="model folder (default: the bundled starter model)")
+    seg.add_argument("--model", help="model folder or installed model name (default: the installed or bundled "
+                     "model trained for the modality, region and targets asked)")
     seg.add_argument("--text-encoder", help="local Hugging Face encoder folder instead of the model's own")
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -329,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device")
     tr.add_argument("--threads", type=int)
     tr.add_argument("--seed", type=int)
-    tr.add_argument("--resume", action="store_true", default=None, help="continue from OUTPUT.work/checkpoint.pt")
+    tr.add_argument("--resume", action="store_true", default=None,
+                    help="continue from the checkpoint in the checkpoint folder")
+    tr.add_argument("--checkpoints", help="folder for the checkpoint, logs and validation tables (default OUTPUT.work); "
+                    "keep it outside the repository so that a run can be resumed in a later session")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="Dice and HD95 per case and target on a dataset spec's split")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import openkbp
 from .errors import InputImageError, PromptSegError
 from .imageio import read_image, same_geometry
 from .preprocess import IntensityRule, ModelInput, canonical_modality, prepare, resample_to
@@ -33,10 +34,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CaseSpec:
+    """One case: its image and label files (or, with ``layout="openkbp"``, both the same OpenKBP patient
+    folder), its split (``train``, ``val`` or ``test``) and the targets of its dataset that were not delineated
+    for it (``unlabelled``: their truth is unknown, so neither training nor evaluation uses them there)."""
+
     id: str
     image: Path
     label: Path
     split: str = "train"
+    layout: str = "files"
+    unlabelled: tuple[str, ...] = ()
 
 
 @dataclass
@@ -92,6 +99,14 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     ``{"name": "hecktor", "layout": "hecktor", "folder": "hecktor2022/train", "val": ["CHUM-001"]}``
     (``regions`` defaults to the head and neck, ``labels`` to GTVp and GTVn).
 
+    A listed case may name targets that were not delineated for it: ``"unlabelled": ["larynx"]`` (clinical
+    structure sets contour only the organs near the tumour: an organ missing from one is not absent).
+
+    An OpenKBP folder (``provided-data/train-pats`` of a checkout of the open-kbp repository: sparse-CSV
+    patient folders, see ``openkbp``) gives one CT dataset of its seven organs at risk; patients without a
+    ``ct.csv`` are skipped (with a log line): ``{"name": "openkbp", "layout": "openkbp", "folder": ...,
+    "val": ["pt_3"], "test": ["pt_7"]}``. ``val`` and ``test`` lists work the same way for MSD folders.
+
     Raises:
         PromptSegError: a malformed spec, an unknown target or region, a missing file.
     """
@@ -101,7 +116,9 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     out = []
     for entry in data.get("datasets", []):
         try:
-            specs = (_hecktor(path.parent / entry["folder"], entry, vocabulary) if entry.get("layout") == "hecktor"
+            layout = entry.get("layout")
+            specs = (_hecktor(path.parent / entry["folder"], entry, vocabulary) if layout == "hecktor"
+                     else [_openkbp(path.parent / entry["folder"], entry, vocabulary)] if layout == "openkbp"
                      else [_entry(path.parent, entry, vocabulary)])
         except KeyError as exc:
             raise PromptSegError(f"dataset spec {path}: entry {entry.get('name', '?')} lacks {exc}") from exc
@@ -122,7 +139,8 @@ def _entry(root: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
         labels, cases = _decathlon(root / entry["folder"], entry, vocabulary)
     else:
         labels = parse_labels(entry["labels"], vocabulary)
-        cases = [CaseSpec(str(c["id"]), root / c["image"], root / c["label"], c.get("split", "train"))
+        cases = [CaseSpec(str(c["id"]), root / c["image"], root / c["label"], c.get("split", "train"),
+                          unlabelled=tuple(vocabulary.target(t).name for t in c.get("unlabelled", [])))
                  for c in entry["cases"]]
     absent = sorted({vocabulary.target(name).name for name in entry.get("absent", [])})
     both = [t for t in absent if t in labels]
@@ -133,6 +151,30 @@ def _entry(root: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
 
 
 HECKTOR_LABELS = {"1": "GTVp", "2": "GTVn"}
+
+
+def _split_of(case_id: str, entry: dict) -> str:
+    """A folder case's split: ``test`` or ``val`` when the entry lists it there, else ``train``."""
+    return "test" if case_id in set(entry.get("test", [])) else "val" if case_id in set(entry.get("val", [])) else "train"
+
+
+def _openkbp(folder: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
+    """The CT dataset of an OpenKBP folder (see ``load_spec``)."""
+    found = openkbp.patients(folder)
+    if not found:
+        raise PromptSegError(f"OpenKBP folder {folder} holds no patient folder (pt_*) with a ct.csv")
+    lacking = sorted({p.name for p in folder.glob("pt_*") if p.is_dir()} - {p.name for p in found})
+    if lacking:
+        log.info("OpenKBP folder %s: %d patients without ct.csv skipped", folder, len(lacking))
+    labels = parse_labels(openkbp.LABELS, vocabulary)
+    regions = [vocabulary.region(r).name for r in entry.get("regions", ["head and neck"])]
+
+    def unlabelled(patient: Path) -> tuple[str, ...]:
+        contoured = set(openkbp.contoured(patient))
+        return tuple(t for t, values in labels.items() if not contoured & set(values))
+
+    return DatasetSpec(entry["name"], "CT", regions, labels,
+                       [CaseSpec(p.name, p, p, _split_of(p.name, entry), "openkbp", unlabelled(p)) for p in found])
 
 
 def _hecktor(folder: Path, entry: dict, vocabulary: Vocabulary) -> list[DatasetSpec]:
@@ -146,12 +188,11 @@ def _hecktor(folder: Path, entry: dict, vocabulary: Vocabulary) -> list[DatasetS
     if lacking:
         raise PromptSegError(f"HECKTOR folder {folder}: no PET (<id>__PT.nii.gz) or label (<id>.nii.gz) for "
                              f"{', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}")
-    validation = set(entry.get("val", []))
     labels = parse_labels(entry.get("labels", HECKTOR_LABELS), vocabulary)
     regions = [vocabulary.region(r).name for r in entry.get("regions", ["head and neck"])]
     return [DatasetSpec(f"{entry['name']}_{modality.lower()}", modality, regions, labels,
-                        [CaseSpec(i, folder / f"{i}__{suffix}.nii.gz", folder / f"{i}.nii.gz",
-                                  "val" if i in validation else "train") for i in ids])
+                        [CaseSpec(i, folder / f"{i}__{suffix}.nii.gz", folder / f"{i}.nii.gz", _split_of(i, entry))
+                         for i in ids])
             for suffix, modality in (("CT", "CT"), ("PT", "PET"))]
 
 
@@ -178,7 +219,6 @@ def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[
         raw = meta["labels"]
         pairs = raw.items() if all(k.isdigit() for k in raw) else ((str(v), n) for n, v in raw.items())
         labels = parse_labels({v: n for v, n in pairs if int(v) != 0}, vocabulary)
-    validation = set(entry.get("val", []))
     cases = []
     if meta.get("training") and isinstance(meta["training"][0], dict):
         pairs = [(folder / c["image"], folder / c["label"]) for c in meta["training"]]
@@ -188,7 +228,7 @@ def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[
                  for p in sorted((folder / "labelsTr").glob(f"*{suffix}"))]
     for image, label in pairs:
         case_id = label.name.split(".")[0]
-        cases.append(CaseSpec(case_id, image, label, "val" if case_id in validation else "train"))
+        cases.append(CaseSpec(case_id, image, label, _split_of(case_id, entry)))
     return labels, cases
 
 
@@ -224,10 +264,17 @@ class PreparedCase:
         label = self.label if label is None else label
         return np.stack([np.isin(label, self.dataset.values_of(t)) for t in targets]).astype(np.float32)
 
+    def labelled(self, targets: list[str]) -> np.ndarray:
+        """``(T,)`` float32: 1 where the target's truth is known for this case, 0 where it was not delineated."""
+        return np.array([t not in self.case.unlabelled for t in targets], np.float32)
+
 
 def read_label(case: CaseSpec, image: sitk.Image) -> sitk.Image:
     """The case's label image on the image's grid (resampled by nearest neighbour when grids differ)."""
-    label = read_image(case.label) if case.label.is_dir() else sitk.ReadImage(str(case.label))
+    if case.layout == "openkbp":
+        label = openkbp.read_structures(case.label)
+    else:
+        label = read_image(case.label) if case.label.is_dir() else sitk.ReadImage(str(case.label))
     if label.GetDimension() != 3:
         raise InputImageError(f"case {case.id}: label {case.label} is not 3D")
     if not same_geometry(label, image, 1e-3):
@@ -239,7 +286,10 @@ def read_label(case: CaseSpec, image: sitk.Image) -> sitk.Image:
 def load_case(dataset: DatasetSpec, case: CaseSpec) -> LabelledCase:
     """Read and check one case's image and label (label values the dataset names but the case lacks are
     logged: those targets are empty there)."""
-    image = read_image(case.image)
+    if case.layout == "openkbp":
+        image = openkbp.read_ct(case.image)
+    else:
+        image = read_image(case.image)
     label = read_label(case, image)
     values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
     missing = sorted(dataset.values - values)

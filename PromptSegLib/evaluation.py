@@ -39,7 +39,7 @@ class Score:
 
 def evaluate_cases(segmenter: Segmenter, cases: list[LabelledCase], context_region: str | None = None,
                    absent_targets: tuple[str, ...] = (), closer_look: str = "off") -> list[Score]:
-    """Segment every case and score each target its dataset names.
+    """Segment every case and score each target its dataset names (but those not delineated for the case).
 
     Args:
         context_region: use this region in T1 instead of the dataset's own (the DuPLUS "T1 mismatch" ablation).
@@ -50,7 +50,7 @@ def evaluate_cases(segmenter: Segmenter, cases: list[LabelledCase], context_regi
     scores = []
     for case in cases:
         image = case.image
-        named = case.dataset.targets
+        named = [t for t in case.dataset.targets if t not in case.case.unlabelled]
         extra = [t for t in absent_targets if t not in named]
         result = segmenter.segment(image, case.dataset.modality, context_region or case.dataset.regions[0],
                                    named + extra, allow_untrained=True)

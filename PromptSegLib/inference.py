@@ -16,7 +16,7 @@ from .errors import Cancelled, InputImageError, ModelError, PromptError
 from .imageio import validate_volume
 from .catalogue import resolve_model
 from .model_io import Model, load_model
-from .preprocess import IntensityRule, canonical_modality, prepare, to_original_grid
+from .preprocess import IntensityRule, ModelInput, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import LoraSettings, TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary
@@ -188,6 +188,24 @@ class Segmenter:
         report(0.0, "preparing the volume")
         prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
                            intensity or self.intensity_rule(modality))
+        probabilities = self.predict_on_model_grid(prepared, modality, context, queries, overlap, sw_batch_size,
+                                                   report, cancel)
+        report(0.95, "mapping back to the input grid")
+        result = to_original_grid(probabilities.numpy(), prepared)
+        report(1.0, "done")
+        return SegmentationResult(queries, context, np.clip(result, 0.0, 1.0), image, self.model.config.threshold)
+
+    def predict_on_model_grid(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
+                              overlap: float = 0.25, sw_batch_size: int | None = None,
+                              progress: ProgressCallback | None = None,
+                              cancel: CancelFlag | None = None) -> torch.Tensor:
+        """Probabilities ``(T, Z, Y, X)`` float32 on the model grid of an already prepared volume (sliding
+        windows; one backbone pass per window serves every query).
+
+        Raises:
+            Cancelled: ``cancel`` was set.
+        """
+        report = progress or (lambda fraction, message: None)
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
         logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], prepared.array.shape,
                                            overlap, report, cancel)
@@ -204,10 +222,7 @@ class Segmenter:
                 padding_mode=padding, **fill)
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
-        report(0.95, "mapping back to the input grid")
-        result = to_original_grid(probabilities[0].float().numpy(), prepared)
-        report(1.0, "done")
-        return SegmentationResult(queries, context, np.clip(result, 0.0, 1.0), image, self.model.config.threshold)
+        return probabilities[0].float()
 
     def windows_per_call(self) -> int:
         """Sliding windows per network call: 2 on the CPU for windows of at most 64^3 voxels, else 1.

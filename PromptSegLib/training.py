@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,6 @@ from torch.nn import functional as F
 
 from .datasets import DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spec, load_split, prepare_case
 from .errors import PromptSegError
-from .evaluation import evaluate_cases, markdown_table, summarize
 from .inference import Segmenter, select_device
 from .model_io import Model, ModelConfig, load_model, save_model
 from .network import DuPLUSNet, NetworkConfig, count_parameters
@@ -65,11 +65,14 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     resume: bool = False
+    checkpoints: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def work_dir(self) -> Path:
-        return Path(f"{self.output}.work")
+        """Checkpoint, logs and validation tables: ``checkpoints`` or, by default, ``OUTPUT.work`` (keep it
+        outside a repository checkout, so that a run resumed in a later session finds it)."""
+        return Path(self.checkpoints or f"{self.output}.work")
 
 
 def crop(case: PreparedCase, patch: tuple[int, int, int], foreground_ratio: float,
@@ -134,9 +137,14 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> t
     return np.ascontiguousarray(image, dtype=np.float32), label
 
 
-def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice over the (sample, target) pairs whose truth is not empty, + BCE over every voxel of every
     target (which alone pushes an absent target towards empty).
+
+    Args:
+        logits, truth: ``(B, T, D, H, W)``.
+        known: ``(B, T)``, 0 for a (sample, target) pair whose truth is unknown (an organ not delineated for
+            that patient): it adds nothing to either term. Default: every pair known.
 
     Why not Dice on empty truths too: there it is ``1 - 1 / (sum p + 1)``, a pull to exactly zero as strong as
     a present target's whole Dice. A target absent from most crops (an organ smaller than the liver) then
@@ -146,9 +154,12 @@ def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     intersection = (probabilities * truth).sum(dims)
     sizes = truth.sum(dims)
     soft_dice = (2 * intersection + 1.0) / (probabilities.sum(dims) + sizes + 1.0)
-    present = sizes > 0
+    known = torch.ones_like(sizes) if known is None else known.to(sizes.dtype)
+    present = (sizes > 0) & (known > 0)
     dice_term = (1 - soft_dice)[present].mean() if present.any() else logits.new_zeros(())
-    return dice_term + F.binary_cross_entropy_with_logits(logits, truth)
+    bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none").mean(dims)
+    bce_term = (bce * known).sum() / known.sum().clamp(min=1.0)
+    return dice_term + bce_term
 
 
 def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:
@@ -244,7 +255,8 @@ def train(config: TrainConfig) -> Path:
     base = load_model(config.init) if config.init else None
     rules = _intensity_rules(base, loaded)
     train_cases = [prepare_case(case, config.spacing_mm, rules) for case in loaded]
-    val_cases = load_split(datasets, "val") if rank == 0 else []  # scored on their own grids
+    val_cases = ([prepare_case(case, config.spacing_mm, rules) for case in load_split(datasets, "val")]
+                 if rank == 0 else [])  # scored on the model grid
     encoder = text_encoder(config, base)
     bank = PromptBank(encoder, train_cases)
     network = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim, base)
@@ -267,7 +279,8 @@ def train(config: TrainConfig) -> Path:
                                                          if lora_params else [])
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * 0.01)
-    step = resumed_at = 0
+    step = 0
+    sessions: list[dict] = []  # one entry per process that trained this run: steps and minutes
     config.work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = config.work_dir / "checkpoint.pt"
     if config.resume and checkpoint.exists():
@@ -277,7 +290,8 @@ def train(config: TrainConfig) -> Path:
             encoder.load_lora_state(state["text_lora"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step = resumed_at = state["step"]
+        step = state["step"]
+        sessions = state.get("sessions", [{"from": 0, "to": step, "minutes": None}])
         rng = np.random.default_rng(state["seed"] + step + rank)
         log.info("resumed from %s at step %d", checkpoint, step)
     # a batch uses one modality's input block: the others get no gradient in that step
@@ -289,6 +303,7 @@ def train(config: TrainConfig) -> Path:
                  len(val_cases), ", ".join(targets))
     log_path = config.work_dir / "log.csv"
     started = time.time()
+    sessions.append({"from": step, "to": step, "minutes": 0.0})
     by_dataset: dict[str, list[PreparedCase]] = {}
     for case in train_cases:
         by_dataset.setdefault(case.dataset.name, []).append(case)
@@ -304,7 +319,7 @@ def train(config: TrainConfig) -> Path:
             dataset = dataset_cases[0].dataset
             pool = bank.absent[dataset.name]
             absent = [pool[i] for i in rng.permutation(len(pool))[:config.absent_targets]]
-            images, truths, contexts, prompts = [], [], [], []  # prompts: texts, (batch, targets)
+            images, truths, known, contexts, prompts = [], [], [], [], []  # prompts: texts, (batch, targets)
             for _ in range(config.batch_size):
                 case = dataset_cases[rng.integers(len(dataset_cases))]
                 image, label = crop(case, config.patch_size, config.foreground_ratio, rng)
@@ -313,6 +328,7 @@ def train(config: TrainConfig) -> Path:
                 images.append(image[None])
                 truths.append(np.concatenate([case.masks(dataset.targets, label),
                                               np.zeros((len(absent), *label.shape), np.float32)]))
+                known.append(np.concatenate([case.labelled(dataset.targets), np.ones(len(absent), np.float32)]))
                 contexts.append(bank.context(dataset.name, rng))
                 prompts.append([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent])
             model.train()
@@ -322,7 +338,8 @@ def train(config: TrainConfig) -> Path:
             with autocast:
                 logits = model(torch.from_numpy(np.stack(images)).to(device), dataset.modality,
                                embedded[:len(contexts)], embedded[len(contexts):].view(len(prompts), len(prompts[0]), -1))
-            loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)).to(device))
+            loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)).to(device),
+                                 torch.from_numpy(np.stack(known)).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if lora_params and world > 1:  # the adapters live outside the DDP-wrapped network
@@ -341,7 +358,9 @@ def train(config: TrainConfig) -> Path:
             if board:
                 board.add_scalar("loss/train", loss.item(), step)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config, encoder.lora_state())
+                sessions[-1].update({"to": step, "minutes": round((time.time() - started) / 60, 1)})
+                _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config, encoder.lora_state(),
+                                 sessions)
             if val_cases and (step % config.validate_every == 0 or step == config.steps):
                 if lora_params:
                     encoder.clear_cache()  # the adapters moved
@@ -358,7 +377,7 @@ def train(config: TrainConfig) -> Path:
     if rank == 0:
         seconds = time.time() - started
         card = model_card(config, model_config, train_cases, val_cases, validation, seconds, device,
-                          count_parameters(network), resumed_at)
+                          count_parameters(network), sessions)
         save_model(config.output, network.cpu(), model_config, card, encoder.lora_state() or None)
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -389,25 +408,41 @@ def _regions(cases: list[PreparedCase], base: ModelConfig | None) -> dict[str, l
     return regions
 
 
-def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncoder, cases: list[LabelledCase],
+def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncoder, cases: list[PreparedCase],
               device: torch.device, work_dir: Path, step: int) -> dict[str, float]:
+    """Mean Dice per target on the validation cases, on the model grid, over the targets present in each case
+    (one sliding-window pass per case; the case's own grid is for ``promptseg evaluate``)."""
+    from .metrics import dice
+
     network.eval()
     segmenter = Segmenter(Model(model_config, network), device=str(device), text_encoder=encoder)
-    scores = evaluate_cases(segmenter, cases)
-    means = summarize(scores)
+    by_target: dict[str, list[float]] = {}
+    rows = []
+    for case in cases:
+        present = [t for t in case.dataset.targets if t not in case.case.unlabelled and len(case.points(t))]
+        if not present:
+            continue
+        modality, queries, context = segmenter.check_request(case.dataset.modality, case.dataset.regions[0], present)
+        probabilities = segmenter.predict_on_model_grid(case.input, modality, context, queries).numpy()
+        for target, probability in zip(present, probabilities):
+            value = dice(probability >= model_config.threshold, np.isin(case.label, case.dataset.values_of(target)))
+            by_target.setdefault(target, []).append(value)
+            rows.append(f"| {case.dataset.name} | {case.case.id} | {target} | {value:.3f} |")
+    means = {t: float(np.mean(v)) for t, v in sorted(by_target.items())}
     for target, value in means.items():
         _append_csv(work_dir / "validation.csv", {"step": step, "target": target, "dice": round(value, 4)})
-    (work_dir / "validation.md").write_text(markdown_table(scores), encoding="utf-8")
+    (work_dir / "validation.md").write_text("\n".join(["| dataset | case | target | Dice (model grid) |",
+                                                       "|---|---|---|---|", *rows]) + "\n", encoding="utf-8")
     log.info("step %d validation Dice: %s", step, ", ".join(f"{t} {v:.3f}" for t, v in means.items()))
     return means
 
 
 def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig,
-                     text_lora: dict[str, torch.Tensor]) -> None:
+                     text_lora: dict[str, torch.Tensor], sessions: list[dict]) -> None:
     tmp = path.with_suffix(".partial")
     torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "seed": config.seed,
-                "network_config": network.config.to_dict(), "text_lora": text_lora}, tmp)
+                "network_config": network.config.to_dict(), "text_lora": text_lora, "sessions": sessions}, tmp)
     os.replace(tmp, path)
 
 
@@ -421,8 +456,20 @@ def _append_csv(path: Path, row: dict) -> None:
 
 
 def _bar(total: int, start: int, enabled: bool):
+    """``update(step, loss)``: a tqdm bar on a terminal; written to a log or a pipe, one log line per 1 % of
+    the steps instead of a wall of carriage returns. ``update(None, None)`` closes it."""
     if not enabled:
         return lambda step, loss: None
+    if not sys.stderr.isatty():
+        every, started = max(1, total // 100), time.time()
+
+        def line(step, loss):
+            if step is not None and (step % every == 0 or step == total):
+                rate = (time.time() - started) / max(step - start, 1)
+                log.info("step %d/%d loss %.3f (%.2f s/step, %.0f min left)", step, total, loss, rate,
+                         rate * (total - step) / 60)
+
+        return line
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
@@ -438,8 +485,8 @@ def _bar(total: int, start: int, enabled: bool):
 
 
 def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
-               val_cases: list[LabelledCase], validation: dict[str, float], seconds: float, device: torch.device,
-               parameters: int, resumed_at: int = 0) -> str:
+               val_cases: list[PreparedCase], validation: dict[str, float], seconds: float, device: torch.device,
+               parameters: int, sessions: list[dict] | None = None) -> str:
     """The model card: command, data, split, time, hardware and the validation Dice this run measured."""
     import platform
 
@@ -456,16 +503,24 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
               "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
-              f"- time: {seconds / 60:.1f} min on {hardware}"
-              + (f" for steps {resumed_at + 1}-{config.steps}; resumed from the checkpoint of step {resumed_at}"
-                 if resumed_at else ""),
+              f"- time: {_sessions_text(sessions or [], seconds)} on {hardware}",
               f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})", "",
-              "## Validation Dice (measured at the end of this run, on the original image grid)", ""]
+              "## Validation Dice (measured at the end of this run on the validation cases, on the model grid, "
+              "targets present in each case)", ""]
     if validation:
         lines += ["| target | Dice |", "|---|---|"] + [f"| {t} | {v:.3f} |" for t, v in sorted(validation.items())]
     else:
         lines.append("No validation cases.")
     return "\n".join(lines) + "\n"
+
+
+def _sessions_text(sessions: list[dict], seconds: float) -> str:
+    """``"41.0 min"`` for a run in one process; per process (``--resume``) steps and minutes otherwise."""
+    if len(sessions) <= 1:
+        return f"{seconds / 60:.1f} min"
+    parts = [f"steps {s['from'] + 1}-{s['to']}" + (f" in {s['minutes']:.1f} min" if s["minutes"] is not None else "")
+             for s in sessions]
+    return f"{len(sessions)} sessions (resumed from checkpoints): {'; '.join(parts)}"
 
 
 def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:

@@ -38,6 +38,8 @@ class Target:
     modifier: Code | None = None
     interpreted_type: str = "ORGAN"
     regions: tuple[str, ...] = ()
+    tg263: str | None = None
+    """The AAPM TG-263 standard structure name (e.g. ``Parotid_L``), where the report defines one."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ class Vocabulary:
                 name=normalize(t["name"]), synonyms=_synonyms(t),
                 color=tuple(t.get("color", (0.5, 0.5, 0.5))), category=code(t.get("category")),
                 type=code(t.get("type")), modifier=code(t.get("modifier")),
-                interpreted_type=t.get("interpretedType", "ORGAN"), regions=tuple(t.get("regions", [])))
+                interpreted_type=t.get("interpretedType", "ORGAN"), regions=tuple(t.get("regions", [])),
+                tg263=t.get("tg263"))
             for t in data["targets"]}
         regions = {normalize(r["name"]): Region(normalize(r["name"]), _synonyms(r))
                    for r in data["regions"]}
