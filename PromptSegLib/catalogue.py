@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,22 @@ from .model_io import BUNDLED_MODELS, WEIGHTS, read_config, sha256
 from .outputs import atomic_path
 
 CATALOGUE = BUNDLED_MODELS / "catalogue.json"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_model_name(name: object) -> str:
+    """``name`` if it can name a folder in the model cache: letters, digits, ``. _ + -``, at most 100 characters,
+    starting with a letter or digit, no ``..`` (so no path separator, no parent folder, no hidden file).
+
+    Raises:
+        ModelError: any other name (it comes from a model's own ``config.json`` or a catalogue: untrusted).
+    """
+    from .errors import ModelError
+
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ModelError(f"model name {name!r} is not a plain name (letters, digits, '.', '_', '+', '-'; no path "
+                         "separators or '..'); refused to install it")
+    return name
 
 
 def catalogue_entry(folder: str | os.PathLike, url: str | None = None) -> dict:
@@ -81,6 +98,7 @@ def download_model(name: str, models_folder: str | os.PathLike | None = None,
     if name not in entries:
         raise ModelError(f"no model named {name!r} in the catalogue; known: {', '.join(entries) or 'none'}")
     entry = entries[name]
+    check_model_name(name)
     if not entry.get("url"):
         raise ModelError(f"model {name!r} is bundled with PromptSeg; there is nothing to download")
     target_root = Path(models_folder) if models_folder else user_models_folder()
@@ -117,7 +135,15 @@ def import_model(source: str | os.PathLike, models_folder: str | os.PathLike | N
                  expected: dict | None = None) -> Path:
     """Copy a model folder or ``.zip`` (for hospitals without internet) into the user cache after checking
     its manifest; returns the installed folder. An installed model of the same name is replaced whole.
-    ``expected`` (a catalogue entry): the model must have that name and weights sha256."""
+    ``expected`` (a catalogue entry): the model must have that name and weights sha256.
+
+    Nothing is written outside ``models_folder`` and nothing there is deleted but an older copy of the same
+    model (a folder of that name whose ``config.json`` names it), whatever the model's files say.
+
+    Raises:
+        ModelError: not a model, failed checksums, a name that is not a plain name (:func:`check_model_name`),
+            not the expected model, or a file or foreign folder in the way.
+    """
     import shutil
     import tempfile
     import zipfile
@@ -144,14 +170,34 @@ def import_model(source: str | os.PathLike, models_folder: str | os.PathLike | N
         if expected and (config.name != expected["name"] or sha256(folder / WEIGHTS) != expected["sha256"]):
             raise ModelError(f"{source} is not the catalogued model {expected['name']} {expected.get('version', '')}:"
                              " its name or weights sha256 differ from the catalogue entry")
-        final = target_root / config.name
-        staged = target_root / f".{config.name}.new"
-        shutil.rmtree(staged, ignore_errors=True)
+        final = target_root / check_model_name(config.name)
+        _check_replaceable(final, config.name)
+        staged = Path(work) / "staged"
         shutil.copytree(folder, staged)
         if final.exists():
-            shutil.rmtree(final)
+            old = Path(work) / "old"
+            final.rename(old)  # removed with the work folder
         staged.rename(final)
     return final
+
+
+def _check_replaceable(final: Path, name: str) -> None:
+    """Refuse to install over ``final`` unless it is absent or an installed copy of the model ``name``.
+
+    Raises:
+        ModelError: ``final`` is a link, a file, or a folder that is not a model of that name.
+    """
+    from .errors import ModelError
+
+    if not final.exists() and not final.is_symlink():
+        return
+    try:
+        installed = json.loads((final / "config.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        installed = None
+    if final.is_symlink() or not final.is_dir() or installed != name:
+        raise ModelError(f"{final} exists and is not an installed copy of model {name!r}; it was left as it is "
+                         "(move it away to install this model)")
 
 
 def route_model(modality: str, region: str | None, targets: list[str] | tuple[str, ...]) -> Path:
