@@ -13,6 +13,7 @@ from .cli_dicom import add_subcommands as add_dicom_subcommands
 from .cli_prognosis import add_subcommands as add_prognosis_subcommands
 from .cli_propagation import add_subcommands as add_propagation_subcommands
 from .errors import PromptSegError
+from .segment_request import add_request_arguments
 
 
 def _progress_bar(enabled: bool):
@@ -41,53 +42,26 @@ def _progress_bar(enabled: bool):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .catalogue import route_model
+    from .cli_dicom import print_report
     from .imageio import read_image
     from .inference import Segmenter
-    from .outputs import check_writable
-    from .overlay import write_overlay
-    from .segfile import write_segmentation
+    from .segment_request import OutputFiles, SegmentRequest
 
-    extra = {"overlay": args.overlay, "boxes": args.boxes, "rtstruct": args.rtstruct, "dicom_seg": args.dicom_seg}
-    output = check_writable(args.output)
-    extra = {kind: check_writable(path) for kind, path in extra.items() if path}
-    if ("rtstruct" in extra or "dicom_seg" in extra) and not Path(args.image).is_dir():
-        raise PromptSegError("--rtstruct and --dicom-seg reference the source DICOM series: give a DICOM folder as IMAGE")
-    model = args.model or route_model(args.modality, args.region, args.target or ())
+    files = OutputFiles(args.output, args.overlay, args.boxes, args.rtstruct, args.dicom_seg)
+    files.check(args.image)
+    request = SegmentRequest.from_args(args)
+    model = request.choose_model(args.model)
     image = read_image(args.image, args.series_uid)
     segmenter = Segmenter(model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
-    segmenter.check_request(args.modality, args.region, args.target or (), args.target_text or (), args.context_text,
-                            args.allow_untrained)
+    request.check(segmenter)
     update, close = _progress_bar(not args.quiet)
     try:
-        result = segmenter.segment(image, args.modality, args.region, args.target or (),
-                                   target_texts=args.target_text or (), context_text=args.context_text,
-                                   allow_untrained=args.allow_untrained, progress=update)
+        result = request.run(segmenter, image, progress=update)
     finally:
         close()
-    if args.threshold is not None:
-        result.threshold = args.threshold
-    if args.closer_look != "off":
-        from .refine import closer_look
-
-        closer_look(segmenter, image, result, args.modality,
-                    indices=list(range(len(result.queries))) if args.closer_look == "all" else None)
-    written = write_segmentation(output, result)
-    if "overlay" in extra:
-        written.append(write_overlay(extra["overlay"], result))
-    if "boxes" in extra:
-        written.append(write_detections(extra["boxes"], result))
-    if "rtstruct" in extra or "dicom_seg" in extra:
-        from .cli_dicom import collect_warnings, print_report
-        from .dicomseg import export_dicom_seg
-        from .rtstruct import export_rtstruct
-
-        if "rtstruct" in extra:
-            print_report(collect_warnings(export_rtstruct, args.image, result, extra["rtstruct"],
-                                          series_uid=args.series_uid), "RTSTRUCT")
-        if "dicom_seg" in extra:
-            print_report(collect_warnings(export_dicom_seg, args.image, result, extra["dicom_seg"],
-                                          series_uid=args.series_uid), "DICOM SEG")
+    written, reports = files.write(result, args.image, args.series_uid)
+    for kind, report in reports.items():
+        print_report(report, kind)
     for i, query in enumerate(result.queries):
         voxels = int(result.mask(i).sum())
         volume_ml = voxels * float(image.GetSpacing()[0] * image.GetSpacing()[1] * image.GetSpacing()[2]) / 1000.0
@@ -95,20 +69,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def write_detections(path: Path, result) -> Path:
-    """One JSON list of connected-component boxes per target."""
-    from dataclasses import asdict
-
-    from .describe import detect
-    from .outputs import atomic_path
-
-    boxes = {q.name: [asdict(d) for d in detect(result.probabilities[i], result.threshold, result.reference, q.name)]
-             for i, q in enumerate(result.queries)}
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(boxes, indent=2) + "\n", encoding="utf-8")
-    return Path(path)
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -265,11 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment targets named in words")
     seg.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
-    seg.add_argument("--modality", required=True, help="CT, MR or PET")
-    seg.add_argument("--region", help="body region of the context prompt, e.g. thorax, abdomen")
-    seg.add_argument("--context-text", help="a raw context (T1) sentence instead of --region")
-    seg.add_argument("--target", action="append", help="a target name or synonym (repeat for several)")
-    seg.add_argument("--target-text", action="append", help="a raw target (T2) sentence (repeatable)")
+    add_request_arguments(seg)
     seg.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ OUT.labels.json)")
     seg.add_argument("--overlay", help="also write a PNG picture of the result here")
     seg.add_argument("--boxes", help="also write a JSON of each target's connected components (3D boxes, "
@@ -277,16 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--rtstruct", help="also write a DICOM RT Structure Set referencing the input series (IMAGE must "
                      "be a DICOM folder)")
     seg.add_argument("--dicom-seg", help="also write a DICOM SEG referencing the input series")
-    seg.add_argument("--model", help="model folder or installed model name (default: the installed or bundled "
-                     "model trained for the modality, region and targets asked)")
-    seg.add_argument("--text-encoder", help="local Hugging Face encoder folder instead of the model's own")
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
-    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    seg.add_argument("--threads", type=int, help="CPU threads")
-    seg.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
-    seg.add_argument("--closer-look", choices=("off", "small", "all"), default="off",
-                     help="segment again in a finer crop around small targets (under 50 mL) or all targets")
-    seg.add_argument("--allow-untrained", action="store_true", help="accept targets the model was not trained on")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 
