@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .cli_cohort import add_subcommands as add_cohort_subcommands
 from .cli_dicom import add_subcommands as add_dicom_subcommands
 from .cli_prognosis import add_subcommands as add_prognosis_subcommands
 from .cli_propagation import add_subcommands as add_propagation_subcommands
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dicom_subcommands(sub)
     add_prognosis_subcommands(sub)
     add_propagation_subcommands(sub)
+    add_cohort_subcommands(sub)
     return parser
 
 
