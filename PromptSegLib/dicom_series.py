@@ -7,7 +7,8 @@ and the patient and study modules to copy into derived objects (RTSTRUCT, SEG).
 
 Refused with a one-line reason (:class:`InputImageError`): several series and none chosen (they are
 listed with description and slice count), missing slices or uneven spacing (with where the gap is), two
-slices at one position, slices with different orientation or size, gantry tilt (sheared volume). Oblique
+slices at one position, slices with different orientation or size, gantry tilt (sheared volume), a DICOM file
+that cannot be read (truncated: named, with its slice position when its header could be read). Oblique
 series (slice planes not aligned with the patient axes) are supported: ``DicomReferences.oblique`` says so
 and a warning is issued, since exports keep the series' own slice planes.
 """
@@ -33,6 +34,10 @@ PATIENT_STUDY_KEYWORDS = (
     # Patient Study module
     "PatientAge", "PatientSize", "PatientWeight",
 )
+
+
+# SOP classes of single-frame CT, MR and PET image slices (PS3.4 B.5)
+CROSS_SECTIONAL_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128")
 
 
 class ObliqueSeriesWarning(UserWarning):
@@ -114,16 +119,30 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, object]]]:
     if not folder.is_dir():
         raise InputImageError(f"{folder} is not a folder; give the folder that holds the DICOM series")
     series: dict[str, list[tuple[Path, object]]] = {}
+    broken = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+            if _has_dicom_preamble(path):
+                broken.append(path.name)
             continue
         if not all(k in ds for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
                                      "Rows", "Columns", "PixelSpacing")):
+            if str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) in CROSS_SECTIONAL_STORAGE:
+                broken.append(path.name)  # says it is a CT/MR/PET slice, but its header ends early
             continue  # not a cross-sectional image (RTSTRUCT, SEG, dose, report, DICOMDIR...)
         series.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+    if broken:
+        raise InputImageError(f"{len(broken)} DICOM file(s) in {folder} cannot be read (truncated or damaged?): "
+                              + ", ".join(broken[:5]) + (" ..." if len(broken) > 5 else ""))
     return series
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    """True when ``path`` starts like a DICOM file (128-byte preamble, then ``DICM``)."""
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
 
 
 def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
@@ -199,8 +218,8 @@ def load_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputImageError(f"cannot read the pixel data of series {series_uid}: "
-                              f"{str(exc).strip().splitlines()[-1]}") from exc
+        raise InputImageError(f"cannot read the pixel data of series {series_uid}: {_unreadable(files, along)}"
+                              ) from exc
     if image.GetSize() != (int(first.Columns), int(first.Rows), len(files)):
         raise InputImageError(f"series {series_uid}: read {image.GetSize()} voxels, expected "
                               f"{(int(first.Columns), int(first.Rows), len(files))}")
@@ -231,13 +250,27 @@ def load_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     return image, references
 
 
+def _where(files: list, along: np.ndarray, i: int) -> str:
+    """Slice ``i``'s position along the slice normal (mm), file name and instance number, for messages."""
+    number = files[i][1].get("InstanceNumber", None)
+    return f"{along[i]:.2f} mm ({files[i][0].name}" + (f", instance {number})" if number is not None else ")")
+
+
+def _unreadable(files: list, along: np.ndarray) -> str:
+    """Which slice's pixel data cannot be read, found by reading each file on its own (only on failure)."""
+    for i, (path, _) in enumerate(files):
+        try:
+            sitk.ReadImage(str(path))
+        except RuntimeError:
+            return f"the slice at {_where(files, along, i)} is truncated or damaged"
+    return "the files read one by one, not as a series"
+
+
 def _check_spacing(uid: str, files: list, positions: np.ndarray, along: np.ndarray,
                    row: np.ndarray, col: np.ndarray) -> None:
     """Refuse duplicate positions, gaps, uneven spacing and sheared (gantry-tilted) stacks."""
     def where(i: int) -> str:
-        ds = files[i][1]
-        number = ds.get("InstanceNumber", None)
-        return f"{along[i]:.2f} mm ({files[i][0].name}" + (f", instance {number})" if number is not None else ")")
+        return _where(files, along, i)
 
     steps = np.diff(along)
     for i, step in enumerate(steps):

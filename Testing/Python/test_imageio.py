@@ -56,7 +56,7 @@ def test_unreadable_file(tmp_path):
 
 
 def test_folder_without_dicom(tmp_path):
-    with pytest.raises(InputImageError, match="no DICOM series"):
+    with pytest.raises(InputImageError, match="no DICOM image series"):
         read_image(tmp_path)
 
 
