@@ -5,7 +5,9 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -43,16 +45,24 @@ def _progress_bar(enabled: bool):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .cli_checks import check_segment
     from .cli_dicom import print_report
     from .imageio import read_image
     from .inference import Segmenter
+    from .outputs import all_or_nothing
+    from .pet import read_pet_image
+    from .preprocess import canonical_modality
     from .segment_request import OutputFiles, SegmentRequest
 
     files = OutputFiles(args.output, args.overlay, args.boxes, args.rtstruct, args.dicom_seg)
     files.check(args.image)
     request = SegmentRequest.from_args(args)
-    model = request.choose_model(args.model)
-    image = read_image(args.image, args.series_uid)
+    model = check_segment(args, request.choose_model(args.model))
+    if canonical_modality(args.modality) == "PET":
+        image, note = read_pet_image(args.image, args.series_uid)
+        print(f"promptseg: note: {note}", file=sys.stderr)
+    else:
+        image = read_image(args.image, args.series_uid)
     segmenter = Segmenter(model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
     request.check(segmenter)
     update, close = _progress_bar(not args.quiet)
@@ -60,7 +70,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result = request.run(segmenter, image, progress=update)
     finally:
         close()
-    written, reports = files.write(result, args.image, args.series_uid)
+    with all_or_nothing():  # every file asked for, or none
+        written, reports = files.write(result, args.image, args.series_uid)
     for kind, report in reports.items():
         print_report(report, kind)
     for i, query in enumerate(result.queries):
@@ -220,8 +231,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``promptseg: error:`` line (exit 2), like every other error."""
+
+    def error(self, message: str):
+        print(f"promptseg: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptseg", description="Text-prompted 3D medical image segmentation.")
+    parser = _Parser(prog="promptseg", description="Text-prompted 3D medical image segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment targets named in words")
@@ -339,22 +358,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame) -> None:
+    """SIGTERM handler: stop like Ctrl-C (outputs not yet complete are removed)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cli_checks import check_common
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
+        check_common(args)
         return args.func(args)
     except PromptSegError as exc:
         print(f"promptseg: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("promptseg: interrupted, nothing written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"promptseg: interrupted{' by ' + str(exc) if str(exc) else ''}, nothing written", file=sys.stderr)
+        return 128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)
     except MemoryError:
         print("promptseg: error: out of memory; use a larger --spacing model or fewer threads", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from .cli_checks import structure_set_label
+
 
 def print_report(report, kind: str) -> None:
     for message in report.warnings:
@@ -59,7 +61,8 @@ def add_subcommands(sub) -> None:
     rt.add_argument("--series-uid", help="which series when the folder holds several")
     rt.add_argument("--default-type", default="ORGAN",
                     help="RT ROI Interpreted Type of segments the vocabulary does not know (default ORGAN)")
-    rt.add_argument("--label", default="PromptSeg", help="Structure Set Label (16 characters at most)")
+    rt.add_argument("--label", default="PromptSeg", type=structure_set_label,
+                    help="Structure Set Label (16 characters at most)")
     rt.set_defaults(func=cmd_export_rtstruct)
 
     seg = sub.add_parser("export-dicom-seg", help="write a DICOM SEG of a segmentation on a DICOM series")

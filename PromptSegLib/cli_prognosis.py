@@ -16,15 +16,30 @@ import numpy as np
 from .errors import OutputError
 
 
-def _load_image_features(path: str | None, n: int) -> np.ndarray | None:
-    if not path:
-        return None
+def _read_features(path: str) -> np.ndarray:
+    """An ``.npy`` array of image features, as stored.
+
+    Raises:
+        ClinicalDataError: a missing or unreadable file, or not a 1D or 2D array of numbers.
+    """
     from .prognosis import ClinicalDataError
 
     try:
         features = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ClinicalDataError(f"cannot read image features {path}: {exc}") from exc
+    if not isinstance(features, np.ndarray) or features.ndim not in (1, 2) or not np.issubdtype(features.dtype,
+                                                                                               np.number):
+        raise ClinicalDataError(f"image features {path} must be a 1D or 2D array of numbers (.npy)")
+    return features
+
+
+def _load_image_features(path: str | None, n: int) -> np.ndarray | None:
+    if not path:
+        return None
+    from .prognosis import ClinicalDataError
+
+    features = _read_features(path)
     if features.ndim != 2 or features.shape[0] != n:
         raise ClinicalDataError(f"image features {path} must be (N={n}, C), one row per patient in the order of "
                                 f"the clinical table; got {features.shape}")
@@ -113,7 +128,12 @@ def cmd_prognose(args: argparse.Namespace) -> int:
             data = json.loads(Path(args.record).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ClinicalDataError(f"cannot read record {args.record}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ClinicalDataError(f"record {args.record} holds a JSON {type(data).__name__}; a record is an object "
+                                    "of field names -> values")
         record = ClinicalRecord.from_dict(data)
+        if all(v is None for k, v in record.to_dict().items() if k != "patient_id"):
+            raise ClinicalDataError(f"record {args.record} gives no clinical value: there is nothing to predict from")
     else:
         if not args.patient:
             raise ClinicalDataError("--clinical needs --patient ID")
@@ -123,7 +143,10 @@ def cmd_prognose(args: argparse.Namespace) -> int:
         record = records[args.patient]
     image = None
     if args.image_features:
-        features = np.load(args.image_features, allow_pickle=False)
+        features = _read_features(args.image_features)
+        if features.ndim == 2 and not 0 <= args.image_row < len(features):
+            raise ClinicalDataError(f"--image-row {args.image_row} is outside {args.image_features} "
+                                    f"({len(features)} rows)")
         image = features.reshape(1, -1) if features.ndim == 1 else features[args.image_row:args.image_row + 1]
     model = load_prognosis_model(args.model, args.text_encoder)
     text = json.dumps(patient_prognosis(model, record, image), indent=2) + "\n"

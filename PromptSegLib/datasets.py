@@ -114,7 +114,10 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     vocabulary = vocabulary or default_vocabulary()
     data = _read_structured(path)
     out = []
-    for entry in data.get("datasets", []):
+    entries = data.get("datasets", [])
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise PromptSegError(f"dataset spec {path}: 'datasets' must be a list of objects, one per dataset")
+    for entry in entries:
         try:
             layout = entry.get("layout")
             specs = (_hecktor(path.parent / entry["folder"], entry, vocabulary) if layout == "hecktor"
@@ -204,10 +207,15 @@ def _read_structured(path: Path) -> dict:
                 import yaml
             except ImportError as exc:
                 raise PromptSegError("YAML dataset specs need PyYAML (pip install pyyaml); or use JSON") from exc
-            return yaml.safe_load(text) or {}
-        return json.loads(text)
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise PromptSegError(f"cannot read dataset spec {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PromptSegError(f"{path} holds a {type(data).__name__}; a dataset spec is an object "
+                             '({"datasets": [...]})')
+    return data
 
 
 def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[str, tuple[int, ...]], list[CaseSpec]]:

@@ -12,10 +12,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import Cancelled, InputImageError, ModelError, PromptError
+from .errors import Cancelled, InputImageError, ModelError, PromptError, PromptSegError
 from .imageio import validate_volume
 from .catalogue import resolve_model
-from .model_io import Model, load_model
+from .model_io import Model, ModelConfig, load_model
+from .postprocess import postprocess
 from .preprocess import IntensityRule, ModelInput, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import LoraSettings, TextEncoder
@@ -31,16 +32,77 @@ class CancelFlag(Protocol):
     def is_set(self) -> bool: ...
 
 
-def select_device(name: str = "auto", threads: int | None = None) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``threads`` sets the CPU thread count."""
-    if threads:
-        torch.set_num_threads(int(threads))
+def parse_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; else ``cpu``, ``cuda`` or ``cuda:N``, which this machine must have.
+
+    Raises:
+        PromptSegError: any other name, or a CUDA device that is not there.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise PromptSegError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputImageError("CUDA was asked for but no CUDA device is available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PromptSegError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a CPU thread count below 1 (``None``: torch's default)."""
+    if threads is not None and threads < 1:
+        raise PromptSegError(f"threads must be 1 or more, got {threads}")
+
+
+def select_device(name: str = "auto", threads: int | None = None) -> torch.device:
+    """:func:`parse_device`; ``threads`` sets the CPU thread count."""
+    check_threads(threads)
+    if threads:
+        torch.set_num_threads(int(threads))
+    return parse_device(name)
+
+
+def check_request(config: ModelConfig, vocabulary: Vocabulary, modality: str, region: str | None = None,
+                  targets: Sequence[str] = (), target_texts: Sequence[str] = (), context_text: str | None = None,
+                  allow_untrained: bool = False) -> tuple[str, list[TargetQuery], str]:
+    """:meth:`Segmenter.check_request` from a model's config alone (before its weights are loaded)."""
+    modality = canonical_modality(modality)
+    if modality not in config.network.modalities:
+        raise InputImageError(f"model {config.name} has no {modality} input; "
+                              f"it takes {', '.join(config.network.modalities)}")
+    return (modality, model_queries(config, vocabulary, modality, targets, target_texts, allow_untrained),
+            request_context(vocabulary, modality, region, context_text))
+
+
+def model_queries(config: ModelConfig, vocabulary: Vocabulary, modality: str, targets: Sequence[str] = (),
+                  target_texts: Sequence[str] = (), allow_untrained: bool = False) -> list[TargetQuery]:
+    """Target names (vocabulary) and raw T2 texts as queries; targets the model never learnt are refused."""
+    modality = canonical_modality(modality)
+    out = [target_query(modality, t, vocabulary) for t in targets]
+    out += [raw_target_query(t, vocabulary) for t in target_texts]
+    if not out:
+        raise PromptError("no target given: name at least one")
+    trained = set(config.targets)
+    untrained = [q.name for q in out if q.target is not None and q.name not in trained]
+    if untrained and not allow_untrained:
+        raise PromptError(f"model {config.name} was not trained for: {', '.join(untrained)} (it knows: "
+                          f"{', '.join(sorted(trained))}); allow untrained targets (--allow-untrained) to try anyway")
+    return out
+
+
+def request_context(vocabulary: Vocabulary, modality: str, region: str | None = None,
+                    context_text: str | None = None) -> str:
+    """T1 from (modality, region) through the vocabulary, or ``context_text`` as is."""
+    if context_text:
+        return context_text.strip()
+    if not region:
+        raise PromptError("give a body region or a context text")
+    return context_prompt(modality, vocabulary.region(region).name)
 
 
 def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -116,25 +178,11 @@ class Segmenter:
     def queries(self, modality: str, targets: Sequence[str] = (), target_texts: Sequence[str] = (),
                 allow_untrained: bool = False) -> list[TargetQuery]:
         """Resolve target names (vocabulary) and raw T2 texts; refuse targets the model never learnt."""
-        modality = canonical_modality(modality)
-        out = [target_query(modality, t, self.vocabulary) for t in targets]
-        out += [raw_target_query(t, self.vocabulary) for t in target_texts]
-        if not out:
-            raise PromptError("no target given: name at least one")
-        trained = set(self.model.config.targets)
-        untrained = [q.name for q in out if q.target is not None and q.name not in trained]
-        if untrained and not allow_untrained:
-            raise PromptError(f"model {self.model.config.name} was not trained for: {', '.join(untrained)} "
-                              f"(it knows: {', '.join(sorted(trained))}); allow untrained targets to try anyway")
-        return out
+        return model_queries(self.model.config, self.vocabulary, modality, targets, target_texts, allow_untrained)
 
     def context(self, modality: str, region: str | None = None, context_text: str | None = None) -> str:
         """T1 from (modality, region) through the vocabulary, or ``context_text`` as is."""
-        if context_text:
-            return context_text.strip()
-        if not region:
-            raise PromptError("give a body region or a context text")
-        return context_prompt(modality, self.vocabulary.region(region).name)
+        return request_context(self.vocabulary, modality, region, context_text)
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
         """The model's fixed intensity rule for ``modality`` (CT), or None to use each image's own statistics."""
@@ -149,12 +197,8 @@ class Segmenter:
             InputImageError: the model has no input block for the modality.
             PromptError: unknown or untrained target, unknown region, no target.
         """
-        modality = canonical_modality(modality)
-        if modality not in self.model.config.network.modalities:
-            raise InputImageError(f"model {self.model.config.name} has no {modality} input; "
-                                  f"it takes {', '.join(self.model.config.network.modalities)}")
-        return (modality, self.queries(modality, targets, target_texts, allow_untrained),
-                self.context(modality, region, context_text))
+        return check_request(self.model.config, self.vocabulary, modality, region, targets, target_texts,
+                             context_text, allow_untrained)
 
     def segment(self, image: sitk.Image, modality: str, region: str | None = None,
                 targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
@@ -191,9 +235,12 @@ class Segmenter:
         probabilities = self.predict_on_model_grid(prepared, modality, context, queries, overlap, sw_batch_size,
                                                    report, cancel)
         report(0.95, "mapping back to the input grid")
-        result = to_original_grid(probabilities.numpy(), prepared)
+        result = np.clip(to_original_grid(probabilities.numpy(), prepared), 0.0, 1.0)
+        config = self.model.config
+        postprocess(result, [q.name for q in queries], config.threshold, float(np.prod(image.GetSpacing())) / 1000.0,
+                    config.largest_component, config.plausible_ml)
         report(1.0, "done")
-        return SegmentationResult(queries, context, np.clip(result, 0.0, 1.0), image, self.model.config.threshold)
+        return SegmentationResult(queries, context, result, image, config.threshold)
 
     def predict_on_model_grid(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
                               overlap: float = 0.25, sw_batch_size: int | None = None,

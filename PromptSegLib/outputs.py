@@ -1,8 +1,16 @@
-"""Atomic output files: everything PromptSegLib writes appears complete or not at all."""
+"""Atomic output files: everything PromptSegLib writes appears complete or not at all.
+
+One file: :func:`atomic_path`. Several files that belong together (a segmentation, its labels, overlay and
+DICOM objects): :func:`all_or_nothing`, inside which every :func:`atomic_path` keeps its finished temporary
+file until the block ends, then all move into place together.
+"""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import signal
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -10,6 +18,8 @@ from typing import Iterator
 from .errors import OutputError
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".seg.nii.gz", ".labels.json")
+# (finished temporary file, final path) of each atomic_path inside the innermost all_or_nothing block
+_STAGED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
 
 
 def full_suffix(path: str | os.PathLike) -> str:
@@ -40,7 +50,8 @@ def check_writable(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` with the same extension; move it into place on success.
+    """Yield a temporary path beside ``path`` with the same extension; move it into place on success (inside
+    :func:`all_or_nothing`: when that block ends).
 
     On any exception the temporary file is removed and ``path`` is left as it was.
     """
@@ -52,8 +63,63 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise OutputError(f"nothing was written for {final}")
-        os.replace(tmp, final)
+        staged = _STAGED.get()
+        if staged is None:
+            os.replace(tmp, final)
+        else:
+            staged.append((tmp, final))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Every file written with :func:`atomic_path` inside the block appears when the block ends, all of them
+    together; after an exception (an error, Ctrl-C, SIGTERM raised as one) none does and none is left.
+
+    The final moves run with SIGINT and SIGTERM held: an interrupt then waits for them, and is dropped, since
+    the command completed.
+    """
+    staged: list[tuple[Path, Path]] = []
+    token = _STAGED.set(staged)
+    try:
+        yield
+        with _signals_held():
+            _move_into_place(staged)
+    except BaseException:
+        with _signals_held():
+            _discard(staged)
+        raise
+    finally:
+        _STAGED.reset(token)
+
+
+def _move_into_place(staged: list[tuple[Path, Path]]) -> None:
+    """Rename each finished temporary file to its final name (a function: an interrupt that arrived just
+    before the signals were held is raised on entering it, before any rename)."""
+    for tmp, final in staged:
+        os.replace(tmp, final)
+
+
+def _discard(staged: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in staged:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM during the block (main thread, POSIX); one that arrived meanwhile is dropped."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        while held & signal.sigpending():
+            signal.sigtimedwait(held, 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

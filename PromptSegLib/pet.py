@@ -194,32 +194,24 @@ def suv_scale_factor(ds) -> SUVInfo:
 def read_pet_suv(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[sitk.Image, SUVInfo]:
     """Read a DICOM PET series and convert it to SUVbw (float32), rescaling each slice with its own slope.
 
-    Geometry (origin, spacing, direction, slice order) comes from SimpleITK's series reader; the values
-    from each file's stored pixels * its RescaleSlope + RescaleIntercept, times the SUV scale factor.
+    Geometry (origin, spacing, direction, slice order) and the checks of a complete series come from
+    :func:`~PromptSegLib.dicom_series.load_dicom_series`; the values from each file's stored pixels * its
+    RescaleSlope + RescaleIntercept, times the SUV scale factor.
 
     Raises:
-        InputImageError: no or ambiguous series in ``folder``.
+        InputImageError: no, ambiguous or incomplete series in ``folder`` (missing slices, unreadable files).
         PETConversionError: see :func:`suv_scale_factor`; also when slices disagree on Units or weight.
     """
     import pydicom
 
+    from .dicom_series import load_dicom_series
+
     folder = Path(folder)
     if not folder.is_dir():
         raise InputImageError(f"no such DICOM folder: {folder}")
-    series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
-    if not series:
-        raise InputImageError(f"no DICOM series in folder {folder}")
-    if series_uid is None:
-        if len(series) > 1:
-            raise InputImageError(f"folder {folder} holds {len(series)} DICOM series, choose one: " + ", ".join(series))
-        series_uid = series[0]
-    elif series_uid not in series:
-        raise InputImageError(f"series {series_uid} is not in {folder}; found: " + ", ".join(series))
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    geometry = reader.Execute()
+    geometry, references = load_dicom_series(folder, series_uid)
+    series_uid = references.series_instance_uid
+    files = [s.path for s in references.slices]
     headers = [pydicom.dcmread(f) for f in files]
     info = suv_scale_factor(headers[0])
     slices = []
@@ -238,6 +230,27 @@ def read_pet_suv(folder: str | os.PathLike, series_uid: str | None = None) -> tu
     suv = sitk.GetImageFromArray(values.astype(np.float32))
     suv.CopyInformation(geometry)
     return suv, info
+
+
+def read_pet_image(path: str | os.PathLike, series_uid: str | None = None) -> tuple[sitk.Image, str]:
+    """A PET volume in SUV body weight, as segmentation takes it, and a one-line note on its units.
+
+    A DICOM series folder is converted from its tags (:func:`read_pet_suv`); an image file (NIfTI, NRRD, MHA)
+    has no such tags and is taken to be in SUV already.
+
+    Raises:
+        InputImageError: unreadable, incomplete or unusable (see ``read_image``, ``load_dicom_series``).
+        PETConversionError: a DICOM series without the tags the conversion needs.
+    """
+    from .imageio import read_image, validate_volume
+
+    if not Path(path).is_dir():
+        return read_image(path, series_uid), (f"{path} is taken to be in SUV body weight already (an image file has "
+                                              "no dose tags; a DICOM PET series is converted from its own)")
+    image, info = read_pet_suv(path, series_uid)
+    validate_volume(image, str(path))
+    return image, (f"{path}: PET converted to SUV body weight from its DICOM tags (Units {info.units}, "
+                   f"scale factor {info.scale_factor:.6g})")
 
 
 def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:

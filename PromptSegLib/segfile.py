@@ -103,8 +103,7 @@ def write_labelmap(path: str | os.PathLike, result: SegmentationResult) -> tuple
     """Write one labelmap (label i+1 = target i; where targets overlap the most probable wins) and a
     ``.labels.json`` that names each label, its colour and terminology."""
     path = Path(path)
-    suffix = full_suffix(path)
-    labels_path = path.with_name(path.name[: -len(suffix)] + ".labels.json")
+    labels_path = labels_json_path(path)
     check_writable(labels_path)
     probabilities = result.probabilities
     best = probabilities.argmax(axis=0)
@@ -123,11 +122,29 @@ def write_labelmap(path: str | os.PathLike, result: SegmentationResult) -> tuple
 
 def write_segmentation(path: str | os.PathLike, result: SegmentationResult) -> list[Path]:
     """``.seg.nrrd`` -> Slicer segmentation; ``.nii(.gz)``/``.nrrd``/``.mha`` -> labelmap + labels JSON."""
+    if len(segmentation_files(path)) == 1:
+        return [write_seg_nrrd(path, result)]
+    return list(write_labelmap(path, result))
+
+
+def labels_json_path(path: str | os.PathLike) -> Path:
+    """The ``.labels.json`` beside a labelmap: ``o.nii.gz`` -> ``o.labels.json``."""
+    path = Path(path)
+    return path.with_name(path.name[: -len(full_suffix(path))] + ".labels.json")
+
+
+def segmentation_files(path: str | os.PathLike) -> list[Path]:
+    """The files :func:`write_segmentation` writes for ``path``: the ``.seg.nrrd``, or the labelmap and its
+    ``.labels.json``.
+
+    Raises:
+        OutputError: an extension that is neither.
+    """
     suffix = full_suffix(path)
     if suffix == ".seg.nrrd":
-        return [write_seg_nrrd(path, result)]
+        return [Path(path)]
     if suffix in LABELMAP_SUFFIXES:
-        return list(write_labelmap(path, result))
+        return [Path(path), labels_json_path(path)]
     raise OutputError(f"unsupported output type {suffix or '(none)'} for {path}: use .seg.nrrd, "
                       + ", ".join(LABELMAP_SUFFIXES))
 
@@ -149,7 +166,7 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, n
 
         stored = read_seg_nrrd(path)
         return {s.name: resample_mask(s.mask, stored.grid, reference) for s in stored.segments}
-    labels_path = path.with_name(path.name[: -len(suffix)] + ".labels.json")
+    labels_path = labels_json_path(path)
     labelmap = resample_to(read_image(path), reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
     array = sitk.GetArrayFromImage(labelmap)
     if labels_path.exists():
