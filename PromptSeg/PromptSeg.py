@@ -30,6 +30,17 @@ from PromptSegSlicer.logic import DependencyError
 POLL_INTERVAL_MS = 200
 SLICE_VIEWS = {"axial": "Red", "coronal": "Green", "sagittal": "Yellow"}  # where the user draws the prompt slice
 IJK_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}  # which of (i, j, k) a propagation axis runs along
+EDITOR_EFFECT = Path(__file__).resolve().parent / "PromptSegEffects" / "SegmentEditorFillWithPromptSeg.py"
+
+
+def registerEditorEffect() -> None:
+    """Add the Segment Editor effect "Fill with PromptSeg" (its file is outside this folder's top level, where
+    Slicer would take it for a module)."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    instance.setPythonSource(str(EDITOR_EFFECT).replace("\\", "/"))
+    instance.self().register()
 
 
 #
@@ -49,6 +60,7 @@ terminology. Re-running updates segments of the same name; other segments are ne
 the previous result.""")
         self.parent.acknowledgementText = _("""
 PromptSeg builds on the DuPLUS dual-prompt architecture, MONAI and PyTorch.""")
+        slicer.app.connect("startupCompleted()", registerEditorEffect)
 
 
 #
@@ -63,7 +75,7 @@ class PromptSegParameterNode:
     contextText: str = ""
     targets: str = "left lung\nright lung"
     device: str = "auto"
-    model: str = "promptseg-starter"
+    model: str = promptSegLogic.AUTO_MODEL
 
 
 #
@@ -125,6 +137,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                 (self.ui.propagateLastFromViewButton, self.ui.propagateLastSpinBox)):
             button.connect("clicked(bool)", lambda checked, box=spinBox: self._rangeFromView(box))
         self.ui.exportRTStructButton.connect("clicked(bool)", lambda: self.onExportDicom("rtstruct"))
+        self.ui.segmentToRTStructButton.connect("clicked(bool)", self.onSegmentToRTStruct)
         self.ui.exportDicomSegButton.connect("clicked(bool)", lambda: self.onExportDicom("seg"))
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         self._setupPetCt()
@@ -262,6 +275,27 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if self._cancelRunningJob(self.ui.applyButton):
             return
+        self._startSegmentation(self._onSegmentationDone)
+
+    def onSegmentToRTStruct(self) -> None:
+        """One step for a planner: ask where the RT structure set goes, segment, then export it (referencing
+        the input CT series) as soon as the segments are in the scene."""
+        if self._cancelRunningJob(self.ui.applyButton):
+            return
+        volume = self._parameterNode.inputVolume
+        name = volume.GetName() if volume else "PromptSeg"
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export RT structure set"),
+                                              f"{name}_rtstruct.dcm", "DICOM (*.dcm)")
+        if not path:
+            return
+
+        def done(job):
+            self._onSegmentationDone(job)
+            self._exportDicomTo(path, "rtstruct")
+
+        self._startSegmentation(done)
+
+    def _startSegmentation(self, jobDone) -> None:
         p = self._parameterNode
         targets, texts = [], []
         for line in self._targetList():
@@ -269,7 +303,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runJob(lambda: self.logic.startSegmentation(
             p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region, targets=targets,
             targetTexts=texts, contextText=p.contextText or None, device=p.device, modelFolder=p.model,
-            allowUntrained=self.ui.allowUntrainedCheckBox.checked), self._onSegmentationDone, self.ui.applyButton)
+            allowUntrained=self.ui.allowUntrainedCheckBox.checked), jobDone, self.ui.applyButton)
 
     def _cancelRunningJob(self, button) -> bool:
         """While a job runs its ``button`` reads Cancel: ask the job to stop and disable the button. Returns
@@ -353,12 +387,15 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pass
 
     def _updateModelList(self) -> None:
-        self._fillModels(self.ui.modelComboBox, self._parameterNode.model if self._parameterNode else "")
+        self._fillModels(self.ui.modelComboBox, self._parameterNode.model if self._parameterNode else "",
+                         automatic=True)
 
-    def _fillModels(self, comboBox, current: str) -> None:
+    def _fillModels(self, comboBox, current: str, automatic: bool = False) -> None:
         """The available models (name, folder as item data) in ``comboBox``, ``current`` selected, else the
-        first."""
+        first; with ``automatic`` first the choice that routes each request to the model trained for it."""
         comboBox.clear()
+        if automatic:
+            comboBox.addItem(promptSegLogic.AUTO_MODEL, "")
         for name, folder in self.logic.availableModels():
             comboBox.addItem(name, str(folder))
         comboBox.setCurrentIndex(max(comboBox.findText(current), 0))
@@ -484,10 +521,14 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         title = _("Export RT structure set") if kind == "rtstruct" else _("Export DICOM SEG")
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), title, f"{node.GetName()}_{kind}.dcm",
                                               "DICOM (*.dcm)")
-        if not path:
-            return
+        if path:
+            self._exportDicomTo(path, kind)
+
+    def _exportDicomTo(self, path: str, kind: str) -> None:
+        node, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
+        roiNames = "tg263" if self.ui.tg263CheckBox.checked else "prompt"
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
-            report = self.logic.exportDicom(node, volume, path, kind)
+            report = self.logic.exportDicom(node, volume, path, kind, roiNames=roiNames)
             lines = [f"wrote {report.path}"] + report.warnings
             if report.skipped:
                 lines.append(_("skipped empty segments: ") + ", ".join(report.skipped))

@@ -39,7 +39,7 @@ def cmd_export_rtstruct(args: argparse.Namespace) -> int:
     from .rtstruct import export_rtstruct
 
     report = collect_warnings(export_rtstruct, args.ct, args.seg, args.output, series_uid=args.series_uid,
-                      default_interpreted_type=args.default_type, label=args.label)
+                      default_interpreted_type=args.default_type, label=args.label, roi_names=args.roi_names)
     print_report(report, "RTSTRUCT")
     return 0
 
@@ -63,6 +63,8 @@ def add_subcommands(sub) -> None:
                     help="RT ROI Interpreted Type of segments the vocabulary does not know (default ORGAN)")
     rt.add_argument("--label", default="PromptSeg", type=structure_set_label,
                     help="Structure Set Label (16 characters at most)")
+    rt.add_argument("--roi-names", choices=("prompt", "tg263"), default="prompt",
+                    help="ROI names: the segments' names (default) or their AAPM TG-263 names (Parotid_L)")
     rt.set_defaults(func=cmd_export_rtstruct)
 
     seg = sub.add_parser("export-dicom-seg", help="write a DICOM SEG of a segmentation on a DICOM series")

@@ -48,6 +48,9 @@ class ModelConfig:
             adapter weights are the folder's ``text_lora.safetensors``.
         padding: how windows reaching past the volume are filled, as the training crops were: ``replicate``
             (edge voxels: a scan cut short continues) or ``constant`` (the image minimum; older models).
+        largest_component: targets kept as their largest connected component (chosen on validation cases).
+        plausible_ml: target -> smallest volume (mL) of its training truth; a far smaller mask is emptied with
+            a warning (see ``postprocess``).
     """
 
     name: str
@@ -62,6 +65,8 @@ class ModelConfig:
     intensity: dict[str, list[float]] = field(default_factory=dict)
     text_lora: dict | None = None
     padding: str = "constant"
+    largest_component: list[str] = field(default_factory=list)
+    plausible_ml: dict[str, float] = field(default_factory=dict)
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
         """The fixed intensity rule for ``modality`` (CT: the training data's statistics in the CT window), or
@@ -77,7 +82,9 @@ class ModelConfig:
                 "architecture": "DuPLUS", "network": self.network.to_dict(), "patch_size": list(self.patch_size),
                 "spacing_mm": self.spacing_mm, "text_encoder": encoder,
                 "modalities": list(self.network.modalities), "targets": self.targets, "regions": self.regions,
-                "threshold": self.threshold, "intensity": self.intensity, "padding": self.padding}
+                "threshold": self.threshold, "intensity": self.intensity, "padding": self.padding,
+                **({"largest_component": self.largest_component} if self.largest_component else {}),
+                **({"plausible_ml": self.plausible_ml} if self.plausible_ml else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -93,7 +100,9 @@ class ModelConfig:
                          text_encoder=data["text_encoder"]["id"], targets=list(data.get("targets", [])),
                          regions=dict(data.get("regions", {})), threshold=float(data.get("threshold", 0.5)),
                          intensity={m: [float(v) for v in stats] for m, stats in data.get("intensity", {}).items()},
-                         text_lora=data["text_encoder"].get("lora"), padding=data.get("padding", "constant"))
+                         text_lora=data["text_encoder"].get("lora"), padding=data.get("padding", "constant"),
+                         largest_component=list(data.get("largest_component", [])),
+                         plausible_ml={t: float(v) for t, v in data.get("plausible_ml", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
         if config.padding not in PADDINGS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -288,10 +288,32 @@ def build_rtstruct(image: sitk.Image, references, segments: list[ExportSegment],
     return ds
 
 
-def prepare_export(path: Path, segment_set, image: sitk.Image, references, build):
+ROI_NAMINGS = ("prompt", "tg263")
+"""How RTSTRUCT ROIs are named: as the segments (the vocabulary's target names), or by the AAPM TG-263
+standard name of each target that has one (``Parotid_L``), which planning systems expect."""
+
+
+def tg263_names(segments: list[ExportSegment]) -> list[ExportSegment]:
+    """Segments renamed by their target's TG-263 name where the vocabulary knows the target and the report
+    defines a name for it; other segments keep their names."""
+    from .errors import PromptError
+    from .vocabulary import default_vocabulary
+
+    vocabulary = default_vocabulary()
+    out = []
+    for segment in segments:
+        try:
+            standard = vocabulary.target(segment.name).tg263
+        except PromptError:
+            standard = None
+        out.append(replace(segment, name=standard) if standard else segment)
+    return out
+
+
+def prepare_export(path: Path, segment_set, image: sitk.Image, references, build, roi_names: str = "prompt"):
     """What both DICOM exports do first: check the series can be referenced, put the segments on its grid,
-    drop empty ones, make names unique, and ``build(kept)`` the dataset, with the warnings of all that both
-    collected in the report and handed on to the caller.
+    drop empty ones, name them (``roi_names``, see ``ROI_NAMINGS``), make names unique, and ``build(kept)`` the
+    dataset, with the warnings of all that both collected in the report and handed on to the caller.
 
     Returns:
         ``(kept segments, built dataset, report)``.
@@ -299,7 +321,10 @@ def prepare_export(path: Path, segment_set, image: sitk.Image, references, build
     references.check_referenceable()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExportWarning)
+        if roi_names not in ROI_NAMINGS:
+            raise OutputError(f"unknown ROI naming {roi_names!r}; use one of {', '.join(ROI_NAMINGS)}")
         segments = on_grid(load_segments(segment_set), image)
+        segments = tg263_names(segments) if roi_names == "tg263" else segments
         kept = unique_names(non_empty(segments))
         built = build(kept)
     messages = [str(w.message) for w in caught if issubclass(w.category, ExportWarning)]
@@ -319,11 +344,12 @@ def save_dataset(dataset, tmp: Path, path: Path) -> None:
 
 def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segment_set, *,
                    default_interpreted_type: str = "ORGAN", label: str = "PromptSeg",
-                   validate: bool = True) -> ExportReport:
+                   validate: bool = True, roi_names: str = "prompt") -> ExportReport:
     """Write an RTSTRUCT for the segments (a :class:`SegmentSet`, ``.seg.nrrd`` path or ``SegmentationResult``)
     drawn on the series ``(image, references)`` from :func:`~PromptSegLib.dicom_series.load_dicom_series`.
 
     Segments on another grid are resampled onto the series (warning); empty ones are skipped (warning).
+    ROIs are named as the segments, or by TG-263 (``roi_names="tg263"``: ``left parotid`` -> ``Parotid_L``).
     With ``validate`` the written file is read back and each ROI's mask rebuilt; a Dice below 0.98 against
     the exported mask fails the export and nothing is left at ``path``.
 
@@ -333,7 +359,7 @@ def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segme
     """
     path = check_writable(path)
     kept, ds, report = prepare_export(path, segment_set, image, references, lambda segments: build_rtstruct(
-        image, references, segments, label=label, default_interpreted_type=default_interpreted_type))
+        image, references, segments, label=label, default_interpreted_type=default_interpreted_type), roi_names)
     with atomic_path(path) as tmp:
         save_dataset(ds, tmp, path)
         if validate:
@@ -349,8 +375,6 @@ def write_rtstruct(path: str | os.PathLike, image: sitk.Image, references, segme
 
 def unique_names(segments: list[ExportSegment], length: int = 64) -> list[ExportSegment]:
     """Segments with distinct names of at most ``length`` characters (renamed ones are named in a warning)."""
-    from dataclasses import replace
-
     out, seen = [], set()
     for segment in segments:
         name = segment.name.strip()[:length] or "Segment"
@@ -465,7 +489,7 @@ def read_rtstruct(path: str | os.PathLike, image: sitk.Image, references=None, f
 
 def export_rtstruct(ct_folder: str | os.PathLike, segments, output: str | os.PathLike, *,
                     series_uid: str | None = None, default_interpreted_type: str = "ORGAN",
-                    label: str = "PromptSeg") -> ExportReport:
+                    label: str = "PromptSeg", roi_names: str = "prompt") -> ExportReport:
     """Load the DICOM series in ``ct_folder`` and write an RTSTRUCT of ``segments`` (a ``.seg.nrrd`` path,
     a ``SegmentationResult`` or a :class:`SegmentSet`) that references it. Checks ``output`` first."""
     from .dicom_series import load_dicom_series
@@ -473,4 +497,4 @@ def export_rtstruct(ct_folder: str | os.PathLike, segments, output: str | os.Pat
     check_writable(output)
     image, references = load_dicom_series(ct_folder, series_uid)
     return write_rtstruct(output, image, references, segments, default_interpreted_type=default_interpreted_type,
-                          label=label)
+                          label=label, roi_names=roi_names)

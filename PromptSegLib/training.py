@@ -303,7 +303,8 @@ def train(config: TrainConfig) -> Path:
                  len(val_cases), ", ".join(targets))
     log_path = config.work_dir / "log.csv"
     started = time.time()
-    sessions.append({"from": step, "to": step, "minutes": 0.0})
+    if step < config.steps:  # a resume with --steps at or below the checkpoint's step only writes the model
+        sessions.append({"from": step, "to": step, "minutes": 0.0})
     by_dataset: dict[str, list[PreparedCase]] = {}
     for case in train_cases:
         by_dataset.setdefault(case.dataset.name, []).append(case)
@@ -375,8 +376,9 @@ def train(config: TrainConfig) -> Path:
         if board:
             board.close()
     if rank == 0:
-        seconds = time.time() - started
-        card = model_card(config, model_config, train_cases, val_cases, validation, seconds, device,
+        if val_cases and not validation:
+            validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
+        card = model_card(config, model_config, train_cases, val_cases, validation, device,
                           count_parameters(network), sessions)
         save_model(config.output, network.cpu(), model_config, card, encoder.lora_state() or None)
     if world > 1:
@@ -485,7 +487,7 @@ def _bar(total: int, start: int, enabled: bool):
 
 
 def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
-               val_cases: list[PreparedCase], validation: dict[str, float], seconds: float, device: torch.device,
+               val_cases: list[PreparedCase], validation: dict[str, float], device: torch.device,
                parameters: int, sessions: list[dict] | None = None) -> str:
     """The model card: command, data, split, time, hardware and the validation Dice this run measured."""
     import platform
@@ -503,7 +505,7 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
               "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
-              f"- time: {_sessions_text(sessions or [], seconds)} on {hardware}",
+              f"- time: {_sessions_text(sessions or [])} on {hardware}",
               f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})", "",
               "## Validation Dice (measured at the end of this run on the validation cases, on the model grid, "
               "targets present in each case)", ""]
@@ -514,10 +516,12 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     return "\n".join(lines) + "\n"
 
 
-def _sessions_text(sessions: list[dict], seconds: float) -> str:
+def _sessions_text(sessions: list[dict]) -> str:
     """``"41.0 min"`` for a run in one process; per process (``--resume``) steps and minutes otherwise."""
-    if len(sessions) <= 1:
-        return f"{seconds / 60:.1f} min"
+    if not sessions:
+        return "no training step"
+    if len(sessions) == 1:
+        return f"{sessions[0]['minutes'] or 0:.1f} min for steps 1-{sessions[0]['to']}"
     parts = [f"steps {s['from'] + 1}-{s['to']}" + (f" in {s['minutes']:.1f} min" if s["minutes"] is not None else "")
              for s in sessions]
     return f"{len(sessions)} sessions (resumed from checkpoints): {'; '.join(parts)}"

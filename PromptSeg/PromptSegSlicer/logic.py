@@ -44,6 +44,7 @@ REQUIRED_PACKAGES = {"torch": "torch>=2.2", "monai": "monai>=1.4", "transformers
 SLICER_OWNED = ("numpy", "SimpleITK", "vtk")
 MODULE_DIR = Path(__file__).resolve().parents[1]
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "PromptSeg.term.json"
+AUTO_MODEL = "automatic"  # route each request to the model trained for it (PromptSegLib.catalogue.route_model)
 PET_CT_MODEL = "promptseg-sts-gtv"  # the bundled model with CT and PET input blocks (GTV of soft-tissue sarcoma)
 PROGNOSIS_MODEL = "promptseg-prognosis-hecktor"  # bundled under PromptSegLib/models
 HECKTOR_TARGETS = {"primary tumor": "GTVp", "malignant lymph node": "GTVn"}  # vocabulary name -> HECKTOR label
@@ -317,15 +318,18 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def targetSuggestions(model=None, untrained: bool = False) -> list[str]:
-        """What the target completer offers for ``model`` (name or folder; ``None``: the default): its trained
-        targets with their vocabulary synonyms, and with ``untrained`` every vocabulary target too. Sorted."""
+        """What the target completer offers for ``model`` (name or folder; ``None`` or ``AUTO_MODEL``: every
+        available model): its trained targets with their vocabulary synonyms, and with ``untrained`` every
+        vocabulary target too. Sorted."""
         ensureLibraryImportable()
         from PromptSegLib.catalogue import resolve_model
         from PromptSegLib.model_io import read_config
         from PromptSegLib.vocabulary import default_vocabulary
 
         vocabulary = default_vocabulary()
-        names = set(read_config(resolve_model(model)).targets)
+        folders = ([folder for _, folder in PromptSegLogic.availableModels()] if model in (None, AUTO_MODEL)
+                   else [resolve_model(model)])
+        names = {target for folder in folders for target in read_config(folder).targets}
         if untrained:
             names |= set(vocabulary.targets)
         suggestions = set(names)
@@ -393,10 +397,11 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"threshold {threshold} must be between 0 and 1")
         checkDependencies()
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import resolve_model
+        from PromptSegLib.catalogue import resolve_model, route_model
         from PromptSegLib.model_io import verify_folder
 
-        folder = resolve_model(str(modelFolder) if modelFolder else None)  # a folder or an installed model's name
+        folder = (route_model(modality, region or None, targets) if not modelFolder or str(modelFolder) == AUTO_MODEL
+                  else resolve_model(str(modelFolder)))  # a folder or an installed model's name
         verify_folder(folder)  # ModelError: missing folder, missing file, checksum mismatch
         image = volumeNodeToSimpleITK(inputVolume)
         request = dict(modality=modality, region=region or None, targets=targets, targetTexts=targetTexts,
@@ -797,9 +802,11 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
             (folder / f"{index:05d}.dcm").symlink_to(file)
         return folder
 
-    def exportDicom(self, segmentationNode, volumeNode, outputPath, kind: str = "rtstruct", dicomFolder=None):
+    def exportDicom(self, segmentationNode, volumeNode, outputPath, kind: str = "rtstruct", dicomFolder=None,
+                    roiNames: str = "prompt"):
         """Write an RTSTRUCT (``kind="rtstruct"``) or DICOM SEG (``"seg"``) of ``segmentationNode`` that
-        references the CT series ``volumeNode`` was loaded from (or the series in ``dicomFolder``).
+        references the CT series ``volumeNode`` was loaded from (or the series in ``dicomFolder``); RTSTRUCT
+        ROIs are named as the segments or, with ``roiNames="tg263"``, by their AAPM TG-263 names.
 
         Returns PromptSegLib's export report (names, skipped empty segments, warnings, re-read Dice).
         """
@@ -818,8 +825,9 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
             storage.SetFileName(str(segmentationFile))
             if not storage.WriteData(segmentationNode):
                 raise OSError(f"could not write the segments of '{segmentationNode.GetName()}' for export")
-            export = export_rtstruct if kind == "rtstruct" else export_dicom_seg
-            return export(dicomFolder, segmentationFile, outputPath)
+            if kind == "rtstruct":
+                return export_rtstruct(dicomFolder, segmentationFile, outputPath, roi_names=roiNames)
+            return export_dicom_seg(dicomFolder, segmentationFile, outputPath)
 
     # ------------------------------------------------------------------ PET/CT tumour and prognosis
     @staticmethod

@@ -411,3 +411,21 @@ def test_segment_writes_rtstruct_and_dicom_seg_in_one_go(tmp_path, chest_dicom, 
     assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == ["left lung", "liver"]
     assert main(args[:1] + [str(tmp_path / "out.seg.nrrd")] + args[2:]) == 2  # a file, not a DICOM folder
     assert "give a DICOM folder" in capsys.readouterr().err
+
+
+def test_tg263_roi_names_for_a_planning_system(tmp_path, chest_series, chest_segmentation):
+    """``roi_names="tg263"``: vocabulary targets get their TG-263 names (any synonym the segment carries), other
+    segments keep theirs; the ROIs read back under the new names with their masks."""
+    image, refs = chest_series
+    left, right = _one(chest_segmentation, "left lung"), _one(chest_segmentation, "right lung")
+    segments = SegmentSet([ExportSegment("left parotid", left), ExportSegment("SpinalCord", right),
+                           ExportSegment("my structure", left & False | right)], image)
+    report = write_rtstruct(tmp_path / "RS.dcm", image, refs, segments, roi_names="tg263")
+    assert report.names == ["Parotid_L", "SpinalCord", "my structure"]
+    ds = pydicom.dcmread(tmp_path / "RS.dcm")
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["Parotid_L", "SpinalCord", "my structure"]
+    assert {o.RTROIInterpretedType for o in ds.RTROIObservationsSequence} == {"ORGAN"}
+    back = read_rtstruct(tmp_path / "RS.dcm", image, refs)
+    assert np.array_equal(back["Parotid_L"], left) and np.array_equal(back["SpinalCord"], right)
+    plain = write_rtstruct(tmp_path / "RS_plain.dcm", image, refs, segments)
+    assert plain.names == ["left parotid", "SpinalCord", "my structure"]  # the default keeps the names

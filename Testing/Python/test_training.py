@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from PromptSegLib.cli import main
 from PromptSegLib.datasets import load_spec, load_split, prepare_split
@@ -125,6 +126,26 @@ def test_resume_continues_from_the_checkpoint(trained):
     train(config)
     rows = list(csv.DictReader(open(root / "model.work" / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]  # resumed at 3, not restarted
+    assert "2 sessions (resumed from checkpoints): steps 1-3 in " in (root / "model" / "README.md").read_text()
+    assert "; steps 4-5 in " in (root / "model" / "README.md").read_text()
+
+
+def test_resume_at_or_past_its_steps_writes_the_checkpoints_model_without_training(tmp_path):
+    spec = write_spec(tmp_path / "spec.json", [("STS_001", "train"), ("STS_025", "val")])
+    config = TrainConfig(spec=str(spec), output=str(tmp_path / "model"), checkpoints=str(tmp_path / "ckpt"),
+                         name="tiny", widths=(4, 8), patch_size=(32, 32, 32), spacing_mm=6.0, batch_size=1, steps=4,
+                         validate_every=100, checkpoint_every=2, threads=1)
+    train(config)
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file() and not (tmp_path / "model.work").exists()
+    first = load_model(config.output).network.state_dict()
+    config.steps, config.resume = 2, True  # stop early: the checkpoint (step 4) is taken as it is
+    train(config)
+    rows = list(csv.DictReader(open(tmp_path / "ckpt" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    again = load_model(config.output).network.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "for steps 1-4" in card and "| gross tumor volume |" in card
 
 
 def test_evaluate_command_with_ablations(trained, capsys):

@@ -1,0 +1,61 @@
+"""Post-processing of per-target probabilities on the input grid, as a model's config asks for it.
+
+- **Largest connected component** (``ModelConfig.largest_component``: organs that are one piece, where
+  validation showed it helps): voxels at or above the threshold outside the largest 26-connected piece are set
+  to 0, so stray pieces vanish; probabilities below the threshold are kept (fusion still sees them).
+- **Plausible size** (``ModelConfig.plausible_ml``: per target, the smallest volume in mL the training truth
+  ever had): a target whose kept mask is smaller than a fraction of that is most likely not in the scan (a
+  head-and-neck organ asked on an abdominal CT): it is emptied and a ``ImplausibleResultWarning`` says so.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import ndimage
+
+MIN_VOLUME_FRACTION = 0.2
+"""A mask below this fraction of the smallest training volume of its target is taken as not found."""
+
+
+class ImplausibleResultWarning(UserWarning):
+    """A target's mask was emptied: far smaller than the target ever is (most likely not in the scan)."""
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean ``(Z, Y, X)`` mask (an empty mask stays empty)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask.copy() if count else np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, voxel_ml: float,
+                largest: list[str] | tuple[str, ...] = (), plausible_ml: dict[str, float] | None = None) -> np.ndarray:
+    """Apply the model's post-processing in place.
+
+    Args:
+        probabilities: float32 ``(T, Z, Y, X)`` on the input grid, one channel per name.
+        names: the target name of each channel.
+        threshold: probability at or above which a voxel is in a target.
+        voxel_ml: the volume of one voxel in mL.
+        largest: targets reduced to their largest connected component.
+        plausible_ml: target -> smallest volume (mL) its training truth had.
+
+    Returns:
+        ``probabilities`` (changed in place).
+    """
+    for channel, name in zip(probabilities, names):
+        mask = channel >= threshold
+        if name in largest and mask.any():
+            channel[mask & ~largest_component(mask)] = 0.0
+            mask = channel >= threshold
+        smallest = (plausible_ml or {}).get(name)
+        volume = float(mask.sum()) * voxel_ml
+        if smallest and 0 < volume < MIN_VOLUME_FRACTION * smallest:
+            channel[mask] = 0.0
+            warnings.warn(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
+                          f"({smallest:.1f} mL): most likely not in this scan; left empty", ImplausibleResultWarning)
+    return probabilities

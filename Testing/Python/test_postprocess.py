@@ -1,0 +1,32 @@
+"""Post-processing as a model asks for it: the largest piece of a one-piece organ, and a far too small mask
+emptied with a warning (an organ asked on a scan of another body region)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from PromptSegLib.postprocess import ImplausibleResultWarning, largest_component, postprocess
+
+
+def blobs() -> np.ndarray:
+    """(2, 20, 20, 20) probabilities: a 6^3 block (0.9) and a 2^3 stray piece (0.8) in each channel."""
+    p = np.full((2, 20, 20, 20), 0.1, np.float32)
+    p[:, 2:8, 2:8, 2:8] = 0.9
+    p[:, 15:17, 15:17, 15:17] = 0.8
+    return p
+
+
+def test_largest_component_keeps_the_big_piece_and_low_probabilities():
+    p = blobs()
+    postprocess(p, ["mandible", "liver"], 0.5, voxel_ml=1.0, largest=["mandible"])
+    assert (p[0] >= 0.5).sum() == 216 and p[0, 15, 15, 15] == 0 and p[0, 0, 0, 0] == pytest.approx(0.1)
+    assert (p[1] >= 0.5).sum() == 224  # not asked for the liver: both pieces stay
+    assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def test_a_mask_far_smaller_than_the_organ_ever_is_emptied_with_a_warning():
+    p = blobs()
+    with pytest.warns(ImplausibleResultWarning, match="left parotid: 0.2 mL found"):
+        postprocess(p, ["left parotid", "mandible"], 0.5, voxel_ml=0.001, largest=["left parotid"],
+                    plausible_ml={"left parotid": 5.0, "mandible": 0.1})
+    assert not (p[0] >= 0.5).any() and (p[1] >= 0.5).sum() == 224
