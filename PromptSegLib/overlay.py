@@ -41,10 +41,11 @@ def write_overlay(path: str | os.PathLike, result: SegmentationResult, alpha: fl
     z = int(union.sum(axis=(1, 2)).argmax()) if union.any() else image.shape[0] // 2
     y = int(union.sum(axis=(0, 2)).argmax()) if union.any() else image.shape[1] // 2
     colors = [segment_color(q) for q in result.queries]
-    # LPS arrays: columns run to the patient's left, so flip them for the radiological view; rows of the
-    # coronal view run inferior -> superior, so flip those to put the head at the top.
-    axial = _display(gray[z][:, ::-1], [m[z][:, ::-1] for m in masks], colors, alpha)
-    coronal = _display(gray[:, y][::-1, ::-1], [m[:, y][::-1, ::-1] for m in masks], colors, alpha)
+    # LPS arrays: columns run from the patient's right to their left, which is already the radiological view
+    # (patient's right on the image's left, as Slicer shows it); rows of the coronal view run inferior ->
+    # superior, so flip those to put the head at the top.
+    axial = _display(gray[z], [m[z] for m in masks], colors, alpha)
+    coronal = _display(gray[:, y][::-1], [m[:, y][::-1] for m in masks], colors, alpha)
     height = max(axial.shape[0], coronal.shape[0])
     pad = lambda a: np.pad(a, ((0, height - a.shape[0]), (0, 4), (0, 0)))  # noqa: E731
     picture = np.concatenate([pad(axial), pad(coronal)], axis=1)

@@ -113,3 +113,30 @@ def test_overlapping_segments_go_to_separate_layers():
     c = np.zeros_like(a)
     c[3] = True
     assert label_layers([a, b, c]) == [0, 1, 0]
+
+
+def test_overlay_shows_the_patients_left_on_the_images_right(chest_ct, chest_segmentation, tmp_path):
+    """Radiological convention, as Slicer shows it: slicerio's real left lung is drawn in the right half of the
+    axial picture (and of the coronal one), the head at the top of the coronal picture."""
+    from conftest import segment_mask
+    from PromptSegLib.inference import SegmentationResult
+    from PromptSegLib.overlay import write_overlay
+    from PromptSegLib.prompts import target_query
+
+    left = segment_mask(chest_segmentation, "left lung").astype(np.float32)
+    result = SegmentationResult([target_query("CT", "left lung")], "", left[None], chest_ct, 0.5)
+    picture = sitk.GetArrayFromImage(sitk.ReadImage(str(write_overlay(tmp_path / "o.png", result))))
+    color = np.round(np.array(segment_color_of("left lung")) * 255)
+    drawn = np.all(np.abs(picture.astype(float) - color) < 2, axis=-1)  # outlines at full colour
+    columns = np.nonzero(drawn.any(axis=0))[0]
+    width = picture.shape[1]
+    axial_width = (width - 8) // 2  # two panels of about equal width (each padded by 4 columns)
+    axial_columns = columns[columns < axial_width]
+    assert axial_columns.size and axial_columns.mean() > axial_width / 2  # patient's left -> image's right
+
+
+def segment_color_of(name: str):
+    from PromptSegLib.prompts import target_query
+    from PromptSegLib.segfile import segment_color
+
+    return segment_color(target_query("CT", name))
