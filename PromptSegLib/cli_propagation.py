@@ -1,5 +1,6 @@
-"""``promptseg train-propagation`` and ``promptseg propagate``: train the slice-propagation model, and carry one
-drawn slice through a volume. Registered into the main parser by :func:`add_subcommands`."""
+"""``promptseg train-propagation``, ``promptseg propagate`` and ``promptseg fill``: train the slice-propagation
+model, carry one drawn slice through a volume, and fill a structure from several drawn slices. Registered into
+the main parser by :func:`add_subcommands`."""
 from __future__ import annotations
 
 import argparse
@@ -103,6 +104,42 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fill(args: argparse.Namespace) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .cli import _progress_bar
+    from .imageio import read_image
+    from .inference import SegmentationResult
+    from .multislice import drawn_slices, fill_from_slices
+    from .outputs import check_writable
+    from .prompts import raw_target_query
+    from .propagation import FADE_CONTRAST, Propagator, resolve_axis, take_slice
+    from .segfile import write_segmentation
+
+    output = check_writable(args.output)
+    image = read_image(args.image, args.series_uid)
+    mask, name = read_mask(args.mask, image, args.segment, args.label)
+    axis = resolve_axis(args.axis)
+    drawn = {j: take_slice(mask, axis, j) for j in drawn_slices(mask, axis)}
+    drawn.update({j: np.zeros_like(take_slice(mask, axis, 0)) for j in args.empty or ()})
+    update, close = _progress_bar(not args.quiet)
+    try:
+        result = fill_from_slices(Propagator(args.model, threads=args.threads), sitk.GetArrayViewFromImage(image),
+                                  drawn, axis, spacing=tuple(reversed(image.GetSpacing())), start=args.start,
+                                  stop=args.stop, threshold=args.threshold, progress=update,
+                                  min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast)
+    finally:
+        close()
+    seg = SegmentationResult([raw_target_query(name)], "", result.mask[None].astype(np.float32), image, 0.5)
+    written = write_segmentation(output, seg)
+    print(f"{name}: {len(result.written)} slices filled from {sum(v.any() for v in drawn.values())} drawn; "
+          + "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in result.stopped.items()))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def add_subcommands(sub) -> None:
     """Register ``train-propagation`` and ``propagate`` on the main parser's subparsers."""
     tr = sub.add_parser("train-propagation", help="train the slice-propagation model on a dataset spec (JSON)")
@@ -151,3 +188,22 @@ def add_subcommands(sub) -> None:
     pr.add_argument("--threads", type=int, default=1)
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_propagate)
+
+    fi = sub.add_parser("fill", help="fill a structure from the slices drawn in a mask (every slice holding it)")
+    fi.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
+    fi.add_argument("--mask", required=True, help="mask file holding the drawn slices, or a .seg.nrrd with --segment")
+    fi.add_argument("--segment", help="segment name in a .seg.nrrd")
+    fi.add_argument("--label", type=int, help="label value in a labelmap mask (default: any non-zero)")
+    fi.add_argument("--axis", default="axial", help="axial, coronal or sagittal: the slices were drawn across it")
+    fi.add_argument("--empty", type=int, action="append",
+                    help="a slice where the structure is absent (drawn empty): the fill stops there (repeatable)")
+    fi.add_argument("--start", type=int, help="first slice to fill beyond the drawn ones (default: the first)")
+    fi.add_argument("--stop", type=int, help="last slice to fill beyond the drawn ones (default: the last)")
+    fi.add_argument("--threshold", type=float, help="probability threshold of the mask (default: the model's)")
+    fi.add_argument("--min-contrast", type=float, help="stopping rule beyond the drawn slices, as for propagate")
+    fi.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ .labels.json)")
+    fi.add_argument("--model", help="propagation model folder (default: the bundled one)")
+    fi.add_argument("--series-uid", help="which DICOM series when the folder holds several")
+    fi.add_argument("--threads", type=int, default=1)
+    fi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    fi.set_defaults(func=cmd_fill)

@@ -542,7 +542,8 @@ def propagate(model: Propagator | PropagationModel | str | os.PathLike | None, i
               start: int | None = None, stop: int | None = None, ssim_threshold: float | None = None,
               buffer_size: int = 3, min_pixels: int = 4, stop_at_fixed: bool = True,
               threshold: float | None = None, min_contrast: float | None = FADE_CONTRAST,
-              progress: ProgressCallback | None = None, cancel=None) -> PropagationResult:
+              progress: ProgressCallback | None = None, cancel=None,
+              limit: Callable[[int, np.ndarray], np.ndarray] | None = None) -> PropagationResult:
     """Carry the mask of ``prompt_slice`` through the volume, first towards higher indices, then lower.
 
     Each predicted slice becomes the next prompt. Self-supervised feedback (our reading of the paper's
@@ -570,6 +571,8 @@ def propagate(model: Propagator | PropagationModel | str | os.PathLike | None, i
         threshold: probability at or above which a pixel is in the mask (default: the model's).
         min_contrast: the stopping rule's fraction of the prompt slice's contrast, in ``[0, 1]``.
         progress: ``(fraction, message)`` callback; cancel: object with ``is_set()``, checked before each slice.
+        limit: ``(slice index, predicted bool mask) -> mask`` applied to each predicted slice before it is
+            checked and kept (a shape prior, :mod:`PromptSegLib.multislice`); an emptied mask stops the direction.
 
     Returns:
         A :class:`PropagationResult` whose ``mask`` is a new array; ``mask`` itself is never modified.
@@ -654,6 +657,8 @@ def propagate(model: Propagator | PropagationModel | str | os.PathLike | None, i
                     result.reprompts.append(j)
             result.max_slices_held = max(result.max_slices_held, len(buffer) + 2)
             predicted = box_to_slice(propagator.predict_boxes(q, p, m), center, side, query.shape) >= threshold
+            if limit is not None:
+                predicted = limit(j, predicted)
             if predicted.sum() < min_pixels:
                 reason = f"the mask vanished at slice {j}"
                 break

@@ -1,0 +1,111 @@
+"""Filling a structure from several drawn slices (PromptSegLib.multislice, PromptSegLib.shape_prior) with the
+bundled propagation model, on a held-out real sarcoma CT (STS_025: the model never trained on it)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from PromptSegLib.errors import PromptSegError
+from PromptSegLib.metrics import dice
+from PromptSegLib.multislice import fill_from_slices
+from PromptSegLib.propagation import Propagator
+from PromptSegLib.shape_prior import fit_profile, interpolated_distance, shrink_to_radius
+
+STS_025 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sts_pet_ct_mr" / "nifti" / "STS_025"
+
+
+@pytest.fixture(scope="module")
+def sarcoma():
+    """STS_025 CT (HU) and its manual GTV, ``(Z, Y, X)``, and the voxel size (mm, Z Y X)."""
+    image = sitk.ReadImage(str(STS_025 / "CT_image.nii.gz"))
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(STS_025 / "CT_mask.nii.gz"))) > 0
+    return sitk.GetArrayFromImage(image).astype(np.float32), mask, tuple(reversed(image.GetSpacing()))
+
+
+@pytest.fixture(scope="module")
+def propagator():
+    return Propagator(None, threads=1)
+
+
+def protocol_slices(truth, k):
+    present = np.nonzero(truth.any(axis=(1, 2)))[0]
+    return sorted({int(present[0] + np.floor((i + 0.5) * len(present) / k)) for i in range(k)})
+
+
+def test_more_drawn_slices_fill_better_and_are_kept(sarcoma, propagator):
+    image, truth, spacing = sarcoma
+    scores = {}
+    for k in (1, 3):
+        indices = protocol_slices(truth, k)
+        result = fill_from_slices(propagator, image, {j: truth[j] for j in indices}, spacing=spacing)
+        np.testing.assert_array_equal(result.mask[indices], truth[indices])
+        assert not set(result.written) & set(indices)
+        scores[k] = dice(result.mask, truth)
+    # measured 0.864 and 0.926 (the peer, ITK contour interpolation: 0.182 and 0.859)
+    assert scores[1] >= 0.8 and scores[3] >= 0.9 and scores[3] > scores[1]
+
+
+def test_an_empty_drawn_slice_bounds_the_fill(sarcoma, propagator):
+    image, truth, spacing = sarcoma
+    middle = protocol_slices(truth, 1)[0]
+    stop = middle + 3
+    result = fill_from_slices(propagator, image, {middle: truth[middle], stop: np.zeros_like(truth[0])},
+                              spacing=spacing)
+    assert result.mask[middle + 1:middle + 3].any() and not result.mask[stop:].any()
+    with pytest.raises(PromptSegError, match="no drawn slice holds"):
+        fill_from_slices(propagator, image, {middle: np.zeros_like(truth[0])})
+    with pytest.raises(PromptSegError, match="outside the volume"):
+        fill_from_slices(propagator, image, {len(truth): truth[middle]})
+
+
+def disc(radius, centre=(32, 32), shape=(64, 64)):
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+
+
+def test_shape_priors():
+    # interpolation keeps the size of a disc that moves between the two slices, and lands halfway
+    middle = interpolated_distance(disc(8, (20, 20)), disc(8, (40, 44)), 0.5) < 0
+    assert abs(middle.sum() - disc(8).sum()) <= 0.05 * disc(8).sum()
+    assert dice(middle, disc(8, (30, 32))) > 0.95
+    # slices of a sphere of radius 10 mm: three drawn slices locate its ends
+    positions = np.array([-6.0, 0.0, 6.0])
+    profile = fit_profile(positions, np.sqrt(100 - positions ** 2))
+    assert abs(profile.radius(0.0) - 10) < 0.5 and profile.radius(11.0) == 0.0 and profile.radius(8.0) > 4
+    # one drawn slice: the prior ellipsoid around it (half-length ASPECT times its radius)
+    single = fit_profile([0.0], [10.0])
+    assert single.radius(14.0) > 0.0 and single.radius(15.5) == 0.0
+    # shrinking keeps the innermost pixels, down to the requested equivalent radius
+    shrunk = shrink_to_radius(disc(12), 6.0, 1.0)
+    assert abs(shrunk.sum() - math.pi * 36) <= 2 and dice(shrunk, disc(6)) > 0.9
+    assert shrink_to_radius(disc(4), 6.0, 1.0).sum() == disc(4).sum()
+
+
+def test_fill_command_fills_from_the_drawn_slices_of_a_mask(tmp_path, sarcoma, capsys):
+    from PromptSegLib.cli import main
+
+    image, truth, _ = sarcoma
+    indices = protocol_slices(truth, 3)
+    reference = sitk.ReadImage(str(STS_025 / "CT_mask.nii.gz"))
+    drawn = np.zeros(truth.shape, np.uint8)
+    drawn[indices] = truth[indices]
+    mask = sitk.GetImageFromArray(drawn)
+    mask.CopyInformation(reference)
+    sitk.WriteImage(mask, str(tmp_path / "drawn.nii.gz"))
+    out = tmp_path / "gtv.nii.gz"
+    assert main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"),
+                 "--empty", str(indices[-1] + 2), "-o", str(out), "-q"]) == 0
+    filled = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+    np.testing.assert_array_equal(filled[indices], truth[indices])
+    assert dice(filled, truth) > 0.85 and not filled[indices[-1] + 2:].any()
+    assert "filled from 3 drawn" in capsys.readouterr().out
+    empty = sitk.Image(mask)
+    empty *= 0
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    assert main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / "empty.nii.gz"),
+                 "-o", str(tmp_path / "x.nii.gz"), "-q"]) == 2
+    assert "no drawn slice holds" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
