@@ -1,0 +1,129 @@
+"""Segment Editor effect "Fill with PromptSeg": fills the selected segment from the slices drawn in a slice
+view, beside "Fill between slices". Registered by the PromptSeg module (``registerEditorEffect``).
+
+Only Qt wiring lives here; what it does is ``PromptSegSlicer.fill.FillFromSlicesLogic`` (tested on
+slicer-core). The fill runs in a background thread; a timer polls its progress, Apply turns into Cancel, and
+the result is written on the main thread as one undo step of the Segment Editor.
+"""
+import logging
+from pathlib import Path
+
+import qt
+import slicer
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+POLL_INTERVAL_MS = 200
+SLICE_VIEWS = ("Red", "Green", "Yellow")
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Fill the selected segment from the slices drawn along a slice view's axis."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "Fill with PromptSeg"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.fill = None  # FillFromSlicesLogic, made at the first Apply (imports PromptSegLib lazily)
+        self.job = None
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)
+        self.pollTimer.connect("timeout()", self.onPoll)
+
+    def register(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        effects.qSlicerSegmentEditorEffectFactory.instance().registerEffect(self.scriptedEffect)
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(str(Path(__file__).resolve()).replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        path = Path(__file__).resolve().parents[1] / "Resources" / "Icons" / "PromptSeg.png"
+        return qt.QIcon(str(path)) if path.is_file() else qt.QIcon()
+
+    def helpText(self):
+        return ("<html>Fill the selected segment from the slices you drew.<p>Draw the structure on one or more "
+                "slices of a slice view (Paint, Draw, Scissors...), choose that view and click Apply: between two "
+                "drawn slices the shape is interpolated and refined by PromptSeg's propagation network, beyond them "
+                "the structure is propagated until it ends. Drawn slices are never changed. A slice you correct "
+                "after a fill counts as drawn at the next Apply; an erased slice stops the fill. Undo reverts the "
+                "whole fill.</html>")
+
+    def setupOptionsFrame(self):
+        self.viewComboBox = qt.QComboBox()
+        self.viewComboBox.addItems(list(SLICE_VIEWS))
+        self.viewComboBox.toolTip = "The slice view you drew in: drawn slices are found along its axis"
+        self.scriptedEffect.addLabeledOptionsWidget("Drawn in view:", self.viewComboBox)
+        self.progressBar = qt.QProgressBar()
+        self.progressBar.setRange(0, 100)
+        self.progressBar.visible = False
+        self.scriptedEffect.addOptionsWidget(self.progressBar)
+        self.statusLabel = qt.QLabel()
+        self.statusLabel.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
+        self.applyButton = qt.QPushButton("Apply")
+        self.applyButton.toolTip = "Fill the selected segment from its drawn slices (click again to cancel)"
+        self.scriptedEffect.addOptionsWidget(self.applyButton)
+        self.applyButton.connect("clicked()", self.onApply)
+
+    def onApply(self):
+        if self.job is not None:
+            self.job.cancel()
+            return
+        from PromptSegSlicer.fill import FillFromSlicesLogic, axisOfSliceView
+
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode()
+        volumeNode = parameterSetNode.GetSourceVolumeNode()
+        segmentId = parameterSetNode.GetSelectedSegmentID()
+        sliceNode = slicer.app.layoutManager().sliceWidget(self.viewComboBox.currentText).mrmlSliceNode()
+        try:
+            if volumeNode is None:
+                raise ValueError("Select a source volume.")
+            if self.fill is None:
+                self.fill = FillFromSlicesLogic()
+            axis = axisOfSliceView(slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
+                                   slicer.util.arrayFromVTKMatrix(self._ijkToRas(volumeNode)))
+            self.job = self.fill.start(segmentationNode, segmentId, volumeNode, axis)
+        except Exception as exc:  # shown to the user, nothing changed
+            self.statusLabel.text = str(exc)
+            logging.error(f"Fill with PromptSeg: {exc}")
+            return
+        self.applyButton.text = "Cancel"
+        self.progressBar.value = 0
+        self.progressBar.visible = True
+        self.pollTimer.start()
+
+    @staticmethod
+    def _ijkToRas(volumeNode):
+        import vtk
+
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return matrix
+
+    def onPoll(self):
+        job = self.job
+        self.progressBar.value = int(100 * job.progress)
+        self.statusLabel.text = job.message
+        if not job.isDone():
+            return
+        self.pollTimer.stop()
+        self.job = None
+        self.applyButton.text = "Apply"
+        self.progressBar.visible = False
+        try:
+            self.fill.finish(job, self.scriptedEffect.saveStateForUndo)
+            self.statusLabel.text = job.message
+        except Exception as exc:  # cancelled, edited meanwhile, or the worker's error: nothing written
+            self.statusLabel.text = str(exc)
+            logging.info(f"Fill with PromptSeg: {exc}")
+
+    def deactivate(self):
+        if self.job is not None:
+            self.job.cancel()

@@ -1,0 +1,157 @@
+"""The logic of the Segment Editor effect "Fill with PromptSeg" (no Qt; tested on slicer-core).
+
+The user draws some slices of a segment (Paint, Draw, Scissors...) in one slice view; the effect fills the
+segment from them with :func:`PromptSegLib.multislice.fill_from_slices`, in a background thread, as one undo
+step, and never changes a drawn slice.
+
+Which slices are drawn: the slices along the view's axis that hold the segment, except those the last fill
+wrote and nobody has changed since. The slices a fill writes are remembered in the segment's tag
+``PromptSeg.Filled.<axis>`` as ``index:crc32`` pairs of their content, so a slice the user corrects after a
+fill (painted over, or erased) is a drawn slice at the next fill, and the filled slices around it are filled
+again. An erased slice (empty now, filled before) is a drawn empty slice: the fill stops there.
+
+Arrays are the volume's ``[k, j, i]`` arrays; ``axis`` 0/1/2 (axial/coronal/sagittal) indexes them.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Callable
+
+import numpy as np
+import slicer
+import vtk
+
+from .logic import InputError, PromptSegLogic, SegmentationJob, checkDependencies, ensureLibraryImportable, \
+    validateVolumeNode
+
+FILLED_TAG = "PromptSeg.Filled.{axis}"
+AXIS_NAMES = ("axial", "coronal", "sagittal")  # array axis 0, 1, 2 of a [k, j, i] array
+
+
+def sliceChecksum(values: np.ndarray) -> int:
+    """CRC32 of a 2D slice's mask (its bits, row by row)."""
+    return zlib.crc32(np.packbits(np.asarray(values, bool)).tobytes())
+
+
+def axisOfSliceView(sliceToRas: np.ndarray, ijkToRas: np.ndarray) -> int:
+    """The array axis (0: k, 1: j, 2: i) a slice view cuts across: the volume axis closest to the view's
+    normal. ``sliceToRas``, ``ijkToRas``: 4x4 matrices (``vtkMRMLSliceNode.GetSliceToRAS``, the volume's
+    IJK-to-RAS)."""
+    normal = np.asarray(sliceToRas, float)[:3, 2]
+    directions = np.asarray(ijkToRas, float)[:3, :3]
+    directions = directions / np.linalg.norm(directions, axis=0)
+    ijk = int(np.argmax(np.abs(normal @ directions)))
+    return 2 - ijk
+
+
+def readFilled(segment, axis: int) -> dict[int, int]:
+    """Slice index -> checksum of the slices the last fill wrote along ``axis`` (empty: never filled)."""
+    value = vtk.mutable("")
+    if not segment.GetTag(FILLED_TAG.format(axis=AXIS_NAMES[axis]), value):
+        return {}
+    return {int(j): int(crc) for j, crc in (item.split(":") for item in str(value).split())}
+
+
+def findDrawnSlices(mask: np.ndarray, axis: int, filled: dict[int, int]) -> dict[int, np.ndarray]:
+    """The slices the user drew: non-empty slices the last fill did not write as they are now, and slices
+    the last fill wrote with content that the user erased since.
+
+    Args:
+        mask: bool ``[k, j, i]`` segment on the volume's grid; axis: array axis; filled: :func:`readFilled`.
+
+    Returns:
+        slice index -> bool 2D mask (empty for an erased slice).
+    """
+    drawn = {}
+    for j in range(mask.shape[axis]):
+        values = np.take(mask, j, axis=axis)
+        if j in filled:
+            if sliceChecksum(values) != filled[j]:  # painted over, or erased (then an empty drawn slice)
+                drawn[j] = values.copy()
+        elif values.any():
+            drawn[j] = values.copy()
+    return drawn
+
+
+class FillFromSlicesLogic:
+    """Fills a segment from its drawn slices in a background thread; writes the result on the main thread.
+
+    Typical use (main thread)::
+
+        job = fill.start(segmentationNode, segmentId, volumeNode, axis)
+        while not job.isDone(): ...        # a QTimer in the effect; job.progress, job.message; job.cancel()
+        fill.finish(job, saveStateForUndo)
+    """
+
+    def __init__(self, logic: PromptSegLogic | None = None):
+        self.logic = logic if logic is not None else PromptSegLogic()
+
+    def start(self, segmentationNode, segmentId: str, volumeNode, axis: int,
+              onProgress: Callable[[float, str], None] | None = None) -> SegmentationJob:
+        """Find the drawn slices of segment ``segmentId`` along array ``axis`` and start filling it. Nothing in
+        the scene changes here.
+
+        Raises:
+            InputError: no/unsuitable volume, no such segment, no drawn slice.
+            DependencyError: torch or another required package is missing.
+        """
+        validateVolumeNode(volumeNode)
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentationNode else None
+        if segment is None:
+            raise InputError("Select a segment to fill.")
+        if axis not in (0, 1, 2):
+            raise InputError(f"axis {axis} is not 0, 1 or 2")
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+        drawn = findDrawnSlices(mask, axis, readFilled(segment, axis))
+        if not any(values.any() for values in drawn.values()):
+            raise InputError(f"segment '{segment.GetName()}' has no drawn {AXIS_NAMES[axis]} slice: draw the "
+                             "structure on one or more slices first")
+        checkDependencies()
+        ensureLibraryImportable()
+        spacing = tuple(float(s) for s in reversed(volumeNode.GetSpacing()))  # (k, j, i)
+        image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
+        request = dict(segmentId=segmentId, segmentName=segment.GetName(), axis=axis, mask=mask, drawn=drawn,
+                       spacing=spacing)
+        job = SegmentationJob(request, image, volumeNode, segmentationNode)
+        return self.logic._startJob(job, self._work, onProgress)
+
+    def _work(self, job: SegmentationJob, report) -> None:
+        """Worker thread: PromptSegLib only, never the scene."""
+        from PromptSegLib.multislice import fill_from_slices
+
+        request = job.request
+        report(0.0, "loading the propagation model")
+        job.result = fill_from_slices(self.logic._propagator(), job.image, request["drawn"], request["axis"],
+                                      spacing=request["spacing"], progress=report, cancel=job._cancel)
+
+    def finish(self, job: SegmentationJob, saveStateForUndo: Callable[[], None] | None = None,
+               timeout: float | None = None):
+        """Main thread: wait for the worker, then write the filled segment as one undo step and remember the
+        slices it wrote. ``saveStateForUndo``: the Segment Editor's (default: the module logic's editor for
+        this segmentation). Returns PromptSegLib's ``PropagationResult``.
+
+        Raises:
+            PromptSegLib.errors.Cancelled: the job was cancelled (the segment is as it was).
+            InputError: the segment was removed or edited while the fill ran (nothing written).
+            TimeoutError: the worker is still running after ``timeout`` seconds.
+        """
+        self.logic._finishJob(job, timeout, "fill")
+        request, node, volume = job.request, job.outputNode, job.volumeNode
+        name, segmentId, axis = request["segmentName"], request["segmentId"], request["axis"]
+        segment = node.GetSegmentation().GetSegment(segmentId)
+        if segment is None:
+            raise InputError(f"segment '{name}' was removed while the fill ran")
+        current = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentId, volume) > 0
+        if not np.array_equal(current, request["mask"]):
+            raise InputError(f"segment '{name}' was edited while the fill ran: nothing was changed; fill again")
+        (saveStateForUndo or self.logic._editorLogic(node, volume).SaveStateForUndo)()
+        result = job.result
+        slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask.astype(np.uint8), node, segmentId, volume)
+        written = sorted(set(result.written) - set(request["drawn"]))
+        segment.SetTag(FILLED_TAG.format(axis=AXIS_NAMES[axis]), " ".join(
+            f"{j}:{sliceChecksum(np.take(result.mask, j, axis=axis))}" for j in written))
+        drawn = sorted(request["drawn"])
+        job.message = (f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))}) in "
+                       f"{time.monotonic() - job.startTime:.1f} s")
+        return result
