@@ -1,31 +1,34 @@
-"""Slice propagation on held-out real volumes: Dice vs distance from the prompt slice, Dice after k simulated
-corrections, the "Fill between slices" peer at the same number of user-drawn slices, and CPU latency.
+"""Slice propagation on held-out real volumes: filling a structure from K drawn slices against "Fill between
+slices", Dice vs distance from one drawn slice, stopping at structure ends, and CPU latency.
 
-Protocol (axial, every held-out structure of the spec's ``val`` split):
-- propagation: the user draws the structure's largest slice (ground truth); Dice within +-5/+-10 slices
-  (prompt excluded) and whole. Then k = 1..K simulated corrections: the slice with the lowest Dice under
-  ``--fix-below`` (among slices where truth or prediction is non-empty, not yet fixed) is replaced by the
-  ground truth and propagation restarts from it (user-fixed slices are kept; an empty true slice is just
-  erased). n = 1 + k user-drawn slices.
-- peer: ITK morphological contour interpolation (PyPI ``itk-morphologicalcontourinterpolation``, the filter
-  behind Slicer's "Fill between slices") given n ground-truth slices evenly spaced from the first to the last
-  slice of the structure (n >= 2; it cannot extrapolate, so it is given the two end slices, which
-  propagation is not).
-- propagation with range limits: the same, the user also setting the range to the structure's first and
-  last slice (the extent the peer's end slices give it).
-- stopping at structure ends: Dice by distance with the model's threshold before and after its calibration
-  (``calibrate_threshold``), each with and without the stopping rule (``min_contrast``, see ``propagate``).
-- latency: a real CT resampled to 256x256x200, the liver propagated from its largest slice over the volume.
+Protocol "drawn slices" (axial, held-out structures; the propagation model never trained on them):
+- the user draws K axial slices of the true mask, slice ``first + floor((i + 0.5) * n / K)`` for i = 0..K-1
+  (n: the structure's axial extent in slices), K = 1, 2, 3, 4, 6, 8;
+- PromptSeg fills the structure from them (``PromptSegLib.multislice.fill_from_slices``: between drawn slices
+  the interpolated shape refined by the network, beyond them propagation with the size profile);
+- the peer is ITK morphological contour interpolation (PyPI ``itk-morphologicalcontourinterpolation``, the
+  filter behind Slicer's "Fill between slices") given the same slices (with one slice it returns that slice);
+- whole-structure Dice per group and K, and PromptSeg's time per filled slice (one CPU thread unless
+  ``--threads``).
+- groups: sarcoma GTV on CT and on T1 MR (STS_025..STS_030, the spec's ``val`` cases), BRATS pat0006 (FLAIR
+  and T1c; whole tumour and tumour core), and the organs of the OpenKBP validation patients in
+  ``shared/data/openkbp_hn_ct/validation`` (not in the propagation spec; every ``--openkbp-every``-th patient).
 
-Usage: python Testing/benchmarks/bench_propagation.py [--model DIR] [--spec JSON] [--corrections 3] [--card]
+Also (``--distance``): Dice by distance from the largest slice and the stopping-rule table, on the spec's
+held-out volumes, the one-step size bias, and the latency on a 256x256x200 CT.
+
+Usage: python Testing/benchmarks/bench_propagation.py [--model DIR] [--spec JSON] [--distance] [--card]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
 from pathlib import Path
+
+import SimpleITK as sitk
 
 import numpy as np
 import torch
@@ -35,65 +38,134 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from PromptSegLib.metrics import dice  # noqa: E402
+from PromptSegLib.multislice import fill_from_slices  # noqa: E402
 from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, FADE_CONTRAST, Propagator,  # noqa: E402
-                                      dice_by_distance, evaluate_volumes, evaluation_targets, largest_slice,
+                                      evaluate_volumes, evaluation_targets, largest_slice,
                                       load_propagation_spec, load_split, propagate, summary_table)
 
 
-def slice_dice(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-axial-slice Dice (NaN where both are empty)."""
-    inter = (prediction & truth).sum(axis=(1, 2))
-    total = prediction.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
-    return np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)
+COUNTS = (1, 2, 3, 4, 6, 8)
+OPENKBP = ROOT.parent / "shared" / "data" / "openkbp_hn_ct" / "validation"
+OPENKBP_ORGANS = ("brainstem", "spinal cord", "right parotid", "left parotid", "esophagus", "larynx", "mandible")
+GROUPS = {"sts_ct": "sarcoma GTV, CT", "sts_mr_t1": "sarcoma GTV, T1 MR", "brats": "BRATS pat0006 (FLAIR, T1c)",
+          "openkbp": "OpenKBP validation organs, CT"}
 
 
-def with_corrections(propagator: Propagator, image: np.ndarray, truth: np.ndarray, corrections: int,
-                     fix_below: float, limited: bool = False) -> tuple[list[float], dict[str, float], int]:
-    """Whole-structure Dice after 0..corrections simulated corrections; distance Dice at k = 0. ``limited``:
-    the user also sets the range limits to the structure's first and last slice."""
-    k = largest_slice(truth)
-    seeded = np.zeros_like(truth)
-    seeded[k] = truth[k]
+def drawn_indices(truth: np.ndarray, k: int) -> list[int]:
+    """The protocol's K drawn axial slices: ``first + floor((i + 0.5) * n / K)``, i = 0..K-1 (distinct)."""
     present = np.nonzero(truth.any(axis=(1, 2)))[0]
-    limits = {"start": int(present[0]), "stop": int(present[-1])} if limited else {}
-    mask = propagate(propagator, image, seeded, k, **limits).mask
-    by_distance = dice_by_distance(mask, truth, k)
-    fixed = {k: truth[k]}
-    scores = [dice(mask, truth)]
-    for _ in range(corrections):
-        per_slice = slice_dice(mask, truth)
-        candidates = [(s, j) for j, s in enumerate(per_slice) if not np.isnan(s) and s < fix_below and j not in fixed]
-        if not candidates:
-            scores.append(scores[-1])
-            continue
-        _, j = min(candidates)
-        fixed[j] = truth[j].copy()
-        if truth[j].any():
-            mask = propagate(propagator, image, mask, j, fixed=fixed, **limits).mask
-        else:
-            mask = mask.copy()
-            mask[j] = False
-        scores.append(dice(mask, truth))
-    return scores, by_distance, k
+    first, n = int(present[0]), int(present[-1] - present[0] + 1)
+    return sorted({first + int(np.floor((i + 0.5) * n / k)) for i in range(k)})
 
 
-def fill_between_slices(truth: np.ndarray, n: int) -> np.ndarray:
-    """ITK morphological contour interpolation from n ground-truth axial slices spread over the structure."""
+def fill_between_slices(truth: np.ndarray, indices: list[int]) -> np.ndarray:
+    """ITK morphological contour interpolation from the given ground-truth axial slices."""
     import itk
 
     # one thread: the rule here, and the multi-threaded filter corrupted the heap in our runs (malloc abort)
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
-    present = np.nonzero(truth.any(axis=(1, 2)))[0]
-    chosen = np.unique(np.round(np.linspace(present[0], present[-1], n)).astype(int))
     drawn = np.zeros(truth.shape, np.uint8)
-    drawn[chosen] = truth[chosen]
-    if len(chosen) < 2:
+    drawn[indices] = truth[indices]
+    if len(indices) < 2:
         return drawn.astype(bool)
     interpolator = itk.MorphologicalContourInterpolator.New(itk.GetImageFromArray(drawn))
     interpolator.SetAxis(2)  # ITK's z = numpy axis 0 (axial)
     interpolator.SetLabel(1)
     interpolator.Update()
     return itk.GetArrayFromImage(interpolator.GetOutput()).astype(bool)
+
+
+def spacing_zyx(path: str | Path) -> tuple[float, float, float]:
+    """Voxel size (mm) of an image file along the array axes ``(Z, Y, X)``, from its header."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(float(v) for v in reversed(reader.GetSpacing()))
+
+
+def held_out_structures(spec: list[dict], openkbp_every: int, groups=tuple(GROUPS), done=lambda name: False,
+                        stop=lambda: False):
+    """Yield ``(group, name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for every held-out
+    structure of ``groups`` (the spec's ``val`` cases; OpenKBP validation patients), skipping those ``done``
+    names; nothing more is read once ``stop()`` is true."""
+    from PromptSegLib.propagation import load_volume
+
+    for dataset in spec:
+        group = "brats" if dataset["name"].startswith("brats") else dataset["name"]
+        if group not in groups:
+            continue
+        for case in (c for c in dataset["cases"] if c["split"] == "val"):
+            targets = dataset["evaluate"] or {"GTV": None}
+            if all(done(f"{dataset['name']}/{case['id']}/{t}") for t in targets):
+                continue
+            if stop():
+                return
+            volume = load_volume(dataset, case)
+            for name, truth in evaluation_targets(volume, dataset["evaluate"]).items():
+                if not done(f"{volume.name}/{name}"):
+                    yield group, f"{volume.name}/{name}", volume.image, truth, spacing_zyx(case["image"])
+    if "openkbp" not in groups:
+        return
+    for folder in sorted(OPENKBP.glob("pt_*"))[::openkbp_every]:
+        if stop():
+            return
+        image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+        organs = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz")))
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        for value, organ in enumerate(OPENKBP_ORGANS, 1):
+            truth = organs == value
+            name = f"openkbp/{folder.name}/{organ}"
+            if truth.any(axis=(1, 2)).sum() >= 3 and not done(name):
+                yield "openkbp", name, array, truth, tuple(reversed(image.GetSpacing()))
+
+
+def drawn_slices_protocol(propagator: Propagator, image: np.ndarray, truth: np.ndarray,
+                          spacing: tuple[float, float, float], counts=COUNTS) -> dict[str, float]:
+    """Whole-structure Dice of PromptSeg and of the peer for each K; PromptSeg's filled slices and seconds."""
+    row = {"filled": 0, "seconds": 0.0}
+    for k in counts:
+        indices = drawn_indices(truth, k)
+        start = time.perf_counter()
+        result = fill_from_slices(propagator, image, {j: truth[j] for j in indices}, spacing=spacing)
+        row["seconds"] += time.perf_counter() - start
+        row["filled"] += len(result.written)
+        row[f"promptseg K={k}"] = dice(result.mask, truth)
+        row[f"peer K={k}"] = dice(fill_between_slices(truth, indices), truth)
+    return row
+
+
+def drawn_slices_table(rows: list[dict], counts=COUNTS) -> str:
+    """Markdown: per group and over all structures, mean Dice "PromptSeg / peer" for each K, and ms per slice."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    lines = ["| group | structures | " + " | ".join(f"K={k}" for k in counts) + " | ms/slice |",
+             "|---|---|" + "---|" * (len(counts) + 1)]
+    for group in groups + ["all"]:
+        chosen = [r for r in rows if group in ("all", r["group"])]
+        cells = [f"{np.mean([r[f'promptseg K={k}'] for r in chosen]):.3f} / "
+                 f"{np.mean([r[f'peer K={k}'] for r in chosen]):.3f}" for k in counts]
+        ms = 1000 * sum(r["seconds"] for r in chosen) / max(sum(r["filled"] for r in chosen), 1)
+        lines.append(f"| {GROUPS.get(group, group)} | {len(chosen)} | " + " | ".join(cells) + f" | {ms:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def done_checks(rows: list[dict], counts=COUNTS) -> list[str]:
+    """Issue 14's criteria on the measured rows, each line starting with PASS or FAIL."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    mean = lambda key, group="all": float(np.mean([r[key] for r in rows if group in ("all", r["group"])]))  # noqa: E731
+    lines = []
+    for group in groups:
+        worse = [k for k in counts if mean(f"promptseg K={k}", group) < mean(f"peer K={k}", group)]
+        lines.append(f"{'FAIL' if worse else 'PASS'} {group}: PromptSeg >= peer at every K"
+                     + (f" (not at K={worse})" if worse else ""))
+        drops = [(a, b) for a, b in zip(counts[:-1], counts[1:])
+                 if mean(f"promptseg K={b}", group) < mean(f"promptseg K={a}", group)]
+        lines.append(f"{'FAIL' if drops else 'PASS'} {group}: more drawn slices never lower the mean Dice"
+                     + (f" (lower at {drops})" if drops else ""))
+        lines.append(f"{'PASS' if mean('promptseg K=2', group) >= 0.85 else 'FAIL'} {group}: mean Dice at K=2 "
+                     f"{mean('promptseg K=2', group):.3f} (>= 0.85)")
+    ms = 1000 * sum(r["seconds"] for r in rows) / max(sum(r["filled"] for r in rows), 1)
+    lines.append(f"{'PASS' if ms <= 30 else 'FAIL'} {ms:.1f} ms per filled slice (<= 30)")
+    return lines
 
 
 def stopping_table(propagator: Propagator, validation: list, rows: list[dict]) -> str:
@@ -166,76 +238,84 @@ def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[
             "liver_dice": dice(result.mask, liver)}
 
 
+def write_card(folder: str | Path, section: str) -> None:
+    """Replace the card's benchmark section (the last one, from its heading) by ``section``."""
+    from PromptSegLib.model_io import CARD, replace_card
+
+    card = (Path(folder) / CARD).read_text(encoding="utf-8")
+    head = card.find("\n## Benchmark")
+    replace_card(folder, (card if head < 0 else card[:head]).rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(BUNDLED_PROPAGATION_MODEL))
     parser.add_argument("--spec", default=str(ROOT / "Resources" / "Training" / "propagation.json"))
-    parser.add_argument("--corrections", type=int, default=3)
-    parser.add_argument("--fix-below", type=float, default=0.8, help="slice Dice under which a slice is corrected")
+    parser.add_argument("--openkbp-every", type=int, default=3, help="every n-th OpenKBP validation patient")
+    parser.add_argument("--distance", action="store_true",
+                        help="also Dice by distance, the stopping-rule table, the size bias and the 256x256 latency")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--card", action="store_true", help="append the tables to the model's card")
+    parser.add_argument("--card", action="store_true", help="replace the benchmark section of the model's card")
+    parser.add_argument("--rows", nargs="+", default=[],
+                        help="JSON files of measured structures: those in them are not run again (their rows are "
+                             "reported); each new one is added to the first file as soon as it is measured")
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument("--minutes", type=float, help="start no new volume after this much time (the table "
+                                                      "counts the structures measured per group)")
     args = parser.parse_args()
     propagator = Propagator(args.model, threads=args.threads)
-    validation = load_split(load_propagation_spec(args.spec), "val")
+    spec = load_propagation_spec(args.spec)
 
-    rows = []
-    for volume, evaluate in validation:
-        for name, truth in evaluation_targets(volume, evaluate).items():
-            start = time.perf_counter()
-            scores, by_distance, k = with_corrections(propagator, volume.image, truth, args.corrections,
-                                                      args.fix_below)
-            seconds = time.perf_counter() - start
-            limited, _, _ = with_corrections(propagator, volume.image, truth, args.corrections, args.fix_below, True)
-            peer = {n: dice(fill_between_slices(truth, n), truth) for n in range(2, args.corrections + 2)}
-            rows.append({"volume": volume.name, "group": volume.group, "structure": name, "prompt_slice": k,
-                         "slices": int(truth.any(axis=(1, 2)).sum()), **by_distance, "seconds": seconds,
-                         **{f"prop n={n + 1}": s for n, s in enumerate(scores)},
-                         **{f"range n={n + 1}": s for n, s in enumerate(limited)},
-                         **{f"fill n={n}": s for n, s in peer.items()}})
-            print(f"{volume.name} {name}: " + " ".join(f"{key} {value:.3f}" for key, value in rows[-1].items()
-                                                       if isinstance(value, float)), flush=True)
-
-    distance = summary_table(rows)
-    counts = list(range(1, args.corrections + 2))
-    lines = ["| user-drawn slices n | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---|" * len(counts),
-             "| propagation (prompt + n-1 corrections) | " +
-             " | ".join(f"{np.mean([r[f'prop n={n}'] for r in rows]):.3f}" for n in counts) + " |",
-             "| propagation, range limits at the structure's first/last slice | " +
-             " | ".join(f"{np.mean([r[f'range n={n}'] for r in rows]):.3f}" for n in counts) + " |",
-             "| Fill between slices (ITK contour interpolation) | " +
-             " | ".join("-" if n == 1 else f"{np.mean([r[f'fill n={n}'] for r in rows]):.3f}" for n in counts) + " |"]
-    corrections = "\n".join(lines) + "\n"
-    stopping = stopping_table(propagator, validation, rows)
-    bias = one_step_bias(propagator, validation)
-    bias_text = (f"One step from the prompt (each held-out structure's largest slice prompting each neighbour, "
-                 f"threshold {bias['threshold']:g}, stopping rule off): the mask is larger than the truth in "
-                 f"{bias['larger']} of {bias['steps']} steps; median area error {bias['median_error_pct']:+.1f} %.\n")
-    timing = latency(propagator)
-    latency_text = (f"Volume {timing['shape']} (real CT resampled, liver): {timing['written']} slices propagated in "
-                    f"{timing['total_s']:.2f} s, {timing['per_slice_ms']:.1f} ms per 256x256 slice (box resampling, "
-                    f"SSIM check, network); network alone {timing['network_ms']:.1f} ms per "
-                    f"{propagator.config.input_size}x{propagator.config.input_size} input; "
-                    f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() != 1 else ''} (liver Dice {timing['liver_dice']:.3f}; a training volume, "
-                    "for timing only).\n")
-    print("\nDice by distance from the prompt slice (mean over held-out structures)\n" + distance)
-    print(f"Whole-structure Dice vs user-drawn slices ({len(rows)} held-out structures; corrections where slice "
-          f"Dice < {args.fix_below})\n" + corrections)
-    print("Stopping at structure ends (mean over held-out structures; whole-structure Dice per group)\n" + stopping)
-    print("Size bias\n" + bias_text)
-    print("Latency\n" + latency_text)
+    measured = {r["structure"]: r for path in args.rows if Path(path).is_file()
+                for r in json.loads(Path(path).read_text())}
+    deadline = time.monotonic() + 60 * args.minutes if args.minutes is not None else None
+    for group, name, image, truth, spacing in held_out_structures(
+            spec, args.openkbp_every, args.groups, done=measured.__contains__,
+            stop=lambda: deadline is not None and time.monotonic() > deadline):
+        measured[name] = {"group": group, "structure": name,
+                          **drawn_slices_protocol(propagator, image, truth, spacing)}
+        if args.rows:
+            Path(args.rows[0]).write_text(json.dumps(list(measured.values())))
+        print(f"{name}: " + " ".join(f"K={k} {measured[name][f'promptseg K={k}']:.3f}/"
+                                     f"{measured[name][f'peer K={k}']:.3f}" for k in COUNTS), flush=True)
+    rows = sorted((r for r in measured.values() if r["group"] in args.groups),
+                  key=lambda r: list(GROUPS).index(r["group"]))
+    table = drawn_slices_table(rows)
+    checks = "\n".join(done_checks(rows))
+    threads = torch.get_num_threads()
+    print("\nWhole-structure Dice, PromptSeg / Fill between slices, by number of drawn slices K\n" + table)
+    print(checks)
+    section = ("## Benchmark: filling from drawn slices against Fill between slices\n\n```\n"
+               + "python " + shlex.join(["Testing/benchmarks/bench_propagation.py"] + sys.argv[1:]) + "\n```\n\n"
+               f"Held-out structures (the propagation model never trained on them). The user draws K axial slices "
+               f"of the true mask at (i + 0.5)/K of the structure's axial extent; PromptSeg fills the structure "
+               f"from them (`PromptSegLib.multislice.fill_from_slices`), the peer (ITK morphological contour "
+               f"interpolation, Slicer's \"Fill between slices\") interpolates between the same slices (with one "
+               f"slice it returns that slice). Mean whole-structure Dice, PromptSeg / peer; ms per slice PromptSeg "
+               f"filled (all K), {threads} CPU thread{'s' if threads != 1 else ''}:\n\n{table}\n"
+               f"Issue 14's criteria on these numbers:\n\n```\n{checks}\n```\n")
+    if args.distance:
+        validation = load_split(spec, "val")
+        distance_rows = evaluate_volumes(propagator, validation)
+        distance = summary_table(distance_rows)
+        stopping = stopping_table(propagator, validation, distance_rows)
+        bias = one_step_bias(propagator, validation)
+        timing = latency(propagator)
+        print("\nDice by distance from the prompt slice\n" + distance + "\n" + stopping)
+        section += (f"\nOne drawn slice (the largest), Dice by distance from it (held-out):\n\n{distance}\n"
+                    f"Stopping at structure ends (same protocol; the threshold before and after "
+                    f"`calibrate_threshold`, the stopping rule off and on):\n\n{stopping}\n"
+                    f"Size bias: one step from the prompt (each held-out structure's largest slice prompting each "
+                    f"neighbour, threshold {bias['threshold']:g}, stopping rule off): the mask is larger than the "
+                    f"truth in {bias['larger']} of {bias['steps']} steps; median area error "
+                    f"{bias['median_error_pct']:+.1f} %.\n\n"
+                    f"Latency: volume {timing['shape']} (real CT resampled, liver): {timing['written']} slices "
+                    f"propagated in {timing['total_s']:.2f} s, {timing['per_slice_ms']:.1f} ms per 256x256 slice; "
+                    f"network alone {timing['network_ms']:.1f} ms per {propagator.config.input_size}x"
+                    f"{propagator.config.input_size} input ({threads} CPU thread{'s' if threads != 1 else ''}).\n")
     if args.card:
-        from PromptSegLib.model_io import append_to_card
-
-        command = "python " + shlex.join(["Testing/benchmarks/bench_propagation.py"] + sys.argv[1:])
-        append_to_card(args.model, f"## Benchmark: corrections, Fill between slices, latency\n\n```\n{command}\n```\n\n"
-                       f"Dice by distance (held-out, axial, prompt = largest slice):\n\n{distance}\n"
-                       f"Whole-structure Dice at the same number of user-drawn slices ({len(rows)} held-out "
-                       f"structures; a correction replaces the worst slice with slice Dice < {args.fix_below} by the "
-                       f"ground truth; the peer gets n slices evenly spaced from the structure's first to last "
-                       f"slice):\n\n{corrections}\nStopping at structure ends (held-out, same protocol as Dice "
-                       f"by distance; the threshold before and after `calibrate_threshold`, the stopping rule off and "
-                       f"on):\n\n{stopping}\nSize bias: {bias_text}\nLatency: {latency_text}")
-        print(f"appended to {Path(args.model) / 'README.md'}")
+        write_card(args.model, section)
+        print(f"wrote the benchmark section of {Path(args.model) / 'README.md'}")
 
 
 if __name__ == "__main__":
