@@ -47,22 +47,17 @@ def _progress_bar(enabled: bool):
 def cmd_segment(args: argparse.Namespace) -> int:
     from .cli_checks import check_segment
     from .cli_dicom import print_report
-    from .imageio import read_image
     from .inference import Segmenter
     from .outputs import all_or_nothing
-    from .pet import read_pet_image
-    from .preprocess import canonical_modality
     from .segment_request import OutputFiles, SegmentRequest
 
     files = OutputFiles(args.output, args.overlay, args.boxes, args.rtstruct, args.dicom_seg)
     files.check(args.image)
     request = SegmentRequest.from_args(args)
     model = check_segment(args, request.choose_model(args.model))
-    if canonical_modality(args.modality) == "PET":
-        image, note = read_pet_image(args.image, args.series_uid)
+    image, note = request.read_image(args.image, args.series_uid)
+    if note:
         print(f"promptseg: note: {note}", file=sys.stderr)
-    else:
-        image = read_image(args.image, args.series_uid)
     segmenter = Segmenter(model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
     request.check(segmenter)
     update, close = _progress_bar(not args.quiet)

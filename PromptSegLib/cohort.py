@@ -189,7 +189,7 @@ def process_case(case: Case, settings: CohortSettings) -> dict:
 
     Never raises for the case's own faults: those make a ``failed`` record with the one-line error.
     """
-    from .imageio import read_image
+    from .outputs import all_or_nothing
 
     start = time.perf_counter()
     record: dict[str, Any] = {"case_id": case.case_id, "image": case.image, "input": case.input_signature(),
@@ -197,14 +197,14 @@ def process_case(case: Case, settings: CohortSettings) -> dict:
     with _CASE_LOCK:  # one case at a time per process: they share the model
         try:
             segmenter = worker_segmenter(settings)
-            image = read_image(case.image, case.series_uid)
+            image, note = settings.request.read_image(case.image, case.series_uid)
             references = reference_masks(case, image, settings.target_names())
             result = settings.request.run(segmenter, image)
-            files = settings.files(case)
-            written, reports = files.write(result, case.image, case.series_uid)
+            with all_or_nothing():  # the case's files appear together, or none
+                written, reports = settings.files(case).write(result, case.image, case.series_uid)
             record.update(status="ok", rows=measure(result, image, settings.request.modality, references),
-                          files=[Path(p).name for p in written],
-                          warnings=[f"{kind}: {w}" for kind, report in reports.items() for w in report.warnings])
+                          files=[Path(p).name for p in written], warnings=[note] * bool(note) + [
+                              f"{kind}: {w}" for kind, report in reports.items() for w in report.warnings])
         except Exception as exc:  # noqa: BLE001 - every fault of one case is recorded, the cohort goes on
             record.update(status="failed", error=one_line(exc), retry=not isinstance(exc, PromptSegError))
     record["seconds"] = round(time.perf_counter() - start, 2)

@@ -56,6 +56,21 @@ class SegmentRequest:
 
         return model or route_model(self.modality, self.region, self.targets)
 
+    def read_image(self, path: str | os.PathLike, series_uid: str | None = None) -> tuple[sitk.Image, str | None]:
+        """The image as segmentation takes it, and a note on its units: a PET in SUV body weight (a DICOM series
+        converted from its tags, a file taken as SUV already), any other modality as stored (note None).
+
+        Raises:
+            InputImageError: unreadable, incomplete or unusable; ``PETConversionError``: PET tags missing.
+        """
+        from .imageio import read_image
+        from .pet import read_pet_image
+        from .preprocess import canonical_modality
+
+        if canonical_modality(self.modality) == "PET":
+            return read_pet_image(path, series_uid)
+        return read_image(path, series_uid), None
+
     def check(self, segmenter: Segmenter) -> None:
         """Refuse, before any work, a request ``segmenter``'s model cannot serve (``PromptSegError``)."""
         segmenter.check_request(self.modality, self.region, self.targets, self.target_texts, self.context_text,
