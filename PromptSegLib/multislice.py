@@ -43,7 +43,7 @@ def drawn_slices(mask: np.ndarray, axis: int = 0) -> list[int]:
     return [int(i) for i in np.nonzero(np.asarray(mask).any(axis=other))[0]]
 
 
-def _chain_step(propagator: Propagator, queries: list[np.ndarray], prompts: list[tuple[np.ndarray, np.ndarray]]
+def _predict_batch(propagator: Propagator, queries: list[np.ndarray], prompts: list[tuple[np.ndarray, np.ndarray]]
                 ) -> list[np.ndarray]:
     """One network call for several (query slice, (prompt slice, prompt mask)) pairs: their probabilities,
     each ``(H, W)`` on the slice grid."""
@@ -81,7 +81,8 @@ def bridge(propagator: Propagator, image: np.ndarray, axis: int, a: int, mask_a:
             raise Cancelled("fill cancelled; the segment is left as it was")
         chunk = slice(start, start + BATCH)
         usable = [i for i in range(len(targets))[chunk] if prompts[i][1].any()]
-        refined = dict(zip(usable, _chain_step(propagator, [queries[i] for i in usable], [prompts[i] for i in usable])))
+        refined = dict(zip(usable, _predict_batch(propagator, [queries[i] for i in usable],
+                                                  [prompts[i] for i in usable]))) if usable else {}
         for i in range(len(targets))[chunk]:
             shape = np.clip(0.5 - shapes[targets[i]] / (2 * INTERPOLATION_RAMP), 0.0, 1.0)
             network = refined.get(i, np.zeros_like(shape))

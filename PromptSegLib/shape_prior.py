@@ -66,8 +66,9 @@ def fit_profile(positions: Sequence[float], radii: Sequence[float], aspect: floa
 
     Least squares on ``r^2`` (normalised by the largest drawn radius, positions by the same length), with a
     prior pulling the curvature ``c`` to an ellipsoid of axis ratio ``aspect`` (``c = -1 / aspect^2``) and a
-    weak one keeping the slope small: one drawn slice gives that ellipsoid around it, two give its centre
-    between them, three or more drawn slices far apart outweigh the prior (a tube keeps its radius).
+    weak one keeping the slope small: one drawn slice gives that ellipsoid around it, two of equal size give
+    its centre between them; drawn slices spread over many times their radius outweigh the prior (a tube keeps
+    its radius), while over a compact structure the prior keeps most of its say on the curvature.
 
     Args:
         positions: drawn slices' positions along the axis (mm), ``radii``: their equivalent radii (mm), > 0.
@@ -84,14 +85,16 @@ def fit_profile(positions: Sequence[float], radii: Sequence[float], aspect: floa
 
 
 def shrink_to_radius(mask: np.ndarray, radius: float, pixel_area: float) -> np.ndarray:
-    """Keep the innermost pixels of a 2D mask (largest distance to its boundary) so that its equivalent radius
-    is at most ``radius`` (mm); a mask already small enough is returned as is."""
+    """Keep the innermost pixels of a 2D mask (largest distance to its boundary, ties in raster order) so that
+    its equivalent radius is at most ``radius`` (mm); a mask already small enough is returned as is."""
     keep = int(math.pi * radius * radius / pixel_area)
     count = int(np.count_nonzero(mask))
     if count <= keep:
         return mask
     if keep <= 0:
         return np.zeros_like(mask)
-    depth = ndimage.distance_transform_edt(mask)
-    cut = np.partition(depth[mask], count - keep)[count - keep]
-    return mask & (depth >= cut)
+    inside = np.flatnonzero(mask)
+    depth = ndimage.distance_transform_edt(mask).ravel()[inside]
+    out = np.zeros(mask.shape, bool)
+    out.flat[inside[np.argsort(-depth, kind="stable")[:keep]]] = True
+    return out

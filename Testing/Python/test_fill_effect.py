@@ -193,8 +193,8 @@ def test_every_signal_property_and_method_the_effect_uses_exists():
     assert {"QPushButton", "QTimer", "QProgressBar", "QComboBox", "QLabel", "scriptedEffect"} <= owners
     wrong = []
     for owner, kind, name, line in found:
-        if owner == "scriptedEffect":
-            ok = name in SCRIPTED_EFFECT["methods" if kind == "method" else "properties"]
+        if owner == "scriptedEffect":  # a method may be passed on uncalled (saveStateForUndo)
+            ok = name in SCRIPTED_EFFECT["methods"] | (SCRIPTED_EFFECT["properties"] if kind == "property" else set())
         else:
             ok = (normalized(name) in signals(owner) if kind == "signal" else
                   has_method(owner, name) if kind == "method" else has_property(owner, name))

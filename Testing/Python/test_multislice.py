@@ -72,16 +72,22 @@ def test_shape_priors():
     middle = interpolated_distance(disc(8, (20, 20)), disc(8, (40, 44)), 0.5) < 0
     assert abs(middle.sum() - disc(8).sum()) <= 0.05 * disc(8).sum()
     assert dice(middle, disc(8, (30, 32))) > 0.95
-    # slices of a sphere of radius 10 mm: three drawn slices locate its ends
-    positions = np.array([-6.0, 0.0, 6.0])
-    profile = fit_profile(positions, np.sqrt(100 - positions ** 2))
-    assert abs(profile.radius(0.0) - 10) < 0.5 and profile.radius(11.0) == 0.0 and profile.radius(8.0) > 4
     # one drawn slice: the prior ellipsoid around it (half-length ASPECT times its radius)
     single = fit_profile([0.0], [10.0])
     assert single.radius(14.0) > 0.0 and single.radius(15.5) == 0.0
+    # two drawn slices of equal size: the ellipsoid is centred between them
+    pair = fit_profile([0.0, 10.0], [5.0, 5.0])
+    assert abs(pair.radius(-3.0) - pair.radius(13.0)) < 1e-3 and pair.radius(5.0) > 5.0
+    # three slices of a sphere of radius 10 mm: it ends between its true end and the prior's
+    positions = np.array([-6.0, 0.0, 6.0])
+    sphere = fit_profile(positions, np.sqrt(100 - positions ** 2))
+    assert sphere.radius(10.0) > 0.0 and sphere.radius(15.0) == 0.0
+    # three slices of a tube spread over 24 times its radius: it goes on
+    tube = fit_profile([-60.0, 0.0, 60.0], [5.0, 5.0, 5.0])
+    assert 4.5 < tube.radius(90.0) < 5.5
     # shrinking keeps the innermost pixels, down to the requested equivalent radius
     shrunk = shrink_to_radius(disc(12), 6.0, 1.0)
-    assert abs(shrunk.sum() - math.pi * 36) <= 2 and dice(shrunk, disc(6)) > 0.9
+    assert shrunk.sum() == int(math.pi * 36) and dice(shrunk, disc(6)) > 0.9
     assert shrink_to_radius(disc(4), 6.0, 1.0).sum() == disc(4).sum()
 
 
