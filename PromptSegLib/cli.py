@@ -374,8 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"promptseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"promptseg: interrupted{' by ' + str(exc) if str(exc) else ''}, nothing written", file=sys.stderr)
-        return 128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)
+        terminated = str(exc) == "SIGTERM"  # raised by _interrupt
+        print(f"promptseg: interrupted{' by SIGTERM' if terminated else ''}, nothing written", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except MemoryError:
         print("promptseg: error: out of memory; use a larger --spacing model or fewer threads", file=sys.stderr)
         return 2

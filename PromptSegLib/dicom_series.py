@@ -185,21 +185,23 @@ def load_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         raise InputImageError(f"series {series_uid} is not in {folder}; found: "
                               + "; ".join(info.line() for info in infos))
     files = found[series_uid]
+    shown = series_uid or "(no Series Instance UID)"  # de-identified series may have it blank
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in files):
-        raise InputImageError(f"series {series_uid} is a multi-frame (enhanced) image; only single-frame "
+        raise InputImageError(f"series {shown} is a multi-frame (enhanced) image; only single-frame "
                               "series are supported")
     if len(files) < 2:
-        raise InputImageError(f"series {series_uid} in {folder} has a single slice; a volume is needed")
+        raise InputImageError(f"series {shown} in {folder} has a single slice; a volume is needed")
 
     first = files[0][1]
     orientation = np.array([float(v) for v in first.ImageOrientationPatient])
     for path, ds in files:
         if not np.allclose([float(v) for v in ds.ImageOrientationPatient], orientation, atol=1e-4):
-            raise InputImageError(f"slices of series {series_uid} have different orientations "
-                                  f"({path.name} differs from {files[0][0].name})")
+            raise InputImageError(f"slices of series {shown} have different orientations ({path.name} at "
+                                  f"{[round(float(v), 2) for v in ds.ImagePositionPatient]} mm differs from "
+                                  f"{files[0][0].name})")
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns) or not np.allclose(
                 [float(v) for v in ds.PixelSpacing], [float(v) for v in first.PixelSpacing], atol=1e-4):
-            raise InputImageError(f"slices of series {series_uid} differ in size or pixel spacing "
+            raise InputImageError(f"slices of series {shown} differ in size or pixel spacing "
                                   f"({path.name} differs from {files[0][0].name})")
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
@@ -208,7 +210,7 @@ def load_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     order = np.argsort(along, kind="stable")
     files = [files[i] for i in order]
     positions, along = positions[order], along[order]
-    _check_spacing(series_uid, files, positions, along, row, col)
+    _check_spacing(shown, files, positions, along, row, col)
 
     spacing_z = float(np.median(np.diff(along)))
     pixel_spacing = [float(v) for v in first.PixelSpacing]  # (between rows, between columns)
@@ -218,10 +220,10 @@ def load_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputImageError(f"cannot read the pixel data of series {series_uid}: {_unreadable(files, along)}"
+        raise InputImageError(f"cannot read the pixel data of series {shown}: {_unreadable(files, along)}"
                               ) from exc
     if image.GetSize() != (int(first.Columns), int(first.Rows), len(files)):
-        raise InputImageError(f"series {series_uid}: read {image.GetSize()} voxels, expected "
+        raise InputImageError(f"series {shown}: read {image.GetSize()} voxels, expected "
                               f"{(int(first.Columns), int(first.Rows), len(files))}")
     image.SetOrigin(tuple(float(v) for v in positions[0]))
     image.SetSpacing((pixel_spacing[1], pixel_spacing[0], spacing_z))
@@ -229,7 +231,7 @@ def load_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
 
     oblique = not all(np.isclose(np.abs(axis), 1.0, atol=1e-4).any() for axis in (row, col))
     if oblique:
-        warnings.warn(f"series {series_uid} is oblique (row direction {np.round(row, 4).tolist()}, column direction "
+        warnings.warn(f"series {shown} is oblique (row direction {np.round(row, 4).tolist()}, column direction "
                       f"{np.round(col, 4).tolist()}); it is kept in its own slice planes", ObliqueSeriesWarning,
                       stacklevel=2)
     headers = [ds for _, ds in files]
@@ -238,7 +240,7 @@ def load_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
               for (path, ds), pos in zip(files, positions)]
     frame_uids = {str(ds.get("FrameOfReferenceUID", "") or "") for ds in headers}
     if len(frame_uids) != 1:
-        raise InputImageError(f"slices of series {series_uid} are in {len(frame_uids)} Frames of Reference "
+        raise InputImageError(f"slices of series {shown} are in {len(frame_uids)} Frames of Reference "
                               f"({', '.join(sorted(frame_uids))}); a series must have one")
     patient_study = _patient_study(first)
     references = DicomReferences(

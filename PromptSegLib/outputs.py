@@ -79,8 +79,8 @@ def all_or_nothing() -> Iterator[None]:
     """Every file written with :func:`atomic_path` inside the block appears when the block ends, all of them
     together; after an exception (an error, Ctrl-C, SIGTERM raised as one) none does and none is left.
 
-    The final moves run with SIGINT and SIGTERM held: an interrupt then waits for them, and is dropped, since
-    the command completed.
+    The final moves run with SIGINT and SIGTERM held (in the main thread): an interrupt arriving then waits for
+    them and is dropped, since the command completed.
     """
     staged: list[tuple[Path, Path]] = []
     token = _STAGED.set(staged)
@@ -97,8 +97,7 @@ def all_or_nothing() -> Iterator[None]:
 
 
 def _move_into_place(staged: list[tuple[Path, Path]]) -> None:
-    """Rename each finished temporary file to its final name (a function: an interrupt that arrived just
-    before the signals were held is raised on entering it, before any rename)."""
+    """Rename each finished temporary file to its final name."""
     for tmp, final in staged:
         os.replace(tmp, final)
 
@@ -111,15 +110,20 @@ def _discard(staged: list[tuple[Path, Path]]) -> None:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Block SIGINT and SIGTERM during the block (main thread, POSIX); one that arrived meanwhile is dropped."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Ignore SIGINT and SIGTERM during the block. Python runs signal handlers in the main thread only, with the
+    handler set when it runs them (whichever thread the signal reached), so in the main thread a handler that
+    does nothing holds both; elsewhere, or where a handler was not set from Python, they are left alone."""
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, numbers):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    previous = {number: signal.signal(number, _drop) for number in numbers}
     try:
         yield
     finally:
-        while held & signal.sigpending():
-            signal.sigtimedwait(held, 0)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _drop(signum: int, frame) -> None:
+    """A signal handler that does nothing."""

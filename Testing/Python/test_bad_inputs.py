@@ -203,7 +203,7 @@ def series_copy(tmp_path: Path, name: str = "series") -> tuple[Path, list[Path]]
     ("truncate middle", "the slice at {z} mm ({file}, instance {number}) is truncated or damaged"),
     ("truncate last", "the slice at {z} mm ({file}, instance {number}) is truncated or damaged"),
     ("header only", "cannot be read (truncated or damaged?): {file}"),
-    ("tilt one", "have different orientations ({file} differs"),
+    ("tilt one", "have different orientations ({file} at {position} mm differs"),
 ])
 def test_an_incomplete_dicom_series_is_refused_naming_the_slice(tiny_model_folder, work, capfd, damage, reason):
     folder, files = series_copy(work)
@@ -221,6 +221,7 @@ def test_an_incomplete_dicom_series_is_refused_naming_the_slice(tiny_model_folde
         cut(victim, 200 / victim.stat().st_size if damage == "header only" else 0.5)
     before, after = sorted([i - 1, min(i + 1, len(files) - 1)], key=lambda j: along[j])
     reason = reason.format(z=f"{along[i]:.2f}", file=victim.name, number=headers[i].InstanceNumber,
+                           position=[round(float(v), 2) for v in headers[i].ImagePositionPatient],
                            before=f"{along[before]:.2f}", before_file=files[before].name,
                            before_number=headers[before].InstanceNumber, after=f"{along[after]:.2f}",
                            after_file=files[after].name)
@@ -317,3 +318,162 @@ def test_a_pet_file_is_taken_as_suv_with_a_note(tiny_pet_model, tmp_path, capfd)
     assert main(argv) == 0
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is taken to be in SUV body weight already" in err[0], err
+
+
+# --- segment: check before working ---------------------------------------------------------------------------------
+
+@pytest.fixture()
+def nothing_runs(monkeypatch):
+    """Reading an image or loading a model fails the test: every case below must be refused before either."""
+    import PromptSegLib.imageio
+    import PromptSegLib.inference
+    import PromptSegLib.pet
+
+    def worked(*args, **kwargs):
+        raise AssertionError("the image was read or the model loaded before the arguments were checked")
+
+    monkeypatch.setattr(PromptSegLib.imageio, "read_image", worked)
+    monkeypatch.setattr(PromptSegLib.pet, "read_pet_image", worked)
+    monkeypatch.setattr(PromptSegLib.inference, "load_model", worked)
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (["--device", "banana"], "unknown device 'banana': use auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:7"], "CUDA"),
+    (["--threads", "0"], "threads must be 1 or more, got 0"),
+    (["--threads", "x"], "argument --threads: invalid int value: 'x'"),
+    (["--threshold", "1.5"], "--threshold must be a probability between 0 and 1, got 1.5"),
+    (["--overlay", "{w}/o.txt"], "--overlay {w}/o.txt: the file must end in .png"),
+    (["--boxes", "{w}/b.csv"], "--boxes {w}/b.csv: the file must end in .json"),
+    (["-o", "{w}/o.nii.gz", "--boxes", "{w}/o.labels.json"], "{w}/o.labels.json is asked for as two outputs"),
+    (["--overlay", "{w}/missing/o.png"], "output folder {w}/missing does not exist"),
+    (["--rtstruct", "{w}/RS.dcm"], "--rtstruct and --dicom-seg reference the source DICOM series"),
+    (["--target", "livr"], "unknown target 'livr'; nearest known: liver"),
+    (["--target", "pancreas"], "allow untrained targets (--allow-untrained) to try anyway"),
+    (["--region", "moon"], "moon"),
+    (["--modality", "XR"], "XR"),
+    (["--modality", "PET"], "has no PET input"),
+    (["--model", "{w}/nowhere"], "does not exist"),
+    (["--model", "no-such-model"], "no model named 'no-such-model' is installed"),
+    (["--series-uid"], "argument --series-uid: expected one argument"),
+    (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+])
+def test_arguments_are_checked_before_reading_or_loading(chest_ct_path, tiny_model_folder, work, capfd, nothing_runs,
+                                                         extra, reason):
+    if "cuda:7" in extra:
+        import torch
+
+        if torch.cuda.device_count() > 7:
+            pytest.skip("this machine has a cuda:7")
+    extra = [e.format(w=work) for e in extra]
+    argv = segment_argv(chest_ct_path, tiny_model_folder, work / "out.seg.nrrd")
+    if "--model" in extra:  # replace the tiny model
+        argv[argv.index("--model") + 1] = extra[1]
+        extra = []
+    refuses(argv + extra, work, capfd, reason.format(w=work))
+
+
+@pytest.mark.parametrize("output", ["o.txt", "o.png", "o", "o.jpg"])
+def test_the_segmentation_type_is_checked_before_work(chest_ct_path, tiny_model_folder, work, capfd, nothing_runs,
+                                                       output):
+    refuses(segment_argv(chest_ct_path, tiny_model_folder, work / output), work, capfd, "unsupported output type")
+
+
+# --- segment: all outputs or none ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("failure, code", [(None, 2), (KeyboardInterrupt, 130)])
+def test_a_failure_after_some_outputs_were_written_leaves_none(chest_ct_path, tiny_model_folder, work, capfd,
+                                                               monkeypatch, failure, code):
+    import PromptSegLib.segment_request
+    from PromptSegLib.errors import OutputError
+
+    def fail(path, result):  # after the labelmap, its labels and the overlay were written
+        raise failure() if failure else OutputError("the disk filled up")
+
+    monkeypatch.setattr(PromptSegLib.segment_request, "write_detections", fail)
+    argv = segment_argv(chest_ct_path, tiny_model_folder, work / "o.nii.gz", "--overlay", str(work / "o.png"),
+                        "--boxes", str(work / "b.json"))
+    before = tree(work)
+    assert main(argv) == code
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("the disk filled up" if failure is None else "interrupted, nothing written") in err[0]
+    assert tree(work) == before  # no o.nii.gz, o.labels.json, o.png, and no temporary file
+
+
+SIGNAL_RUN = """
+import os, signal, sys
+import PromptSegLib.outputs, PromptSegLib.segment_request
+from PromptSegLib.cli import main
+
+where, name = sys.argv[1], sys.argv[2]
+def deliver(real):
+    def run(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, name))
+        return real(*args, **kwargs)
+    return run
+module = PromptSegLib.segment_request if where == "write_detections" else PromptSegLib.outputs
+setattr(module, where, deliver(getattr(module, where)))
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_writing_leaves_no_output(chest_ct_path, tiny_model_folder, work, name, code):
+    """A real signal in a process of its own, sent once the labelmap, its labels and the overlay are written."""
+    argv = segment_argv(chest_ct_path, tiny_model_folder, work / "o.nii.gz", "--overlay", str(work / "o.png"),
+                        "--boxes", str(work / "b.json"))
+    before = tree(work)
+    done = subprocess.run([sys.executable, "-c", SIGNAL_RUN, "write_detections", name, *argv], capture_output=True,
+                          text=True, timeout=1200, cwd=REPO)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip().splitlines() == [f"promptseg: interrupted{' by SIGTERM' if code == 143 else ''}, "
+                                                "nothing written"]
+    assert tree(work) == before
+
+
+def test_a_signal_while_the_outputs_move_into_place_waits_for_them(chest_ct_path, tiny_model_folder, work):
+    """The last step (renames) runs with the signals held: the command completes, every file is there."""
+    argv = segment_argv(chest_ct_path, tiny_model_folder, work / "o.nii.gz", "--overlay", str(work / "o.png"))
+    done = subprocess.run([sys.executable, "-c", SIGNAL_RUN, "_move_into_place", "SIGTERM", *argv],
+                          capture_output=True, text=True, timeout=1200, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["o.labels.json", "o.nii.gz", "o.png", "out.seg.nrrd"]
+
+
+# --- other commands ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, reason", [
+    ("[]", "holds a list; a dataset spec is an object"),
+    ('["a", "b"]', "holds a list; a dataset spec is an object"),
+    ('{"datasets": "x"}', "'datasets' must be a list of objects"),
+    ('{"datasets": [1]}', "'datasets' must be a list of objects"),
+    ("{", "cannot read dataset spec"),
+])
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_a_spec_that_is_not_an_object_is_refused(tiny_model_folder, work, capfd, nothing_runs, content, reason,
+                                                 command):
+    (work / "spec.json").write_text(content)
+    argv = [command, str(work / "spec.json"), "-o", str(work / ("scores.csv" if command == "evaluate" else "m"))]
+    refuses(argv + (["--model", str(tiny_model_folder)] if command == "evaluate" else []), work, capfd, reason)
+
+
+@pytest.mark.parametrize("record, features, reason", [
+    ("[1, 2]", None, "holds a JSON list; a record is an object"),
+    ("{}", None, "gives no clinical value"),
+    ('{"patient_id": "p1"}', None, "gives no clinical value"),
+    ('{"age": 60, "hat": 1}', None, "unknown clinical field(s): hat"),
+    ('{"age": 60}', "missing.npy", "cannot read image features"),
+    ('{"age": 60}', "text.npy", "cannot read image features"),
+])
+def test_prognose_refuses_empty_or_malformed_input(work, capfd, record, features, reason):
+    (work / "record.json").write_text(record)
+    (work / "text.npy").write_text("not numpy")
+    argv = ["prognose", str(PROGNOSIS_MODEL), "--record", str(work / "record.json")]
+    refuses(argv + (["--image-features", str(work / features)] if features else []), work, capfd, reason)
+
+
+@pytest.mark.parametrize("label", ["A" * 17, "", "a\\b"])
+def test_an_rtstruct_label_too_long_is_refused_not_cut(work, capfd, label):
+    argv = ["export-rtstruct", "--ct", str(DICOM_CT), "--seg", str(work / "out.seg.nrrd"), "-o", str(work / "RS.dcm"),
+            "--label", label]
+    refuses(argv, work, capfd, "is not a Structure Set Label: 1 to 16 characters")
