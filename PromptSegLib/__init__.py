@@ -19,6 +19,7 @@ _EXPORTS = {
     "PromptError": "errors", "PromptSegError": "errors", "read_image": "imageio", "write_image": "imageio",
     "SegmentationResult": "inference", "Segmenter": "inference", "Model": "model_io", "ModelConfig": "model_io",
     "load_model": "model_io", "save_model": "model_io", "DuPLUSNet": "network", "NetworkConfig": "network",
+    "SegmentRequest": "segment_request", "run_cohort": "cohort", "EngineOptions": "cohort_engine",
 }
 __all__ = sorted(_EXPORTS)
 
