@@ -21,9 +21,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class CohortSettings:
 
     @classmethod
     def create(cls, request: SegmentRequest, model: str | os.PathLike | None, output: str | os.PathLike,
-               **options: Any) -> "CohortSettings":
+               **options: Any) -> CohortSettings:
         """Settings with the model routed (as ``promptseg segment`` does) and resolved to a folder."""
         from .catalogue import resolve_model
         from .model_io import WEIGHTS, sha256
@@ -104,11 +105,11 @@ class CohortSettings:
                 + [raw_target_query(t).name for t in self.request.target_texts])
 
 
-_SEGMENTERS: dict[tuple, "Segmenter"] = {}
+_SEGMENTERS: dict[tuple, Segmenter] = {}
 _CASE_LOCK = threading.Lock()
 
 
-def worker_segmenter(settings: CohortSettings) -> "Segmenter":
+def worker_segmenter(settings: CohortSettings) -> Segmenter:
     """This process's segmenter for ``settings``: loaded on first use, then kept (one model per process)."""
     from .inference import Segmenter
 
@@ -138,7 +139,7 @@ def one_line(exc: BaseException) -> str:
     return text if isinstance(exc, PromptSegError) else f"{type(exc).__name__}: {text}"
 
 
-def measure(result, image: "sitk.Image", modality: str, references: dict[str, np.ndarray]) -> list[dict]:
+def measure(result, image: sitk.Image, modality: str, references: dict[str, np.ndarray]) -> list[dict]:
     """Per target: volume (mL), 26-connected components, image mean/max inside (HU for CT, SUV for PET) and
     Dice against ``references[target]`` when there is one (masks ``(Z, Y, X)`` on ``image``'s grid)."""
     import SimpleITK as sitk
@@ -163,7 +164,7 @@ def measure(result, image: "sitk.Image", modality: str, references: dict[str, np
     return rows
 
 
-def reference_masks(case: Case, image: "sitk.Image", targets: list[str]) -> dict[str, np.ndarray]:
+def reference_masks(case: Case, image: sitk.Image, targets: list[str]) -> dict[str, np.ndarray]:
     """The case's reference masks by target: segments named like a target (or a synonym), or the only segment
     of the file when one target is asked. Raises ``PromptSegError`` for an unreadable reference."""
     if not case.reference:
@@ -249,7 +250,7 @@ def is_finished(record: dict | None, case: Case, settings: CohortSettings, retry
     return not retry_failed and not record.get("retry", True)
 
 
-def results_table(records: Sequence[dict], targets: list[str]) -> "pd.DataFrame":
+def results_table(records: Sequence[dict], targets: list[str]) -> pd.DataFrame:
     """One row per case and target (:data:`COLUMNS`); a failed case has a row per requested target."""
     import pandas as pd
 
@@ -263,7 +264,7 @@ def results_table(records: Sequence[dict], targets: list[str]) -> "pd.DataFrame"
     return pd.DataFrame(rows, columns=COLUMNS).astype({"components": "Int64"})
 
 
-def write_results(output: str | os.PathLike, table: "pd.DataFrame") -> list[Path]:
+def write_results(output: str | os.PathLike, table: pd.DataFrame) -> list[Path]:
     """``results.csv`` and, when pyarrow is installed, ``results.parquet`` (each atomic)."""
     import importlib.util
 
@@ -291,10 +292,10 @@ def remove_partial_files(output: str | os.PathLike) -> int:
 
 
 def run_cohort(cases: Sequence[Case] | str | os.PathLike, output: str | os.PathLike, request: SegmentRequest, *,
-               model: str | os.PathLike | None = None, engine: "EngineOptions | None" = None,
+               model: str | os.PathLike | None = None, engine: EngineOptions | None = None,
                device: str = "auto", threads: int = 1, text_encoder: str | None = None,
                extras: Sequence[str] = (), retry_failed: bool = False, pattern: str | None = None,
-               progress: bool = True) -> "pd.DataFrame":
+               progress: bool = True) -> pd.DataFrame:
     """Segment every case of a cohort on Dask workers and return the results table (also written).
 
     Args:

@@ -42,7 +42,7 @@ class SegmentRequest:
     closer_look: str = "off"
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "SegmentRequest":
+    def from_args(cls, args: argparse.Namespace) -> SegmentRequest:
         """The request of parsed command-line options (see :func:`add_request_arguments`)."""
         return cls(args.modality, args.region, tuple(args.target or ()), tuple(args.target_text or ()),
                    args.context_text, args.allow_untrained, args.threshold, args.closer_look)
