@@ -173,7 +173,7 @@ def test_real_scheduler_and_two_workers_give_identical_masks(embedded_run, cohor
                                                              dask_cluster, tmp_path, capsys):
     output, table = embedded_run
     assert main(cli_args(cohort_csv, tmp_path, tiny_model_folder, "--scheduler", dask_cluster)) == 1
-    remote = pd.read_csv(tmp_path / "results.csv")
+    remote = pd.read_csv(tmp_path / "results.csv").astype({"components": "Int64"})
     assert set(remote.worker.astype(str)) <= {"w1", "w2"}
     columns = ["case_id", "target", "status", "volume_ml", "components", "dice"]
     assert remote[columns].astype(str).equals(table[columns].astype(str))
