@@ -37,14 +37,13 @@ def check_segment(args: argparse.Namespace, model: str | os.PathLike) -> Path:
     from .catalogue import resolve_model
     from .inference import check_request
     from .model_io import read_config
-    from .outputs import full_suffix
     from .segfile import segmentation_files
     from .vocabulary import default_vocabulary
 
     outputs = segmentation_files(args.output)
     for option, path, suffix in (("--overlay", args.overlay, ".png"), ("--boxes", args.boxes, ".json"),
                                  ("--rtstruct", args.rtstruct, None), ("--dicom-seg", args.dicom_seg, None)):
-        if path and suffix and full_suffix(path) != suffix:
+        if path and suffix and Path(path).suffix.lower() != suffix:
             raise OutputError(f"{option} {path}: the file must end in {suffix}")
         if path:
             outputs.append(Path(path))
