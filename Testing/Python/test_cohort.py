@@ -32,7 +32,7 @@ REQUEST = SegmentRequest("CT", "thorax", ("left lung", "liver"), threshold=0.01)
 """Threshold 0.01: the untrained model's every voxel is in both targets, so the measures are known."""
 BAD = {  # case id -> what its error must say
     "missing": "no such file", "damaged": "damaged|cannot read", "constant": "constant", "flat2d": "2D|slice",
-    "nan": "NaN", "gap": r"missing 1 slice", "badref": "no such segmentation file"}
+    "nanvoxel": "NaN", "gap": r"missing 1 slice", "badref": "no such segmentation file"}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def cohort_csv(tmp_path_factory, chest_ct, chest_ct_path) -> Path:
     nan = sitk.GetArrayFromImage(small).astype(np.float32)
     nan[5, 5, 5] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(nan), str(folder / "nan.nii.gz"))
-    rows.append({"case_id": "nan", "image": "nan.nii.gz"})
+    rows.append({"case_id": "nanvoxel", "image": "nan.nii.gz"})
     write_ct_series(small, folder / "gap", skip=(12,))
     rows.append({"case_id": "gap", "image": "gap"})
     rows.append({"case_id": "badref", "image": "chest00.nii.gz", "reference": "absent.seg.nrrd"})
