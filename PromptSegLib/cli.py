@@ -15,6 +15,7 @@ from .cli_cohort import add_subcommands as add_cohort_subcommands
 from .cli_dicom import add_subcommands as add_dicom_subcommands
 from .cli_prognosis import add_subcommands as add_prognosis_subcommands
 from .cli_propagation import add_subcommands as add_propagation_subcommands
+from .cli_tune import add_subcommands as add_tune_subcommands
 from .errors import PromptSegError
 from .segment_request import add_request_arguments
 
@@ -51,7 +52,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .outputs import all_or_nothing
     from .segment_request import OutputFiles, SegmentRequest
 
-    files = OutputFiles(args.output, args.overlay, args.boxes, args.rtstruct, args.dicom_seg)
+    files = OutputFiles(args.output, args.overlay, args.boxes, args.rtstruct, args.dicom_seg, roi_names=args.roi_names)
     files.check(args.image)
     request = SegmentRequest.from_args(args)
     model = check_segment(args, request.choose_model(args.model))
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "confidence, volume) here")
     seg.add_argument("--rtstruct", help="also write a DICOM RT Structure Set referencing the input series (IMAGE must "
                      "be a DICOM folder)")
+    seg.add_argument("--roi-names", choices=("prompt", "tg263"), default="prompt",
+                     help="RTSTRUCT ROI names: the targets' names (default) or their AAPM TG-263 names (Parotid_L)")
     seg.add_argument("--dicom-seg", help="also write a DICOM SEG referencing the input series")
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -350,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prognosis_subcommands(sub)
     add_propagation_subcommands(sub)
     add_cohort_subcommands(sub)
+    add_tune_subcommands(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ from .postprocess import postprocess
 from .preprocess import IntensityRule, ModelInput, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import LoraSettings, TextEncoder
-from .vocabulary import Vocabulary, default_vocabulary
+from .vocabulary import Vocabulary, default_vocabulary, side_of
 
 ProgressCallback = Callable[[float, str], None]
 """Called with (fraction done in [0, 1], what is happening)."""
@@ -238,7 +238,9 @@ class Segmenter:
         result = np.clip(to_original_grid(probabilities.numpy(), prepared), 0.0, 1.0)
         config = self.model.config
         postprocess(result, [q.name for q in queries], config.threshold, float(np.prod(image.GetSpacing())) / 1000.0,
-                    config.largest_component, config.plausible_ml)
+                    config.largest_component, config.plausible_ml,
+                    {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)},
+                    image)
         report(1.0, "done")
         return SegmentationResult(queries, context, result, image, config.threshold)
 

@@ -51,6 +51,8 @@ class ModelConfig:
         largest_component: targets kept as their largest connected component (chosen on validation cases).
         plausible_ml: target -> smallest volume (mL) of its training truth; a far smaller mask is emptied with
             a warning (see ``postprocess``).
+        own_side: targets of one side (left/right) whose pieces on the other side of the body's midline are
+            removed (chosen on validation cases).
     """
 
     name: str
@@ -67,6 +69,7 @@ class ModelConfig:
     padding: str = "constant"
     largest_component: list[str] = field(default_factory=list)
     plausible_ml: dict[str, float] = field(default_factory=dict)
+    own_side: list[str] = field(default_factory=list)
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
         """The fixed intensity rule for ``modality`` (CT: the training data's statistics in the CT window), or
@@ -84,7 +87,8 @@ class ModelConfig:
                 "modalities": list(self.network.modalities), "targets": self.targets, "regions": self.regions,
                 "threshold": self.threshold, "intensity": self.intensity, "padding": self.padding,
                 **({"largest_component": self.largest_component} if self.largest_component else {}),
-                **({"plausible_ml": self.plausible_ml} if self.plausible_ml else {})}
+                **({"plausible_ml": self.plausible_ml} if self.plausible_ml else {}),
+                **({"own_side": self.own_side} if self.own_side else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -102,7 +106,8 @@ class ModelConfig:
                          intensity={m: [float(v) for v in stats] for m, stats in data.get("intensity", {}).items()},
                          text_lora=data["text_encoder"].get("lora"), padding=data.get("padding", "constant"),
                          largest_component=list(data.get("largest_component", [])),
-                         plausible_ml={t: float(v) for t, v in data.get("plausible_ml", {}).items()})
+                         plausible_ml={t: float(v) for t, v in data.get("plausible_ml", {}).items()},
+                         own_side=list(data.get("own_side", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
         if config.padding not in PADDINGS:

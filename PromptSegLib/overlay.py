@@ -24,9 +24,35 @@ def _display(gray: np.ndarray, masks: list[np.ndarray], colors: list[list[float]
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
+def _legend(names: list[str], colors: list[list[float]], width: int) -> np.ndarray:
+    """A band ``(H, width, 3)`` uint8 naming each target beside a patch of its colour, wrapped into rows."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    entries = [(name, tuple(int(round(255 * c)) for c in color)) for name, color in zip(names, colors)]
+    rows, row, used = [], [], 0
+    for name, color in entries:
+        size = 18 + int(font.getlength(name)) + 16
+        if row and used + size > width:
+            rows.append(row)
+            row, used = [], 0
+        row.append((name, color, used))
+        used += size
+    rows.append(row)
+    band = Image.new("RGB", (width, 20 * len(rows) + 4), (0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    for r, entries_of_row in enumerate(rows):
+        for name, color, x in entries_of_row:
+            y = 4 + 20 * r
+            draw.rectangle([x + 4, y + 2, x + 16, y + 14], fill=color)
+            draw.text((x + 20, y + 2), name, fill=(255, 255, 255), font=font)
+    return np.asarray(band, dtype=np.uint8)
+
+
 def write_overlay(path: str | os.PathLike, result: SegmentationResult, alpha: float = 0.4) -> Path:
     """Write ``path`` (PNG): axial (left) and coronal (right) slices through the largest segmented area,
-    shown in radiological convention (patient's right on the image's left), isotropic pixels."""
+    shown in radiological convention (patient's right on the image's left), isotropic pixels, and a legend
+    naming each target beside its colour underneath."""
     grid = model_grid(result.reference, min(result.reference.GetSpacing()))
     image = sitk.GetArrayFromImage(resample_to(result.reference, grid, sitk.sitkLinear,
                                                float(np.min(sitk.GetArrayViewFromImage(result.reference)))))
@@ -51,6 +77,7 @@ def write_overlay(path: str | os.PathLike, result: SegmentationResult, alpha: fl
     picture = np.concatenate([pad(axial), pad(coronal)], axis=1)
     zoom = max(1, 320 // height)
     picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    picture = np.concatenate([picture, _legend([q.name for q in result.queries], colors, picture.shape[1])])
     with atomic_path(path) as tmp:
         sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(tmp))
     return Path(path)

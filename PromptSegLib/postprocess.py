@@ -3,6 +3,9 @@
 - **Largest connected component** (``ModelConfig.largest_component``: organs that are one piece, where
   validation showed it helps): voxels at or above the threshold outside the largest 26-connected piece are set
   to 0, so stray pieces vanish; probabilities below the threshold are kept (fusion still sees them).
+- **Own side** (``ModelConfig.own_side``: targets of one side, e.g. the left parotid, where validation showed it
+  helps): pieces whose centre lies on the other side of the body's midline (the median LPS x of the voxels
+  brighter than the image mean) are removed.
 - **Plausible size** (``ModelConfig.plausible_ml``: per target, the smallest volume in mL the training truth
   ever had): a target whose kept mask is smaller than a fraction of that is most likely not in the scan (a
   head-and-neck organ asked on an abdominal CT): it is emptied and a ``ImplausibleResultWarning`` says so.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 MIN_VOLUME_FRACTION = 0.2
@@ -32,8 +36,42 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def physical_x(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
+    """LPS x (mm; grows to the patient's left) of voxels given as ``(N, 3)`` array indices ``[z, y, x]``."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return image.GetOrigin()[0] + zyx[:, ::-1].astype(np.float64) @ (direction[0] * np.array(image.GetSpacing()))
+
+
+def midline_x(image: sitk.Image) -> float:
+    """The body's midline as an LPS x (mm): the median x of the voxels brighter than the image mean (the body
+    on a CT, whose air is darker), on every second voxel."""
+    array = sitk.GetArrayViewFromImage(image)
+    body = np.argwhere(array[::2, ::2, ::2] > float(array.mean())) * 2
+    return float(np.median(physical_x(image, body))) if len(body) else float(
+        physical_x(image, (np.array(array.shape)[None] - 1) / 2)[0])
+
+
+def own_side(mask: np.ndarray, image: sitk.Image, side: str, midline: float | None = None) -> np.ndarray:
+    """``mask`` without the 26-connected pieces whose centre lies on the other side of the midline.
+
+    Args:
+        mask: bool ``(Z, Y, X)`` on ``image``'s grid.
+        side: ``left`` or ``right`` (the patient's).
+        midline: LPS x in mm (default :func:`midline_x`).
+    """
+    midline = midline_x(image) if midline is None else midline
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return mask.copy()
+    centres = np.array(ndimage.center_of_mass(mask, labels, range(1, count + 1)))
+    x = physical_x(image, centres)
+    keep = np.concatenate([[False], x > midline if side == "left" else x < midline])
+    return keep[labels]
+
+
 def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, voxel_ml: float,
-                largest: list[str] | tuple[str, ...] = (), plausible_ml: dict[str, float] | None = None) -> np.ndarray:
+                largest: list[str] | tuple[str, ...] = (), plausible_ml: dict[str, float] | None = None,
+                sides: dict[str, str] | None = None, image: sitk.Image | None = None) -> np.ndarray:
     """Apply the model's post-processing in place.
 
     Args:
@@ -43,12 +81,18 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         voxel_ml: the volume of one voxel in mL.
         largest: targets reduced to their largest connected component.
         plausible_ml: target -> smallest volume (mL) its training truth had.
+        sides: target -> ``left`` or ``right``: pieces on the other side of ``image``'s midline are removed.
+        image: the input image (for ``sides``).
 
     Returns:
         ``probabilities`` (changed in place).
     """
+    midline = midline_x(image) if sides and image is not None else None
     for channel, name in zip(probabilities, names):
         mask = channel >= threshold
+        if midline is not None and name in sides and mask.any():
+            channel[mask & ~own_side(mask, image, sides[name], midline)] = 0.0
+            mask = channel >= threshold
         if name in largest and mask.any():
             channel[mask & ~largest_component(mask)] = 0.0
             mask = channel >= threshold

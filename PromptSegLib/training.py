@@ -5,9 +5,11 @@ its context prompt, and a paraphrase of every target its dataset names, present 
 absent target's truth is empty: the model learns to obey the prompt), plus a few targets certainly absent
 from its images: those of the other datasets that belong to body regions this dataset does not image ("the
 liver" on a brain MR must give nothing) and those the spec lists as absent from it (a tumour on a healthy
-brain). Loss: soft Dice per target present in the crop + BCE over every target.
-AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues); validation Dice on the
-original grid; a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
+brain). Loss: soft Dice per target present in the crop + BCE over every target, leaving out the targets not
+delineated for the case (``CaseSpec.unlabelled``: unknown, not absent).
+AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues; with more ``--steps`` than
+planned, a new cosine cycle runs from the checkpoint to the new end); validation Dice on the model grid;
+a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
 """
 from __future__ import annotations
 
@@ -289,8 +291,17 @@ def train(config: TrainConfig) -> Path:
         if lora_params:
             encoder.load_lora_state(state["text_lora"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
+        planned = state.get("planned_steps", state["scheduler"].get("T_max"))
+        if planned == config.steps:
+            scheduler.load_state_dict(state["scheduler"])
+        elif step < config.steps:  # more steps than the run was planned for: a new cosine cycle from here
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps - step,
+                                                                   eta_min=config.lr * 0.01)
+            log.info("resumed with --steps %d (planned %s): a new cosine cycle over steps %d-%d", config.steps,
+                     planned, step + 1, config.steps)
         sessions = state.get("sessions", [{"from": 0, "to": step, "minutes": None}])
         rng = np.random.default_rng(state["seed"] + step + rank)
         log.info("resumed from %s at step %d", checkpoint, step)
@@ -444,7 +455,8 @@ def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, confi
     tmp = path.with_suffix(".partial")
     torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "seed": config.seed,
-                "network_config": network.config.to_dict(), "text_lora": text_lora, "sessions": sessions}, tmp)
+                "network_config": network.config.to_dict(), "text_lora": text_lora, "sessions": sessions,
+                "planned_steps": config.steps}, tmp)
     os.replace(tmp, path)
 
 

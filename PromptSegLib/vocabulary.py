@@ -126,6 +126,15 @@ def _index(entries) -> dict[str, str]:
     return index
 
 
+SIDES = {"7771000": "left", "24028007": "right"}
+"""SNOMED CT laterality modifier codes -> the patient's side."""
+
+
+def side_of(target: Target | None) -> str | None:
+    """``left`` or ``right`` for a target with a laterality modifier (the left parotid), else None."""
+    return SIDES.get(target.modifier[1]) if target is not None and target.modifier else None
+
+
 @lru_cache(maxsize=4)
 def default_vocabulary() -> Vocabulary:
     """The vocabulary shipped with PromptSegLib (loaded once)."""

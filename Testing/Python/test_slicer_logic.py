@@ -346,7 +346,8 @@ def test_cmake_lists_every_module_script():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
     for path in MODULE_DIR.rglob("*.py"):
         if "__pycache__" not in path.parts:
-            relative = path.relative_to(MODULE_DIR).as_posix().replace("PromptSeg.py", "${MODULE_NAME}.py")
+            relative = path.relative_to(MODULE_DIR).as_posix()
+            relative = "${MODULE_NAME}.py" if relative == "PromptSeg.py" else relative
             assert relative in cmake, f"{relative} is not in PromptSeg/CMakeLists.txt"
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
                      "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)"):

@@ -1,0 +1,39 @@
+"""``promptseg tune``: choose a model's post-processing on a dataset spec's validation cases and write it into
+the model's config and card. Registered into the main parser by :func:`add_subcommands`."""
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from .errors import PromptSegError
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .catalogue import resolve_model
+    from .datasets import load_spec, load_split
+    from .inference import Segmenter
+    from .tuning import apply_tuning, choose_postprocessing
+
+    if args.split == "test":
+        raise PromptSegError("post-processing is chosen on validation cases, never on the test split")
+    datasets = load_spec(args.spec)
+    folder = resolve_model(args.model)
+    segmenter = Segmenter(folder, device=args.device, threads=args.threads)
+    tuning = choose_postprocessing(segmenter, load_split(datasets, args.split), load_split(datasets, "train"))
+    print(tuning.markdown(), end="")
+    apply_tuning(folder, tuning, "promptseg " + shlex.join(args.argv))
+    print(f"largest component kept for: {', '.join(tuning.largest_component) or 'none'}; own side for: "
+          f"{', '.join(tuning.own_side) or 'none'}; wrote {folder}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Register ``tune`` on the main parser's subparsers."""
+    tu = sub.add_parser("tune", help="choose a model's post-processing on a spec's validation cases and write it "
+                        "into the model's config and card")
+    tu.add_argument("spec", help="dataset spec (its validation split is scored, its training split gives volumes)")
+    tu.add_argument("--model", required=True, help="model folder to tune (changed in place)")
+    tu.add_argument("--split", default="val", help="the split to choose on (default val; never a test split)")
+    tu.add_argument("--device", default="auto")
+    tu.add_argument("--threads", type=int)
+    tu.set_defaults(func=cmd_tune)

@@ -1,0 +1,127 @@
+"""Post-processing chosen on validation cases and written into a model's config (``promptseg tune``).
+
+For each target the model segments, the validation Dice of the raw mask is compared (on each case's own grid)
+with that of its largest connected component and, for a target of one side (the left parotid), with the mask
+kept on its own side of the body's midline, and with both; each target gets the option with the highest mean
+(ties: the simpler one). The smallest volume (mL) each target's truth has in the training cases becomes its plausible
+minimum (``postprocess``: a far smaller mask is emptied with a warning). Nothing here looks at test cases.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import SimpleITK as sitk
+
+from .datasets import LabelledCase
+from .errors import PromptSegError
+from .inference import Segmenter
+from .metrics import dice
+from .model_io import CONFIG, append_to_card, read_config, replace_file
+from .postprocess import MIN_VOLUME_FRACTION, largest_component, midline_x, own_side
+from .vocabulary import side_of
+
+
+OPTIONS = ("all", "largest component", "own side", "own side, largest component")
+"""Post-processing options in order of simplicity (a tie goes to the earlier one)."""
+
+
+@dataclass
+class Tuning:
+    """What ``choose_postprocessing`` measured and chose.
+
+    Attributes:
+        scores: option (``OPTIONS``) -> target -> per-case validation Dice (``own side`` options only for
+            targets of one side).
+        plausible_ml: target -> smallest training truth volume in mL.
+    """
+
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
+    plausible_ml: dict[str, float] = field(default_factory=dict)
+
+    def choice(self, target: str) -> str:
+        """The option with the highest mean validation Dice for ``target`` (ties: the simpler one)."""
+        means = [(float(np.mean(self.scores[o][target])), -i, o) for i, o in enumerate(OPTIONS)
+                 if target in self.scores[o]]
+        return max(means)[2]
+
+    @property
+    def largest_component(self) -> list[str]:
+        return sorted(t for t in self.scores["all"] if "largest" in self.choice(t))
+
+    @property
+    def own_side(self) -> list[str]:
+        return sorted(t for t in self.scores["all"] if "own side" in self.choice(t))
+
+    def markdown(self) -> str:
+        """The card section: per target, cases, mean validation Dice of each option, the choice."""
+        lines = ["| target | validation cases | " + " | ".join(f"Dice, {o}" for o in OPTIONS)
+                 + " | chosen | smallest in training (mL) |", "|---|---|" + "---|" * (len(OPTIONS) + 2)]
+        for target in sorted(self.scores["all"]):
+            smallest = self.plausible_ml.get(target)
+            cells = [f"{np.mean(self.scores[o][target]):.3f}" if target in self.scores[o] else "-" for o in OPTIONS]
+            lines.append(f"| {target} | {len(self.scores['all'][target])} | {' | '.join(cells)} | {self.choice(target)} | "
+                         f"{f'{smallest:.1f}' if smallest is not None else '-'} |")
+        return "\n".join(lines) + "\n"
+
+
+def smallest_volumes(cases: list[LabelledCase]) -> dict[str, float]:
+    """Target -> the smallest volume (mL) its truth has among the cases where it is delineated and present."""
+    out: dict[str, float] = {}
+    for case in cases:
+        label = sitk.GetArrayViewFromImage(case.label)
+        voxel_ml = float(np.prod(case.label.GetSpacing())) / 1000.0
+        for target in case.dataset.targets:
+            if target in case.case.unlabelled:
+                continue
+            volume = float(np.isin(label, case.dataset.values_of(target)).sum()) * voxel_ml
+            if volume > 0:
+                out[target] = min(out.get(target, volume), volume)
+    return out
+
+
+def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase],
+                          training: list[LabelledCase]) -> Tuning:
+    """Measure the raw and largest-component Dice of every target on ``validation`` (the model's own
+    post-processing switched off for the measurement) and the training volumes.
+
+    Raises:
+        PromptSegError: no validation case, or a model already carrying post-processing.
+    """
+    config = segmenter.model.config
+    if not validation:
+        raise PromptSegError("no validation case to choose the post-processing on")
+    if config.largest_component or config.plausible_ml or config.own_side:
+        raise PromptSegError(f"model {config.name} already has post-processing in its config; tune an untuned copy")
+    tuning = Tuning(plausible_ml=smallest_volumes(training))
+    for case in validation:
+        present = [t for t in case.dataset.targets if t in config.targets and t not in case.case.unlabelled]
+        label = sitk.GetArrayFromImage(case.label)
+        present = [t for t in present if np.isin(label, case.dataset.values_of(t)).any()]
+        if not present:
+            continue
+        result = segmenter.segment(case.image, case.dataset.modality, case.dataset.regions[0], present)
+        midline = midline_x(case.image)
+        for i, query in enumerate(result.queries):
+            truth = np.isin(label, case.dataset.values_of(query.name))
+            masks = {"all": result.mask(i)}
+            masks["largest component"] = largest_component(masks["all"])
+            side = side_of(query.target)
+            if side:
+                masks["own side"] = own_side(masks["all"], case.image, side, midline)
+                masks["own side, largest component"] = largest_component(masks["own side"])
+            for option, mask in masks.items():
+                tuning.scores[option].setdefault(query.name, []).append(dice(mask, truth))
+    return tuning
+
+
+def apply_tuning(folder, tuning: Tuning, command: str) -> None:
+    """Write the chosen post-processing into the model folder's config and its card (manifest updated)."""
+    config = replace(read_config(folder), largest_component=tuning.largest_component, own_side=tuning.own_side,
+                     plausible_ml={t: round(v, 2) for t, v in sorted(tuning.plausible_ml.items())})
+    replace_file(folder, CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+    append_to_card(folder, "## Post-processing (chosen on the validation cases)\n\n"
+                   f"```\n{command}\n```\n\n{tuning.markdown()}\nA mask smaller than {MIN_VOLUME_FRACTION:g} x its target's "
+                   "smallest training volume is emptied with a warning (an organ asked on a scan of another body "
+                   "region).")

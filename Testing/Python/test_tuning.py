@@ -1,0 +1,49 @@
+"""``promptseg tune``: post-processing chosen on validation cases (raw vs largest component) and the smallest
+training volumes, written into the model's config and card with its manifest kept valid."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from PromptSegLib.cli import main
+from PromptSegLib.model_io import ModelConfig, load_model, save_model
+from PromptSegLib.network import DuPLUSNet, NetworkConfig
+
+from conftest import SHARED
+
+KBP = SHARED / "openkbp_hn_ct" / "validation"
+pytestmark = pytest.mark.skipif(not KBP.is_dir(), reason=f"{KBP} (shared data) is absent")
+LABELS = {"1": "brain stem", "2": "spinal cord", "3": "right parotid", "4": "left parotid", "5": "esophagus",
+          "6": "larynx", "7": "mandible"}
+
+
+@pytest.fixture()
+def tiny_hn_model(tmp_path):
+    torch.manual_seed(0)
+    network = DuPLUSNet(NetworkConfig(modalities=("CT",), widths=(4, 8), film_hidden=16, pred_hidden=32))
+    config = ModelConfig("tiny-hn", "0", network.config, patch_size=(32, 32, 32), spacing_mm=8.0,
+                         targets=["brain stem", "mandible"], regions={"CT": ["head and neck"]}, threshold=0.3)
+    return save_model(tmp_path / "tiny-hn", network, config, "# tiny untrained test model\n")
+
+
+def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_hn_model, tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    cases = [{"id": p, "split": s, "image": str(KBP / p / "ct.nii.gz"), "label": str(KBP / p / "oars.nii.gz")}
+             for p, s in (("pt_201", "train"), ("pt_202", "val"))]
+    spec.write_text(json.dumps({"datasets": [{"name": "kbp", "modality": "CT", "regions": ["head and neck"],
+                                              "labels": LABELS, "cases": cases}]}))
+    assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--split", "test"]) == 2
+    assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| brain stem | 1 |" in out and "| mandible | 1 |" in out
+    model = load_model(tiny_hn_model)  # the manifest still verifies
+    label = sitk.ReadImage(str(KBP / "pt_201" / "oars.nii.gz"))
+    brainstem_ml = float((sitk.GetArrayFromImage(label) == 1).sum()) * float(np.prod(label.GetSpacing())) / 1000
+    assert model.config.plausible_ml["brain stem"] == pytest.approx(brainstem_ml, abs=0.01)
+    assert set(model.config.largest_component) <= {"brain stem", "mandible"} and model.config.own_side == []
+    assert "## Post-processing (chosen on the validation cases)" in (tiny_hn_model / "README.md").read_text()
+    assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu"]) == 2  # already tuned
