@@ -84,3 +84,13 @@ def tiny_segmenter(tiny_model_folder):
     from PromptSegLib.inference import Segmenter
 
     return Segmenter(tiny_model_folder, device="cpu")
+
+
+@pytest.fixture
+def scene():
+    """A fresh MRML scene of slicer-core, behind the ``slicer`` module shim; cleared after the test."""
+    import slicer_shim
+
+    scene = slicer_shim.setup()
+    yield scene
+    slicer_shim.teardown()

@@ -21,13 +21,6 @@ SCRIPTED_EFFECT = {"properties": {"name", "perSegment", "requireSegments"},
                    "methods": {"addOptionsWidget", "addLabeledOptionsWidget", "parameterSetNode", "saveStateForUndo"}}
 
 
-@pytest.fixture
-def scene():
-    scene = slicer_shim.setup()
-    yield scene
-    slicer_shim.teardown()
-
-
 @pytest.fixture(scope="module")
 def fill():
     slicer_shim.setup()

@@ -25,13 +25,6 @@ MODULE_DIR = REPO / "PromptSeg"
 TARGETS = ["left lung", "liver"]
 
 
-@pytest.fixture
-def scene():
-    scene = slicer_shim.setup()
-    yield scene
-    slicer_shim.teardown()
-
-
 @pytest.fixture(scope="module")
 def logic():
     slicer_shim.setup()
