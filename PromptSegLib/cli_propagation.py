@@ -62,22 +62,43 @@ def cmd_train_propagation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_inputs(args: argparse.Namespace):
+    """(checked output path, image, mask array ``(Z, Y, X)``, structure name) of a propagate/fill command."""
+    from .imageio import read_image
+    from .outputs import check_writable
+
+    output = check_writable(args.output)
+    image = read_image(args.image, args.series_uid)
+    mask, name = read_mask(args.mask, image, args.segment, args.label)
+    return output, image, mask, name
+
+
+def _write_mask(output, image, name: str, mask) -> None:
+    """Write ``mask`` ``(Z, Y, X)`` on ``image``'s grid as one segment named ``name`` and print the paths."""
+    import numpy as np
+
+    from .inference import SegmentationResult
+    from .prompts import raw_target_query
+    from .segfile import write_segmentation
+
+    seg = SegmentationResult([raw_target_query(name)], "", mask[None].astype(np.float32), image, 0.5)
+    for path in write_segmentation(output, seg):
+        print(f"wrote {path}")
+
+
+def _stops(result) -> str:
+    return "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in result.stopped.items())
+
+
 def cmd_propagate(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
     from .cli import _progress_bar
-    from .imageio import read_image
-    from .inference import SegmentationResult
-    from .outputs import check_writable
-    from .prompts import raw_target_query
     from .errors import PromptSegError
     from .propagation import FADE_CONTRAST, Propagator, propagate, resolve_axis, take_slice
-    from .segfile import write_segmentation
 
-    output = check_writable(args.output)
-    image = read_image(args.image, args.series_uid)
-    mask, name = read_mask(args.mask, image, args.segment, args.label)
+    output, image, mask, name = _read_inputs(args)
     propagator = Propagator(args.model, threads=args.threads)
     axis = resolve_axis(args.axis)
     fixed = {}
@@ -93,14 +114,10 @@ def cmd_propagate(args: argparse.Namespace) -> int:
                            min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast)
     finally:
         close()
-    seg = SegmentationResult([raw_target_query(name)], "", result.mask[None].astype(np.float32), image, 0.5)
-    written = write_segmentation(output, seg)
     voxels = int(result.mask.sum())
     volume_ml = voxels * float(np.prod(image.GetSpacing())) / 1000.0
-    print(f"{name}: {len(result.written)} slices propagated, {volume_ml:.1f} mL ({voxels} voxels); "
-          + "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in result.stopped.items()))
-    for path in written:
-        print(f"wrote {path}")
+    print(f"{name}: {len(result.written)} slices propagated, {volume_ml:.1f} mL ({voxels} voxels); {_stops(result)}")
+    _write_mask(output, image, name, result.mask)
     return 0
 
 
@@ -109,17 +126,10 @@ def cmd_fill(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from .cli import _progress_bar
-    from .imageio import read_image
-    from .inference import SegmentationResult
     from .multislice import drawn_slices, fill_from_slices
-    from .outputs import check_writable
-    from .prompts import raw_target_query
     from .propagation import FADE_CONTRAST, Propagator, resolve_axis, take_slice
-    from .segfile import write_segmentation
 
-    output = check_writable(args.output)
-    image = read_image(args.image, args.series_uid)
-    mask, name = read_mask(args.mask, image, args.segment, args.label)
+    output, image, mask, name = _read_inputs(args)
     axis = resolve_axis(args.axis)
     drawn = {j: take_slice(mask, axis, j) for j in drawn_slices(mask, axis)}
     drawn.update({j: np.zeros_like(take_slice(mask, axis, 0)) for j in args.empty or ()})
@@ -131,17 +141,33 @@ def cmd_fill(args: argparse.Namespace) -> int:
                                   min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast)
     finally:
         close()
-    seg = SegmentationResult([raw_target_query(name)], "", result.mask[None].astype(np.float32), image, 0.5)
-    written = write_segmentation(output, seg)
     print(f"{name}: {len(result.written)} slices filled from {sum(v.any() for v in drawn.values())} drawn; "
-          + "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in result.stopped.items()))
-    for path in written:
-        print(f"wrote {path}")
+          f"{_stops(result)}")
+    _write_mask(output, image, name, result.mask)
     return 0
 
 
+def _input_arguments(parser, mask_help: str) -> None:
+    """The image and mask arguments shared by ``propagate`` and ``fill``."""
+    parser.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
+    parser.add_argument("--mask", required=True, help=mask_help)
+    parser.add_argument("--segment", help="segment name in a .seg.nrrd")
+    parser.add_argument("--label", type=int, help="label value in a labelmap mask (default: any non-zero)")
+
+
+def _output_arguments(parser) -> None:
+    """The threshold, output, model and run arguments shared by ``propagate`` and ``fill``."""
+    parser.add_argument("--threshold", type=float, help="probability threshold of the mask (default: the model's)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ .labels.json)")
+    parser.add_argument("--model", help="propagation model folder (default: the bundled one)")
+    parser.add_argument("--series-uid", help="which DICOM series when the folder holds several")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def add_subcommands(sub) -> None:
-    """Register ``train-propagation`` and ``propagate`` on the main parser's subparsers."""
+    """Register ``train-propagation``, ``propagate`` and ``fill`` on the main parser's subparsers."""
     tr = sub.add_parser("train-propagation", help="train the slice-propagation model on a dataset spec (JSON)")
     tr.add_argument("spec", help="dataset spec JSON (labels optional: every non-zero value is a structure)")
     tr.add_argument("-o", "--output", required=True, help="model folder to write")
@@ -167,10 +193,7 @@ def add_subcommands(sub) -> None:
     tr.set_defaults(func=cmd_train_propagation)
 
     pr = sub.add_parser("propagate", help="carry a mask drawn on one slice through the volume")
-    pr.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
-    pr.add_argument("--mask", required=True, help="mask file (.nii.gz, .nrrd) or a .seg.nrrd with --segment")
-    pr.add_argument("--segment", help="segment name in a .seg.nrrd")
-    pr.add_argument("--label", type=int, help="label value in a labelmap mask (default: any non-zero)")
+    _input_arguments(pr, "mask file (.nii.gz, .nrrd) or a .seg.nrrd with --segment")
     pr.add_argument("--slice", type=int, required=True, help="prompt slice index along --axis")
     pr.add_argument("--axis", default="axial", help="axial, coronal or sagittal")
     pr.add_argument("--start", type=int, help="first slice to fill (default: the first)")
@@ -178,32 +201,19 @@ def add_subcommands(sub) -> None:
     pr.add_argument("--keep", type=int, action="append",
                     help="a slice of MASK the user drew or corrected: kept as is, propagation stops there (repeatable)")
     pr.add_argument("--ssim-threshold", type=float, help="re-prompt below this SSIM (default: the model's, 0.6)")
-    pr.add_argument("--threshold", type=float, help="probability threshold of the mask (default: the model's)")
     pr.add_argument("--min-contrast", type=float,
                     help="stop where the structure's contrast with its surroundings falls below this fraction of "
                          "the prompt slice's (default: PromptSegLib.propagation.FADE_CONTRAST; 0 turns it off)")
-    pr.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ .labels.json)")
-    pr.add_argument("--model", help="propagation model folder (default: the bundled one)")
-    pr.add_argument("--series-uid", help="which DICOM series when the folder holds several")
-    pr.add_argument("--threads", type=int, default=1)
-    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_arguments(pr)
     pr.set_defaults(func=cmd_propagate)
 
     fi = sub.add_parser("fill", help="fill a structure from the slices drawn in a mask (every slice holding it)")
-    fi.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
-    fi.add_argument("--mask", required=True, help="mask file holding the drawn slices, or a .seg.nrrd with --segment")
-    fi.add_argument("--segment", help="segment name in a .seg.nrrd")
-    fi.add_argument("--label", type=int, help="label value in a labelmap mask (default: any non-zero)")
+    _input_arguments(fi, "mask file holding the drawn slices, or a .seg.nrrd with --segment")
     fi.add_argument("--axis", default="axial", help="axial, coronal or sagittal: the slices were drawn across it")
     fi.add_argument("--empty", type=int, action="append",
                     help="a slice where the structure is absent (drawn empty): the fill stops there (repeatable)")
     fi.add_argument("--start", type=int, help="first slice to fill beyond the drawn ones (default: the first)")
     fi.add_argument("--stop", type=int, help="last slice to fill beyond the drawn ones (default: the last)")
-    fi.add_argument("--threshold", type=float, help="probability threshold of the mask (default: the model's)")
     fi.add_argument("--min-contrast", type=float, help="stopping rule beyond the drawn slices, as for propagate")
-    fi.add_argument("-o", "--output", required=True, help="OUT.seg.nrrd, or a labelmap OUT.nii.gz (+ .labels.json)")
-    fi.add_argument("--model", help="propagation model folder (default: the bundled one)")
-    fi.add_argument("--series-uid", help="which DICOM series when the folder holds several")
-    fi.add_argument("--threads", type=int, default=1)
-    fi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_arguments(fi)
     fi.set_defaults(func=cmd_fill)
