@@ -277,14 +277,24 @@ class PreparedCase:
         return np.array([t not in self.case.unlabelled for t in targets], np.float32)
 
 
-def read_label(case: CaseSpec, image: sitk.Image) -> sitk.Image:
-    """The case's label image on the image's grid (resampled by nearest neighbour when grids differ)."""
+def read_label_file(case: CaseSpec) -> sitk.Image:
+    """The case's label image on its own grid, without reading the image (e.g. to measure volumes).
+
+    Raises:
+        InputImageError: the label is not 3D.
+    """
     if case.layout == "openkbp":
         label = openkbp.read_structures(case.label)
     else:
         label = read_image(case.label) if case.label.is_dir() else sitk.ReadImage(str(case.label))
     if label.GetDimension() != 3:
         raise InputImageError(f"case {case.id}: label {case.label} is not 3D")
+    return label
+
+
+def read_label(case: CaseSpec, image: sitk.Image) -> sitk.Image:
+    """The case's label image on the image's grid (resampled by nearest neighbour when grids differ)."""
+    label = read_label_file(case)
     if not same_geometry(label, image, 1e-3):
         log.warning("case %s: label grid differs from the image grid; resampling the label (nearest)", case.id)
         label = resample_to(label, image, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)

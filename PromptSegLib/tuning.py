@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import SimpleITK as sitk
 
-from .datasets import LabelledCase
+from .datasets import DatasetSpec, LabelledCase, read_label_file
 from .errors import PromptSegError
 from .inference import Segmenter
 from .metrics import dice
@@ -66,25 +66,28 @@ class Tuning:
         return "\n".join(lines) + "\n"
 
 
-def smallest_volumes(cases: list[LabelledCase]) -> dict[str, float]:
-    """Target -> the smallest volume (mL) its truth has among the cases where it is delineated and present."""
+def smallest_volumes(datasets: list[DatasetSpec], split: str = "train") -> dict[str, float]:
+    """Target -> the smallest volume (mL) its truth has among the ``split`` cases where it is delineated and
+    present (only the label files are read)."""
     out: dict[str, float] = {}
-    for case in cases:
-        label = sitk.GetArrayViewFromImage(case.label)
-        voxel_ml = float(np.prod(case.label.GetSpacing())) / 1000.0
-        for target in case.dataset.targets:
-            if target in case.case.unlabelled:
-                continue
-            volume = float(np.isin(label, case.dataset.values_of(target)).sum()) * voxel_ml
-            if volume > 0:
-                out[target] = min(out.get(target, volume), volume)
+    for dataset in datasets:
+        for case in (c for c in dataset.cases if c.split == split):
+            image = read_label_file(case)
+            label = sitk.GetArrayViewFromImage(image)
+            voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+            for target in dataset.targets:
+                if target in case.unlabelled:
+                    continue
+                volume = float(np.isin(label, dataset.values_of(target)).sum()) * voxel_ml
+                if volume > 0:
+                    out[target] = min(out.get(target, volume), volume)
     return out
 
 
 def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase],
-                          training: list[LabelledCase]) -> Tuning:
+                          plausible_ml: dict[str, float]) -> Tuning:
     """Measure the raw and largest-component Dice of every target on ``validation`` (the model's own
-    post-processing switched off for the measurement) and the training volumes.
+    post-processing switched off for the measurement); ``plausible_ml`` (see :func:`smallest_volumes`) is kept.
 
     Raises:
         PromptSegError: no validation case, or a model already carrying post-processing.
@@ -94,7 +97,7 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase],
         raise PromptSegError("no validation case to choose the post-processing on")
     if config.largest_component or config.plausible_ml or config.own_side:
         raise PromptSegError(f"model {config.name} already has post-processing in its config; tune an untuned copy")
-    tuning = Tuning(plausible_ml=smallest_volumes(training))
+    tuning = Tuning(plausible_ml=dict(plausible_ml))
     for case in validation:
         present = [t for t in case.dataset.targets if t in config.targets and t not in case.case.unlabelled]
         label = sitk.GetArrayFromImage(case.label)
