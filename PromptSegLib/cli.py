@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from .cli_checks import add_roi_names_argument
 from .cli_cohort import add_subcommands as add_cohort_subcommands
 from .cli_dicom import add_subcommands as add_dicom_subcommands
 from .cli_prognosis import add_subcommands as add_prognosis_subcommands
@@ -248,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "confidence, volume) here")
     seg.add_argument("--rtstruct", help="also write a DICOM RT Structure Set referencing the input series (IMAGE must "
                      "be a DICOM folder)")
-    seg.add_argument("--roi-names", choices=("prompt", "tg263"), default="prompt",
-                     help="RTSTRUCT ROI names: the targets' names (default) or their AAPM TG-263 names (Parotid_L)")
+    add_roi_names_argument(seg)
     seg.add_argument("--dicom-seg", help="also write a DICOM SEG referencing the input series")
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

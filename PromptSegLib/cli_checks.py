@@ -65,3 +65,11 @@ def structure_set_label(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a Structure Set Label: 1 to {STRUCTURE_SET_LABEL_MAX} "
                                          "characters, no backslash")
     return text
+
+
+def add_roi_names_argument(parser: argparse.ArgumentParser) -> None:
+    """``--roi-names`` (``rtstruct.ROI_NAMINGS``) of every command that writes an RT structure set."""
+    from .rtstruct import ROI_NAMINGS
+
+    parser.add_argument("--roi-names", choices=ROI_NAMINGS, default=ROI_NAMINGS[0],
+                        help="RTSTRUCT ROI names: the targets' names (default) or their AAPM TG-263 names (Parotid_L)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_checks import add_roi_names_argument
 from .segment_request import add_request_arguments
 
 
@@ -24,8 +25,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     try:
         table = run_cohort(args.input, args.output, SegmentRequest.from_args(args), model=args.model, engine=engine,
                            device=args.device, threads=args.threads or 1, text_encoder=args.text_encoder,
-                           extras=extras, retry_failed=args.retry_failed, pattern=args.pattern,
-                           progress=not args.quiet)
+                           extras=extras, roi_names=args.roi_names, retry_failed=args.retry_failed,
+                           pattern=args.pattern, progress=not args.quiet)
     except KeyboardInterrupt:
         print("promptseg: interrupted: finished cases are kept and listed in results.csv; run the same command "
               "again to continue", file=sys.stderr)
@@ -50,6 +51,7 @@ def add_subcommands(sub) -> None:
     co.add_argument("--pattern", help="folder tree: only relative paths matching this shell pattern, "
                     "e.g. '*/CT_image.nii.gz'")
     co.add_argument("--rtstruct", action="store_true", help="also write CASE.rtstruct.dcm for DICOM series cases")
+    add_roi_names_argument(co)
     co.add_argument("--dicom-seg", action="store_true", help="also write CASE.dicomseg.dcm for DICOM series cases")
     co.add_argument("--overlay", action="store_true", help="also write a picture CASE.png per case")
     co.add_argument("--boxes", action="store_true", help="also write CASE.boxes.json (connected components)")

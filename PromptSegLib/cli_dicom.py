@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from .cli_checks import structure_set_label
+from .cli_checks import add_roi_names_argument, structure_set_label
 
 
 def print_report(report, kind: str) -> None:
@@ -63,8 +63,7 @@ def add_subcommands(sub) -> None:
                     help="RT ROI Interpreted Type of segments the vocabulary does not know (default ORGAN)")
     rt.add_argument("--label", default="PromptSeg", type=structure_set_label,
                     help="Structure Set Label (16 characters at most)")
-    rt.add_argument("--roi-names", choices=("prompt", "tg263"), default="prompt",
-                    help="ROI names: the segments' names (default) or their AAPM TG-263 names (Parotid_L)")
+    add_roi_names_argument(rt)
     rt.set_defaults(func=cmd_export_rtstruct)
 
     seg = sub.add_parser("export-dicom-seg", help="write a DICOM SEG of a segmentation on a DICOM series")

@@ -56,6 +56,7 @@ class CohortSettings:
         threads: torch CPU threads per worker.
         text_encoder: a local encoder folder instead of the model's own.
         extras: extra files per case, from ``rtstruct``, ``dicom_seg``, ``overlay``, ``boxes``.
+        roi_names: RTSTRUCT ROI names (``rtstruct.ROI_NAMINGS``).
         signature: identifies request, model weights and extras; a record made under another is redone.
     """
 
@@ -66,6 +67,7 @@ class CohortSettings:
     threads: int = 1
     text_encoder: str | None = None
     extras: tuple[str, ...] = ()
+    roi_names: str = "prompt"
     signature: str = field(default="", compare=False)
 
     @classmethod
@@ -81,7 +83,8 @@ class CohortSettings:
             raise PromptSegError(f"unknown extra outputs: {', '.join(sorted(unknown))}")
         settings = cls(request, str(folder), str(Path(output).resolve()), **options)
         identity = {"request": request.to_dict(), "weights": sha256(Path(folder) / WEIGHTS),
-                    "text_encoder": settings.text_encoder, "extras": sorted(settings.extras)}
+                    "text_encoder": settings.text_encoder, "extras": sorted(settings.extras),
+                    **({"roi_names": settings.roi_names} if "rtstruct" in settings.extras else {})}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         return cls(**{**settings.__dict__, "signature": digest})
 
@@ -93,7 +96,8 @@ class CohortSettings:
                            out / f"{case.case_id}.png" if "overlay" in self.extras else None,
                            out / f"{case.case_id}.boxes.json" if "boxes" in self.extras else None,
                            out / f"{case.case_id}.rtstruct.dcm" if dicom and "rtstruct" in self.extras else None,
-                           out / f"{case.case_id}.dicomseg.dcm" if dicom and "dicom_seg" in self.extras else None)
+                           out / f"{case.case_id}.dicomseg.dcm" if dicom and "dicom_seg" in self.extras else None,
+                           roi_names=self.roi_names)
 
     def target_names(self) -> list[str]:
         """The names result rows carry for the requested targets (vocabulary names, then free texts' names)."""
@@ -294,8 +298,8 @@ def remove_partial_files(output: str | os.PathLike) -> int:
 def run_cohort(cases: Sequence[Case] | str | os.PathLike, output: str | os.PathLike, request: SegmentRequest, *,
                model: str | os.PathLike | None = None, engine: EngineOptions | None = None,
                device: str = "auto", threads: int = 1, text_encoder: str | None = None,
-               extras: Sequence[str] = (), retry_failed: bool = False, pattern: str | None = None,
-               progress: bool = True) -> pd.DataFrame:
+               extras: Sequence[str] = (), roi_names: str = "prompt", retry_failed: bool = False,
+               pattern: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Segment every case of a cohort on Dask workers and return the results table (also written).
 
     Args:
@@ -306,6 +310,7 @@ def run_cohort(cases: Sequence[Case] | str | os.PathLike, output: str | os.PathL
         engine: where to run (default: a local cluster of worker processes on this machine).
         device, threads, text_encoder: per worker, as for ``segment`` (``threads``: torch threads each).
         extras: also write ``rtstruct``, ``dicom_seg`` (DICOM cases), ``overlay``, ``boxes`` per case.
+        roi_names: RTSTRUCT ROI names, ``prompt`` or ``tg263`` (``rtstruct.ROI_NAMINGS``).
         retry_failed: run again cases that failed on their input.
         pattern: with a folder tree: which relative paths are cases (shell pattern).
         progress: show a progress bar (done, failed, remaining, ETA) and the dashboard address on stderr.
@@ -325,7 +330,7 @@ def run_cohort(cases: Sequence[Case] | str | os.PathLike, output: str | os.PathL
         raise PromptSegError("the cohort has no case")
     Path(output).mkdir(parents=True, exist_ok=True)
     settings = CohortSettings.create(request, model, output, device=device, threads=threads,
-                                     text_encoder=text_encoder, extras=tuple(extras))
+                                     text_encoder=text_encoder, extras=tuple(extras), roi_names=roi_names)
     targets = settings.target_names()
     remove_partial_files(output)
     records = {c.case_id: read_record(output, c.case_id) for c in cases}

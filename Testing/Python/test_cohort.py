@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import SimpleITK as sitk
 import slicerio
@@ -76,7 +77,7 @@ def embedded_run(cohort_csv, tiny_model_folder, tmp_path_factory):
     """The cohort through the Python API on an embedded local cluster of two workers."""
     output = tmp_path_factory.mktemp("cohort_embedded")
     table = run_cohort(cohort_csv, output, REQUEST, model=tiny_model_folder, engine=EngineOptions(workers=2),
-                       device="cpu", threads=1, extras=["rtstruct", "boxes"], progress=False)
+                       device="cpu", threads=1, extras=["rtstruct", "boxes"], roi_names="tg263", progress=False)
     return output, table
 
 
@@ -106,6 +107,8 @@ def test_good_cases_segmented_bad_ones_named_with_their_error(embedded_run, coho
         segmentation = slicerio.read_segmentation(str(output / f"{case_id}.seg.nrrd"))
         assert [s["name"] for s in segmentation["segments"]] == ["left lung", "liver"]
     assert (output / "good_dicom.rtstruct.dcm").is_file() and not (output / "good00.rtstruct.dcm").exists()
+    rois = pydicom.dcmread(output / "good_dicom.rtstruct.dcm").StructureSetROISequence
+    assert [roi.ROIName for roi in rois] == ["Lung_L", "Liver"]  # roi_names="tg263", as planning systems expect
     lung = table[(table.target == "left lung") & table.case_id.isin([f"good{i:02d}" for i in range(8)])]
     assert lung.dice.between(0.01, 0.99).all() and table[table.target == "liver"].dice.isna().all()
     ok = table[table.status == "ok"].set_index(["case_id", "target"])
