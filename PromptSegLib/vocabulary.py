@@ -111,9 +111,10 @@ class Vocabulary:
 
 
 def _synonyms(entry: dict) -> tuple[str, ...]:
-    """Normalised synonyms without repeats or the entry's own name."""
+    """Normalised synonyms (with the entry's TG-263 name, if any) without repeats or the entry's own name."""
     name = normalize(entry["name"])
-    return tuple(s for s in dict.fromkeys(normalize(s) for s in entry.get("synonyms", [])) if s != name)
+    words = [*entry.get("synonyms", []), *([entry["tg263"]] if entry.get("tg263") else [])]
+    return tuple(s for s in dict.fromkeys(normalize(s) for s in words) if s != name)
 
 
 def _index(entries) -> dict[str, str]:
