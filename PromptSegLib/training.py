@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -505,10 +506,9 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     import platform
 
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    args = {k: v for k, v in asdict(config).items() if k not in ("extra",)}
     lines = [f"# {config.name} {config.version}", "",
              "Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `promptseg train`.", "",
-             "## Command", "", "```", "promptseg train " + " ".join(_cli_args(args)), "```", "",
+             "## Command", "", "```", "promptseg " + shlex.join(train_command(config)), "```", "",
              "## Data and split (by patient)", ""]
     for split, cases in (("train", train_cases), ("validation", val_cases)):
         for case in cases:
@@ -548,15 +548,18 @@ def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:
     return f"; with the LoRA adapters ({settings}) of {config.init}, not trained further"
 
 
-def _cli_args(args: dict) -> list[str]:
-    out = [args.pop("spec"), "-o", args.pop("output")]
+def train_command(config: TrainConfig) -> list[str]:
+    """The ``promptseg`` arguments that train ``config``: every setting that differs from the default, as the
+    command line spells it (a default-on switch turned off as ``--no-augment``)."""
+    args = {k: v for k, v in asdict(config).items() if k != "extra"}
+    out = ["train", args.pop("spec"), "-o", args.pop("output")]
     defaults = asdict(TrainConfig("", ""))
     for key, value in args.items():
         if value == defaults.get(key) or value is None:
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            out.append(flag)
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, (list, tuple)):
             out += [flag, *map(str, value)]
         else:

@@ -17,7 +17,8 @@ from PromptSegLib.cli import main
 from PromptSegLib.datasets import load_spec, load_split, prepare_split
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.model_io import load_model
-from PromptSegLib.training import TrainConfig, absent_elsewhere, crop, dice_bce_loss, limit_field_of_view, train
+from PromptSegLib.training import (TrainConfig, absent_elsewhere, crop, dice_bce_loss, limit_field_of_view, train,
+                                   train_command)
 from PromptSegLib.vocabulary import default_vocabulary
 
 from conftest import SHARED
@@ -62,6 +63,21 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
     rows = list(csv.DictReader(open(root / "model.work" / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_the_cards_command_parses_back_to_the_same_settings(tmp_path):
+    """The command a card records is one the command line accepts, and it trains the same settings: a
+    switched-off default is spelt ``--no-augment`` (it was once written as a non-existent ``--augment``)."""
+    from PromptSegLib.cli import build_parser
+
+    config = TrainConfig(spec=str(tmp_path / "my spec.json"), output=str(tmp_path / "model"), augment=False,
+                         resume=True, freeze_backbone=True, steps=10, patch_size=(48, 48, 32), spacing_mm=3.0)
+    command = train_command(config)
+    assert "--no-augment" in command and "--augment" not in command
+    args = vars(build_parser().parse_args(command))
+    parsed = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()
+                            if k in TrainConfig.__dataclass_fields__ and v is not None})
+    assert parsed == config
 
 
 def test_lora_tunes_the_text_encoder_and_travels_with_the_model(tmp_path):
