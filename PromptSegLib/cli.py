@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"promptseg: interrupted{' by SIGTERM' if terminated else ''}, nothing written", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except MemoryError:
-        print("promptseg: error: out of memory; use a larger --spacing model or fewer threads", file=sys.stderr)
+        print("promptseg: error: out of memory; use a model trained at a larger spacing, or fewer --threads", file=sys.stderr)
         return 2
     finally:
         if in_main_thread:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import OutputError
+from .errors import InputImageError, OutputError
 from .inference import SegmentationResult
 from .outputs import atomic_path, check_writable, full_suffix
 from .prompts import TargetQuery
@@ -153,13 +153,16 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, n
     """Masks ``(Z, Y, X)`` on ``reference``'s grid from a ``.seg.nrrd`` or a labelmap (+ ``.labels.json``).
 
     Segments stored on another grid (cropped, other spacing) are resampled by nearest neighbour.
+
+    Raises:
+        InputImageError: no such file.
     """
     from .imageio import read_image
     from .preprocess import resample_to
 
     path = Path(path)
     if not path.exists():
-        raise OutputError(f"no such segmentation file: {path}")
+        raise InputImageError(f"no such segmentation file: {path}")
     suffix = full_suffix(path)
     if suffix == ".seg.nrrd":
         from .export_segments import read_seg_nrrd, resample_mask

@@ -115,3 +115,11 @@ def test_read_segments_places_a_cropped_seg_nrrd(chest_ct, chest_segmentation, m
             {"id": "S1", "name": "left lung", "labelValue": 1, "layer": 0, "color": [1, 0, 0]}]})
     read = read_segments(tmp_path / "crop.seg.nrrd", chest_ct)
     np.testing.assert_array_equal(read["left lung"], left)
+
+
+def test_a_missing_segmentation_file_is_an_input_error_not_an_output_error(chest_ct, tmp_path):
+    from PromptSegLib.errors import InputImageError, OutputError
+
+    with pytest.raises(InputImageError, match="no such segmentation file") as raised:
+        read_segments(tmp_path / "absent.seg.nrrd", chest_ct)
+    assert not isinstance(raised.value, OutputError)
