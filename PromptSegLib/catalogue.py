@@ -46,8 +46,19 @@ def catalogue_entry(folder: str | os.PathLike, url: str | None = None) -> dict:
             "spacing_mm": config.spacing_mm, "folder": folder.name if folder.parent == BUNDLED_MODELS else None}
 
 
-def load_catalogue(path: str | os.PathLike = CATALOGUE) -> list[dict]:
-    """Entries of a catalogue file (empty when there is none)."""
+def load_catalogue(path: str | os.PathLike | None = None) -> list[dict]:
+    """Entries of a catalogue file: a site's own (``path``; empty when there is none) or, by default, the
+    bundled one.
+
+    Raises:
+        ModelError: the bundled catalogue is missing (a broken install would otherwise list no model).
+    """
+    from .errors import ModelError
+
+    if path is None:
+        if not CATALOGUE.is_file():
+            raise ModelError(f"the bundled model catalogue {CATALOGUE} is missing: reinstall PromptSeg")
+        path = CATALOGUE
     path = Path(path)
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 

@@ -67,6 +67,18 @@ PARAPHRASES = ["The whole tumour in an MRI scan", "Segment the complete tumor on
 WHOLE_TUMOUR_FLOOR, EDEMA_FLOOR, WHITE_MATTER_FLOOR = 0.75, 0.45, 0.85
 
 
+def test_a_missing_bundled_catalogue_is_an_error_not_an_empty_list(monkeypatch, tmp_path):
+    """A broken install (no catalogue.json beside the bundled models) says so instead of listing no model; a
+    site's own catalogue may be absent."""
+    import PromptSegLib.catalogue as catalogue
+    from PromptSegLib.errors import ModelError
+
+    monkeypatch.setattr(catalogue, "CATALOGUE", tmp_path / "catalogue.json")
+    with pytest.raises(ModelError, match="catalogue .* is missing"):
+        catalogue.load_catalogue()
+    assert catalogue.load_catalogue(tmp_path / "site.json") == []
+
+
 def test_starter_on_the_held_out_brain_tumour_patient(starter, held_out_flair):
     """BRATS patient 6 was never trained on: the whole tumour and the oedema on its FLAIR."""
     image, label = held_out_flair
