@@ -18,13 +18,16 @@ import torch
 
 from .errors import ModelError, OutputError
 from .network import DuPLUSNet, NetworkConfig
-from .preprocess import CT_WINDOW_HU, IntensityRule, canonical_modality
+from .preprocess import IntensityRule, canonical_modality
 
 FORMAT = "promptseg-model"
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, CARD, SUMS = "weights.safetensors", "config.json", "README.md", "SHA256SUMS"
 TEXT_LORA = "text_lora.safetensors"
 PADDINGS = ("replicate", "constant")
+FORMAT1_CT_WINDOW_HU: tuple[float, float] = (-990.0, 500.0)
+"""The HU window of models that store only ``[mean, std]`` for CT (kept here, apart from the default of new
+models, ``preprocess.CT_WINDOW_HU``: changing that default must not change a trained model)."""
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL_NAME = "promptseg-starter"
 
@@ -42,8 +45,10 @@ class ModelConfig:
         targets: target names (vocabulary names) the model was trained on.
         regions: body regions seen in training, per modality: ``{"CT": ["abdomen", ...]}``.
         threshold: probability above which a voxel belongs to a target.
-        intensity: fixed z-score statistics per modality, ``{"CT": [mean, std]}`` of the clipped HU of the
-            training data; modalities not listed are z-scored with each image's own statistics.
+        intensity: the fixed intensity rule per modality, ``{"CT": [low, high, mean, std]}``: the HU window
+            and the z-score statistics of the clipped HU of the training data (a model of format 1 that stores
+            ``[mean, std]`` only was trained with the window :data:`FORMAT1_CT_WINDOW_HU`); modalities not
+            listed are z-scored with each image's own statistics.
         text_lora: LoRA settings (``LoraSettings.to_dict()``) when the text encoder was tuned with LoRA; its
             adapter weights are the folder's ``text_lora.safetensors``.
         padding: how windows reaching past the volume are filled, as the training crops were: ``replicate``
@@ -75,7 +80,9 @@ class ModelConfig:
         """The fixed intensity rule for ``modality`` (CT: the training data's statistics in the CT window), or
         None when images of that modality are z-scored with their own statistics."""
         stats = self.intensity.get(canonical_modality(modality))
-        return IntensityRule(*CT_WINDOW_HU, *stats) if stats else None
+        if not stats:
+            return None
+        return IntensityRule(*stats) if len(stats) == 4 else IntensityRule(*FORMAT1_CT_WINDOW_HU, *stats)
 
     def to_dict(self) -> dict:
         encoder = {"id": self.text_encoder, "dim": self.network.text_dim}

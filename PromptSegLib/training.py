@@ -268,7 +268,7 @@ def train(config: TrainConfig) -> Path:
     model_config = ModelConfig(
         config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
         targets, _regions(train_cases, base_config),
-        intensity={m: [rule.mean, rule.std] for m, rule in rules.items()},
+        intensity={m: [rule.low, rule.high, rule.mean, rule.std] for m, rule in rules.items()},
         text_lora=encoder.lora.to_dict() if encoder.lora else None, padding="replicate")
     if config.freeze_backbone:
         for name, parameter in network.named_parameters():

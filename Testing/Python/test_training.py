@@ -54,7 +54,7 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
 
     shared = IntensityRule.fit_many([sitk.GetArrayFromImage(sitk.ReadImage(str(STS / c / "CT_image.nii.gz")))
                                      for c in ("STS_001", "STS_002")], "CT")
-    assert model.config.intensity["CT"] == pytest.approx([shared.mean, shared.std], rel=1e-5)
+    assert model.config.intensity["CT"] == pytest.approx([shared.low, shared.high, shared.mean, shared.std], rel=1e-5)
     assert model.config.regions == {"CT": ["extremity"]}
     card = (root / "model" / "README.md").read_text()
     assert "promptseg train" in card and "--steps 3" in card
