@@ -297,13 +297,15 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _startSegmentation(self, jobDone) -> None:
         p = self._parameterNode
-        targets, texts = [], []
-        for line in self._targetList():
-            (texts if len(line.split()) > 4 else targets).append(line)  # a sentence is a raw prompt
-        self._runJob(lambda: self.logic.startSegmentation(
-            p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region, targets=targets,
-            targetTexts=texts, contextText=p.contextText or None, device=p.device, modelFolder=p.model,
-            allowUntrained=self.ui.allowUntrainedCheckBox.checked), jobDone, self.ui.applyButton)
+
+        def start():
+            targets, texts = self.logic.sortTargetLines(self._targetList())  # as --target / --target-text
+            return self.logic.startSegmentation(
+                p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region, targets=targets,
+                targetTexts=texts, contextText=p.contextText or None, device=p.device, modelFolder=p.model,
+                allowUntrained=self.ui.allowUntrainedCheckBox.checked)
+
+        self._runJob(start, jobDone, self.ui.applyButton)
 
     def _cancelRunningJob(self, button) -> bool:
         """While a job runs its ``button`` reads Cancel: ask the job to stop and disable the button. Returns

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
+from .errors import PromptError
 from .preprocess import canonical_modality
 from .vocabulary import Target, Vocabulary, default_vocabulary
 
@@ -63,3 +65,30 @@ def raw_target_query(text: str, vocabulary: Vocabulary | None = None) -> TargetQ
     """Free T2 text used as is; named after the vocabulary target it mentions, else after the text."""
     target = (vocabulary or default_vocabulary()).find_target_in(text)
     return TargetQuery(target.name if target else text.strip(), text.strip(), target)
+
+
+SENTENCE_MIN_WORDS = 5
+"""An unknown line of a target list with at least this many words is a raw T2 sentence."""
+
+
+def sort_target_lines(lines: Sequence[str], vocabulary: Vocabulary | None = None) -> tuple[list[str], list[str]]:
+    """A free list of targets, one per line (the Slicer module's target box) -> (vocabulary names or synonyms,
+    raw T2 sentences), so that a line gets the prompt ``--target`` or ``--target-text`` would give it.
+
+    A line the vocabulary knows is a target whatever its length ("upper lobe of left lung"); an unknown line of
+    :data:`SENTENCE_MIN_WORDS` words or more is a sentence; a shorter unknown line stays a target, so that it
+    fails with the nearest known names instead of being sent as text.
+    """
+    vocabulary = vocabulary or default_vocabulary()
+    targets: list[str] = []
+    texts: list[str] = []
+    for line in (line.strip() for line in lines):
+        if not line:
+            continue
+        try:
+            vocabulary.target(line)
+            known = True
+        except PromptError:
+            known = False
+        (texts if not known and len(line.split()) >= SENTENCE_MIN_WORDS else targets).append(line)
+    return targets, texts

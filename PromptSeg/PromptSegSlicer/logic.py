@@ -373,6 +373,14 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         return job.result
 
     # ------------------------------------------------------------------ running
+    def sortTargetLines(self, lines: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The target box's lines -> (vocabulary targets, raw T2 sentences), as the command line's ``--target``
+        and ``--target-text`` would take them (``PromptSegLib.prompts.sort_target_lines``)."""
+        ensureLibraryImportable()
+        from PromptSegLib.prompts import sort_target_lines
+
+        return sort_target_lines(lines)
+
     def startSegmentation(self, inputVolume, outputSegmentation=None, modality: str = "CT", region: str | None = None,
                           targets: Sequence[str] = (), targetTexts: Sequence[str] = (),
                           contextText: str | None = None, modelFolder=None, device: str = "auto",

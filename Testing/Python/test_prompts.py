@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from PromptSegLib.errors import ModelError, PromptError
-from PromptSegLib.prompts import context_prompt, paraphrases, raw_target_query, target_prompt, target_query
+from PromptSegLib.prompts import (context_prompt, paraphrases, raw_target_query, sort_target_lines, target_prompt,
+                                  target_query)
 from PromptSegLib.text_encoder import TextEncoder
 from PromptSegLib.vocabulary import DEFAULT_VOCABULARY, default_vocabulary
 
@@ -91,3 +92,16 @@ def test_encoder_folder_must_be_local(tmp_path):
         TextEncoder("sentence-transformers/all-MiniLM-L6-v2")
     with pytest.raises(ModelError, match="not a local"):
         TextEncoder(tmp_path)
+
+
+def test_a_target_list_gets_the_prompts_of_the_command_line():
+    """One prompt path for Slicer's target box and the command line: a name the vocabulary knows is a target at
+    any length (its canonical T2, as ``--target``), an unknown sentence is raw text (as ``--target-text``), an
+    unknown short line stays a target so that it fails with the nearest names."""
+    lines = ["upper lobe of left lung", "  Lung_L ", "", "the dark organ under the right ribs", "livr"]
+    targets, texts = sort_target_lines(lines)
+    assert targets == ["upper lobe of left lung", "Lung_L", "livr"]
+    assert texts == ["the dark organ under the right ribs"]
+    assert target_query("CT", targets[0]).prompt == target_prompt("CT", "left lung upper lobe")
+    with pytest.raises(PromptError, match="liver"):
+        target_query("CT", targets[2])

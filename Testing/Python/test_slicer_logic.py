@@ -766,3 +766,10 @@ def test_predict_gives_risk_group_and_a_survival_curve_plot(scene, logic):
     assert fields == {"HPV status": "1", "T-stage": "T2"}
     with pytest.raises(Exception, match="line 2"):
         logic.parseClinicalFields("HPV status: 1\nsmoker")
+
+
+def test_the_target_box_is_read_as_the_command_line_reads_targets(logic):
+    """A five-word vocabulary name goes as a target (it once went as raw text from the widget), a sentence
+    the vocabulary does not know as raw text."""
+    assert logic.sortTargetLines(["upper lobe of left lung", "the dark organ under the right ribs"]) == (
+        ["upper lobe of left lung"], ["the dark organ under the right ribs"])
