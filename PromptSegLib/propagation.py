@@ -900,7 +900,8 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
     config.training = {"steps": step, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads,
                        "seconds": round(train_seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
                        "spec": Path(spec_path).name, "cases": groups, "end_fraction": end_fraction,
-                       "grow_fraction": grow_fraction, "command": command}
+                       "grow_fraction": grow_fraction, "command": command,
+                       "hardware": f"the CPU ({platform.processor() or platform.machine()})", "torch": torch.__version__}
     if start_model is not None:
         previous = dict(start_model.config.training)
         if not previous.get("command"):  # models trained before the command was recorded in config.json
@@ -971,8 +972,8 @@ min-max normalised at its {config.quantiles[0]:g}/{config.quantiles[1]:g} percen
 - {t.get('steps')} steps of batch {t.get('batch_size')} at {config.input_size}x{config.input_size}, AdamW lr {t.get('lr')}
   (cosine), BCE + soft Dice; final loss {t.get('final_loss')}; seed {t.get('seed')}; {100 * t.get('end_fraction', 0):.0f} %
   of samples past a structure's end (empty target).
-- Training time: {seconds / 60:.1f} min of wall time on the CPU ({platform.processor() or platform.machine()}),
-  {t.get('threads')} thread{'s' if t.get('threads') != 1 else ''}, torch {torch.__version__}, no GPU.
+- Training time: {seconds / 60:.1f} min of wall time on {t.get('hardware') or 'the CPU'},
+  {t.get('threads')} thread{'s' if t.get('threads') != 1 else ''}, torch {t.get('torch') or torch.__version__}.
 {_init_lines(t.get('init'), seconds)}
 ## Measured on held-out volumes
 
@@ -990,32 +991,31 @@ structure. Computed by `evaluate_volumes` on the saved fp16 weights (at the end 
 
 
 
-LIMITS_SHRINK_ONLY = """Trained briefly on a CPU on a few dozen volumes. Near the prompt it follows the structure well (Dice +-5 and
-+-10 above). Past a structure's ends the mask rarely vanishes: the network's probability inside its mask stays
-near 0.95 there as within the structure, and it keeps or grows the mask it is prompted with (its training
-prompts were corrupted only by removing pixels: it learnt to add pixels back, never to remove extra ones; at
-threshold 0.5, one step from the true slice of a held-out structure the mask was larger than the truth in 40
-of 52 cases, by 2.4 % at the median), so each step carries the previous, too large mask on. The threshold and
-the stopping rule above curb this; where the structure barely stands out (sarcoma GTVs on CT) the rule cannot
-act and the whole-structure Dice stays below the near-prompt Dice: set the range limits to the structure's
-first and last slice, or correct a slice and propagate again from it. A correction is carried both ways up to
-the next kept slice, replacing what was there: drawn on a structure's tip (a few pixels), its mask regrows too
-slowly and the slices towards the middle come out too small, so the benchmark's simulated corrections (the
-worst slice, often a tip) lower the whole-structure Dice (below): correct slices well inside the structure, or
-undo. Training on prompts that also gain pixels, or on the model's own predictions, is the fix at the source
-(not done yet). Expect errors where a structure splits, merges or touches a similar neighbour. Not a medical
-device.
+LIMITS_SHRINK_ONLY = """Near the prompt it follows the structure well (Dice +-5 and +-10 above). Past a structure's
+ends the mask rarely vanishes: the network keeps or grows the mask it is prompted with (its training prompts were
+corrupted only by removing pixels: it learnt to add pixels back, never to remove extra ones; the size bias in the
+benchmark below measures this), so each step carries the previous, too large mask on. The threshold and the
+stopping rule above curb this; where the structure barely stands out (sarcoma GTVs on CT) the rule cannot act
+and the whole-structure Dice stays below the near-prompt Dice: set the range limits to the structure's first and
+last slice, or correct a slice and propagate again from it. A correction is carried both ways up to the next
+kept slice, replacing what was there: drawn on a structure's tip (a few pixels), its mask regrows too slowly and
+the slices towards the middle come out too small: correct slices well inside the structure, or undo. Training
+on prompts that also gain pixels (`--grow-fraction`) is the fix at the source. Expect errors where a structure
+splits, merges or touches a similar neighbour. Not a medical device.
 """
-"""The Limits section of a model trained only on prompts that lose pixels (measured on 0.1.0)."""
+"""The Limits section of a model trained only on prompts that lose pixels (after the training line)."""
 
 
 def _limits_text(training: dict) -> str:
     """The card's Limits section for a model with this training record: what a model trained only on prompts
     that lose pixels does (it grows its masks), or what is left for one trained on prompts that also gain."""
     grow = training.get("grow_fraction") or 0.0
+    volumes = sum(splits.get("train", 0) for splits in (training.get("cases") or {}).values())
+    trained = (f"Trained for {training.get('steps')} steps ({(training.get('seconds') or 0) / 60:.0f} min) on "
+               f"{volumes} training volumes.")
     if not grow:
-        return LIMITS_SHRINK_ONLY
-    return f"""Trained briefly on a CPU on a few dozen volumes. Near the prompt it follows the structure well (Dice +-5 and
+        return f"{trained} {LIMITS_SHRINK_ONLY}"
+    return f"""{trained} Near the prompt it follows the structure well (Dice +-5 and
 +-10 above). Its training prompts also gained pixels ({100 * grow:.0f} % of samples: an even margin or one bulge),
 so it learnt to shrink a too large mask as well as to grow a too small one; a model trained only on prompts
 that lost pixels grew its masks slice after slice and needed a higher threshold (the size bias in the

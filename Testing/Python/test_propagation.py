@@ -433,3 +433,20 @@ def test_propagate_command_writes_a_segmentation(tmp_path, bundled, capsys):
     assert main(["propagate", str(folder / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"),
                  "--slice", "9999", "-o", str(tmp_path / "x.nii.gz"), "-q"]) == 2
     assert "outside the volume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grow", [0.0, 0.3])
+def test_the_card_says_what_this_models_own_training_record_says(grow):
+    """The card's hardware, torch version, steps, time and volumes come from the model's training record, not
+    from text written for an earlier model ("trained briefly on a CPU", its measured counts)."""
+    from dataclasses import replace
+
+    from PromptSegLib.propagation import model_card
+
+    config = load_propagation_model(BUNDLED_PROPAGATION_MODEL).config
+    training = {**config.training, "hardware": "NVIDIA H200", "torch": "9.9.9", "steps": 1234, "seconds": 600.0,
+                "grow_fraction": grow, "cases": {"a": {"train": 30, "val": 3}, "b": {"train": 12}}}
+    card = model_card(replace(config, training=training), [], "promptseg train-propagation x", 600.0, "", [])
+    assert "on NVIDIA H200" in card and "torch 9.9.9" in card
+    assert "Trained for 1234 steps (10 min) on 42 training volumes." in card
+    assert "CPU" not in card and "40 of 52" not in card
