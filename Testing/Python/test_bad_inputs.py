@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from PromptSegLib.cli import main
 from PromptSegLib.imageio import read_image
 from PromptSegLib.model_io import CONFIG, replace_file
 
-from conftest import REPO, SHARED, zip_model
+from conftest import REPO, SHARED, needs_shared, zip_model
 
 DICOM_CT = SHARED / "totalsegmentator_example" / "ct_dicom_series" / "dicom"  # 20 slices, 2 mm apart
 PET_DICOM = SHARED / "sts_pet_ct_mr" / "dicom_example" / "STS_002" / "PET" / "image"
@@ -197,6 +196,7 @@ def series_copy(tmp_path: Path, name: str = "series") -> tuple[Path, list[Path]]
     return folder, files
 
 
+@needs_shared()
 @pytest.mark.parametrize("damage, reason", [
     ("remove middle", "is missing 1 slice(s) between {before} mm ({before_file}, instance {before_number}) and "
                       "{after} mm ({after_file}"),
@@ -228,6 +228,7 @@ def test_an_incomplete_dicom_series_is_refused_naming_the_slice(tiny_model_folde
     refuses(segment_argv(folder, tiny_model_folder, work / "out.seg.nrrd"), work, capfd, reason)
 
 
+@needs_shared()
 def test_a_dicom_folder_of_two_series_is_read_with_series_uid(tiny_model_folder, tmp_path, capfd):
     folder, files = series_copy(tmp_path, "two")
     for i, path in enumerate(files):  # a second series of the same slices, e.g. another reconstruction
@@ -288,6 +289,7 @@ def bqml_series(folder: Path, weight: bool = True) -> Path:
     return folder
 
 
+@needs_shared()
 def test_a_pet_dicom_series_is_segmented_in_suv(tiny_pet_model, tmp_path, capfd, monkeypatch):
     from PromptSegLib.inference import Segmenter
     from PromptSegLib.pet import read_pet_suv
@@ -312,6 +314,7 @@ def test_a_pet_dicom_series_is_segmented_in_suv(tiny_pet_model, tmp_path, capfd,
     refuses(argv, tmp_path, capfd, "cannot compute SUV: DICOM tag PatientWeight is missing or empty")
 
 
+@needs_shared()
 def test_a_pet_file_is_taken_as_suv_with_a_note(tiny_pet_model, tmp_path, capfd):
     argv = ["segment", str(PET_SUV_NIFTI), "--modality", "PET", "--region", "thorax", "--target", "GTV",
             "--model", str(tiny_pet_model), "-o", str(tmp_path / "o.seg.nrrd"), "-q"]
@@ -472,6 +475,7 @@ def test_prognose_refuses_empty_or_malformed_input(work, capfd, record, features
     refuses(argv + (["--image-features", str(work / features)] if features else []), work, capfd, reason)
 
 
+@needs_shared()
 @pytest.mark.parametrize("label", ["A" * 17, "", "a\\b"])
 def test_an_rtstruct_label_too_long_is_refused_not_cut(work, capfd, label):
     argv = ["export-rtstruct", "--ct", str(DICOM_CT), "--seg", str(work / "out.seg.nrrd"), "-o", str(work / "RS.dcm"),

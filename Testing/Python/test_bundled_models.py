@@ -13,7 +13,7 @@ from PromptSegLib.inference import Segmenter
 from PromptSegLib.metrics import dice
 from PromptSegLib.model_io import BUNDLED_MODELS
 
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 HELD_OUT = [f"STS_{i:03d}" for i in range(25, 31)]  # the GTV model's validation patients
 
@@ -23,6 +23,7 @@ def gtv_model():
     return Segmenter("promptseg-sts-gtv", device="cpu")
 
 
+@needs_shared()
 @pytest.mark.parametrize("modality, prefix, floor", [("CT", "CT", 0.5), ("PET", "PET", 0.5)])
 def test_gtv_on_held_out_patients(gtv_model, modality, prefix, floor):
     scores = []
@@ -79,6 +80,7 @@ def test_a_missing_bundled_catalogue_is_an_error_not_an_empty_list(monkeypatch, 
     assert catalogue.load_catalogue(tmp_path / "site.json") == []
 
 
+@needs_shared()
 def test_starter_on_the_held_out_brain_tumour_patient(starter, held_out_flair):
     """BRATS patient 6 was never trained on: the whole tumour and the oedema on its FLAIR."""
     image, label = held_out_flair
@@ -87,6 +89,7 @@ def test_starter_on_the_held_out_brain_tumour_patient(starter, held_out_flair):
     assert dice(result.mask(1), label == 2) >= EDEMA_FLOOR
 
 
+@needs_shared()
 def test_starter_obeys_the_prompts_on_the_held_out_patient(starter, held_out_flair):
     """Paraphrases give the same tumour, a target of another body region and an empty target give (almost)
     nothing, and a wrong context prompt (T1 mismatch: an abdominal CT) takes the tumour away (the card measures
@@ -118,6 +121,7 @@ def test_starter_switches_tissues_on_the_unseen_mni152_brain(starter, mni_t1_pat
     assert dice(result.mask(0), result.mask(1)) < 0.2  # 0.06 when this test was written
 
 
+@needs_shared()
 def test_prompt_check_on_the_held_out_patient(starter, held_out_flair):
     """``promptseg prompt-check``: wordings of a trained target run even when they mention other vocabulary
     words (the misspelt "whoe tumor" reads as a tumour); sentences keep the mask, the empty target gives none."""

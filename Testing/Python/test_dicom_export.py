@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import SHARED, segment_mask
+from conftest import SHARED, needs_shared, segment_mask
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -245,6 +245,7 @@ def test_missing_slice_and_uneven_spacing_refused(tmp_path, chest_ct):
         load_dicom_series(uneven)
 
 
+@needs_shared()
 def test_folder_with_several_series_lists_them(tmp_path, chest_ct):
     folder = write_ct_series(chest_ct, tmp_path / "mixed" / "chest")
     shutil.copytree(LUNG_GTV / "dicom" / "image", tmp_path / "mixed" / "phantom")
@@ -306,6 +307,7 @@ def test_dicom_seg_round_trip_exact(tmp_path, chest_dicom, chest_series, chest_s
     assert np.abs(back - probability).max() <= 0.5 / 255 + 1e-6
 
 
+@needs_shared()
 def test_real_lung_phantom_rtstruct_matches_its_nifti_mask(tmp_path):
     image, refs = load_dicom_series(LUNG_GTV / "dicom" / "image")
     masks = read_rtstruct(LUNG_GTV / "dicom" / "mask" / "DCM_RS_00060.dcm", image, refs)
@@ -323,6 +325,7 @@ def test_real_lung_phantom_rtstruct_matches_its_nifti_mask(tmp_path):
     assert pydicom.dcmread(tmp_path / "RS.dcm").RTROIObservationsSequence[0].RTROIInterpretedType == "GTV"
 
 
+@needs_shared()
 def test_reading_other_real_rt_and_seg_files():
     import highdicom as hd
 
@@ -342,6 +345,7 @@ def test_reading_other_real_rt_and_seg_files():
     assert seg.SegmentSequence[0].SegmentLabel
 
 
+@needs_shared()
 def test_series_with_blanked_uids_is_loaded_but_not_referenced(tmp_path):
     image, refs = load_dicom_series(TS_SERIES)  # real Siemens series, JPEG 2000, UIDs blanked by de-identification
     assert image.GetSize() == (512, 512, 20)
@@ -366,6 +370,7 @@ def test_command_line_exports(tmp_path, chest_dicom, chest_seg_path, capsys):
     assert "promptseg: error: no DICOM image series" in capsys.readouterr().err
 
 
+@needs_shared()
 @pytest.mark.skipif(dciodvfy_path() is None, reason="dciodvfy is not installed (apt-get install -y dicom3tools)")
 def test_dciodvfy_finds_no_errors(tmp_path, chest_rtstruct, chest_dicom, chest_seg_path):
     path, _ = chest_rtstruct

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from PromptSegLib.errors import InputImageError, OutputError
 from PromptSegLib.imageio import list_dicom_series, read_image, same_geometry, write_image
 
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -34,6 +34,7 @@ def test_oblique_direction_survives_round_trip(chest_ct, tmp_path):
     assert same_geometry(back, image, 1e-6)
 
 
+@needs_shared()
 def test_reads_real_dicom_series_folder():
     folder = SHARED / "totalsegmentator_example" / "ct_dicom_series" / "dicom"
     assert len(list_dicom_series(folder)) == 1

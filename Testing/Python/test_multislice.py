@@ -3,7 +3,6 @@ bundled propagation model, on a held-out real sarcoma CT (STS_025: the model nev
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,9 @@ from PromptSegLib.multislice import fill_from_slices
 from PromptSegLib.propagation import Propagator
 from PromptSegLib.shape_prior import fit_profile, interpolated_distance, shrink_to_radius
 
-STS_025 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sts_pet_ct_mr" / "nifti" / "STS_025"
+from conftest import SHARED, needs_shared
+
+STS_025 = SHARED / "sts_pet_ct_mr" / "nifti" / "STS_025"
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def protocol_slices(truth, k):
     return sorted({int(present[0] + np.floor((i + 0.5) * len(present) / k)) for i in range(k)})
 
 
+@needs_shared()
 def test_more_drawn_slices_fill_better_and_are_kept(sarcoma, propagator):
     image, truth, spacing = sarcoma
     scores = {}
@@ -49,6 +51,7 @@ def test_more_drawn_slices_fill_better_and_are_kept(sarcoma, propagator):
     assert scores[1] >= 0.8 and scores[3] >= 0.9 and scores[3] > scores[1]
 
 
+@needs_shared()
 def test_an_empty_drawn_slice_bounds_the_fill(sarcoma, propagator):
     image, truth, spacing = sarcoma
     middle = protocol_slices(truth, 1)[0]
@@ -91,6 +94,7 @@ def test_shape_priors():
     assert shrink_to_radius(disc(4), 6.0, 1.0).sum() == disc(4).sum()
 
 
+@needs_shared()
 def test_fill_command_fills_from_the_drawn_slices_of_a_mask(tmp_path, sarcoma, capsys):
     from PromptSegLib.cli import main
 

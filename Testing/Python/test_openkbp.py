@@ -15,11 +15,11 @@ from PromptSegLib.datasets import load_case, load_spec
 from PromptSegLib.training import dice_bce_loss
 from PromptSegLib.vocabulary import default_vocabulary
 
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, needs_shared
 
 VALIDATION = SHARED / "openkbp_hn_ct" / "validation"
 CHECKOUT = REPO.parent / "open-kbp" / "provided-data"
-needs_data = pytest.mark.skipif(not VALIDATION.is_dir(), reason=f"{VALIDATION} (shared data) is absent")
+needs_data = needs_shared("openkbp_hn_ct", "validation")
 
 
 def write_sparse_patient(converted: Path, folder: Path) -> Path:
@@ -70,6 +70,7 @@ def test_left_parotid_lies_on_the_patients_left_and_the_cord_below_the_brainstem
     assert centre(7)[1] < centre(1)[1]  # y grows posteriorly: mandible in front of the brainstem
 
 
+@needs_shared()
 @pytest.mark.skipif(not (CHECKOUT / "validation-pats" / "pt_201" / "ct.csv").is_file(),
                     reason="no checkout of the open-kbp repository beside the project")
 def test_upstream_files_read_as_the_converted_files():

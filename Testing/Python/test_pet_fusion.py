@@ -14,7 +14,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 from PromptSegLib.fusion import FusionError, aggregated_dice, fuse, fuse_masks
 from PromptSegLib.metrics import dice
 from PromptSegLib.pet import (NoOverlapError, PETConversionError, read_pet_suv, resample_pet_to_ct,
@@ -40,6 +40,7 @@ def _header():
     return pydicom.dcmread(sorted(PET_DICOM.glob("*.dcm"))[0])
 
 
+@needs_shared()
 def test_real_dicom_pet_matches_suv_nifti(suv_nifti, summary):
     suv, info = read_pet_suv(PET_DICOM)
     assert info.units == "GML" and info.scale_factor == 1.0
@@ -53,6 +54,7 @@ def test_real_dicom_pet_matches_suv_nifti(suv_nifti, summary):
     assert a[mask].mean() == pytest.approx(summary["STS_002"]["SUVmean"], abs=0.01)
 
 
+@needs_shared()
 def test_slopes_differ_per_slice():
     slopes = {float(pydicom.dcmread(f, stop_before_pixels=True).RescaleSlope) for f in PET_DICOM.glob("*.dcm")}
     assert len(slopes) > 10  # the per-slice rescale matters on this series
@@ -76,6 +78,7 @@ def _write_bqml(folder, decay: str, start: str | None):
     return decay_s
 
 
+@needs_shared()
 @pytest.mark.parametrize("decay", ["ADMIN", "START"])
 def test_bqml_conversion_recovers_suv(tmp_path, suv_nifti, decay):
     expected_decay = _write_bqml(tmp_path / "pet", decay, "20060128135759")
@@ -88,6 +91,7 @@ def test_bqml_conversion_recovers_suv(tmp_path, suv_nifti, decay):
     assert np.abs(a - b).max() < 1e-4 * b.max()
 
 
+@needs_shared()
 def test_start_time_of_day_used_when_dates_shifted():
     ds = _header()  # de-identified: start DateTime is 2006-01-29, the series 2006-01-28
     ds.Units, ds.DecayCorrection = "BQML", "START"
@@ -96,6 +100,7 @@ def test_start_time_of_day_used_when_dates_shifted():
     assert any("time of day" in note for note in info.notes)
 
 
+@needs_shared()
 @pytest.mark.parametrize("edit, words", [
     (lambda ds: delattr(ds, "PatientWeight"), "PatientWeight"),
     (lambda ds: delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadionuclideTotalDose"), "RadionuclideTotalDose"),
@@ -121,6 +126,7 @@ def test_missing_or_invalid_tags_refused(edit, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+@needs_shared()
 def test_series_without_weight_refused(tmp_path):
     (tmp_path / "pet").mkdir()
     for path in sorted(PET_DICOM.glob("*.dcm")):
@@ -132,6 +138,7 @@ def test_series_without_weight_refused(tmp_path):
         read_pet_suv(tmp_path / "pet")
 
 
+@needs_shared()
 def test_resample_pet_to_ct_and_overlap(suv_nifti):
     ct = sitk.ReadImage(str(NIFTI / "STS_002" / "CT_image.nii.gz"))
     pet_on_ct, report = resample_pet_to_ct(suv_nifti, ct)
@@ -168,6 +175,7 @@ def real_masks():
     return {pid: _masks_on_ct(pid) for pid in ("STS_002", "STS_003")}
 
 
+@needs_shared()
 def test_fusion_arithmetic_on_real_masks(real_masks):
     ct, pet = real_masks["STS_002"]
     assert ct.sum() > 1000 and pet.sum() > 1000 and (ct ^ pet).sum() > 0
@@ -188,6 +196,7 @@ def test_fusion_arithmetic_on_real_masks(real_masks):
     assert np.allclose(fuse([soft_a, soft_b], "max"), np.maximum(soft_a, soft_b))
 
 
+@needs_shared()
 def test_aggregated_dice_arithmetic(real_masks):
     preds = [real_masks[p][1] for p in real_masks]  # PET GTV as the "prediction" of the CT GTV
     truths = [real_masks[p][0] for p in real_masks]
@@ -239,6 +248,7 @@ def _fusion_spec(tmp_path, ct_id: str = "STS_026", pet_id: str = "STS_026", pet_
     return str(path)
 
 
+@needs_shared()
 def test_evaluate_fuse_reports_alone_fused_and_aggregated_dice(tmp_path, capsys):
     import csv
 
@@ -275,6 +285,7 @@ def test_evaluate_fuse_reports_alone_fused_and_aggregated_dice(tmp_path, capsys)
     assert expected["fused"] > max(expected["sts_ct"], expected["sts_pet"]) and expected["fused"] > 0.7
 
 
+@needs_shared()
 def test_evaluate_fuse_refuses_unpaired_cases_non_overlapping_grids_and_bad_weights(tmp_path, capsys):
     from PromptSegLib.cli import main
 

@@ -7,7 +7,7 @@ import pytest
 
 from PromptSegLib.postprocess import ImplausibleResultWarning, largest_component, own_side, postprocess
 
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 
 def blobs() -> np.ndarray:
@@ -34,7 +34,7 @@ def test_a_mask_far_smaller_than_the_organ_ever_is_emptied_with_a_warning():
     assert not (p[0] >= 0.5).any() and (p[1] >= 0.5).sum() == 224
 
 
-@pytest.mark.skipif(not (SHARED / "openkbp_hn_ct").is_dir(), reason="shared data is absent")
+@needs_shared("openkbp_hn_ct", "validation", "pt_201")
 def test_own_side_keeps_the_parotid_of_the_side_asked_on_a_real_ct():
     """Both real parotids of an OpenKBP patient as one mask: the left side keeps exactly the left parotid."""
     import SimpleITK as sitk

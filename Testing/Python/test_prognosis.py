@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 from PromptSegLib.cli import main
 from PromptSegLib.errors import ModelError
 from PromptSegLib.prognosis import (ClinicalDataError, ClinicalRecord, CoxBaseline, DeepHitSettings,
@@ -45,6 +45,7 @@ def _write(path, rows):
 
 # ------------------------------------------------------------------------------------------ table, prompt
 
+@needs_shared()
 def test_real_table_loads_with_unknowns(cohort):
     assert len(cohort) == 222 and int(cohort.events.sum()) == 55 and (cohort.times > 0).all()
     first = cohort.records[0]
@@ -86,6 +87,7 @@ def test_record_from_dicom_patient_tags():
     assert record_from_dicom(pydicom.Dataset()) == ClinicalRecord("patient")
 
 
+@needs_shared()
 def test_unknown_columns_named(tmp_path):
     rows = _rows(INFO)
     rows[0].append("Favourite colour")
@@ -97,6 +99,7 @@ def test_unknown_columns_named(tmp_path):
         ClinicalRecord.from_dict({"Age": 50, "shoe size": 44})
 
 
+@needs_shared()
 def test_patients_missing_from_endpoints_listed(tmp_path):
     rows = _rows(ENDPOINTS)
     dropped = [rows[5][0], rows[9][0]]
@@ -106,6 +109,7 @@ def test_patients_missing_from_endpoints_listed(tmp_path):
     assert all(pid in str(err.value) for pid in dropped)
 
 
+@needs_shared()
 @pytest.mark.parametrize("value", ["0", "-30", ""])
 def test_non_positive_time_refused(tmp_path, value):
     rows = _rows(ENDPOINTS)
@@ -114,6 +118,7 @@ def test_non_positive_time_refused(tmp_path, value):
         load_cohort(INFO, _write(tmp_path / "end.csv", rows))
 
 
+@needs_shared()
 def test_invalid_values_refused(tmp_path):
     rows = _rows(INFO)
     rows[1][2] = "3"  # gender
@@ -123,6 +128,7 @@ def test_invalid_values_refused(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ metrics
 
+@needs_shared()
 def test_harrell_matches_lifelines(cohort):
     from lifelines.utils import concordance_index
 
@@ -147,6 +153,7 @@ def test_antolini_equals_harrell_for_proportional_curves():
     assert antolini_c_index(times, events, grid, survival) == pytest.approx(harrell_c_index(times, events, risk))
 
 
+@needs_shared()
 def test_all_censored_c_index_undefined(cohort):
     with pytest.raises(UndefinedMetricError, match="every patient is censored"):
         harrell_c_index(cohort.times, np.zeros(len(cohort)), np.arange(len(cohort)))
@@ -176,6 +183,7 @@ def tiny_model(cohort):
     return train_deephit(prompts, small.times, small.events, settings=settings), small, prompts
 
 
+@needs_shared()
 def test_lora_changes_only_adapter_weights(tiny_model):
     from transformers import AutoModel
 
@@ -196,6 +204,7 @@ def test_lora_changes_only_adapter_weights(tiny_model):
     assert trainable and all("lora_" in n for n in trainable)
 
 
+@needs_shared()
 def test_save_load_roundtrip_and_checksum(tiny_model, tmp_path):
     model, small, prompts = tiny_model
     folder = save_prognosis_model(tmp_path / "prog", model, "test card")
@@ -213,6 +222,7 @@ def test_save_load_roundtrip_and_checksum(tiny_model, tmp_path):
         load_prognosis_model(folder)
 
 
+@needs_shared()
 def test_prognose_command(tiny_model, tmp_path, capsys):
     model, _, _ = tiny_model
     folder = save_prognosis_model(tmp_path / "prog", model)
@@ -230,6 +240,7 @@ def test_prognose_command(tiny_model, tmp_path, capsys):
     assert "NOPE" in capsys.readouterr().err
 
 
+@needs_shared()
 def test_train_prognosis_command(tmp_path, capsys):
     info, end = _rows(INFO), _rows(ENDPOINTS)
     keep = {r[0] for r in end[1:41]}
@@ -251,6 +262,7 @@ def test_train_prognosis_command(tmp_path, capsys):
 
 # ------------------------------------------------------------------------- image branch, generated cohort
 
+@needs_shared()
 def test_image_branch_learns_known_feature(cohort):
     """Survival depends on image feature 0 only (hazard exp(1.5 x0)); prompts are real records (no signal)."""
     rng = np.random.default_rng(0)
@@ -282,6 +294,7 @@ def test_image_branch_learns_known_feature(cohort):
 
 # ---------------------------------------------------------------------------------- the bundled model
 
+@needs_shared()
 def test_bundled_prognosis_model_reproduces_its_training_tertiles(cohort):
     from PromptSegLib.model_io import BUNDLED_MODELS
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +21,10 @@ from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, TEST_FLOORS, La
                                       train_propagation)
 from PromptSegLib.propagation_net import PromptUNet2D, PropagationNetConfig
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO, SHARED, needs_shared
+
 SPEC = REPO / "Resources" / "Training" / "propagation.json"
-SHARED = REPO.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (SHARED / "sts_pet_ct_mr").is_dir(), reason="../shared/data not present")
+needs_data = needs_shared("sts_pet_ct_mr")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -18,7 +18,7 @@ import vtk
 
 import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
 import slicer_shim
-from conftest import zip_model
+from conftest import SHARED, needs_shared, zip_model
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "PromptSeg"
@@ -605,10 +605,11 @@ def test_propagation_respects_the_range_runs_off_the_main_thread_and_cancels(
 
 # ------------------------------------------------------------------ PET/CT tumour and prognosis
 
-STS = REPO.parent / "shared" / "data" / "sts_pet_ct_mr"
+STS = SHARED / "sts_pet_ct_mr"
 STS_026 = STS / "nifti" / "STS_026"  # a held-out patient of the bundled promptseg-sts-gtv model
 
 
+@needs_shared()
 def test_pet_ct_fused_segment_on_the_ct_geometry_with_terminology(scene, logic):
     from PromptSegLib.fusion import fuse, segment_pair
     from PromptSegLib.inference import Segmenter
@@ -646,6 +647,7 @@ def test_pet_ct_fused_segment_on_the_ct_geometry_with_terminology(scene, logic):
     assert dice(mask, truth) > 0.7
 
 
+@needs_shared()
 def test_pet_ct_runs_off_the_main_thread_and_a_cancel_writes_nothing(scene, logic):
     from PromptSegLib.errors import Cancelled
 
@@ -665,6 +667,7 @@ def test_pet_ct_runs_off_the_main_thread_and_a_cancel_writes_nothing(scene, logi
     assert any(m.startswith("PET: window") for m in seen)  # progress came from the worker, both images
 
 
+@needs_shared()
 def test_pet_ct_refuses_non_overlapping_pet_activity_and_targets_the_model_lacks(scene, logic):
     from PromptSegLib.pet import NoOverlapError
     from PromptSegSlicer import InputError
@@ -704,6 +707,7 @@ class _DicomDatabase:
         return self.files.get(uid, "")
 
 
+@needs_shared()
 def test_pet_converted_to_suv_from_its_dicom_and_clinical_record_from_patient_tags(scene, logic, tmp_path,
                                                                                      monkeypatch):
     from test_pet_fusion import _write_bqml
@@ -734,6 +738,7 @@ def test_pet_converted_to_suv_from_its_dicom_and_clinical_record_from_patient_ta
         logic.convertPetToSuv(ct)
 
 
+@needs_shared()
 def test_predict_gives_risk_group_and_a_survival_curve_plot(scene, logic):
     from PromptSegLib.prognosis import ClinicalDataError
 

@@ -21,7 +21,7 @@ from PromptSegLib.training import (TrainConfig, absent_elsewhere, crop, dice_bce
                                    train_command)
 from PromptSegLib.vocabulary import default_vocabulary
 
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 STS = SHARED / "sts_pet_ct_mr" / "nifti"
 
@@ -46,6 +46,7 @@ def trained(tmp_path_factory):
     return root, config
 
 
+@needs_shared()
 def test_loop_writes_a_loadable_model_with_its_card(trained):
     root, config = trained
     model = load_model(config.output)
@@ -80,6 +81,7 @@ def test_the_cards_command_parses_back_to_the_same_settings(tmp_path):
     assert parsed == config
 
 
+@needs_shared()
 def test_lora_tunes_the_text_encoder_and_travels_with_the_model(tmp_path):
     """``--lora-rank``: peft adapters on the frozen MiniLM train with the network, are checkpointed (resume),
     saved in the model folder under its checksums, and used by inference."""
@@ -111,6 +113,7 @@ def test_lora_tunes_the_text_encoder_and_travels_with_the_model(tmp_path):
         load_model(folder)
 
 
+@needs_shared()
 def test_fine_tune_from_init_adds_an_mr_block_and_keeps_the_frozen_backbone(trained, tmp_path):
     import torch
 
@@ -136,6 +139,7 @@ def test_fine_tune_from_init_adds_an_mr_block_and_keeps_the_frozen_backbone(trai
     assert f"--init {config.output}" in (output / "README.md").read_text()
 
 
+@needs_shared()
 def test_resume_continues_from_the_checkpoint(trained):
     root, config = trained
     config.steps, config.resume = 5, True
@@ -148,6 +152,7 @@ def test_resume_continues_from_the_checkpoint(trained):
     assert "; steps 4-5 in " in (root / "model" / "README.md").read_text()
 
 
+@needs_shared()
 def test_resume_at_or_past_its_steps_writes_the_checkpoints_model_without_training(tmp_path):
     spec = write_spec(tmp_path / "spec.json", [("STS_001", "train"), ("STS_025", "val")])
     config = TrainConfig(spec=str(spec), output=str(tmp_path / "model"), checkpoints=str(tmp_path / "ckpt"),
@@ -166,6 +171,7 @@ def test_resume_at_or_past_its_steps_writes_the_checkpoints_model_without_traini
     assert "for steps 1-4" in card and "| gross tumor volume |" in card
 
 
+@needs_shared()
 def test_evaluate_command_with_ablations(trained, capsys):
     root, config = trained
     out = root / "scores.csv"
@@ -206,6 +212,7 @@ def test_loss_pulls_absent_targets_to_empty_by_bce_only():
     assert torch.isfinite(empty) and empty.item() == pytest.approx(np.log(2), rel=1e-5)  # BCE of p = 0.5 only
 
 
+@needs_shared()
 def test_foreground_oversampling_finds_the_tumour(tmp_path):
     spec = write_spec(tmp_path / "spec.json", [("STS_003", "train")])
     case = prepare_split(load_spec(spec), "train", 6.0)[0]
@@ -229,6 +236,7 @@ def test_short_field_of_view_keeps_a_slab_and_repeats_its_end_slices():
         assert np.array_equal(short_label, (short > 20).astype(np.uint8))  # the label follows the image
 
 
+@needs_shared()
 def test_bad_specs(tmp_path):
     with pytest.raises(PromptSegError, match="unknown target"):
         load_spec(write_spec(tmp_path / "a.json", [("STS_001", "train")], labels={"1": "tumour of doom"}))
@@ -243,6 +251,7 @@ def test_bad_specs(tmp_path):
                       "train", 6.0)
 
 
+@needs_shared()
 def test_overlapping_targets_and_targets_absent_from_other_regions(tmp_path):
     """BRATS sub-regions overlap (whole tumour contains the oedema): one label value serves several targets.
     A brain dataset is prompted with abdominal organs as certainly absent, never with a tumour that may be
@@ -280,6 +289,7 @@ def test_overlapping_targets_and_targets_absent_from_other_regions(tmp_path):
         load_spec(tmp_path / "bad.json")
 
 
+@needs_shared()
 def test_label_on_another_grid_is_resampled(tmp_path):
     label = sitk.ReadImage(str(STS / "STS_001" / "CT_mask.nii.gz"))
     shifted = sitk.Resample(label, [s // 2 for s in label.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
@@ -294,6 +304,7 @@ def test_label_on_another_grid_is_resampled(tmp_path):
     assert case.label.any()
 
 
+@needs_shared()
 @pytest.mark.parametrize("layout", ["msd", "nnunet"])
 def test_decathlon_and_nnunet_folders(tmp_path, layout):
     task = tmp_path / "Task01_Sarcoma"
@@ -319,6 +330,7 @@ def test_decathlon_and_nnunet_folders(tmp_path, layout):
     assert prepare_split([dataset], "val", 6.0)[0].label.any()
 
 
+@needs_shared()
 def test_hecktor_folder_gives_a_ct_and_a_pet_dataset(tmp_path):
     """The HECKTOR layout, built from two sarcoma patients' CT, PET and CT-grid mask: one CT and one PET
     dataset with the same case ids, GTVp/GTVn targets, the label resampled onto the PET grid."""
@@ -344,6 +356,7 @@ def test_hecktor_folder_gives_a_ct_and_a_pet_dataset(tmp_path):
         load_spec(spec)
 
 
+@needs_shared()
 def test_torchrun_two_processes_train_without_code_changes(tmp_path):
     """DistributedDataParallel on the CPU (gloo): two ranks, two modalities (so some input blocks get no
     gradient in a step), one model written by rank 0."""

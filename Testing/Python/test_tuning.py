@@ -13,10 +13,10 @@ from PromptSegLib.cli import main
 from PromptSegLib.model_io import ModelConfig, load_model, save_model
 from PromptSegLib.network import DuPLUSNet, NetworkConfig
 
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 KBP = SHARED / "openkbp_hn_ct" / "validation"
-pytestmark = pytest.mark.skipif(not KBP.is_dir(), reason=f"{KBP} (shared data) is absent")
+pytestmark = needs_shared("openkbp_hn_ct", "validation")
 LABELS = {"1": "brain stem", "2": "spinal cord", "3": "right parotid", "4": "left parotid", "5": "esophagus",
           "6": "larynx", "7": "mandible"}
 
