@@ -347,6 +347,40 @@ def test_cmake_lists_every_module_script():
         assert resource in cmake
 
 
+def _cmake_library_files(cmake: str, library: Path) -> set[str]:
+    """The PromptSegLib files the CMake globs pick up (``file(GLOB ...)`` of ``${_lib_source_dir}/...``, less the
+    excluded regex), relative to ``library``."""
+    import fnmatch
+    import re
+
+    picked = set()
+    patterns = re.findall(r"\$\{_lib_source_dir\}/(\S+?)\)?\s", cmake)
+    excluded = re.findall(r'EXCLUDE REGEX "([^"]+)"', cmake)
+    files = [p.relative_to(library).as_posix() for p in library.rglob("*") if p.is_file()]
+    for pattern in patterns:
+        picked |= {f for f in files if fnmatch.fnmatchcase(f, pattern) and f.count("/") == pattern.count("/")}
+    return {f for f in picked if not any(re.search(x.replace("\\\\", "\\"), f) for x in excluded)}
+
+
+def test_cmake_installs_every_runtime_file_the_wheel_ships():
+    """What pyproject ships in the PromptSegLib wheel (every module, the package data), a built Slicer extension
+    installs too (a catalogue.json missing from the extension once listed no bundled model)."""
+    import fnmatch
+    import tomllib
+
+    library = REPO / "PromptSegLib"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["PromptSegLib"]
+    files = [p.relative_to(library).as_posix() for p in library.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    shipped = {f for f in files if f.endswith(".py")}
+    shipped |= {f for f in files for pattern in patterns
+                if fnmatch.fnmatchcase(f, pattern) and f.count("/") == pattern.count("/")}
+    installed = _cmake_library_files((MODULE_DIR / "CMakeLists.txt").read_text(), library)
+    assert {"catalogue.py", "data/vocabulary.json", "models/catalogue.json"} <= shipped
+    assert not shipped - installed, f"shipped in the wheel but not installed by CMake: {sorted(shipped - installed)}"
+
+
 def test_terminology_file_is_the_vocabulary_and_loads_in_slicer(scene):
     import json
 
