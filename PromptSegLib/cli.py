@@ -208,6 +208,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise PromptSegError("--fusion and --weights apply with --fuse DATASET_A DATASET_B only")
     if args.fuse and (args.context_region or args.absent_target or args.closer_look != "off"):
         raise PromptSegError("--fuse does not combine with --context-region, --absent-target or --closer-look")
+    from .outputs import check_writable
+
+    check_writable(args.output)  # before any case is segmented
+    check_writable(args.output.rsplit(".", 1)[0] + ".md")
     datasets = load_spec(args.spec)
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
     if args.fuse:

@@ -189,6 +189,19 @@ def test_evaluate_command_with_ablations(trained, capsys):
     load_model(config.output)  # the manifest was updated with the card
 
 
+def test_evaluate_refuses_a_missing_output_folder_before_any_case(trained, monkeypatch, capsys):
+    """The output folder is checked first: an evaluation of 33 CTs once ran 6 minutes and then failed on it."""
+    root, config = trained
+
+    def no_segmenting(*args, **kwargs):
+        raise AssertionError("a case was segmented before the output was checked")
+
+    monkeypatch.setattr("PromptSegLib.evaluation.evaluate_cases", no_segmenting)
+    assert main(["evaluate", config.spec, "--model", config.output, "-o", str(root / "absent" / "scores.csv"),
+                 "--device", "cpu"]) == 2
+    assert "output folder" in capsys.readouterr().err and not (root / "absent").exists()
+
+
 def test_loss_pulls_absent_targets_to_empty_by_bce_only():
     """Soft Dice counts only targets present in the crop: on an absent one it would pull to exactly zero as
     hard as a present target's whole Dice (organs absent from most crops collapsed to probability 0)."""
