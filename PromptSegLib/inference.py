@@ -249,18 +249,21 @@ class Segmenter:
                               progress: ProgressCallback | None = None,
                               cancel: CancelFlag | None = None) -> torch.Tensor:
         """Probabilities ``(T, Z, Y, X)`` float32 on the model grid of an already prepared volume (sliding
-        windows; one backbone pass per window serves every query).
+        windows; one backbone pass per window serves every query). Windows cover only ``prepared.body`` when
+        set (CT: the body and its margin); probabilities outside it are 0.
 
         Raises:
             Cancelled: ``cancel`` was set.
         """
         report = progress or (lambda fraction, message: None)
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
-        logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], prepared.array.shape,
+        box = prepared.body or tuple(slice(0, n) for n in prepared.array.shape)
+        array = prepared.array[box]
+        logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape,
                                            overlap, report, cancel)
         from monai.inferers import sliding_window_inference
 
-        volume = torch.from_numpy(prepared.array)[None, None]
+        volume = torch.from_numpy(np.ascontiguousarray(array))[None, None]
         padding = self.model.config.padding  # as the training crops were padded
         fill = {"cval": float(prepared.array.min())} if padding == "constant" else {}
         with torch.inference_mode(), self._autocast():
@@ -271,7 +274,11 @@ class Segmenter:
                 padding_mode=padding, **fill)
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
-        return probabilities[0].float()
+        if prepared.body is None:
+            return probabilities[0].float()
+        whole = torch.zeros((len(queries), *prepared.array.shape), dtype=torch.float32)
+        whole[(slice(None), *box)] = probabilities[0].float()
+        return whole
 
     def windows_per_call(self) -> int:
         """Sliding windows per network call: 2 on the CPU for windows of at most 64^3 voxels, else 1.

@@ -17,6 +17,9 @@ from .errors import InputImageError
 MODALITIES: tuple[str, ...] = ("CT", "MR", "PET")
 CT_WINDOW_HU: tuple[float, float] = (-990.0, 500.0)
 PERCENTILES: tuple[float, float] = (2.0, 98.0)
+BODY_HU: float = -500.0
+"""CT voxels above this (HU) count as the patient or the table; the air around them holds no target."""
+BODY_MARGIN_MM: float = 15.0
 
 
 def canonical_modality(modality: str) -> str:
@@ -91,11 +94,28 @@ class ModelInput:
         array: normalised intensities on the model grid, float32, shape ``(Z, Y, X)``.
         grid: an image carrying the model grid's geometry (its voxels are not used).
         original: the input image, whose grid results go back to.
+        body: for CT, the box of ``array`` (index slices) that holds the body with a margin; the network only
+            looks inside it and the air around it is background. ``None``: the whole array.
     """
 
     array: np.ndarray
     grid: sitk.Image
     original: sitk.Image
+    body: tuple[slice, slice, slice] | None = None
+
+
+def body_box(hu: np.ndarray, spacing_mm: float) -> tuple[slice, slice, slice] | None:
+    """The index box of the voxels of ``hu`` ``(Z, Y, X)`` above :data:`BODY_HU`, grown by
+    :data:`BODY_MARGIN_MM` on each side and clipped to the array; ``None`` when no voxel is above it."""
+    inside = hu > BODY_HU
+    if not inside.any():
+        return None
+    margin = int(np.ceil(BODY_MARGIN_MM / spacing_mm))
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, hu.shape[axis])))
+    return tuple(box)
 
 
 def model_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -133,7 +153,9 @@ def prepare(image: sitk.Image, modality: str, spacing_mm: float = 1.5, rule: Int
     grid = model_grid(image, spacing_mm)
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     resampled = resample_to(image, grid, sitk.sitkLinear, background)
-    return ModelInput(rule.apply(sitk.GetArrayViewFromImage(resampled)), grid, image)
+    values = sitk.GetArrayViewFromImage(resampled)  # a view: valid while ``resampled`` lives
+    body = body_box(values, spacing_mm) if canonical_modality(modality) == "CT" else None
+    return ModelInput(rule.apply(values), grid, image, body)
 
 
 def to_original_grid(values: np.ndarray, model_input: ModelInput) -> np.ndarray:

@@ -115,3 +115,20 @@ def test_closer_look_changes_only_the_box(tiny_segmenter, chest_ct):
     np.testing.assert_array_equal(result.probabilities[0][outside], before[0][outside])
     np.testing.assert_array_equal(result.probabilities[1], before[1])
     assert not np.array_equal(result.probabilities[0][box], before[0][box])
+
+
+def test_air_around_a_ct_is_background_and_costs_no_windows(tiny_segmenter, chest_ct):
+    """The chest CT padded with 90 mm of air on each side in-plane: the windows stay inside the body box, so
+    the padded scan takes no more windows than the original, and the air beyond the box is background (0)."""
+    import SimpleITK as sitk
+
+    pad = [int(round(90 / s)) for s in chest_ct.GetSpacing()[:2]] + [0]
+    padded = sitk.ConstantPad(chest_ct, pad, pad, -1000.0)
+    counts = []
+    for image in (chest_ct, padded):
+        seen = []
+        result = tiny_segmenter.segment(image, "CT", "thorax", ["liver"], progress=lambda f, m: seen.append(m))
+        counts.append(int(next(m for m in reversed(seen) if m.startswith("window")).split()[-1]))
+    assert counts[1] == counts[0]
+    probabilities = result.probabilities[0]
+    assert (probabilities[:, :, : pad[0] - 6] == 0).all() and (probabilities[:, :, -pad[0] + 6:] == 0).all()

@@ -7,7 +7,8 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import InputImageError
 from PromptSegLib.metrics import dice
-from PromptSegLib.preprocess import IntensityRule, canonical_modality, model_grid, prepare, to_original_grid
+from PromptSegLib.preprocess import (BODY_HU, BODY_MARGIN_MM, IntensityRule, canonical_modality, model_grid, prepare,
+                                     to_original_grid)
 
 from conftest import segment_mask
 
@@ -87,3 +88,24 @@ def test_shared_ct_rule_is_the_z_score_of_all_voxels(chest_ct):
     np.testing.assert_allclose(shared.apply(halves[0]), whole.apply(array)[:17], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError):
         IntensityRule.fit_many(halves, "MR")
+
+
+def test_ct_body_box_holds_every_body_voxel_and_leaves_the_air_out(chest_ct, mni_t1_path):
+    """The windows of a CT look only inside the body box: it holds every voxel above -500 HU, grown by the
+    margin; on the chest CT padded with 60 mm of air on every side the air beyond the margin is left out; an MR
+    has no box."""
+    pad = [int(round(60 / s)) for s in chest_ct.GetSpacing()]
+    padded = sitk.ConstantPad(chest_ct, pad, pad, -1000.0)
+    prepared = prepare(padded, "CT", 3.0)
+    hu = sitk.GetArrayFromImage(sitk.Resample(padded, prepared.grid, sitk.Transform(), sitk.sitkLinear, -1000.0))
+    box = prepared.body
+    assert box is not None
+    inside = np.zeros(hu.shape, bool)
+    inside[box] = True
+    assert not (hu[~inside] > BODY_HU).any()
+    margin = int(np.ceil(BODY_MARGIN_MM / 3.0))
+    hits = np.argwhere(hu > BODY_HU)
+    for axis, cut in enumerate(box):
+        assert (cut.start, cut.stop) == (hits[:, axis].min() - margin, hits[:, axis].max() + margin + 1)
+    assert inside.sum() < 0.7 * inside.size
+    assert prepare(sitk.ReadImage(str(mni_t1_path)), "MR", 3.0).body is None
