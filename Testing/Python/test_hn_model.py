@@ -1,0 +1,87 @@
+"""The bundled head-and-neck organ model on patients it never saw (the OpenKBP validation split in
+../shared/data, held out as this model's test split), asked as a new user would, without naming a model:
+Dice floors a little below the card's figures, left and right never swapped, and (a known defect, marked so)
+parotids asked on an abdominal CT left empty with a warning."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from PromptSegLib.catalogue import route_model
+from PromptSegLib.inference import Segmenter
+from PromptSegLib.metrics import dice
+from PromptSegLib.postprocess import ImplausibleResultWarning
+
+from conftest import SHARED, needs_shared
+
+KBP = SHARED / "openkbp_hn_ct" / "validation"
+ABDOMEN_CT = SHARED / "totalsegmentator_example" / "ct_3mm" / "example_ct.nii.gz"
+pytestmark = needs_shared("openkbp_hn_ct", "validation")
+ORGANS = {"brain stem": "Brainstem", "spinal cord": "SpinalCord", "right parotid": "RightParotid",
+          "left parotid": "LeftParotid", "esophagus": "Esophagus", "larynx": "Larynx", "mandible": "Mandible"}
+FLOORS = {"brain stem": 0.69, "spinal cord": 0.67, "right parotid": 0.67, "left parotid": 0.61, "esophagus": 0.42,
+          "larynx": 0.39, "mandible": 0.81}
+"""The card's test Dice (promptseg-hn-oars 0.2.0: 0.722, 0.696, 0.696, 0.639, 0.451, 0.424, 0.842) less 0.03."""
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    folder = route_model("CT", "head and neck", list(ORGANS))  # what `promptseg segment` picks with no --model
+    assert folder.name == "promptseg-hn-oars"
+    return Segmenter(folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def results(segmenter):
+    """Per test patient: the truth label array, the organs delineated, and the seven predicted masks."""
+    summary = json.loads((KBP / "summary.json").read_text())
+    out = {}
+    for patient in sorted(p.name for p in KBP.glob("pt_*")):
+        image = sitk.ReadImage(str(KBP / patient / "ct.nii.gz"))
+        result = segmenter.segment(image, "CT", "head and neck", list(ORGANS))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(KBP / patient / "oars.nii.gz")))
+        delineated = [name for name, key in ORGANS.items() if summary[patient]["voxels"].get(key)]
+        out[patient] = (image, label, delineated, {q.name: result.mask(i) for i, q in enumerate(result.queries)})
+    return out
+
+
+def test_dice_floors_on_patients_never_seen(results):
+    scores: dict[str, list[float]] = {}
+    for image, label, delineated, masks in results.values():
+        for value, name in enumerate(ORGANS, start=1):
+            if name in delineated:
+                scores.setdefault(name, []).append(dice(masks[name], label == value))
+    means = {name: float(np.mean(v)) for name, v in scores.items()}
+    low = {name: round(means[name], 3) for name, floor in FLOORS.items() if means[name] < floor}
+    assert not low, f"below the floors {FLOORS}: {low}"
+
+
+def test_the_left_parotid_lies_on_the_patients_left_on_every_patient(results):
+    """Where both parotids are delineated, each predicted parotid is nearer (in LPS x, mm) the true parotid of
+    its own side than the other one: left and right are never swapped."""
+    checked = 0
+    for patient, (image, label, delineated, masks) in results.items():
+        if not {"left parotid", "right parotid"} <= set(delineated):
+            continue
+        x = lambda mask: image.TransformContinuousIndexToPhysicalPoint(  # noqa: E731
+            np.argwhere(mask).mean(axis=0)[::-1].tolist())[0]
+        true_right, true_left = x(label == 3), x(label == 4)
+        assert true_left > true_right  # LPS: x grows to the patient's left
+        for side, own, other in (("left parotid", true_left, true_right), ("right parotid", true_right, true_left)):
+            assert masks[side].any(), f"{patient}: no {side} found"
+            assert abs(x(masks[side]) - own) < abs(x(masks[side]) - other), f"{patient}: {side} on the wrong side"
+        checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: on the abdominal CT the model finds 16 mL 'parotids' (and a "
+                   "13 mL brain stem, a 26 mL mandible), inside every training volume range, so the size check does "
+                   "not see a scan of another region; a region check is still to be built")
+def test_parotids_asked_on_an_abdominal_ct_come_back_empty_with_a_warning(segmenter):
+    image = sitk.ReadImage(str(ABDOMEN_CT))
+    with pytest.warns(ImplausibleResultWarning, match="parotid"):
+        result = segmenter.segment(image, "CT", "head and neck", ["left parotid", "right parotid"])
+    assert not result.mask(0).any() and not result.mask(1).any()
