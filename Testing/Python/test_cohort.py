@@ -84,7 +84,7 @@ def embedded_run(cohort_csv, tiny_model_folder, tmp_path_factory):
 def cli_args(cohort_csv, output, tiny_model_folder, *more: str) -> list[str]:
     return ["cohort", str(cohort_csv), "-o", str(output), "--modality", "CT", "--region", "thorax",
             "--target", "left lung", "--target", "liver", "--model", str(tiny_model_folder), "--device", "cpu",
-            "--threads", "1", "--threshold", "0.01", "--rtstruct", "--boxes", *more]
+            "--threads", "1", "--threshold", "0.01", "--rtstruct", "--roi-names", "tg263", "--boxes", *more]
 
 
 def voxels(path: Path) -> np.ndarray:
