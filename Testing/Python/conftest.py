@@ -6,6 +6,7 @@ output, errors), never to claim that anything is segmented.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ from PromptSegLib.network import DuPLUSNet, NetworkConfig
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)  # the CI machine has 2 cores; keep one free and timings steady
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # Started in the background by a non-interactive shell, the suite inherits an ignored SIGINT, and so would the
+    # commands its tests interrupt as a terminal's Ctrl-C does; give them the normal KeyboardInterrupt back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SHARED = Path(os.environ.get("PROMPTSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 """The project's real data (``../shared/data``; ``$PROMPTSEG_SHARED_DATA`` elsewhere, e.g. to check that the
 suite skips cleanly without it)."""
