@@ -210,8 +210,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise PromptSegError("--fuse does not combine with --context-region, --absent-target or --closer-look")
     from .outputs import check_writable
 
-    check_writable(args.output)  # before any case is segmented
-    check_writable(args.output.rsplit(".", 1)[0] + ".md")
+    markdown = args.output.rsplit(".", 1)[0] + ".md"
+    for path in (args.output, markdown):
+        check_writable(path)  # before any case is segmented
     datasets = load_spec(args.spec)
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
     if args.fuse:
@@ -221,7 +222,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cases = load_split(datasets, args.split)
         scores = evaluate_cases(segmenter, cases, args.context_region, tuple(args.absent_target or ()), args.closer_look)
         table = markdown_table
-    write_scores(scores, args.output, args.output.rsplit(".", 1)[0] + ".md", table)
+    write_scores(scores, args.output, markdown, table)
     print(table(scores), end="")
     if args.card:
         from .model_io import append_to_card
