@@ -347,36 +347,31 @@ def test_cmake_lists_every_module_script():
         assert resource in cmake
 
 
-def _cmake_library_files(cmake: str, library: Path) -> set[str]:
-    """The PromptSegLib files the CMake globs pick up (``file(GLOB ...)`` of ``${_lib_source_dir}/...``, less the
-    excluded regex), relative to ``library``."""
+def _globbed(files: list[str], patterns: list[str]) -> set[str]:
+    """The ``files`` (paths relative to one folder) that a glob pattern picks, ``*`` not crossing a ``/`` (as
+    CMake's ``file(GLOB)`` and setuptools' package-data do)."""
     import fnmatch
-    import re
 
-    picked = set()
-    patterns = re.findall(r"\$\{_lib_source_dir\}/(\S+?)\)?\s", cmake)
-    excluded = re.findall(r'EXCLUDE REGEX "([^"]+)"', cmake)
-    files = [p.relative_to(library).as_posix() for p in library.rglob("*") if p.is_file()]
-    for pattern in patterns:
-        picked |= {f for f in files if fnmatch.fnmatchcase(f, pattern) and f.count("/") == pattern.count("/")}
-    return {f for f in picked if not any(re.search(x.replace("\\\\", "\\"), f) for x in excluded)}
+    return {f for f in files for pattern in patterns
+            if fnmatch.fnmatchcase(f, pattern) and f.count("/") == pattern.count("/")}
 
 
 def test_cmake_installs_every_runtime_file_the_wheel_ships():
     """What pyproject ships in the PromptSegLib wheel (every module, the package data), a built Slicer extension
     installs too (a catalogue.json missing from the extension once listed no bundled model)."""
-    import fnmatch
+    import re
     import tomllib
 
     library = REPO / "PromptSegLib"
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["package-data"]["PromptSegLib"]
     files = [p.relative_to(library).as_posix() for p in library.rglob("*")
              if p.is_file() and "__pycache__" not in p.parts]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     shipped = {f for f in files if f.endswith(".py")}
-    shipped |= {f for f in files for pattern in patterns
-                if fnmatch.fnmatchcase(f, pattern) and f.count("/") == pattern.count("/")}
-    installed = _cmake_library_files((MODULE_DIR / "CMakeLists.txt").read_text(), library)
+    shipped |= _globbed(files, pyproject["tool"]["setuptools"]["package-data"]["PromptSegLib"])
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()  # file(GLOB) of ${_lib_source_dir}/..., less EXCLUDE REGEX
+    excluded = [x.replace("\\\\", "\\") for x in re.findall(r'EXCLUDE REGEX "([^"]+)"', cmake)]
+    installed = {f for f in _globbed(files, re.findall(r"\$\{_lib_source_dir\}/(\S+?)\)?\s", cmake))
+                 if not any(re.search(x, f) for x in excluded)}
     assert {"catalogue.py", "data/vocabulary.json", "models/catalogue.json"} <= shipped
     assert not shipped - installed, f"shipped in the wheel but not installed by CMake: {sorted(shipped - installed)}"
 
