@@ -345,6 +345,8 @@ def run_cohort(cases: Sequence[Case] | str | os.PathLike, output: str | os.PathL
     finally:
         report.close()
         remove_partial_files(output)
+        # the record files are the truth: a worker may have written one the interrupted loop never received
+        records = {c.case_id: read_record(output, c.case_id) for c in cases}
         table = results_table([records[c.case_id] for c in cases if records[c.case_id] is not None], targets)
         write_results(output, table)
     return table

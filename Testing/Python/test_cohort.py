@@ -213,7 +213,7 @@ def test_ctrl_c_keeps_finished_cases_and_leaves_no_partial_file(cohort_csv, tiny
     assert 1 <= len(finished) < 6
     for case_id in finished:
         assert voxels(output / f"{case_id}.seg.nrrd").size
-    # the table lists what had finished when the interrupt came; a worker may still complete its case after
+    # the table lists every record on disk when it was written, those the interrupted loop never received too
     listed = sorted(pd.read_csv(output / "results.csv").case_id.unique())
     assert listed and set(listed) <= set(finished)
 
