@@ -518,7 +518,8 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
               "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
               f"- time: {_sessions_text(sessions or [])} on {hardware}",
-              f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})", "",
+              f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})",
+              *_init_lines(config.init), "",
               "## Validation Dice (measured at the end of this run on the validation cases, on the model grid, "
               "targets present in each case)", ""]
     if validation:
@@ -526,6 +527,28 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     else:
         lines.append("No validation cases.")
     return "\n".join(lines) + "\n"
+
+
+def _init_lines(init: str | None) -> list[str]:
+    """Card lines for the model a run was fine-tuned from: its name, version and, copied from its own card,
+    the command and training lines (so that the whole training history stays in the newest card)."""
+    if not init:
+        return []
+    from .model_io import read_config
+
+    base = read_config(init)
+    lines = [f"- started from {base.name} {base.version} (`--init`), itself trained as its card says:"]
+    card = Path(init) / "README.md"
+    text = card.read_text(encoding="utf-8").splitlines() if card.exists() else []
+    command = next((text[i + 1] for i, line in enumerate(text[:-1]) if line.startswith("```") and i > 0
+                    and text[i - 2].startswith("## Command")), None)
+    if command:
+        lines.append(f"  - `{command}`")
+    start = next((i for i, line in enumerate(text) if line == "## Training"), len(text))
+    end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
+    lines += [f"  {line}" for line in text[start + 1:end]
+              if line.startswith(("- steps:", "- time:", "- started from", "  - "))]
+    return lines if len(lines) > 1 else lines + ["  - (its card has no training record)"]
 
 
 def _sessions_text(sessions: list[dict]) -> str:

@@ -136,7 +136,13 @@ def test_fine_tune_from_init_adds_an_mr_block_and_keeps_the_frozen_backbone(trai
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
     assert any(k.startswith("inputs.MR") for k in after)
-    assert f"--init {config.output}" in (output / "README.md").read_text()
+    card, base_card = (output / "README.md").read_text(), (Path(config.output) / "README.md").read_text()
+    assert f"--init {config.output}" in card
+    # the base's own history is carried over: its command and its steps line
+    assert f"- started from {base.config.name} {base.config.version} (`--init`)" in card
+    base_command = base_card.split("```\n")[1].splitlines()[0]
+    assert f"  - `{base_command}`" in card
+    assert "  " + next(line for line in base_card.splitlines() if line.startswith("- steps: ")) in card
 
 
 @needs_shared()
