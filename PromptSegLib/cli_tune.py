@@ -12,14 +12,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .catalogue import resolve_model
     from .datasets import load_spec, load_split
     from .inference import Segmenter
-    from .tuning import apply_tuning, choose_postprocessing, smallest_volumes
+    from .tuning import apply_tuning, choose_postprocessing, truth_extremes
 
     if args.split == "test":
         raise PromptSegError("post-processing is chosen on validation cases, never on the test split")
     datasets = load_spec(args.spec)
     folder = resolve_model(args.model)
     segmenter = Segmenter(folder, device=args.device, threads=args.threads)
-    tuning = choose_postprocessing(segmenter, load_split(datasets, args.split), smallest_volumes(datasets, "train"))
+    tuning = choose_postprocessing(segmenter, load_split(datasets, args.split), *truth_extremes(datasets, "train"))
     print(tuning.markdown(), end="")
     apply_tuning(folder, tuning, "promptseg " + shlex.join(args.argv))
     print(f"largest component kept for: {', '.join(tuning.largest_component) or 'none'}; own side for: "

@@ -17,7 +17,7 @@ from .imageio import validate_volume
 from .catalogue import resolve_model
 from .model_io import Model, ModelConfig, load_model
 from .postprocess import postprocess
-from .preprocess import IntensityRule, ModelInput, canonical_modality, prepare, to_original_grid
+from .preprocess import IntensityRule, ModelInput, body_areas_cm2, canonical_modality, prepare, to_original_grid
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import LoraSettings, TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary, side_of
@@ -240,7 +240,8 @@ class Segmenter:
         postprocess(result, [q.name for q in queries], config.threshold, float(np.prod(image.GetSpacing())) / 1000.0,
                     config.largest_component, config.plausible_ml,
                     {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)},
-                    image)
+                    image, config.widest_body_cm2,
+                    body_areas_cm2(image) if modality == "CT" and config.widest_body_cm2 else None)
         report(1.0, "done")
         return SegmentationResult(queries, context, result, image, config.threshold)
 

@@ -58,6 +58,8 @@ class ModelConfig:
             a warning (see ``postprocess``).
         own_side: targets of one side (left/right) whose pieces on the other side of the body's midline are
             removed (chosen on validation cases).
+        widest_body_cm2: CT targets -> the widest body cross-section (cm²) on the middle slice of its training
+            truth; a mask in a far wider body is emptied with a warning (see ``postprocess``).
     """
 
     name: str
@@ -75,6 +77,7 @@ class ModelConfig:
     largest_component: list[str] = field(default_factory=list)
     plausible_ml: dict[str, float] = field(default_factory=dict)
     own_side: list[str] = field(default_factory=list)
+    widest_body_cm2: dict[str, float] = field(default_factory=dict)
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
         """The fixed intensity rule for ``modality`` (CT: the training data's statistics in the CT window), or
@@ -95,7 +98,8 @@ class ModelConfig:
                 "threshold": self.threshold, "intensity": self.intensity, "padding": self.padding,
                 **({"largest_component": self.largest_component} if self.largest_component else {}),
                 **({"plausible_ml": self.plausible_ml} if self.plausible_ml else {}),
-                **({"own_side": self.own_side} if self.own_side else {})}
+                **({"own_side": self.own_side} if self.own_side else {}),
+                **({"widest_body_cm2": self.widest_body_cm2} if self.widest_body_cm2 else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -114,7 +118,8 @@ class ModelConfig:
                          text_lora=data["text_encoder"].get("lora"), padding=data.get("padding", "constant"),
                          largest_component=list(data.get("largest_component", [])),
                          plausible_ml={t: float(v) for t, v in data.get("plausible_ml", {}).items()},
-                         own_side=list(data.get("own_side", [])))
+                         own_side=list(data.get("own_side", [])),
+                         widest_body_cm2={t: float(v) for t, v in data.get("widest_body_cm2", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
         if config.padding not in PADDINGS:

@@ -9,6 +9,11 @@
 - **Plausible size** (``ModelConfig.plausible_ml``: per target, the smallest volume in mL the training truth
   ever had): a target whose kept mask is smaller than a fraction of that is most likely not in the scan (a
   head-and-neck organ asked on an abdominal CT): it is emptied and a ``ImplausibleResultWarning`` says so.
+- **Plausible body region** (``ModelConfig.widest_body_cm2``, CT only: per target, the widest body
+  cross-section its training truth ever lay in, measured on the slice through the middle of the organ): a mask
+  whose middle slice cuts a body more than :data:`BODY_AREA_FACTOR` times wider lies in another body region (a
+  parotid asked on an abdominal CT, whose cross-section is two to three times a head's): it is emptied with a
+  warning. Only the upper bound is checked: a scan cropped to a small field of view keeps its organs.
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ from scipy import ndimage
 
 MIN_VOLUME_FRACTION = 0.2
 """A mask below this fraction of the smallest training volume of its target is taken as not found."""
+BODY_AREA_FACTOR = 1.25
+"""A mask whose middle slice cuts a body more than this times wider than its target's widest in training is
+taken as lying in another body region."""
 
 
 class ImplausibleResultWarning(UserWarning):
@@ -69,9 +77,26 @@ def own_side(mask: np.ndarray, image: sitk.Image, side: str, midline: float | No
     return keep[labels]
 
 
+def middle_slice_area(mask: np.ndarray, body_cm2: np.ndarray) -> float | None:
+    """The body cross-section (cm²) on the middle slice of ``mask`` (the median first-axis index of its voxels);
+    None for an empty mask.
+
+    Args:
+        mask: bool ``(Z, Y, X)``.
+        body_cm2: ``(Z,)`` the body's cross-section per slice (``preprocess.body_areas_cm2``).
+    """
+    z = np.nonzero(mask.any(axis=(1, 2)))[0]
+    if not len(z):
+        return None
+    per_slice = mask[z].sum(axis=(1, 2))
+    middle = z[int(np.searchsorted(np.cumsum(per_slice), per_slice.sum() / 2.0))]
+    return float(body_cm2[middle])
+
+
 def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, voxel_ml: float,
                 largest: list[str] | tuple[str, ...] = (), plausible_ml: dict[str, float] | None = None,
-                sides: dict[str, str] | None = None, image: sitk.Image | None = None) -> np.ndarray:
+                sides: dict[str, str] | None = None, image: sitk.Image | None = None,
+                widest_body_cm2: dict[str, float] | None = None, body_cm2: np.ndarray | None = None) -> np.ndarray:
     """Apply the model's post-processing in place.
 
     Args:
@@ -83,6 +108,8 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         plausible_ml: target -> smallest volume (mL) its training truth had.
         sides: target -> ``left`` or ``right``: pieces on the other side of ``image``'s midline are removed.
         image: the input image (for ``sides``).
+        widest_body_cm2: target -> the widest body cross-section (cm²) on its middle slice in training.
+        body_cm2: ``(Z,)`` the input's body cross-section per slice (CT; None skips the region check).
 
     Returns:
         ``probabilities`` (changed in place).
@@ -96,6 +123,14 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         if name in largest and mask.any():
             channel[mask & ~largest_component(mask)] = 0.0
             mask = channel >= threshold
+        widest = (widest_body_cm2 or {}).get(name)
+        area = middle_slice_area(mask, body_cm2) if widest and body_cm2 is not None else None
+        if area is not None and area > BODY_AREA_FACTOR * widest:
+            channel[mask] = 0.0
+            mask = channel >= threshold
+            warnings.warn(f"{name}: found where the body's cross-section is {area:.0f} cm², {area / widest:.1f} times "
+                          f"the widest it had in training ({widest:.0f} cm²): most likely a scan of another body "
+                          "region; left empty", ImplausibleResultWarning)
         smallest = (plausible_ml or {}).get(name)
         volume = float(mask.sum()) * voxel_ml
         if smallest and 0 < volume < MIN_VOLUME_FRACTION * smallest:

@@ -118,6 +118,14 @@ def body_box(hu: np.ndarray, spacing_mm: float) -> tuple[slice, slice, slice] | 
     return tuple(box)
 
 
+def body_areas_cm2(image: sitk.Image) -> np.ndarray:
+    """The body's cross-section on each slice of a CT: ``(Z,)`` float64, cm², the area of the voxels above
+    :data:`BODY_HU` on each slice of the array's first axis (axial slices for an axial series)."""
+    array = sitk.GetArrayViewFromImage(image)
+    pixel_cm2 = float(image.GetSpacing()[0] * image.GetSpacing()[1]) / 100.0
+    return (array > BODY_HU).sum(axis=(1, 2)) * pixel_cm2
+
+
 def model_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """An empty image on the axis-aligned isotropic grid that covers ``image``'s physical extent."""
     size = np.array(image.GetSize())

@@ -4,7 +4,9 @@ For each target the model segments, the validation Dice of the raw mask is compa
 with that of its largest connected component and, for a target of one side (the left parotid), with the mask
 kept on its own side of the body's midline, and with both; each target gets the option with the highest mean
 (ties: the simpler one). The smallest volume (mL) each target's truth has in the training cases becomes its plausible
-minimum (``postprocess``: a far smaller mask is emptied with a warning). Nothing here looks at test cases.
+minimum, and on CT the widest body cross-section (cm²) on the middle slice of its truth its plausible maximum
+(``postprocess``: a far smaller mask, or one in a far wider body, is emptied with a warning); how many validation
+masks those checks would empty is reported. Nothing here looks at test cases.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import SimpleITK as sitk
 
-from .datasets import DatasetSpec, LabelledCase, read_label_file
+from .datasets import DatasetSpec, LabelledCase, load_case, read_label_file
 from .errors import PromptSegError
 from .inference import Segmenter
 from .metrics import dice
 from .model_io import CONFIG, append_to_card, read_config, replace_file
-from .postprocess import MIN_VOLUME_FRACTION, largest_component, midline_x, own_side
+from .postprocess import BODY_AREA_FACTOR, MIN_VOLUME_FRACTION, largest_component, middle_slice_area, midline_x, own_side
+from .preprocess import body_areas_cm2
 from .vocabulary import side_of
 
 
@@ -35,10 +38,15 @@ class Tuning:
         scores: option (``OPTIONS``) -> target -> per-case validation Dice (``own side`` options only for
             targets of one side).
         plausible_ml: target -> smallest training truth volume in mL.
+        widest_body_cm2: CT target -> widest body cross-section (cm²) on its truth's middle slice in training.
+        middle_areas: target -> the body cross-section (cm²) on the middle slice of each validation case's
+            raw mask (non-empty masks of CT cases), for the report.
     """
 
     scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
     plausible_ml: dict[str, float] = field(default_factory=dict)
+    widest_body_cm2: dict[str, float] = field(default_factory=dict)
+    middle_areas: dict[str, list[float]] = field(default_factory=dict)
 
     def choice(self, target: str) -> str:
         """The option with the highest mean validation Dice for ``target`` (ties: the simpler one)."""
@@ -57,37 +65,53 @@ class Tuning:
     def markdown(self) -> str:
         """The card section: per target, cases, mean validation Dice of each option, the choice."""
         lines = ["| target | validation cases | " + " | ".join(f"Dice, {o}" for o in OPTIONS)
-                 + " | chosen | smallest in training (mL) |", "|---|---|" + "---|" * (len(OPTIONS) + 2)]
+                 + " | chosen | smallest in training (mL) | widest body in training (cm²) | validation masks in a "
+                 "wider body (widest found, cm²) |", "|---|---|" + "---|" * (len(OPTIONS) + 4)]
         for target in sorted(self.scores["all"]):
-            smallest = self.plausible_ml.get(target)
+            smallest, widest = self.plausible_ml.get(target), self.widest_body_cm2.get(target)
+            areas = self.middle_areas.get(target, [])
+            wider = (f"{sum(a > BODY_AREA_FACTOR * widest for a in areas)} of {len(areas)} ({max(areas):.0f})"
+                     if widest and areas else "-")
             cells = [f"{np.mean(self.scores[o][target]):.3f}" if target in self.scores[o] else "-" for o in OPTIONS]
             lines.append(f"| {target} | {len(self.scores['all'][target])} | {' | '.join(cells)} | {self.choice(target)} | "
-                         f"{f'{smallest:.1f}' if smallest is not None else '-'} |")
+                         f"{f'{smallest:.1f}' if smallest is not None else '-'} | "
+                         f"{f'{widest:.0f}' if widest is not None else '-'} | {wider} |")
         return "\n".join(lines) + "\n"
 
 
-def smallest_volumes(datasets: list[DatasetSpec], split: str = "train") -> dict[str, float]:
-    """Target -> the smallest volume (mL) its truth has among the ``split`` cases where it is delineated and
-    present (only the label files are read)."""
-    out: dict[str, float] = {}
+def truth_extremes(datasets: list[DatasetSpec], split: str = "train") -> tuple[dict[str, float], dict[str, float]]:
+    """From the ``split`` cases where a target is delineated and present: target -> the smallest volume (mL) of
+    its truth, and for CT datasets target -> the widest body cross-section (cm², ``body_areas_cm2``) on the
+    middle slice of its truth. Only the label files are read, and the images of CT datasets (the label then on
+    the image's grid)."""
+    smallest: dict[str, float] = {}
+    widest: dict[str, float] = {}
     for dataset in datasets:
         for case in (c for c in dataset.cases if c.split == split):
-            image = read_label_file(case)
-            label = sitk.GetArrayViewFromImage(image)
-            voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+            if dataset.modality == "CT":  # the truth on the image's grid, to measure the body beside it
+                read = load_case(dataset, case)
+                labels, body = read.label, body_areas_cm2(read.image)
+            else:
+                labels, body = read_label_file(case), None
+            label = sitk.GetArrayFromImage(labels)
+            voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
             for target in dataset.targets:
                 if target in case.unlabelled:
                     continue
-                volume = float(np.isin(label, dataset.values_of(target)).sum()) * voxel_ml
+                truth = np.isin(label, dataset.values_of(target))
+                volume = float(truth.sum()) * voxel_ml
                 if volume > 0:
-                    out[target] = min(out.get(target, volume), volume)
-    return out
+                    smallest[target] = min(smallest.get(target, volume), volume)
+                    if body is not None:
+                        widest[target] = max(widest.get(target, 0.0), middle_slice_area(truth, body))
+    return smallest, widest
 
 
-def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase],
-                          plausible_ml: dict[str, float]) -> Tuning:
+def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], plausible_ml: dict[str, float],
+                          widest_body_cm2: dict[str, float] | None = None) -> Tuning:
     """Measure the raw and largest-component Dice of every target on ``validation`` (the model's own
-    post-processing switched off for the measurement); ``plausible_ml`` (see :func:`smallest_volumes`) is kept.
+    post-processing switched off for the measurement); ``plausible_ml`` and ``widest_body_cm2`` (see
+    :func:`truth_extremes`) are kept, and the body cross-section on each raw mask's middle slice is recorded.
 
     Raises:
         PromptSegError: no validation case, or a model already carrying post-processing.
@@ -95,9 +119,9 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase],
     config = segmenter.model.config
     if not validation:
         raise PromptSegError("no validation case to choose the post-processing on")
-    if config.largest_component or config.plausible_ml or config.own_side:
+    if config.largest_component or config.plausible_ml or config.own_side or config.widest_body_cm2:
         raise PromptSegError(f"model {config.name} already has post-processing in its config; tune an untuned copy")
-    tuning = Tuning(plausible_ml=dict(plausible_ml))
+    tuning = Tuning(plausible_ml=dict(plausible_ml), widest_body_cm2=dict(widest_body_cm2 or {}))
     for case in validation:
         present = [t for t in case.dataset.targets if t in config.targets and t not in case.case.unlabelled]
         label = sitk.GetArrayFromImage(case.label)
@@ -106,9 +130,13 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase],
             continue
         result = segmenter.segment(case.image, case.dataset.modality, case.dataset.regions[0], present)
         midline = midline_x(case.image)
+        body = body_areas_cm2(case.image) if case.dataset.modality == "CT" else None
         for i, query in enumerate(result.queries):
             truth = np.isin(label, case.dataset.values_of(query.name))
             masks = {"all": result.mask(i)}
+            area = middle_slice_area(masks["all"], body) if body is not None else None
+            if area is not None:
+                tuning.middle_areas.setdefault(query.name, []).append(area)
             masks["largest component"] = largest_component(masks["all"])
             side = side_of(query.target)
             if side:
@@ -122,9 +150,11 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase],
 def apply_tuning(folder, tuning: Tuning, command: str) -> None:
     """Write the chosen post-processing into the model folder's config and its card (manifest updated)."""
     config = replace(read_config(folder), largest_component=tuning.largest_component, own_side=tuning.own_side,
-                     plausible_ml={t: round(v, 2) for t, v in sorted(tuning.plausible_ml.items())})
+                     plausible_ml={t: round(v, 2) for t, v in sorted(tuning.plausible_ml.items())},
+                     widest_body_cm2={t: round(v, 1) for t, v in sorted(tuning.widest_body_cm2.items())})
     replace_file(folder, CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
     append_to_card(folder, "## Post-processing (chosen on the validation cases)\n\n"
                    f"```\n{command}\n```\n\n{tuning.markdown()}\nA mask smaller than {MIN_VOLUME_FRACTION:g} x its target's "
                    "smallest training volume is emptied with a warning (an organ asked on a scan of another body "
-                   "region).")
+                   f"region), and so is a CT mask whose middle slice cuts a body more than {BODY_AREA_FACTOR:g} x wider "
+                   "than its target's widest in training (the last column: validation masks that check would empty).")

@@ -34,6 +34,27 @@ def test_a_mask_far_smaller_than_the_organ_ever_is_emptied_with_a_warning():
     assert not (p[0] >= 0.5).any() and (p[1] >= 0.5).sum() == 224
 
 
+def test_a_mask_in_a_far_wider_body_than_its_organ_ever_had_is_emptied_with_a_warning():
+    body = np.full(20, 250.0)
+    p = blobs()
+    postprocess(p, ["left parotid", "liver"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0},
+                body_cm2=body)
+    assert (p[0] >= 0.5).sum() == 224  # a head-sized body: kept
+    body[2:8] = 700.0  # the big piece (the middle slice of the mask) now lies in an abdomen-sized body
+    with pytest.warns(ImplausibleResultWarning, match="left parotid: found where the body's cross-section is 700 cm², "
+                                                      "2.3 times"):
+        postprocess(p, ["left parotid", "liver"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0},
+                    body_cm2=body)
+    assert not (p[0] >= 0.5).any() and (p[1] >= 0.5).sum() == 224  # the liver has no such bound: kept
+    p = blobs()
+    body[:] = 250.0
+    body[15:17] = 700.0  # only the stray piece is in a wide body: the middle slice is not
+    postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0}, body_cm2=body)
+    assert (p[0] >= 0.5).sum() == 224
+    postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0})  # no CT areas
+    assert (p[0] >= 0.5).sum() == 224
+
+
 @needs_shared("openkbp_hn_ct", "validation", "pt_201")
 def test_own_side_keeps_the_parotid_of_the_side_asked_on_a_real_ct():
     """Both real parotids of an OpenKBP patient as one mask: the left side keeps exactly the left parotid."""

@@ -44,6 +44,12 @@ def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_
     label = sitk.ReadImage(str(KBP / "pt_201" / "oars.nii.gz"))
     brainstem_ml = float((sitk.GetArrayFromImage(label) == 1).sum()) * float(np.prod(label.GetSpacing())) / 1000
     assert model.config.plausible_ml["brain stem"] == pytest.approx(brainstem_ml, abs=0.01)
+    # the widest body on the brain stem's middle slice: a head's cross-section (well below an abdomen's 600 cm²)
+    ct = sitk.ReadImage(str(KBP / "pt_201" / "ct.nii.gz"))
+    body = (sitk.GetArrayFromImage(ct) > -500).sum(axis=(1, 2)) * ct.GetSpacing()[0] * ct.GetSpacing()[1] / 100
+    z = np.nonzero(sitk.GetArrayFromImage(label) == 1)[0]
+    assert model.config.widest_body_cm2["brain stem"] == pytest.approx(body[int(np.median(z))], abs=0.1)
+    assert 150 < model.config.widest_body_cm2["brain stem"] < 350
     assert set(model.config.largest_component) <= {"brain stem", "mandible"} and model.config.own_side == []
     assert "## Post-processing (chosen on the validation cases)" in (tiny_hn_model / "README.md").read_text()
     assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu"]) == 2  # already tuned
