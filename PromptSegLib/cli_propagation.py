@@ -48,7 +48,7 @@ def read_mask(path: str, image, segment: str | None = None, label: int | None = 
 def cmd_train_propagation(args: argparse.Namespace) -> int:
     import logging
 
-    from .propagation import train_propagation
+    from .propagation_training import train_propagation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     command = "promptseg " + shlex.join(getattr(args, "argv", []) or [])
@@ -96,7 +96,8 @@ def cmd_propagate(args: argparse.Namespace) -> int:
 
     from .cli import _progress_bar
     from .errors import PromptSegError
-    from .propagation import FADE_CONTRAST, Propagator, propagate, resolve_axis, take_slice
+    from .propagation import FADE_CONTRAST, Propagator, propagate, resolve_axis
+    from .propagation_geometry import take_slice
 
     output, image, mask, name = _read_inputs(args)
     propagator = Propagator(args.model, threads=args.threads)
@@ -127,7 +128,8 @@ def cmd_fill(args: argparse.Namespace) -> int:
 
     from .cli import _progress_bar
     from .multislice import drawn_slices, fill_from_slices
-    from .propagation import FADE_CONTRAST, Propagator, resolve_axis, take_slice
+    from .propagation import FADE_CONTRAST, Propagator, resolve_axis
+    from .propagation_geometry import take_slice
 
     output, image, mask, name = _read_inputs(args)
     axis = resolve_axis(args.axis)

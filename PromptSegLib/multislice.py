@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, InputImageError, PromptSegError
-from .propagation import (FADE_CONTRAST, PropagationResult, Propagator, ProgressCallback, _set_slice, box_to_slice,
-                          propagate, resolve_axis, take_slice)
+from .propagation import FADE_CONTRAST, PropagationResult, Propagator, ProgressCallback, propagate, resolve_axis
+from .propagation_geometry import box_to_slice, set_slice, take_slice
 from .shape_prior import equivalent_radius, fit_profile, interpolated_distance, shrink_to_radius
 from .shape_prior import signed_distance as signed_distance_of
 
@@ -146,7 +146,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
 
     out = np.zeros(image.shape, bool)
     for k, v in drawn.items():
-        _set_slice(out, axis, k, v)
+        set_slice(out, axis, k, v)
     result = PropagationResult(out)
     # (a, b) pairs of neighbouring drawn slices, plus the open ends beyond the outermost ones
     spans = [(None, order[0])] + list(zip(order[:-1], order[1:])) + [(order[-1], None)]
@@ -155,7 +155,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
         done = len(result.written)
         if a is not None and b is not None and drawn[a].any() and drawn[b].any():
             for j, m in bridge(propagator, image, axis, a, drawn[a], b, drawn[b], threshold, cancel).items():
-                _set_slice(out, axis, j, m)
+                set_slice(out, axis, j, m)
                 result.written.append(j)
         else:
             # one side carries the structure outwards (up to the other drawn slice, or the range limit)

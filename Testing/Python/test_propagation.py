@@ -13,13 +13,16 @@ import SimpleITK as sitk
 
 from PromptSegLib.cli import main
 from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptSegError
-from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, TEST_FLOORS, LabelledVolume, PropagationModel,
-                                      Propagator, RegionContrast, SampleGenerator, calibrate_threshold,
-                                      choose_threshold, corrupt_prompt, dice_by_distance, kept_contrast,
-                                      largest_slice, load_propagation_model, load_propagation_spec, load_volume,
-                                      propagate, refresh_card, region_contrast, save_propagation_model, take_slice,
-                                      train_propagation)
+from PromptSegLib.propagation import Propagator, RegionContrast, kept_contrast, propagate, region_contrast
+from PromptSegLib.propagation_card import TEST_FLOORS
+from PromptSegLib.propagation_data import LabelledVolume, load_propagation_spec, load_volume
+from PromptSegLib.propagation_evaluation import dice_by_distance, largest_slice
+from PromptSegLib.propagation_geometry import take_slice
+from PromptSegLib.propagation_model import (BUNDLED_PROPAGATION_MODEL, PropagationModel, load_propagation_model,
+                                            save_propagation_model)
 from PromptSegLib.propagation_net import PromptUNet2D, PropagationNetConfig
+from PromptSegLib.propagation_samples import SampleGenerator, corrupt_prompt
+from PromptSegLib.propagation_training import calibrate_threshold, choose_threshold, refresh_card, train_propagation
 
 from conftest import REPO, SHARED, needs_shared
 
@@ -440,7 +443,7 @@ def test_the_card_says_what_this_models_own_training_record_says(grow):
     from text written for an earlier model ("trained briefly on a CPU", its measured counts)."""
     from dataclasses import replace
 
-    from PromptSegLib.propagation import model_card
+    from PromptSegLib.propagation_card import model_card
 
     config = load_propagation_model(BUNDLED_PROPAGATION_MODEL).config
     training = {**config.training, "hardware": "NVIDIA H200", "torch": "9.9.9", "steps": 1234, "seconds": 600.0,

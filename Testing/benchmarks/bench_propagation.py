@@ -39,9 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 from PromptSegLib.metrics import dice  # noqa: E402
 from PromptSegLib.multislice import fill_from_slices  # noqa: E402
-from PromptSegLib.propagation import (BUNDLED_PROPAGATION_MODEL, FADE_CONTRAST, Propagator,  # noqa: E402
-                                      evaluate_volumes, evaluation_targets, largest_slice,
-                                      load_propagation_spec, load_split, propagate, summary_table)
+from PromptSegLib.propagation import FADE_CONTRAST, Propagator, propagate  # noqa: E402
+from PromptSegLib.propagation_data import load_propagation_spec, load_split  # noqa: E402
+from PromptSegLib.propagation_evaluation import (evaluate_volumes, evaluation_targets, largest_slice,  # noqa: E402
+                                                 summary_table)
+from PromptSegLib.propagation_model import BUNDLED_PROPAGATION_MODEL  # noqa: E402
 
 
 COUNTS = (1, 2, 3, 4, 6, 8)
@@ -88,7 +90,7 @@ def held_out_structures(spec: list[dict], openkbp_every: int, groups=tuple(GROUP
     """Yield ``(group, name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for every held-out
     structure of ``groups`` (the spec's ``val`` cases; OpenKBP validation patients), skipping those ``done``
     names; nothing more is read once ``stop()`` is true."""
-    from PromptSegLib.propagation import load_volume
+    from PromptSegLib.propagation_data import load_volume
 
     for dataset in spec:
         group = "brats" if dataset["name"].startswith("brats") else dataset["name"]
@@ -210,7 +212,7 @@ def one_step_bias(propagator: Propagator, validation: list, threshold: float = 0
 
 def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[str, float]:
     """Per-slice and whole-volume propagation time on a real CT (liver) resampled to side x side x slices."""
-    from PromptSegLib.propagation import load_volume
+    from PromptSegLib.propagation_data import load_volume
 
     spec = load_propagation_spec(ROOT / "Resources" / "Training" / "propagation.json")
     organs = next(d for d in spec if d["name"] == "ts_ct_organs")
