@@ -22,7 +22,7 @@ def _read_features(path: str) -> np.ndarray:
     Raises:
         ClinicalDataError: a missing or unreadable file, or not a 1D or 2D array of numbers.
     """
-    from .prognosis import ClinicalDataError
+    from .prognosis_records import ClinicalDataError
 
     try:
         features = np.load(path, allow_pickle=False)
@@ -37,7 +37,7 @@ def _read_features(path: str) -> np.ndarray:
 def _load_image_features(path: str | None, n: int) -> np.ndarray | None:
     if not path:
         return None
-    from .prognosis import ClinicalDataError
+    from .prognosis_records import ClinicalDataError
 
     features = _read_features(path)
     if features.ndim != 2 or features.shape[0] != n:
@@ -66,8 +66,11 @@ def cmd_train_prognosis(args: argparse.Namespace) -> int:
     import torch
 
     from .outputs import check_writable
-    from .prognosis import (DeepHitSettings, build_prompt, cross_validate, load_cohort, save_prognosis_model,
-                            train_deephit)
+    from .prognosis import save_prognosis_model
+    from .prognosis_deephit import DeepHitSettings, train_deephit
+    from .prognosis_prompt import build_prompt
+    from .prognosis_records import load_cohort
+    from .prognosis_validation import cross_validate
 
     torch.set_num_threads(args.threads)
     output = Path(args.output)
@@ -117,8 +120,8 @@ def cmd_train_prognosis(args: argparse.Namespace) -> int:
 def cmd_prognose(args: argparse.Namespace) -> int:
     import torch
 
-    from .prognosis import (ClinicalDataError, ClinicalRecord, load_prognosis_model, patient_prognosis,
-                            read_clinical_table)
+    from .prognosis import load_prognosis_model, patient_prognosis
+    from .prognosis_records import ClinicalDataError, ClinicalRecord, read_clinical_table
 
     torch.set_num_threads(args.threads)
     if bool(args.record) == bool(args.clinical):

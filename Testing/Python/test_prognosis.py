@@ -16,11 +16,12 @@ import torch
 from conftest import SHARED, needs_shared
 from PromptSegLib.cli import main
 from PromptSegLib.errors import ModelError
-from PromptSegLib.prognosis import (ClinicalDataError, ClinicalRecord, CoxBaseline, DeepHitSettings,
-                                    UndefinedMetricError, antolini_c_index, bin_index, build_prompt,
-                                    deephit_loss, harrell_c_index, load_cohort, load_prognosis_model,
-                                    record_from_dicom, save_prognosis_model, time_cuts,
-                                    train_deephit)
+from PromptSegLib.prognosis import load_prognosis_model, record_from_dicom, save_prognosis_model
+from PromptSegLib.prognosis_deephit import DeepHitSettings, bin_index, deephit_loss, time_cuts, train_deephit
+from PromptSegLib.prognosis_metrics import UndefinedMetricError, antolini_c_index, harrell_c_index
+from PromptSegLib.prognosis_prompt import build_prompt
+from PromptSegLib.prognosis_records import ClinicalDataError, ClinicalRecord, load_cohort
+from PromptSegLib.prognosis_validation import CoxBaseline
 
 CLINICAL = SHARED / "clinical"
 INFO = CLINICAL / "hecktor2021_patient_info_training.csv"

@@ -769,7 +769,7 @@ def test_pet_converted_to_suv_from_its_dicom_and_clinical_record_from_patient_ta
 
 @needs_shared()
 def test_predict_gives_risk_group_and_a_survival_curve_plot(scene, logic):
-    from PromptSegLib.prognosis import ClinicalDataError
+    from PromptSegLib.prognosis_records import ClinicalDataError
 
     ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
     sh = scene.GetSubjectHierarchyNode()
