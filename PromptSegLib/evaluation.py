@@ -184,12 +184,13 @@ def evaluate_fusion(segmenter: Segmenter, datasets: Sequence[DatasetSpec], first
         labelled_a, labelled_b = load_case(a, case_a), load_case(b, case_b)
         alone_a, alone_b, _ = segment_pair(segmenter, labelled_a.image, labelled_b.image, (a.modality, b.modality),
                                            (a.regions[0], b.regions[0]), targets, allow_untrained=True)
-        fused = fuse_masks([alone_a.probabilities, alone_b.probabilities], method, weights, alone_a.threshold)
         label = sitk.GetArrayFromImage(labelled_a.label)
         for i, target in enumerate(targets):
             truth = np.isin(label, a.values_of(target))
+            fused = fuse_masks([alone_a.probability(i)[None], alone_b.probability(i)[None]], method, weights,
+                               alone_a.threshold)[0]
             for source, modality, mask in ((a.name, a.modality, alone_a.mask(i)), (b.name, b.modality, alone_b.mask(i)),
-                                           (FUSED, f"{a.modality}+{b.modality}", fused[i])):
+                                           (FUSED, f"{a.modality}+{b.modality}", fused)):
                 both, predicted, true = overlap_counts(mask, truth)
                 scores.append(FusionScore(case_a.id, target, source, modality, dice(mask, truth), both, true, predicted))
     return scores + aggregate_fusion(scores)

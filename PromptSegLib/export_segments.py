@@ -99,7 +99,7 @@ def segments_from_result(result) -> SegmentSet:
     segments = [ExportSegment(name=query.name, mask=result.mask(i), color=tuple(segment_color(query)),
                               terminology=terminology(query),
                               interpreted_type=query.target.interpreted_type if query.target else None,
-                              probability=result.probabilities[i])
+                              probability=result.probability(i))
                 for i, query in enumerate(result.queries)]
     return SegmentSet(segments, result.reference)
 

@@ -164,11 +164,12 @@ def segment_pair(segmenter: Segmenter, reference: sitk.Image, other: sitk.Image,
             image, modality, region, targets, allow_untrained=allow_untrained, cancel=cancel,
             progress=lambda fraction, message, n=n, modality=modality: report((n + fraction) / 2, f"{modality}: {message}")))
     first, second = results
-    channels = []
-    for probability in second.probabilities:
-        image = sitk.GetImageFromArray(probability)
+
+    def on_reference(index: int) -> np.ndarray:
+        image = sitk.GetImageFromArray(second.probability(index))
         image.CopyInformation(other)
-        channels.append(sitk.GetArrayFromImage(resample_to(image, reference, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
-    resampled = SegmentationResult(second.queries, second.context, np.clip(np.stack(channels), 0.0, 1.0), reference,
-                                   second.threshold)
+        return sitk.GetArrayFromImage(resample_to(image, reference, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+    resampled = SegmentationResult(second.queries, second.context,  # one full-size map at a time
+                                   (on_reference(i) for i in range(len(second.queries))), reference, second.threshold)
     return first, resampled, overlap

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,8 +15,10 @@ from .errors import Cancelled, InputImageError, ModelError, PromptError, PromptS
 from .imageio import validate_volume
 from .catalogue import resolve_model
 from .model_io import Model, ModelConfig, load_model
-from .postprocess import postprocess
-from .preprocess import IntensityRule, ModelInput, body_areas_cm2, canonical_modality, prepare, to_original_grid
+from .postprocess import midline_x, postprocess
+from .preprocess import (IntensityRule, ModelInput, body_areas_cm2, bounding_box, canonical_modality, prepare,
+                         to_original_box)
+from .probability import FLOOR, ProbabilityMap, level
 from .prompts import TargetQuery, context_prompt, raw_target_query, target_query
 from .text_encoder import LoraSettings, TextEncoder
 from .vocabulary import Vocabulary, default_vocabulary, side_of
@@ -115,27 +116,49 @@ def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> in
     return total
 
 
-@dataclass
 class SegmentationResult:
-    """Per-target probabilities on the input image's own grid.
+    """Per-target probabilities on the input image's own grid, one compact map per target (see
+    :mod:`.probability`): full-size arrays are made on demand, one target at a time.
 
     Attributes:
-        queries: the targets, in the order of ``probabilities``.
+        queries: the targets, in the order of ``maps``.
         context: the T1 text used.
-        probabilities: float32 ``(T, Z, Y, X)`` in [0, 1], indexed like ``sitk.GetArrayFromImage(reference)``.
+        maps: one :class:`~.probability.ProbabilityMap` per target, indexed like
+            ``sitk.GetArrayFromImage(reference)``.
         reference: the input image (geometry of the result).
         threshold: probability at or above which a voxel is in a target.
     """
 
-    queries: list[TargetQuery]
-    context: str
-    probabilities: np.ndarray
-    reference: sitk.Image
-    threshold: float
+    def __init__(self, queries: Sequence[TargetQuery], context: str,
+                 probabilities: np.ndarray | Iterable[np.ndarray | ProbabilityMap], reference: sitk.Image,
+                 threshold: float):
+        """``probabilities``: float ``(T, Z, Y, X)`` in [0, 1], or per target a float ``(Z, Y, X)`` array or a
+        ``ProbabilityMap`` (an iterator is taken one target at a time: one full-size array at once)."""
+        self.queries = list(queries)
+        self.context = context
+        self.maps = [p if isinstance(p, ProbabilityMap) else ProbabilityMap.from_array(p) for p in probabilities]
+        self.reference = reference
+        self.threshold = threshold
 
-    def mask(self, index: int) -> np.ndarray:
-        """Binary mask ``(Z, Y, X)`` of target ``index``."""
-        return self.probabilities[index] >= self.threshold
+    def probability(self, index: int) -> np.ndarray:
+        """float32 ``(Z, Y, X)`` probabilities of target ``index`` in [0, 1]."""
+        return self.maps[index].dense()
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """float32 ``(T, Z, Y, X)``: every target's full-size map at once (T x 4 bytes a voxel); prefer
+        :meth:`probability` or :meth:`mask` one target at a time."""
+        return np.stack([m.dense() for m in self.maps])
+
+    def mask(self, index: int, threshold: float | None = None) -> np.ndarray:
+        """Binary mask ``(Z, Y, X)`` of target ``index`` at ``threshold`` (default: the result's)."""
+        return self.maps[index].at_least(self.threshold if threshold is None else threshold)
+
+    def paste(self, index: int, box: tuple[slice, slice, slice], probabilities: np.ndarray) -> None:
+        """Replace target ``index``'s probabilities inside ``box`` (index slices ``(z, y, x)``)."""
+        dense = self.maps[index].dense()
+        dense[box] = probabilities
+        self.maps[index] = ProbabilityMap.from_array(dense)
 
 
 class Segmenter:
@@ -232,26 +255,73 @@ class Segmenter:
         report(0.0, "preparing the volume")
         prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
                            intensity or self.intensity_rule(modality))
-        probabilities = self.predict_on_model_grid(prepared, modality, context, queries, overlap, sw_batch_size,
-                                                   report, cancel)
+        probabilities, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
+                                                 report, cancel)
         report(0.95, "mapping back to the input grid")
-        result = np.clip(to_original_grid(probabilities.numpy(), prepared), 0.0, 1.0)
         config = self.model.config
-        postprocess(result, [q.name for q in queries], config.threshold, float(np.prod(image.GetSpacing())) / 1000.0,
-                    config.largest_component, config.plausible_ml,
-                    {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)},
-                    image, config.widest_body_cm2,
-                    body_areas_cm2(image) if modality == "CT" and config.widest_body_cm2 else None)
+        sides = {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)}
+        midline = midline_x(image) if sides else None
+        body_cm2 = body_areas_cm2(image) if modality == "CT" and config.widest_body_cm2 else None
+        shape = sitk.GetArrayViewFromImage(image).shape
+        maps = []
+        for channel, query in zip(probabilities.numpy(), queries):
+            values, box_on_input = self._to_input_grid(channel, box, prepared)
+            postprocess(values[None], [query.name], level(config.threshold),
+                        float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component, config.plausible_ml,
+                        sides, image, config.widest_body_cm2, body_cm2, tuple(s.start for s in box_on_input), midline)
+            maps.append(ProbabilityMap(shape, box_on_input, values))
         report(1.0, "done")
-        return SegmentationResult(queries, context, result, image, config.threshold)
+        return SegmentationResult(queries, context, maps, image, config.threshold)
+
+    @staticmethod
+    def _to_input_grid(channel: np.ndarray, box: tuple[slice, slice, slice],
+                       prepared: ModelInput) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+        """One target's model-grid probabilities ``channel`` (on ``box`` of the model grid) on the input grid in
+        1/255 steps (uint8), only inside the input box they reach with :data:`~.probability.FLOOR` or more, and
+        that box. The same as mapping the whole model grid back and rounding, at the cost of the target's box."""
+        support = bounding_box(channel >= FLOOR)
+        if support is None:
+            return np.zeros((0, 0, 0), np.uint8), (slice(0, 0),) * 3
+        # one voxel more on each side (zeros beyond the windows' box), so interpolation sees what the whole
+        # model grid holds there
+        low = [max(b.start + s.start - 1, 0) for b, s in zip(box, support)]
+        high = [min(b.start + s.stop + 1, n) for b, s, n in zip(box, support, prepared.array.shape)]
+        block = np.zeros([h - lo for lo, h in zip(low, high)], np.float32)
+        inner = tuple(slice(max(lo, b.start), min(h, b.stop)) for lo, h, b in zip(low, high, box))
+        block[tuple(slice(i.start - lo, i.stop - lo) for i, lo in zip(inner, low))] = \
+            channel[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, box))]
+        # interpolated (255 p + 0.5), truncated to uint8 by the resampler: 255 p rounded, with no float copy
+        np.clip(block, 0.0, 1.0, out=block)
+        block *= np.float32(255)
+        block += np.float32(0.5)
+        return to_original_box(block, tuple(low), prepared, sitk.sitkUInt8)
 
     def predict_on_model_grid(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
                               overlap: float = 0.25, sw_batch_size: int | None = None,
                               progress: ProgressCallback | None = None,
                               cancel: CancelFlag | None = None) -> torch.Tensor:
-        """Probabilities ``(T, Z, Y, X)`` float32 on the model grid of an already prepared volume (sliding
-        windows; one backbone pass per window serves every query). Windows cover only ``prepared.body`` when
-        set (CT: the body and its margin); probabilities outside it are 0.
+        """Probabilities ``(T, Z, Y, X)`` float32 on the whole model grid of an already prepared volume (see
+        :meth:`predict_in_box`); probabilities outside ``prepared.body`` are 0.
+
+        Raises:
+            Cancelled: ``cancel`` was set.
+        """
+        probabilities, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
+                                                 progress, cancel)
+        if prepared.body is None:
+            return probabilities
+        whole = torch.zeros((len(queries), *prepared.array.shape), dtype=torch.float32)
+        whole[(slice(None), *box)] = probabilities
+        return whole
+
+    def predict_in_box(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
+                       overlap: float = 0.25, sw_batch_size: int | None = None,
+                       progress: ProgressCallback | None = None,
+                       cancel: CancelFlag | None = None) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
+        """Probabilities ``(T, z, y, x)`` float32 on the model grid of an already prepared volume, only inside
+        the box the windows cover (sliding windows; one backbone pass per window serves every query), and that
+        box (index slices of ``prepared.array``): ``prepared.body`` when set (CT: the body and its margin, the
+        air around it is background), else the whole array.
 
         Raises:
             Cancelled: ``cancel`` was set.
@@ -275,11 +345,7 @@ class Segmenter:
                 padding_mode=padding, **fill)
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
-        if prepared.body is None:
-            return probabilities[0].float()
-        whole = torch.zeros((len(queries), *prepared.array.shape), dtype=torch.float32)
-        whole[(slice(None), *box)] = probabilities[0].float()
-        return whole
+        return probabilities[0].float(), box
 
     def windows_per_call(self) -> int:
         """Sliding windows per network call: 2 on the CPU for windows of at most 64^3 voxels, else 1.

@@ -59,11 +59,12 @@ def midline_x(image: sitk.Image) -> float:
         physical_x(image, (np.array(array.shape)[None] - 1) / 2)[0])
 
 
-def own_side(mask: np.ndarray, image: sitk.Image, side: str, midline: float | None = None) -> np.ndarray:
+def own_side(mask: np.ndarray, image: sitk.Image, side: str, midline: float | None = None,
+             origin: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
     """``mask`` without the 26-connected pieces whose centre lies on the other side of the midline.
 
     Args:
-        mask: bool ``(Z, Y, X)`` on ``image``'s grid.
+        mask: bool ``(z, y, x)`` on ``image``'s grid, its first voxel at array index ``origin``.
         side: ``left`` or ``right`` (the patient's).
         midline: LPS x in mm (default :func:`midline_x`).
     """
@@ -72,7 +73,7 @@ def own_side(mask: np.ndarray, image: sitk.Image, side: str, midline: float | No
     if count == 0:
         return mask.copy()
     centres = np.array(ndimage.center_of_mass(mask, labels, range(1, count + 1)))
-    x = physical_x(image, centres)
+    x = physical_x(image, centres + np.asarray(origin))
     keep = np.concatenate([[False], x > midline if side == "left" else x < midline])
     return keep[labels]
 
@@ -96,11 +97,14 @@ def middle_slice_area(mask: np.ndarray, body_cm2: np.ndarray) -> float | None:
 def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, voxel_ml: float,
                 largest: list[str] | tuple[str, ...] = (), plausible_ml: dict[str, float] | None = None,
                 sides: dict[str, str] | None = None, image: sitk.Image | None = None,
-                widest_body_cm2: dict[str, float] | None = None, body_cm2: np.ndarray | None = None) -> np.ndarray:
+                widest_body_cm2: dict[str, float] | None = None, body_cm2: np.ndarray | None = None,
+                origin: tuple[int, int, int] = (0, 0, 0), midline: float | None = None) -> np.ndarray:
     """Apply the model's post-processing in place.
 
     Args:
-        probabilities: float32 ``(T, Z, Y, X)`` on the input grid, one channel per name.
+        probabilities: ``(T, z, y, x)``, one channel per name, on the input grid or on a box of it that holds
+            every voxel at or above ``threshold``: float32 in [0, 1], or uint8 1/255 steps with ``threshold`` in
+            steps too (``probability.level``).
         names: the target name of each channel.
         threshold: probability at or above which a voxel is in a target.
         voxel_ml: the volume of one voxel in mL.
@@ -110,15 +114,19 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         image: the input image (for ``sides``).
         widest_body_cm2: target -> the widest body cross-section (cm²) on its middle slice in training.
         body_cm2: ``(Z,)`` the input's body cross-section per slice (CT; None skips the region check).
+        origin: the input-grid index ``(z, y, x)`` of the first voxel of ``probabilities``.
+        midline: the body's midline (LPS x, mm) for ``sides``; default :func:`midline_x` of ``image``.
 
     Returns:
         ``probabilities`` (changed in place).
     """
-    midline = midline_x(image) if sides and image is not None else None
+    if midline is None and sides and image is not None:
+        midline = midline_x(image)
+    body_cm2 = None if body_cm2 is None else body_cm2[origin[0]:]
     for channel, name in zip(probabilities, names):
         mask = channel >= threshold
-        if midline is not None and name in sides and mask.any():
-            channel[mask & ~own_side(mask, image, sides[name], midline)] = 0.0
+        if sides and name in sides and midline is not None and mask.any():
+            channel[mask & ~own_side(mask, image, sides[name], midline, origin)] = 0.0
             mask = channel >= threshold
         if name in largest and mask.any():
             channel[mask & ~largest_component(mask)] = 0.0

@@ -1,8 +1,8 @@
 """Preprocessing as in DuPLUS: one orientation, isotropic spacing, modality-specific intensity rules.
 
 The model grid is axis-aligned in LPS (identity direction) with isotropic spacing (mm) and covers the
-physical extent of the input. Arrays on it are indexed ``[z, y, x]``. ``to_original_grid`` maps model-grid
-probabilities back onto the input's own grid by linear interpolation in physical space.
+physical extent of the input. Arrays on it are indexed ``[z, y, x]``. ``to_original_box`` maps model-grid
+probabilities back onto the input's own grid by linear interpolation in physical space, only where they reach.
 """
 from __future__ import annotations
 
@@ -104,18 +104,22 @@ class ModelInput:
     body: tuple[slice, slice, slice] | None = None
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
+    """The index box of the ``True`` voxels of a ``(Z, Y, X)`` mask grown by ``margin`` voxels on each side and
+    clipped to the array; ``None`` when the mask is empty."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)
+
+
 def body_box(hu: np.ndarray, spacing_mm: float) -> tuple[slice, slice, slice] | None:
     """The index box of the voxels of ``hu`` ``(Z, Y, X)`` above :data:`BODY_HU`, grown by
     :data:`BODY_MARGIN_MM` on each side and clipped to the array; ``None`` when no voxel is above it."""
-    inside = hu > BODY_HU
-    if not inside.any():
-        return None
-    margin = int(np.ceil(BODY_MARGIN_MM / spacing_mm))
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, hu.shape[axis])))
-    return tuple(box)
+    return bounding_box(hu > BODY_HU, int(np.ceil(BODY_MARGIN_MM / spacing_mm)))
 
 
 def body_areas_cm2(image: sitk.Image) -> np.ndarray:
@@ -166,20 +170,41 @@ def prepare(image: sitk.Image, modality: str, spacing_mm: float = 1.5, rule: Int
     return ModelInput(rule.apply(values), grid, image, body)
 
 
-def to_original_grid(values: np.ndarray, model_input: ModelInput) -> np.ndarray:
-    """Map model-grid values back to the input grid (linear interpolation, 0 outside).
+def to_original_box(values: np.ndarray, start: tuple[int, int, int], model_input: ModelInput,
+                    pixel_type: int = sitk.sitkFloat32) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """Map a block of model-grid values onto the part of the input grid it reaches (linear interpolation).
+
+    Only the input voxels that lie within the block's extent (its voxel centres plus half a voxel) are
+    computed: the cost follows the block, not the input. Values beyond the block count as 0 where the block
+    ends inside the model grid; pad it with one voxel of zeros there to get exactly what the whole model grid
+    would give.
 
     Args:
-        values: shape ``(Z, Y, X)`` on the model grid, or ``(T, Z, Y, X)`` for T targets.
+        values: ``(z, y, x)`` on the model grid, its first voxel at model-grid index ``start`` ``(z, y, x)``.
+        pixel_type: of the result (SimpleITK's; an integer type truncates, clamped to its range).
 
     Returns:
-        float32 array of shape ``(Z', Y', X')`` or ``(T, Z', Y', X')`` on ``model_input.original``'s grid.
+        values on the input grid and their index box ``(z, y, x)`` in the input array (empty slices when the
+        block lies outside the input).
     """
-    stack = values[None] if values.ndim == 3 else values
-    out = []
-    for channel in stack:
-        moving = sitk.GetImageFromArray(np.asarray(channel, dtype=np.float32))
-        moving.CopyInformation(model_input.grid)
-        out.append(sitk.GetArrayFromImage(resample_to(moving, model_input.original)))
-    result = np.stack(out)
-    return result[0] if values.ndim == 3 else result
+    grid, original = model_input.grid, model_input.original
+    low_xyz = np.array(start[::-1], dtype=np.float64) - 0.5
+    corners = itertools.product(*zip(low_xyz, low_xyz + np.array(values.shape[::-1])))
+    index = np.array([original.TransformPhysicalPointToContinuousIndex(grid.TransformContinuousIndexToPhysicalPoint(
+        [float(c) for c in corner])) for corner in corners])
+    size = np.array(original.GetSize())
+    low = np.clip(np.floor(index.min(axis=0)).astype(int), 0, size)
+    high = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, low, size)
+    if np.any(high <= low):  # nothing of the input is reached
+        high = low
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))
+    if np.any(high <= low):
+        return sitk.GetArrayFromImage(sitk.Image([0, 0, 0], pixel_type)).reshape(0, 0, 0), box
+    moving = sitk.GetImageFromArray(np.asarray(values, dtype=np.float32))
+    moving.SetOrigin(grid.TransformIndexToPhysicalPoint([int(v) for v in start[::-1]]))
+    moving.SetSpacing(grid.GetSpacing())
+    moving.SetDirection(grid.GetDirection())
+    out = sitk.Resample(moving, [int(v) for v in high - low], sitk.Transform(), sitk.sitkLinear,
+                        original.TransformIndexToPhysicalPoint([int(v) for v in low]), original.GetSpacing(),
+                        original.GetDirection(), 0.0, pixel_type)
+    return sitk.GetArrayFromImage(out), box

@@ -51,6 +51,6 @@ def closer_look(segmenter: Segmenter, image: sitk.Image, result: SegmentationRes
         sub = segmenter.segment(crop, modality, targets=[query.name] if query.target else (),
                                 target_texts=() if query.target else [query.prompt], context_text=result.context,
                                 allow_untrained=True, spacing_mm=spacing, intensity=rule, cancel=cancel)
-        result.probabilities[i][box] = sub.probabilities[0]
+        result.paste(i, box, sub.probability(0))
         refined.append(i)
     return refined

@@ -153,7 +153,7 @@ def write_detections(path: str | os.PathLike, result: SegmentationResult) -> Pat
     from .describe import detect
     from .outputs import atomic_path
 
-    boxes = {q.name: [asdict(d) for d in detect(result.probabilities[i], result.threshold, result.reference, q.name)]
+    boxes = {q.name: [asdict(d) for d in detect(result.probability(i), result.threshold, result.reference, q.name)]
              for i, q in enumerate(result.queries)}
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(boxes, indent=2) + "\n", encoding="utf-8")

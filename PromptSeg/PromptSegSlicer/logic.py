@@ -571,7 +571,7 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                 segment = segmentation.GetSegment(segmentId)
                 segment.SetTag("PromptSeg.Prompt", query.prompt)
                 segment.SetTag("PromptSeg.Context", result.context)
-                labelmap = self._orientedMask(result.probabilities[index] >= threshold, matrix)
+                labelmap = self._orientedMask(result.mask(index, threshold), matrix)
                 if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                         labelmap, segmentationNode, segmentId,
                         slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
@@ -661,7 +661,7 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         threshold = result.threshold if threshold is None else float(threshold)
         nodes = []
         for index, query in enumerate(result.queries):
-            for detection in detect(result.probabilities[index], threshold, result.reference, query.name, minVolumeMl):
+            for detection in detect(result.probability(index), threshold, result.reference, query.name, minVolumeMl):
                 low, high = (np.array(corner) * [-1.0, -1.0, 1.0] for corner in detection.box_lps_mm)
                 roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{query.name} {detection.index}")
                 roi.SetCenter(((low + high) / 2).tolist())
@@ -965,8 +965,9 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
                                                     cancel=job._cancel)
         weight = request["petWeight"]
         fused = SegmentationResult(ctResult.queries, f"{ctResult.context} | {petResult.context}",
-                                   fuse([ctResult.probabilities, petResult.probabilities], "weighted_mean",
-                                        [1.0 - weight, weight]), ct, ctResult.threshold)
+                                   (fuse([ctResult.probability(i)[None], petResult.probability(i)[None]],
+                                         "weighted_mean", [1.0 - weight, weight])[0]
+                                    for i in range(len(ctResult.queries))), ct, ctResult.threshold)
         job.result = (fused, overlap)
 
     def finishPetCt(self, job: SegmentationJob, timeout: float | None = None):

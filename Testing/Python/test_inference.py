@@ -37,7 +37,9 @@ def test_windows_past_a_short_scan_are_padded_as_the_model_was_trained(tiny_mode
 
 def test_target_prompt_switches_the_output(tiny_segmenter, chest_ct):
     result = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["left lung", "liver"])
-    assert np.abs(result.probabilities[0] - result.probabilities[1]).mean() > 1e-3
+    # results carry probabilities in steps of 1/255; this untrained model's two targets are a step or more
+    # apart on 18 % of the voxels (mean difference 0.0024 on the model grid)
+    assert (result.probability(0) != result.probability(1)).mean() > 0.1
 
 
 def test_targets_do_not_change_each_other(tiny_segmenter, chest_ct):

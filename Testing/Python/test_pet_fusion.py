@@ -254,6 +254,7 @@ def test_evaluate_fuse_reports_alone_fused_and_aggregated_dice(tmp_path, capsys)
 
     from PromptSegLib.cli import main
     from PromptSegLib.inference import Segmenter
+    from PromptSegLib.probability import LEVELS, quantize
 
     output = tmp_path / "fusion.csv"
     assert main(["evaluate", _fusion_spec(tmp_path), "--model", "promptseg-sts-gtv", "--fuse", "sts_ct", "sts_pet",
@@ -272,7 +273,8 @@ def test_evaluate_fuse_reports_alone_fused_and_aggregated_dice(tmp_path, capsys)
     ct_probability = segmenter.segment(ct, "CT", "extremity", ["GTV"]).probabilities
     pet_probability = sitk.GetImageFromArray(segmenter.segment(pet, "PET", "extremity", ["GTV"]).probabilities[0])
     pet_probability.CopyInformation(pet)
-    pet_on_ct = sitk.GetArrayFromImage(resample_pet_to_ct(pet_probability, ct)[0])[None]
+    # a result holds probabilities in steps of 1/255, the PET's on the CT grid too
+    pet_on_ct = LEVELS[quantize(sitk.GetArrayFromImage(resample_pet_to_ct(pet_probability, ct)[0]))][None]
     fused = fuse([ct_probability, pet_on_ct])[0] > 0.5
     expected = {"sts_ct": dice(ct_probability[0] >= 0.5, truth), "sts_pet": dice(pet_on_ct[0] >= 0.5, truth),
                 "fused": dice(fused, truth)}

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from PromptSegLib.errors import InputImageError
 from PromptSegLib.metrics import dice
 from PromptSegLib.preprocess import (BODY_HU, BODY_MARGIN_MM, IntensityRule, canonical_modality, model_grid, prepare,
-                                     to_original_grid)
+                                     to_original_box)
 
 from conftest import segment_mask
 
@@ -56,9 +56,15 @@ def test_prepare_then_inverse_recovers_a_real_mask(chest_ct, chest_segmentation)
     mask_image = sitk.GetImageFromArray(truth.astype(np.float32))
     mask_image.CopyInformation(chest_ct)
     on_grid = sitk.GetArrayFromImage(sitk.Resample(mask_image, prepared.grid, sitk.Transform(), sitk.sitkLinear, 0.0))
-    back = to_original_grid(on_grid, prepared)
-    assert back.shape == truth.shape
+    back, box = to_original_box(on_grid, (0, 0, 0), prepared)
+    assert back.shape == truth.shape and box == tuple(slice(0, n) for n in truth.shape)  # the grid covers it all
     assert dice(back >= 0.5, truth) > 0.97
+    inner = tuple(slice(n // 4, n // 2) for n in on_grid.shape)  # a block: the same values where it reaches
+    part, part_box = to_original_box(on_grid[inner], tuple(s.start for s in inner), prepared)
+    assert 0 < part.size < back.size
+    centre = tuple(slice(s.start + 2, s.stop - 2) for s in part_box)  # away from the block's edge
+    local = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(centre, part_box))
+    np.testing.assert_allclose(part[local], back[centre], atol=1e-6)
 
 
 def test_prepare_handles_oblique_input(chest_ct):
@@ -68,7 +74,7 @@ def test_prepare_handles_oblique_input(chest_ct):
     image.SetDirection((rotation @ np.array(chest_ct.GetDirection()).reshape(3, 3)).ravel().tolist())
     prepared = prepare(image, "CT", 4.0)
     np.testing.assert_allclose(prepared.grid.GetDirection(), np.eye(3).ravel())
-    back = to_original_grid(np.ones(prepared.array.shape, np.float32), prepared)
+    back, _ = to_original_box(np.ones(prepared.array.shape, np.float32), (0, 0, 0), prepared)
     assert back.shape == sitk.GetArrayViewFromImage(image).shape
     assert back.min() > 0.99  # every input voxel lies inside the model grid
 

@@ -132,7 +132,7 @@ def test_rerun_updates_in_place_keeps_user_segments_and_undoes(scene, logic, tin
 
     run(logic, volume, node, tiny_model_folder, threshold=threshold)
     first = {name: segment_array(node, name, volume) for name in TARGETS}
-    higher = float(np.percentile(reference.probabilities, 80))
+    higher = float(reference.probabilities.max())  # the top 1/255 step of this model's narrow range (5 % of voxels)
     run(logic, volume, node, tiny_model_folder, threshold=higher)
 
     assert sorted(segment_names(node)) == sorted(["my tumour", *TARGETS])  # no duplicates
