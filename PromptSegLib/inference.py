@@ -106,6 +106,11 @@ def request_context(vocabulary: Vocabulary, modality: str, region: str | None = 
     return context_prompt(modality, vocabulary.region(region).name)
 
 
+HEAD_VOXELS = 1 << 16
+"""Voxels of a window the generated heads run on at once: their hidden maps (targets x head channels x voxels,
+float32) would take 566 MB for 20 targets on a whole 96^3 window, a fresh allocation each window."""
+
+
 def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     """How many windows MONAI's sliding-window inferer visits for a volume of ``shape``."""
     total = 1
@@ -367,7 +372,13 @@ class Segmenter:
         def predict(window: torch.Tensor) -> torch.Tensor:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("segmentation cancelled")
-            out = torch.sigmoid(self.network(window, modality, context, targets).float())
+            features, dense = self.network.backbone(window, modality, context)
+            out = torch.empty((window.shape[0], len(targets), *window.shape[2:]), dtype=torch.float32,
+                              device=window.device)
+            step = max(1, HEAD_VOXELS // int(np.prod(window.shape[3:])))
+            for start in range(0, window.shape[2], step):  # the head's per-target temporaries stay small
+                part = slice(start, start + step)
+                out[:, :, part] = torch.sigmoid(self.network.predict(features[:, :, part], dense, targets).float())
             done[0] += window.shape[0]
             report(0.05 + 0.85 * min(done[0] / total, 1.0), f"window {done[0]} of {total}")
             return out
