@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_checks import add_roi_names_argument
+from .cli_progress import progress_bar
 from .cli_cohort import add_subcommands as add_cohort_subcommands
 from .cli_dicom import add_subcommands as add_dicom_subcommands
 from .cli_prognosis import add_subcommands as add_prognosis_subcommands
@@ -19,31 +20,6 @@ from .cli_propagation import add_subcommands as add_propagation_subcommands
 from .cli_tune import add_subcommands as add_tune_subcommands
 from .errors import PromptSegError
 from .segment_request import add_request_arguments
-
-
-def _progress_bar(enabled: bool):
-    """A tqdm bar driven by ``(fraction, message)`` callbacks, or a no-op."""
-    if not enabled:
-        return (lambda fraction, message: None), (lambda: None)
-    if not sys.stderr.isatty():  # a log or a pipe: one line per tenth, no carriage returns
-        shown = [-1]
-
-        def line(fraction: float, message: str) -> None:
-            tenth = int(fraction * 10)
-            if tenth > shown[0]:
-                shown[0] = tenth
-                print(f"{fraction:4.0%} {message}", file=sys.stderr, flush=True)
-
-        return line, (lambda: None)
-    from tqdm import tqdm
-
-    bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-
-    def update(fraction: float, message: str) -> None:
-        bar.n = int(round(fraction * 100))
-        bar.set_postfix_str(message, refresh=True)
-
-    return update, bar.close
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -62,7 +38,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"promptseg: note: {note}", file=sys.stderr)
     segmenter = Segmenter(model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
     request.check(segmenter)
-    update, close = _progress_bar(not args.quiet)
+    update, close = progress_bar(not args.quiet)
     try:
         result = request.run(segmenter, image, progress=update)
     finally:

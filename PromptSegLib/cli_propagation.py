@@ -94,7 +94,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from .cli import _progress_bar
+    from .cli_progress import progress_bar
     from .errors import PromptSegError
     from .propagation import FADE_CONTRAST, Propagator, propagate, resolve_axis
     from .propagation_geometry import take_slice
@@ -107,7 +107,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         if not 0 <= k < mask.shape[axis]:
             raise PromptSegError(f"--keep slice {k} is outside the volume (slices 0..{mask.shape[axis] - 1})")
         fixed[k] = take_slice(mask, axis, k)
-    update, close = _progress_bar(not args.quiet)
+    update, close = progress_bar(not args.quiet)
     try:
         result = propagate(propagator, sitk.GetArrayViewFromImage(image), mask, args.slice, axis, fixed=fixed,
                            start=args.start, stop=args.stop, ssim_threshold=args.ssim_threshold,
@@ -126,7 +126,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from .cli import _progress_bar
+    from .cli_progress import progress_bar
     from .multislice import drawn_slices, fill_from_slices
     from .propagation import FADE_CONTRAST, Propagator, resolve_axis
     from .propagation_geometry import take_slice
@@ -135,7 +135,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     axis = resolve_axis(args.axis)
     drawn = {j: take_slice(mask, axis, j) for j in drawn_slices(mask, axis)}
     drawn.update({j: np.zeros_like(take_slice(mask, axis, 0)) for j in args.empty or ()})
-    update, close = _progress_bar(not args.quiet)
+    update, close = progress_bar(not args.quiet)
     try:
         result = fill_from_slices(Propagator(args.model, threads=args.threads), sitk.GetArrayViewFromImage(image),
                                   drawn, axis, spacing=tuple(reversed(image.GetSpacing())), start=args.start,
