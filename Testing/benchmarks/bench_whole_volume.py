@@ -1,79 +1,111 @@
-"""Whole-volume CPU time and peak memory: DuPLUS (1 and 10 targets) vs a plain MONAI UNet of similar
-parameter count through the same sliding-window inferer (96^3 windows, each at its faster number of windows
-per network call: 2 for the UNet, 1 for DuPLUS), on a real CT resampled to 256x256x200 at 1.5 mm; and the
-bundled starter model (48^3 windows at 2 mm) with its default 2 windows per call against 1.
+"""Whole-volume CPU time and peak memory of DuPLUS requests (1, 5, 10, 20 targets) beside peers run through the
+same MONAI sliding-window inferer on the same CT, every measurement in its own process (peak RSS its own):
 
-Each measurement runs in its own process so peak RSS belongs to it. Prints times, the ratios to the UNet
-baseline and to one window per call measured in the same run, and peak RSS (target: under 4 GB).
-Usage: python Testing/benchmarks/bench_whole_volume.py [--size X Y Z] [--threads N]
+- ``unet``: a plain MONAI UNet of similar parameter count (96^3 windows at 1.5 mm, 2 per call, overlap 0.25);
+- ``nnunet``: nnU-Net's default 3D U-Net (``dynamic-network-architectures``' PlainConvUNet, 6 stages, 32-320
+  features) at 3 mm with 105 classes, as TotalSegmentator's fast setting: random weights, 128^3 windows,
+  overlap 0.5, softmax, labels by argmax sent back to the input grid (nearest neighbour). Skipped with a note
+  when the package is not installed (``pip install promptseg[bench]``).
+- the bundled starter (48^3 windows at 2 mm), 1 target, with its default 2 windows per call and with 1.
+
+Default: the clinical 512x512x300 CT at 0.78x0.78x1.5 mm of ``bench_targets.py``; ``--small``: the former
+256x256x200 CT at 1.5 mm. Prints the DuPLUS phase table (read, resample, windows, map back, write), the peers'
+times and peak RSS, and the ratios measured in the same run.
+Usage: python Testing/benchmarks/bench_whole_volume.py [--small] [--threads N] [--counts 1 5 10 20]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import subprocess
-import sys
+import tempfile
 import time
+from pathlib import Path
+
+import SimpleITK as sitk
+from common import (FULL_SIZE, TWENTY_TARGETS, peak_rss_gb, phase_table, real_ct_on_grid, run_in_subprocess,
+                    timed_request)
+
+SMALL = ((256, 256, 200), (1.5, 1.5, 1.5))
+PEERS = ("unet", "nnunet", "starter", "starter-single")
 
 
-def run_case(kind: str, size: list[int], threads: int | None) -> dict:
+def nnunet_default(classes: int):
+    """nnU-Net's default 3D full-resolution U-Net for 128^3 patches (its planner's usual plan)."""
     import torch
-    from common import TEN_TARGETS, default_model, peak_rss_gb, real_ct_on_grid
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    return PlainConvUNet(1, 6, (32, 64, 128, 256, 320, 320), torch.nn.Conv3d, 3, (1, 2, 2, 2, 2, 2), 2, classes, 2,
+                         conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                         nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+
+
+def run_peer(kind: str, image_path: str, threads: int) -> dict:
+    """One peer (see the module docstring) in this process: seconds (reading excluded) and peak RSS."""
+    import torch
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import UNet
 
+    from PromptSegLib.imageio import read_image
     from PromptSegLib.inference import Segmenter
-    from PromptSegLib.network import count_parameters
-    from PromptSegLib.preprocess import prepare
+    from PromptSegLib.preprocess import prepare, resample_to
 
-    if threads:
-        torch.set_num_threads(threads)
-    image = real_ct_on_grid(tuple(size), 1.5)
-    if kind == "unet":
-        net = UNet(3, 1, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=1).eval()
-        start = time.perf_counter()
-        volume = torch.from_numpy(prepare(image, "CT", 1.5).array)[None, None]
+    torch.set_num_threads(threads)
+    image = read_image(image_path)
+    start = time.perf_counter()
+    if kind in ("unet", "nnunet"):
+        spacing, roi, overlap, batch = (1.5, (96,) * 3, 0.25, 2) if kind == "unet" else (3.0, (128,) * 3, 0.5, 1)
+        net = (UNet(3, 1, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=1) if kind == "unet"
+               else nnunet_default(105)).eval()
+        prepared = prepare(image, "CT", spacing)
+        volume = torch.from_numpy(prepared.array)[None, None]
+        activation = torch.sigmoid if kind == "unet" else (lambda logits: torch.softmax(logits, 1))
         with torch.inference_mode():
-            sliding_window_inference(volume, (96, 96, 96), 2, lambda w: torch.sigmoid(net(w)), overlap=0.25,
-                                     mode="gaussian")
-        parameters = count_parameters(net)
+            out = sliding_window_inference(volume, roi, batch, lambda w: activation(net(w)), overlap=overlap,
+                                           mode="gaussian")
+        if kind == "nnunet":
+            labels = sitk.GetImageFromArray(out[0].argmax(0).to(torch.uint8).numpy())
+            labels.CopyInformation(prepared.grid)
+            resample_to(labels, image, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     else:
-        model = None if kind.startswith("starter") else default_model()  # None: the bundled starter
-        segmenter = Segmenter(model, device="cpu")
-        targets = TEN_TARGETS[: 10 if kind == "duplus-10" else 1]
-        start = time.perf_counter()
-        segmenter.segment(image, "CT", "abdomen", targets, sw_batch_size=1 if kind == "starter-single" else None)
-        model = segmenter.model
-        parameters = count_parameters(model.network)
-    return {"kind": kind, "seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb(), "parameters": parameters}
+        Segmenter(None, device="cpu").segment(image, "CT", "abdomen", ["liver"],
+                                              sw_batch_size=1 if kind == "starter-single" else None)
+    return {"kind": kind, "seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, nargs=3, default=[256, 256, 200])
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--small", action="store_true", help="the quick 256x256x200 CT at 1.5 mm")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # IMAGE:KIND, KIND a peer or a target count
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.size, args.threads)))
+        path, kind = args.case.rsplit(":", 1)
+        run = run_peer(kind, path, args.threads) if kind in PEERS else timed_request(
+            path, TWENTY_TARGETS[:int(kind)], args.threads)
+        print(json.dumps(run))
         return
-    results = {}
-    for kind in ("unet", "duplus-1", "duplus-10", "starter", "starter-single"):
-        command = [sys.executable, __file__, "--case", kind, "--size", *map(str, args.size)]
-        command += ["--threads", str(args.threads)] if args.threads else []
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        results[kind] = json.loads(out.strip().splitlines()[-1])
-        r = results[kind]
-        print(f"{kind:15s} {r['parameters']:>9d} params  {r['seconds']:7.1f} s  peak RSS {r['peak_rss_gb']:.2f} GB")
-    base = results["unet"]["seconds"]
-    print(f"volume {args.size} voxels at 1.5 mm (real CT), CPU")
-    print(f"time ratio vs MONAI UNet: DuPLUS 1 target {results['duplus-1']['seconds'] / base:.2f}, "
-          f"10 targets {results['duplus-10']['seconds'] / base:.2f}")
-    print(f"starter model, 1 target: 2 windows per call {results['starter']['seconds']:.1f} s, 1 per call "
-          f"{results['starter-single']['seconds']:.1f} s: speed-up "
-          f"{results['starter-single']['seconds'] / results['starter']['seconds']:.2f}x")
-    worst = max(r["peak_rss_gb"] for r in results.values() if r["kind"] != "unet")
-    print(f"DuPLUS peak RSS {worst:.2f} GB (target < 4 GB)")
+    size, spacing = SMALL if args.small else FULL_SIZE
+    peers = [p for p in PEERS if p != "nnunet" or importlib.util.find_spec("dynamic_network_architectures")]
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "ct.nii.gz")
+        sitk.WriteImage(real_ct_on_grid(size, spacing), path, True)
+        runs = {kind: run_in_subprocess(__file__, ["--case", f"{path}:{kind}", "--threads", str(args.threads)])
+                for kind in [*map(str, args.counts), *peers]}
+    print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process")
+    print(phase_table([runs[str(n)] for n in args.counts]))
+    if "nnunet" not in peers:
+        print("nnU-Net peer skipped: dynamic-network-architectures is not installed (pip install promptseg[bench])")
+    segment = {n: sum(runs[str(n)]["seconds"][p] for p in ("resample", "windows", "map back")) for n in args.counts}
+    for kind in peers:
+        r = runs[kind]
+        ratios = ", ".join(f"{n} targets {segment[n] / r['seconds']:.2f}x" for n in args.counts)
+        print(f"{kind:15s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_gb']:.2f} GB  (the segment call, DuPLUS / "
+              f"this: {ratios})")
+    print(f"starter, 1 target: 2 windows per call {runs['starter']['seconds']:.1f} s, 1 per call "
+          f"{runs['starter-single']['seconds']:.1f} s: speed-up "
+          f"{runs['starter-single']['seconds'] / runs['starter']['seconds']:.2f}x")
 
 
 if __name__ == "__main__":
