@@ -5,8 +5,9 @@ with that of its largest connected component and, for a target of one side (the 
 kept on its own side of the body's midline, and with both; each target gets the option with the highest mean
 (ties: the simpler one). The smallest volume (mL) each target's truth has in the training cases becomes its plausible
 minimum, and on CT the widest body cross-section (cm²) on the middle slice of its truth its plausible maximum
-(``postprocess``: a far smaller mask, or one in a far wider body, is emptied with a warning); how many validation
-masks those checks would empty is reported. Nothing here looks at test cases.
+(``postprocess``: a far smaller mask, or one in a far wider body, is emptied with a warning). The region check is
+kept only for targets where it empties no validation mask of the chosen option (every validation case holds the
+target, so any mask it empties is a loss there). Nothing here looks at test cases.
 """
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ class Tuning:
             targets of one side).
         plausible_ml: target -> smallest training truth volume in mL.
         widest_body_cm2: CT target -> widest body cross-section (cm²) on its truth's middle slice in training.
-        middle_areas: target -> the body cross-section (cm²) on the middle slice of each validation case's
-            raw mask (non-empty masks of CT cases), for the report.
+        middle_areas: option -> target -> the body cross-section (cm²) on the middle slice of each validation
+            case's mask (non-empty masks of CT cases).
     """
 
     scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
     plausible_ml: dict[str, float] = field(default_factory=dict)
     widest_body_cm2: dict[str, float] = field(default_factory=dict)
-    middle_areas: dict[str, list[float]] = field(default_factory=dict)
+    middle_areas: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
 
     def choice(self, target: str) -> str:
         """The option with the highest mean validation Dice for ``target`` (ties: the simpler one)."""
@@ -62,20 +63,29 @@ class Tuning:
     def own_side(self) -> list[str]:
         return sorted(t for t in self.scores["all"] if "own side" in self.choice(t))
 
+    @property
+    def region_checked(self) -> list[str]:
+        """Targets with a widest training body that no validation mask of their chosen option exceeds
+        ``BODY_AREA_FACTOR`` times (the region check would empty none of them)."""
+        return sorted(t for t, widest in self.widest_body_cm2.items() if t in self.scores["all"] and not any(
+            a > BODY_AREA_FACTOR * widest for a in self.middle_areas[self.choice(t)].get(t, [])))
+
     def markdown(self) -> str:
         """The card section: per target, cases, mean validation Dice of each option, the choice."""
         lines = ["| target | validation cases | " + " | ".join(f"Dice, {o}" for o in OPTIONS)
                  + " | chosen | smallest in training (mL) | widest body in training (cm²) | validation masks in a "
-                 "wider body (widest found, cm²) |", "|---|---|" + "---|" * (len(OPTIONS) + 4)]
+                 f"{BODY_AREA_FACTOR:g} x wider body (widest found, cm²) | region check |",
+                 "|---|---|" + "---|" * (len(OPTIONS) + 5)]
         for target in sorted(self.scores["all"]):
             smallest, widest = self.plausible_ml.get(target), self.widest_body_cm2.get(target)
-            areas = self.middle_areas.get(target, [])
+            areas = self.middle_areas[self.choice(target)].get(target, [])
             wider = (f"{sum(a > BODY_AREA_FACTOR * widest for a in areas)} of {len(areas)} ({max(areas):.0f})"
                      if widest and areas else "-")
             cells = [f"{np.mean(self.scores[o][target]):.3f}" if target in self.scores[o] else "-" for o in OPTIONS]
             lines.append(f"| {target} | {len(self.scores['all'][target])} | {' | '.join(cells)} | {self.choice(target)} | "
                          f"{f'{smallest:.1f}' if smallest is not None else '-'} | "
-                         f"{f'{widest:.0f}' if widest is not None else '-'} | {wider} |")
+                         f"{f'{widest:.0f}' if widest is not None else '-'} | {wider} | "
+                         f"{'yes' if target in self.region_checked else 'no'} |")
         return "\n".join(lines) + "\n"
 
 
@@ -134,9 +144,6 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
         for i, query in enumerate(result.queries):
             truth = np.isin(label, case.dataset.values_of(query.name))
             masks = {"all": result.mask(i)}
-            area = middle_slice_area(masks["all"], body) if body is not None else None
-            if area is not None:
-                tuning.middle_areas.setdefault(query.name, []).append(area)
             masks["largest component"] = largest_component(masks["all"])
             side = side_of(query.target)
             if side:
@@ -144,6 +151,9 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
                 masks["own side, largest component"] = largest_component(masks["own side"])
             for option, mask in masks.items():
                 tuning.scores[option].setdefault(query.name, []).append(dice(mask, truth))
+                area = middle_slice_area(mask, body) if body is not None else None
+                if area is not None:
+                    tuning.middle_areas[option].setdefault(query.name, []).append(area)
     return tuning
 
 
@@ -151,10 +161,11 @@ def apply_tuning(folder, tuning: Tuning, command: str) -> None:
     """Write the chosen post-processing into the model folder's config and its card (manifest updated)."""
     config = replace(read_config(folder), largest_component=tuning.largest_component, own_side=tuning.own_side,
                      plausible_ml={t: round(v, 2) for t, v in sorted(tuning.plausible_ml.items())},
-                     widest_body_cm2={t: round(v, 1) for t, v in sorted(tuning.widest_body_cm2.items())})
+                     widest_body_cm2={t: round(tuning.widest_body_cm2[t], 1) for t in tuning.region_checked})
     replace_file(folder, CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
     append_to_card(folder, "## Post-processing (chosen on the validation cases)\n\n"
                    f"```\n{command}\n```\n\n{tuning.markdown()}\nA mask smaller than {MIN_VOLUME_FRACTION:g} x its target's "
                    "smallest training volume is emptied with a warning (an organ asked on a scan of another body "
                    f"region), and so is a CT mask whose middle slice cuts a body more than {BODY_AREA_FACTOR:g} x wider "
-                   "than its target's widest in training (the last column: validation masks that check would empty).")
+                   "than its target's widest in training, for the targets where that region check empties no "
+                   "validation mask (last column).")

@@ -48,8 +48,11 @@ def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_
     ct = sitk.ReadImage(str(KBP / "pt_201" / "ct.nii.gz"))
     body = (sitk.GetArrayFromImage(ct) > -500).sum(axis=(1, 2)) * ct.GetSpacing()[0] * ct.GetSpacing()[1] / 100
     z = np.nonzero(sitk.GetArrayFromImage(label) == 1)[0]
-    assert model.config.widest_body_cm2["brain stem"] == pytest.approx(body[int(np.median(z))], abs=0.1)
-    assert 150 < model.config.widest_body_cm2["brain stem"] < 350
+    row = next(line for line in out.splitlines() if line.startswith("| brain stem |")).split(" | ")
+    assert float(row[-3]) == pytest.approx(body[int(np.median(z))], abs=0.5) and 150 < float(row[-3]) < 350
+    # kept in the config exactly where no validation mask lies in a wider body (the untrained model's may)
+    assert ("brain stem" in model.config.widest_body_cm2) == (row[-1] == "yes |")
+    assert ("brain stem" in model.config.widest_body_cm2) == (row[-2] == "-" or row[-2].startswith("0 of"))
     assert set(model.config.largest_component) <= {"brain stem", "mandible"} and model.config.own_side == []
     assert "## Post-processing (chosen on the validation cases)" in (tiny_hn_model / "README.md").read_text()
     assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu"]) == 2  # already tuned
