@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputError
-from .export_segments import ExportSegment, vocabulary_target
+from .export_segments import ExportSegment, load_segments, vocabulary_target
 from .outputs import atomic_path, check_writable
 from .rtstruct import ExportReport, dice, prepare_export, save_dataset
 
@@ -116,6 +116,8 @@ def write_dicom_seg(path: str | os.PathLike, image: sitk.Image, references, segm
     (fractional: to 1/255); otherwise the export fails and nothing is left at ``path``.
     """
     path = check_writable(path)
+    if fractional:  # a result's probabilities are made only for a fractional SEG
+        segment_set = load_segments(segment_set, probabilities=True)
 
     def build(segments):
         try:

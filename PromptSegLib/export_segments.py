@@ -92,26 +92,28 @@ def read_seg_nrrd(path: str | os.PathLike) -> SegmentSet:
     return SegmentSet(segments, grid)
 
 
-def segments_from_result(result) -> SegmentSet:
-    """A :class:`SegmentationResult`'s targets (masks at its threshold, probabilities kept)."""
+def segments_from_result(result, probabilities: bool = False) -> SegmentSet:
+    """A :class:`SegmentationResult`'s targets: masks at its threshold, and with ``probabilities`` each
+    target's full-size float32 probabilities too (fractional SEG only: 4 bytes a voxel per target)."""
     from .segfile import segment_color, terminology
 
     segments = [ExportSegment(name=query.name, mask=result.mask(i), color=tuple(segment_color(query)),
                               terminology=terminology(query),
                               interpreted_type=query.target.interpreted_type if query.target else None,
-                              probability=result.probability(i))
+                              probability=result.probability(i) if probabilities else None)
                 for i, query in enumerate(result.queries)]
     return SegmentSet(segments, result.reference)
 
 
-def load_segments(source) -> SegmentSet:
-    """A :class:`SegmentSet`, a ``SegmentationResult`` or a ``.seg.nrrd`` path, as a :class:`SegmentSet`."""
+def load_segments(source, probabilities: bool = False) -> SegmentSet:
+    """A :class:`SegmentSet`, a ``SegmentationResult`` (``probabilities``: see :func:`segments_from_result`) or
+    a ``.seg.nrrd`` path, as a :class:`SegmentSet`."""
     if isinstance(source, SegmentSet):
         return source
     if isinstance(source, (str, os.PathLike)):
         return read_seg_nrrd(source)
     if hasattr(source, "probabilities") and hasattr(source, "queries"):
-        return segments_from_result(source)
+        return segments_from_result(source, probabilities)
     raise TypeError(f"cannot export segments from {type(source).__name__}")
 
 

@@ -9,8 +9,18 @@ import SimpleITK as sitk
 
 from .inference import SegmentationResult
 from .outputs import atomic_path
-from .preprocess import model_grid, resample_to
+from .preprocess import bounding_box, model_grid, resample_to
 from .segfile import segment_color
+
+
+def _cut(piece: tuple[tuple[slice, slice, slice], np.ndarray], shape: tuple[int, int, int], axis: int,
+         index: int) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of a ``(Z, Y, X)`` mask of ``shape`` held as ``(box, mask[box])``."""
+    box, values = piece
+    out = np.zeros([n for a, n in enumerate(shape) if a != axis], bool)
+    if box[axis].start <= index < box[axis].stop:
+        out[tuple(s for a, s in enumerate(box) if a != axis)] = np.take(values, index - box[axis].start, axis=axis)
+    return out
 
 
 def _display(gray: np.ndarray, masks: list[np.ndarray], colors: list[list[float]], alpha: float) -> np.ndarray:
@@ -56,22 +66,25 @@ def write_overlay(path: str | os.PathLike, result: SegmentationResult, alpha: fl
     grid = model_grid(result.reference, min(result.reference.GetSpacing()))
     image = sitk.GetArrayFromImage(resample_to(result.reference, grid, sitk.sitkLinear,
                                                float(np.min(sitk.GetArrayViewFromImage(result.reference)))))
-    masks = []
+    union = np.zeros(image.shape, bool)
+    pieces = []  # each target's mask on the picture's grid, cut to its box: one full-size mask at a time
     for i in range(len(result.queries)):
         mask = sitk.GetImageFromArray(result.mask(i).astype(np.uint8))
         mask.CopyInformation(result.reference)
-        masks.append(sitk.GetArrayFromImage(resample_to(mask, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0)
+        on_grid = sitk.GetArrayFromImage(resample_to(mask, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+        box = bounding_box(on_grid) or (slice(0, 0),) * 3
+        union[box] |= on_grid[box]
+        pieces.append((box, on_grid[box].copy()))
     low, high = np.percentile(image, [1, 99])
     gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
-    union = np.any(masks, axis=0) if masks else np.zeros(image.shape, bool)
     z = int(union.sum(axis=(1, 2)).argmax()) if union.any() else image.shape[0] // 2
     y = int(union.sum(axis=(0, 2)).argmax()) if union.any() else image.shape[1] // 2
     colors = [segment_color(q) for q in result.queries]
     # LPS arrays: columns run from the patient's right to their left, which is already the radiological view
     # (patient's right on the image's left, as Slicer shows it); rows of the coronal view run inferior ->
     # superior, so flip those to put the head at the top.
-    axial = _display(gray[z], [m[z] for m in masks], colors, alpha)
-    coronal = _display(gray[:, y][::-1], [m[:, y][::-1] for m in masks], colors, alpha)
+    axial = _display(gray[z], [_cut(p, image.shape, 0, z) for p in pieces], colors, alpha)
+    coronal = _display(gray[:, y][::-1], [_cut(p, image.shape, 1, y)[::-1] for p in pieces], colors, alpha)
     height = max(axial.shape[0], coronal.shape[0])
     pad = lambda a: np.pad(a, ((0, height - a.shape[0]), (0, 4), (0, 0)))  # noqa: E731
     picture = np.concatenate([pad(axial), pad(coronal)], axis=1)
