@@ -1,6 +1,5 @@
 """Prognosis for one patient with a trained model: the model folder (LoRA weights, head, ``config.json``,
-``README.md`` and ``SHA256SUMS``, written atomically and checked on load), the patient's record from a DICOM
-header, and their prediction as plain data (risk score, risk group, survival curve).
+``README.md`` and ``SHA256SUMS``, written atomically and checked on load) and the patient's prediction as plain data (risk score, risk group, survival curve).
 
 The record (:mod:`PromptSegLib.prognosis_records`) becomes a prompt (:mod:`PromptSegLib.prognosis_prompt`) for
 the DeepHit model (:mod:`PromptSegLib.prognosis_deephit`); :mod:`PromptSegLib.prognosis_validation` compares it
@@ -16,43 +15,9 @@ import numpy as np
 
 from .errors import ModelError
 from .prognosis_deephit import FORMAT, PrognosisModel
-from .prognosis_records import ClinicalDataError, ClinicalRecord, parse_record
+from .prognosis_records import ClinicalRecord
 
 CONFIG, HEAD, LORA, CARD = "config.json", "head.safetensors", "lora.safetensors", "README.md"
-DICOM_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
-
-
-def _dicom_age_years(ds) -> float | None:
-    """PatientAge (``062Y``, ``006M``, ``010W``, ``005D``) in years, else the years from PatientBirthDate to the
-    StudyDate (or SeriesDate); None when neither is usable."""
-    from datetime import datetime
-
-    text = str(ds.get("PatientAge", "") or "").strip().upper()
-    if len(text) >= 2 and text[:-1].isdigit() and text[-1] in DICOM_AGE_UNITS:
-        return round(int(text[:-1]) * DICOM_AGE_UNITS[text[-1]], 1)
-    birth, when = ds.get("PatientBirthDate"), ds.get("StudyDate") or ds.get("SeriesDate")
-    try:
-        days = (datetime.strptime(str(when)[:8], "%Y%m%d") - datetime.strptime(str(birth)[:8], "%Y%m%d")).days
-    except (TypeError, ValueError):
-        return None
-    return round(days / 365.25, 1) if days >= 0 else None
-
-
-def record_from_dicom(ds) -> ClinicalRecord:
-    """The patient module of a DICOM header as a clinical record: PatientID, PatientSex (M/F; O is unknown),
-    age (see ``_dicom_age_years``) and PatientWeight (kg). Absent, empty or implausible tags stay unknown."""
-    sex = str(ds.get("PatientSex", "") or "").strip().upper()
-    raw = {"gender": {"M": 1, "F": 0}.get(sex), "age": _dicom_age_years(ds), "weight": ds.get("PatientWeight")}
-    pid = str(ds.get("PatientID", "") or "").strip() or "patient"
-    known = {}
-    for name, value in raw.items():  # one implausible tag (weight 0 for "unknown") must not lose the others
-        try:
-            known[name] = getattr(parse_record(pid, {name: value}, "DICOM"), name)
-        except ClinicalDataError:
-            known[name] = None
-    return ClinicalRecord(pid, **known)
-
-
 def _card(model: PrognosisModel, extra: str) -> str:
     cfg = model.config
     inputs = "clinical prompt" + (f" + image features ({cfg['image_dim']})" if cfg["image_dim"] else "")

@@ -1,5 +1,6 @@
 """Clinical records for prognosis: a HECKTOR-style clinical CSV and endpoint CSV read into
-:class:`ClinicalRecord` s and a :class:`Cohort` (times and events).
+:class:`ClinicalRecord` s and a :class:`Cohort` (times and events), and one patient's record from the patient
+module of a DICOM header (:func:`record_from_dicom`).
 
 Missing values are kept as ``None`` (written "unknown" in the prompt); unknown columns, patients without an
 endpoint, times <= 0 and events other than 0/1 are refused with a one-line reason (:class:`ClinicalDataError`).
@@ -239,3 +240,37 @@ def load_cohort(info_csv: str | os.PathLike, endpoint_csv: str | os.PathLike) ->
                        for r in records], dtype=float)
     check_endpoints(times, events, [r.patient_id for r in records])
     return Cohort(records, times, events.astype(int))
+
+
+DICOM_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+def _dicom_age_years(ds) -> float | None:
+    """PatientAge (``062Y``, ``006M``, ``010W``, ``005D``) in years, else the years from PatientBirthDate to the
+    StudyDate (or SeriesDate); None when neither is usable."""
+    from datetime import datetime
+
+    text = str(ds.get("PatientAge", "") or "").strip().upper()
+    if len(text) >= 2 and text[:-1].isdigit() and text[-1] in DICOM_AGE_UNITS:
+        return round(int(text[:-1]) * DICOM_AGE_UNITS[text[-1]], 1)
+    birth, when = ds.get("PatientBirthDate"), ds.get("StudyDate") or ds.get("SeriesDate")
+    try:
+        days = (datetime.strptime(str(when)[:8], "%Y%m%d") - datetime.strptime(str(birth)[:8], "%Y%m%d")).days
+    except (TypeError, ValueError):
+        return None
+    return round(days / 365.25, 1) if days >= 0 else None
+
+
+def record_from_dicom(ds) -> ClinicalRecord:
+    """The patient module of a DICOM header as a clinical record: PatientID, PatientSex (M/F; O is unknown),
+    age (see ``_dicom_age_years``) and PatientWeight (kg). Absent, empty or implausible tags stay unknown."""
+    sex = str(ds.get("PatientSex", "") or "").strip().upper()
+    raw = {"gender": {"M": 1, "F": 0}.get(sex), "age": _dicom_age_years(ds), "weight": ds.get("PatientWeight")}
+    pid = str(ds.get("PatientID", "") or "").strip() or "patient"
+    known = {}
+    for name, value in raw.items():  # one implausible tag (weight 0 for "unknown") must not lose the others
+        try:
+            known[name] = getattr(parse_record(pid, {name: value}, "DICOM"), name)
+        except ClinicalDataError:
+            known[name] = None
+    return ClinicalRecord(pid, **known)

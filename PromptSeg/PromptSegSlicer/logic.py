@@ -714,7 +714,8 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")
         checkDependencies()
         ensureLibraryImportable()
-        from PromptSegLib.propagation import AXES, resolve_axis, take_slice
+        from PromptSegLib.propagation import AXES, resolve_axis
+        from PromptSegLib.propagation_geometry import take_slice
 
         axisIndex = resolve_axis(axis)
         axisName = list(AXES)[axisIndex]
@@ -997,7 +998,7 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
         ensureLibraryImportable()
         import pydicom
 
-        from PromptSegLib.prognosis import ClinicalRecord, record_from_dicom
+        from PromptSegLib.prognosis_records import ClinicalRecord, record_from_dicom
 
         files = self.dicomFilesOfVolume(volumeNode)
         if not files:
@@ -1037,13 +1038,14 @@ class PromptSegLogic(ScriptedLoadableModuleLogic):
             node showing the curve from a table node (columns ``time``, ``survival``) and a plot series node.
 
         Raises:
-            PromptSegLib.prognosis.ClinicalDataError: an unknown field or an implausible value (named).
+            PromptSegLib.prognosis_records.ClinicalDataError: an unknown field or an implausible value (named).
             PromptSegLib.errors.ModelError: a missing model folder or one failing its checksums.
         """
         ensureLibraryImportable()
         checkDependencies()
         from PromptSegLib.model_io import BUNDLED_MODELS
-        from PromptSegLib.prognosis import ClinicalRecord, load_prognosis_model, patient_prognosis
+        from PromptSegLib.prognosis import load_prognosis_model, patient_prognosis
+        from PromptSegLib.prognosis_records import ClinicalRecord
 
         record = record if isinstance(record, ClinicalRecord) else ClinicalRecord.from_dict(dict(record))
         folder = str(Path(modelFolder or BUNDLED_MODELS / PROGNOSIS_MODEL).resolve())

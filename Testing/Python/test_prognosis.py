@@ -16,11 +16,11 @@ import torch
 from conftest import SHARED, needs_shared
 from PromptSegLib.cli import main
 from PromptSegLib.errors import ModelError
-from PromptSegLib.prognosis import load_prognosis_model, record_from_dicom, save_prognosis_model
+from PromptSegLib.prognosis import load_prognosis_model, save_prognosis_model
 from PromptSegLib.prognosis_deephit import DeepHitSettings, bin_index, deephit_loss, time_cuts, train_deephit
 from PromptSegLib.prognosis_metrics import UndefinedMetricError, antolini_c_index, harrell_c_index
 from PromptSegLib.prognosis_prompt import build_prompt
-from PromptSegLib.prognosis_records import ClinicalDataError, ClinicalRecord, load_cohort
+from PromptSegLib.prognosis_records import ClinicalDataError, ClinicalRecord, load_cohort, record_from_dicom
 from PromptSegLib.prognosis_validation import CoxBaseline
 
 CLINICAL = SHARED / "clinical"
