@@ -9,11 +9,12 @@
 - **Plausible size** (``ModelConfig.plausible_ml``: per target, the smallest volume in mL the training truth
   ever had): a target whose kept mask is smaller than a fraction of that is most likely not in the scan (a
   head-and-neck organ asked on an abdominal CT): it is emptied and a ``ImplausibleResultWarning`` says so.
-- **Plausible body region** (``ModelConfig.widest_body_cm2``, CT only: per target, the widest body
-  cross-section its training truth ever lay in, measured on the slice through the middle of the organ): a mask
-  whose middle slice cuts a body more than :data:`BODY_AREA_FACTOR` times wider lies in another body region (a
-  parotid asked on an abdominal CT, whose cross-section is two to three times a head's): it is emptied with a
-  warning. Only the upper bound is checked: a scan cropped to a small field of view keeps its organs.
+- **Plausible body region** (``ModelConfig.widest_body_cm2``, CT only, applied first: per target, the widest
+  body cross-section its training truth ever lay in, measured on the slice through the middle of the organ): a
+  26-connected piece whose middle slice cuts a body more than :data:`BODY_AREA_FACTOR` times wider lies in
+  another body region (a parotid found in the shoulders, or asked on an abdominal CT, whose cross-section is two
+  to three times a head's) and is removed; a mask removed whole comes with a warning. Only the upper bound is
+  checked: a scan cropped to a small field of view keeps its organs.
 """
 from __future__ import annotations
 
@@ -94,6 +95,24 @@ def middle_slice_area(mask: np.ndarray, body_cm2: np.ndarray) -> float | None:
     return float(body_cm2[middle])
 
 
+def wide_body_pieces(mask: np.ndarray, body_cm2: np.ndarray, widest_cm2: float) -> np.ndarray:
+    """The 26-connected pieces of ``mask`` whose middle slice (:func:`middle_slice_area`) cuts a body more than
+    :data:`BODY_AREA_FACTOR` times ``widest_cm2``: bool, the shape of ``mask``.
+
+    Args:
+        mask: bool ``(Z, Y, X)``.
+        body_cm2: ``(Z,)`` the body's cross-section per slice of ``mask``'s first axis.
+        widest_cm2: the widest body cross-section (cm²) the target lay in during training.
+    """
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    out = np.zeros_like(mask, dtype=bool)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        piece = labels[box] == index
+        if middle_slice_area(piece, body_cm2[box[0]]) > BODY_AREA_FACTOR * widest_cm2:
+            out[box] |= piece
+    return out
+
+
 def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, voxel_ml: float,
                 largest: list[str] | tuple[str, ...] = (), plausible_ml: dict[str, float] | None = None,
                 sides: dict[str, str] | None = None, image: sitk.Image | None = None,
@@ -125,20 +144,23 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
     body_cm2 = None if body_cm2 is None else body_cm2[origin[0]:]
     for channel, name in zip(probabilities, names):
         mask = channel >= threshold
+        widest = (widest_body_cm2 or {}).get(name)
+        if widest and body_cm2 is not None and mask.any():
+            wide = wide_body_pieces(mask, body_cm2, widest)
+            if wide.any():
+                area = middle_slice_area(mask, body_cm2)
+                channel[wide] = 0.0
+                mask = channel >= threshold
+                if not mask.any():
+                    warnings.warn(f"{name}: found where the body's cross-section is {area:.0f} cm², "
+                                  f"{area / widest:.1f} times the widest it had in training ({widest:.0f} cm²): most "
+                                  "likely a scan of another body region; left empty", ImplausibleResultWarning)
         if sides and name in sides and midline is not None and mask.any():
             channel[mask & ~own_side(mask, image, sides[name], midline, origin)] = 0.0
             mask = channel >= threshold
         if name in largest and mask.any():
             channel[mask & ~largest_component(mask)] = 0.0
             mask = channel >= threshold
-        widest = (widest_body_cm2 or {}).get(name)
-        area = middle_slice_area(mask, body_cm2) if widest and body_cm2 is not None else None
-        if area is not None and area > BODY_AREA_FACTOR * widest:
-            channel[mask] = 0.0
-            mask = channel >= threshold
-            warnings.warn(f"{name}: found where the body's cross-section is {area:.0f} cm², {area / widest:.1f} times "
-                          f"the widest it had in training ({widest:.0f} cm²): most likely a scan of another body "
-                          "region; left empty", ImplausibleResultWarning)
         smallest = (plausible_ml or {}).get(name)
         volume = float(mask.sum()) * voxel_ml
         if smallest and 0 < volume < MIN_VOLUME_FRACTION * smallest:

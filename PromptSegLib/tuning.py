@@ -5,9 +5,9 @@ with that of its largest connected component and, for a target of one side (the 
 kept on its own side of the body's midline, and with both; each target gets the option with the highest mean
 (ties: the simpler one). The smallest volume (mL) each target's truth has in the training cases becomes its plausible
 minimum, and on CT the widest body cross-section (cm²) on the middle slice of its truth its plausible maximum
-(``postprocess``: a far smaller mask, or one in a far wider body, is emptied with a warning). The region check is
-kept only for targets where it empties no validation mask of the chosen option (every validation case holds the
-target, so any mask it empties is a loss there). Nothing here looks at test cases.
+(``postprocess``: a far smaller mask is emptied, pieces in a far wider body are removed first). The region check
+is kept for a target where, applied before the chosen option, it does not lower the mean validation Dice (ties
+keep it: it guards scans of other regions, which validation does not hold). Nothing here looks at test cases.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from .errors import PromptSegError
 from .inference import Segmenter
 from .metrics import dice
 from .model_io import CONFIG, append_to_card, read_config, replace_file
-from .postprocess import BODY_AREA_FACTOR, MIN_VOLUME_FRACTION, largest_component, middle_slice_area, midline_x, own_side
+from .postprocess import (BODY_AREA_FACTOR, MIN_VOLUME_FRACTION, largest_component, middle_slice_area, midline_x,
+                          own_side, wide_body_pieces)
 from .preprocess import body_areas_cm2
 from .vocabulary import side_of
 
@@ -40,14 +41,14 @@ class Tuning:
             targets of one side).
         plausible_ml: target -> smallest training truth volume in mL.
         widest_body_cm2: CT target -> widest body cross-section (cm²) on its truth's middle slice in training.
-        middle_areas: option -> target -> the body cross-section (cm²) on the middle slice of each validation
-            case's mask (non-empty masks of CT cases).
+        region_scores: option -> target -> per-case validation Dice with the region check applied first (CT
+            targets with a widest body only).
     """
 
     scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
     plausible_ml: dict[str, float] = field(default_factory=dict)
     widest_body_cm2: dict[str, float] = field(default_factory=dict)
-    middle_areas: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
+    region_scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
 
     def choice(self, target: str) -> str:
         """The option with the highest mean validation Dice for ``target`` (ties: the simpler one)."""
@@ -65,22 +66,20 @@ class Tuning:
 
     @property
     def region_checked(self) -> list[str]:
-        """Targets with a widest training body that no validation mask of their chosen option exceeds
-        ``BODY_AREA_FACTOR`` times (the region check would empty none of them)."""
-        return sorted(t for t, widest in self.widest_body_cm2.items() if t in self.scores["all"] and not any(
-            a > BODY_AREA_FACTOR * widest for a in self.middle_areas[self.choice(t)].get(t, [])))
+        """Targets whose chosen option scores at least as well on validation with the region check first."""
+        return sorted(t for t in self.scores["all"] if t in self.region_scores[self.choice(t)] and np.mean(
+            self.region_scores[self.choice(t)][t]) >= np.mean(self.scores[self.choice(t)][t]))
 
     def markdown(self) -> str:
         """The card section: per target, cases, mean validation Dice of each option, the choice."""
         lines = ["| target | validation cases | " + " | ".join(f"Dice, {o}" for o in OPTIONS)
-                 + " | chosen | smallest in training (mL) | widest body in training (cm²) | validation masks in a "
-                 f"{BODY_AREA_FACTOR:g} x wider body (widest found, cm²) | region check |",
+                 + " | chosen | smallest in training (mL) | widest body in training (cm²) | Dice, chosen after the "
+                 "region check | region check |",
                  "|---|---|" + "---|" * (len(OPTIONS) + 5)]
         for target in sorted(self.scores["all"]):
             smallest, widest = self.plausible_ml.get(target), self.widest_body_cm2.get(target)
-            areas = self.middle_areas[self.choice(target)].get(target, [])
-            wider = (f"{sum(a > BODY_AREA_FACTOR * widest for a in areas)} of {len(areas)} ({max(areas):.0f})"
-                     if widest and areas else "-")
+            region = self.region_scores[self.choice(target)].get(target)
+            wider = f"{np.mean(region):.3f}" if region else "-"
             cells = [f"{np.mean(self.scores[o][target]):.3f}" if target in self.scores[o] else "-" for o in OPTIONS]
             lines.append(f"| {target} | {len(self.scores['all'][target])} | {' | '.join(cells)} | {self.choice(target)} | "
                          f"{f'{smallest:.1f}' if smallest is not None else '-'} | "
@@ -144,17 +143,24 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
         for i, query in enumerate(result.queries):
             truth = np.isin(label, case.dataset.values_of(query.name))
             masks = {"all": result.mask(i)}
-            masks["largest component"] = largest_component(masks["all"])
+            widest = tuning.widest_body_cm2.get(query.name)
+            wide = wide_body_pieces(masks["all"], body, widest) if body is not None and widest else None
             side = side_of(query.target)
-            if side:
-                masks["own side"] = own_side(masks["all"], case.image, side, midline)
-                masks["own side, largest component"] = largest_component(masks["own side"])
+            for option in OPTIONS[1:] if side else OPTIONS[1:2]:
+                masks[option] = _option_mask(masks["all"], option, case.image, side, midline)
             for option, mask in masks.items():
                 tuning.scores[option].setdefault(query.name, []).append(dice(mask, truth))
-                area = middle_slice_area(mask, body) if body is not None else None
-                if area is not None:
-                    tuning.middle_areas[option].setdefault(query.name, []).append(area)
+                if wide is not None:
+                    checked = _option_mask(masks["all"] & ~wide, option, case.image, side, midline)
+                    tuning.region_scores[option].setdefault(query.name, []).append(dice(checked, truth))
     return tuning
+
+
+def _option_mask(mask: np.ndarray, option: str, image: sitk.Image, side: str | None, midline: float) -> np.ndarray:
+    """``mask`` post-processed as ``option`` (one of ``OPTIONS``) asks."""
+    if "own side" in option:
+        mask = own_side(mask, image, side, midline)
+    return largest_component(mask) if "largest" in option else mask
 
 
 def apply_tuning(folder, tuning: Tuning, command: str) -> None:
@@ -166,6 +172,6 @@ def apply_tuning(folder, tuning: Tuning, command: str) -> None:
     append_to_card(folder, "## Post-processing (chosen on the validation cases)\n\n"
                    f"```\n{command}\n```\n\n{tuning.markdown()}\nA mask smaller than {MIN_VOLUME_FRACTION:g} x its target's "
                    "smallest training volume is emptied with a warning (an organ asked on a scan of another body "
-                   f"region), and so is a CT mask whose middle slice cuts a body more than {BODY_AREA_FACTOR:g} x wider "
-                   "than its target's widest in training, for the targets where that region check empties no "
-                   "validation mask (last column).")
+                   f"region); on CT, pieces whose middle slice cuts a body more than {BODY_AREA_FACTOR:g} x wider than "
+                   "their target's widest in training are removed first (a mask removed whole comes with a warning), "
+                   "for the targets where that region check does not lower the validation Dice (last column).")

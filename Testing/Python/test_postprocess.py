@@ -34,25 +34,30 @@ def test_a_mask_far_smaller_than_the_organ_ever_is_emptied_with_a_warning():
     assert not (p[0] >= 0.5).any() and (p[1] >= 0.5).sum() == 224
 
 
-def test_a_mask_in_a_far_wider_body_than_its_organ_ever_had_is_emptied_with_a_warning():
+def test_pieces_in_a_far_wider_body_than_their_organ_ever_had_are_removed():
     body = np.full(20, 250.0)
     p = blobs()
     postprocess(p, ["left parotid", "liver"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0},
                 body_cm2=body)
-    assert (p[0] >= 0.5).sum() == 224  # a head-sized body: kept
-    body[2:8] = 700.0  # the big piece (the middle slice of the mask) now lies in an abdomen-sized body
+    assert (p[0] >= 0.5).sum() == 224  # a head-sized body: both pieces kept
+    body[2:8] = 700.0  # the big piece lies in an abdomen-sized body (or the shoulders): removed, the other kept
+    postprocess(p, ["left parotid", "liver"], 0.5, voxel_ml=1.0, largest=["left parotid"],
+                widest_body_cm2={"left parotid": 300.0}, body_cm2=body)
+    assert (p[0] >= 0.5).sum() == 8 and p[0, 15, 15, 15] >= 0.5  # removed before the largest piece was chosen
+    assert (p[1] >= 0.5).sum() == 224  # the liver has no such bound: kept
+    p = blobs()
+    body[:] = 700.0  # the whole scan is wider than any head: emptied with a warning
     with pytest.warns(ImplausibleResultWarning, match="left parotid: found where the body's cross-section is 700 cm², "
                                                       "2.3 times"):
-        postprocess(p, ["left parotid", "liver"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0},
-                    body_cm2=body)
-    assert not (p[0] >= 0.5).any() and (p[1] >= 0.5).sum() == 224  # the liver has no such bound: kept
+        postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0}, body_cm2=body)
+    assert not (p[0] >= 0.5).any()
     p = blobs()
-    body[:] = 250.0
-    body[15:17] = 700.0  # only the stray piece is in a wide body: the middle slice is not
-    postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0}, body_cm2=body)
-    assert (p[0] >= 0.5).sum() == 224
     postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0})  # no CT areas
     assert (p[0] >= 0.5).sum() == 224
+    p = blobs()  # on a box of the input grid: the body areas are those of the box's slices
+    postprocess(p[:, 2:], ["left parotid"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0},
+                body_cm2=np.r_[np.full(4, 250.0), np.full(6, 700.0), np.full(14, 250.0)], origin=(4, 0, 0))
+    assert (p[0] >= 0.5).sum() == 8  # the box's slices 0-5 are the input's 4-9: the big piece is in the wide body
 
 
 @needs_shared("openkbp_hn_ct", "validation", "pt_201")

@@ -50,9 +50,9 @@ def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_
     z = np.nonzero(sitk.GetArrayFromImage(label) == 1)[0]
     row = next(line for line in out.splitlines() if line.startswith("| brain stem |")).split(" | ")
     assert float(row[-3]) == pytest.approx(body[int(np.median(z))], abs=0.5) and 150 < float(row[-3]) < 350
-    # kept in the config exactly where no validation mask lies in a wider body (the untrained model's may)
-    assert ("brain stem" in model.config.widest_body_cm2) == (row[-1] == "yes |")
-    assert ("brain stem" in model.config.widest_body_cm2) == (row[-2] == "-" or row[-2].startswith("0 of"))
+    # kept in the config exactly where the chosen option does as well with the region check first
+    chosen = float(row[2 + ["all", "largest component"].index(row[-5])])
+    assert ("brain stem" in model.config.widest_body_cm2) == (row[-1] == "yes |") == (float(row[-2]) >= chosen)
     assert set(model.config.largest_component) <= {"brain stem", "mandible"} and model.config.own_side == []
     assert "## Post-processing (chosen on the validation cases)" in (tiny_hn_model / "README.md").read_text()
     assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu"]) == 2  # already tuned
