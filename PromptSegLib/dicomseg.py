@@ -10,9 +10,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputError
-from .export_segments import ExportSegment, load_segments, vocabulary_target
+from .export_segments import load_segments, vocabulary_target
 from .outputs import atomic_path, check_writable
 from .rtstruct import ExportReport, dice, prepare_export, save_dataset
+from .segfile import ExportSegment
 
 TISSUE = ("SCT", "85756007", "Tissue")  # category and type of a segment without codes (Slicer's default)
 

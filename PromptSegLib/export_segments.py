@@ -1,21 +1,21 @@
 """Segments to export to DICOM (RTSTRUCT, SEG): masks with their names, colours and codes, put on the grid
 of the DICOM series they will reference.
 
-Sources: a Slicer ``.seg.nrrd`` (:func:`read_seg_nrrd`) or a :class:`~PromptSegLib.inference.SegmentationResult`
-(:func:`segments_from_result`).
+Sources: a Slicer ``.seg.nrrd`` (read by :func:`PromptSegLib.segfile.read_seg_nrrd`) or a
+:class:`~PromptSegLib.inference.SegmentationResult` (:func:`segments_from_result`).
 """
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, PromptError
 from .imageio import same_geometry
+from .segfile import (ExportSegment, SegmentSet, read_seg_nrrd, resample_mask, resample_on, segment_color,
+                      terminology)
 from .vocabulary import Target, default_vocabulary
 
 RT_ROI_INTERPRETED_TYPES = (
@@ -28,75 +28,9 @@ class ExportWarning(UserWarning):
     """Something an export changed or left out (resampled grid, empty segment skipped, name shortened)."""
 
 
-@dataclass
-class ExportSegment:
-    """One segment: a ``(Z, Y, X)`` bool mask on the grid of the :class:`SegmentSet` holding it.
-
-    ``terminology`` is a Slicer terminology entry (``category``/``type``/``typeModifier`` as
-    ``[scheme, value, meaning]``); ``probability`` (float in [0, 1], same shape) is used by fractional SEG.
-    """
-
-    name: str
-    mask: np.ndarray
-    color: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    terminology: dict | None = None
-    interpreted_type: str | None = None
-    probability: np.ndarray | None = None
-
-
-@dataclass
-class SegmentSet:
-    segments: list[ExportSegment]
-    grid: sitk.Image  # geometry of the masks (its voxels are not used)
-
-
-def image_from_ijk_to_lps(matrix: np.ndarray, size_ijk: tuple[int, int, int]) -> sitk.Image:
-    """An empty uint8 image with the geometry of a 4x4 IJK-to-LPS matrix."""
-    matrix = np.asarray(matrix, dtype=float)
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    image = sitk.Image([int(s) for s in size_ijk], sitk.sitkUInt8)
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetDirection(tuple(float(v) for v in (matrix[:3, :3] / spacing).ravel()))
-    image.SetOrigin(tuple(float(v) for v in matrix[:3, 3]))
-    return image
-
-
-def read_seg_nrrd(path: str | os.PathLike) -> SegmentSet:
-    """The segments of a Slicer ``.seg.nrrd`` (names, colours, terminology), as masks on its grid.
-
-    Raises:
-        InputImageError: missing or unreadable file, or no segments in it.
-    """
-    import slicerio
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputImageError(f"no such segmentation file: {path}")
-    try:
-        segmentation = slicerio.read_segmentation(str(path))
-    except Exception as exc:  # slicerio raises many kinds for bad files
-        raise InputImageError(f"cannot read segmentation {path}: {exc}") from exc
-    voxels = np.asarray(segmentation["voxels"])
-    if voxels.ndim not in (3, 4) or not segmentation.get("segments"):
-        raise InputImageError(f"{path} holds no segments")
-    layers = voxels if voxels.ndim == 4 else voxels[np.newaxis]
-    grid = image_from_ijk_to_lps(segmentation["ijkToLPS"], layers.shape[1:])
-    # the NRRD space origin is that of the stored (possibly cropped) voxels: no extent offset to add
-    segments = []
-    for segment in segmentation["segments"]:
-        layer = layers[segment.get("layer", 0) or 0]
-        mask = (layer == segment["labelValue"]).transpose(2, 1, 0)
-        segments.append(ExportSegment(name=str(segment.get("name") or segment.get("id")), mask=mask,
-                                      color=tuple(float(c) for c in segment.get("color", (0.5, 0.5, 0.5))),
-                                      terminology=segment.get("terminology")))
-    return SegmentSet(segments, grid)
-
-
 def segments_from_result(result, probabilities: bool = False) -> SegmentSet:
     """A :class:`SegmentationResult`'s targets: masks at its threshold, and with ``probabilities`` each
     target's full-size float32 probabilities too (fractional SEG only: 4 bytes a voxel per target)."""
-    from .segfile import segment_color, terminology
-
     segments = [ExportSegment(name=query.name, mask=result.mask(i), color=tuple(segment_color(query)),
                               terminology=terminology(query),
                               interpreted_type=query.target.interpreted_type if query.target else None,
@@ -136,26 +70,11 @@ def on_grid(segment_set: SegmentSet, reference: sitk.Image) -> list[ExportSegmen
             raise InputImageError(f"segment {segment.name!r} lies outside the DICOM series' volume")
         probability = None
         if segment.probability is not None:
-            probability = _resample(segment.probability.astype(np.float32), segment_set.grid, reference,
+            probability = resample_on(segment.probability.astype(np.float32), segment_set.grid, reference,
                                     sitk.sitkLinear)
         out.append(ExportSegment(segment.name, moved, segment.color, segment.terminology, segment.interpreted_type,
                                  probability))
     return out
-
-
-def resample_mask(mask: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> np.ndarray:
-    """A ``(Z, Y, X)`` mask on ``grid`` moved onto ``reference``'s grid (nearest neighbour, physical space)."""
-    if same_geometry(grid, reference, tolerance=1e-3):
-        return mask.astype(bool)
-    return _resample(mask.astype(np.uint8), grid, reference, sitk.sitkNearestNeighbor) > 0
-
-
-def _resample(array: np.ndarray, grid: sitk.Image, reference: sitk.Image, interpolator) -> np.ndarray:
-    image = sitk.GetImageFromArray(array)
-    image.SetOrigin(grid.GetOrigin())
-    image.SetSpacing(grid.GetSpacing())
-    image.SetDirection(grid.GetDirection())
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0))
 
 
 def non_empty(segments: list[ExportSegment]) -> list[ExportSegment]:

@@ -19,9 +19,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputError
-from .export_segments import (RT_ROI_INTERPRETED_TYPES, ExportSegment, ExportWarning, interpreted_type, load_segments,
-                              non_empty, on_grid)
+from .export_segments import (RT_ROI_INTERPRETED_TYPES, ExportWarning, interpreted_type, load_segments, non_empty,
+                              on_grid)
 from .outputs import atomic_path, check_writable
+from .segfile import ExportSegment
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # the Referenced SOP Class of RT Referenced Study items

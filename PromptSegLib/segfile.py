@@ -1,16 +1,19 @@
 """Segmentation files: Slicer ``.seg.nrrd`` (names, colours, terminology in the header) and NIfTI/NRRD
-labelmaps with a ``.labels.json`` beside them. Both are written atomically on the reference image's grid.
+labelmaps with a ``.labels.json`` beside them, written atomically on the reference image's grid and read back
+(:func:`read_segments` onto a reference grid, :func:`read_seg_nrrd` as a :class:`SegmentSet` on its own grid).
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputError
+from .imageio import same_geometry
 from .inference import SegmentationResult
 from .outputs import atomic_path, check_writable, full_suffix
 from .probability import LEVELS
@@ -162,7 +165,6 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, n
         raise InputImageError(f"no such segmentation file: {path}")
     suffix = full_suffix(path)
     if suffix == ".seg.nrrd":
-        from .export_segments import read_seg_nrrd, resample_mask
 
         stored = read_seg_nrrd(path)
         return {s.name: resample_mask(s.mask, stored.grid, reference) for s in stored.segments}
@@ -174,3 +176,83 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, n
     else:
         names = {int(v): f"label {int(v)}" for v in np.unique(array) if v}
     return {name: array == value for value, name in names.items()}
+
+
+@dataclass
+class ExportSegment:
+    """One segment: a ``(Z, Y, X)`` bool mask on the grid of the :class:`SegmentSet` holding it.
+
+    ``terminology`` is a Slicer terminology entry (``category``/``type``/``typeModifier`` as
+    ``[scheme, value, meaning]``); ``probability`` (float in [0, 1], same shape) is used by fractional SEG.
+    """
+
+    name: str
+    mask: np.ndarray
+    color: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    terminology: dict | None = None
+    interpreted_type: str | None = None
+    probability: np.ndarray | None = None
+
+
+@dataclass
+class SegmentSet:
+    segments: list[ExportSegment]
+    grid: sitk.Image  # geometry of the masks (its voxels are not used)
+
+
+def image_from_ijk_to_lps(matrix: np.ndarray, size_ijk: tuple[int, int, int]) -> sitk.Image:
+    """An empty uint8 image with the geometry of a 4x4 IJK-to-LPS matrix."""
+    matrix = np.asarray(matrix, dtype=float)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    image = sitk.Image([int(s) for s in size_ijk], sitk.sitkUInt8)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(v) for v in (matrix[:3, :3] / spacing).ravel()))
+    image.SetOrigin(tuple(float(v) for v in matrix[:3, 3]))
+    return image
+
+
+def read_seg_nrrd(path: str | os.PathLike) -> SegmentSet:
+    """The segments of a Slicer ``.seg.nrrd`` (names, colours, terminology), as masks on its grid.
+
+    Raises:
+        InputImageError: missing or unreadable file, or no segments in it.
+    """
+    import slicerio
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"no such segmentation file: {path}")
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as exc:  # slicerio raises many kinds for bad files
+        raise InputImageError(f"cannot read segmentation {path}: {exc}") from exc
+    voxels = np.asarray(segmentation["voxels"])
+    if voxels.ndim not in (3, 4) or not segmentation.get("segments"):
+        raise InputImageError(f"{path} holds no segments")
+    layers = voxels if voxels.ndim == 4 else voxels[np.newaxis]
+    grid = image_from_ijk_to_lps(segmentation["ijkToLPS"], layers.shape[1:])
+    # the NRRD space origin is that of the stored (possibly cropped) voxels: no extent offset to add
+    segments = []
+    for segment in segmentation["segments"]:
+        layer = layers[segment.get("layer", 0) or 0]
+        mask = (layer == segment["labelValue"]).transpose(2, 1, 0)
+        segments.append(ExportSegment(name=str(segment.get("name") or segment.get("id")), mask=mask,
+                                      color=tuple(float(c) for c in segment.get("color", (0.5, 0.5, 0.5))),
+                                      terminology=segment.get("terminology")))
+    return SegmentSet(segments, grid)
+
+
+def resample_mask(mask: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """A ``(Z, Y, X)`` mask on ``grid`` moved onto ``reference``'s grid (nearest neighbour, physical space)."""
+    if same_geometry(grid, reference, tolerance=1e-3):
+        return mask.astype(bool)
+    return resample_on(mask.astype(np.uint8), grid, reference, sitk.sitkNearestNeighbor) > 0
+
+
+def resample_on(array: np.ndarray, grid: sitk.Image, reference: sitk.Image, interpolator: int) -> np.ndarray:
+    """A ``(Z, Y, X)`` array on ``grid`` resampled onto ``reference``'s grid (physical space, 0 outside)."""
+    image = sitk.GetImageFromArray(array)
+    image.SetOrigin(grid.GetOrigin())
+    image.SetSpacing(grid.GetSpacing())
+    image.SetDirection(grid.GetDirection())
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0))

@@ -22,7 +22,8 @@ from PromptSegLib.dicom_series import ObliqueSeriesWarning, list_series, load_di
 from PromptSegLib.dicom_validate import dciodvfy_path, run_dciodvfy, validate_dicom_seg, validate_rtstruct
 from PromptSegLib.dicomseg import export_dicom_seg, read_dicom_seg, write_dicom_seg
 from PromptSegLib.errors import InputImageError, OutputError
-from PromptSegLib.export_segments import ExportSegment, ExportWarning, SegmentSet
+from PromptSegLib.export_segments import ExportWarning
+from PromptSegLib.segfile import ExportSegment, SegmentSet
 from PromptSegLib.rtstruct import (export_rtstruct, fill_even_odd, read_rtstruct, read_rtstruct_rois, slice_contours,
                                    write_rtstruct)
 
