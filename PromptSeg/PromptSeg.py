@@ -25,7 +25,9 @@ except ImportError:  # Python < 3.9
     from typing_extensions import Annotated
 
 from PromptSegSlicer import logic as promptSegLogic
-from PromptSegSlicer.logic import DependencyError
+from PromptSegSlicer.dependencies import REQUIRED_PACKAGES, DependencyError, pipInstallArguments
+from PromptSegSlicer.models import AUTO_MODEL
+from PromptSegSlicer.petct import HECKTOR_TARGETS, PET_CT_MODEL
 
 POLL_INTERVAL_MS = 200
 SLICE_VIEWS = {"axial": "Red", "coronal": "Green", "sagittal": "Yellow"}  # where the user draws the prompt slice
@@ -75,7 +77,7 @@ class PromptSegParameterNode:
     contextText: str = ""
     targets: str = "left lung\nright lung"
     device: str = "auto"
-    model: str = promptSegLogic.AUTO_MODEL
+    model: str = AUTO_MODEL
 
 
 #
@@ -397,7 +399,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         first; with ``automatic`` first the choice that routes each request to the model trained for it."""
         comboBox.clear()
         if automatic:
-            comboBox.addItem(promptSegLogic.AUTO_MODEL, "")
+            comboBox.addItem(AUTO_MODEL, "")
         for name, folder in self.logic.availableModels():
             comboBox.addItem(name, str(folder))
         comboBox.setCurrentIndex(max(comboBox.findText(current), 0))
@@ -544,7 +546,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ PET/CT tumour and prognosis
     def _setupPetCt(self) -> None:
         try:
-            self._fillModels(self.ui.petCtModelComboBox, promptSegLogic.PET_CT_MODEL)
+            self._fillModels(self.ui.petCtModelComboBox, PET_CT_MODEL)
         except Exception:  # PromptSegLib missing: the install button says what to do
             pass
         self.ui.petCtModelComboBox.connect("currentIndexChanged(int)", lambda index: self.onPetCtModelChanged())
@@ -565,7 +567,7 @@ class PromptSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.petCtTargetsLineEdit.toolTip = str(exc)
             return
         self.ui.petCtTargetsLineEdit.text = ", ".join(targets)
-        lacking = [label for name, label in promptSegLogic.HECKTOR_TARGETS.items() if name not in targets]
+        lacking = [label for name, label in HECKTOR_TARGETS.items() if name not in targets]
         self.ui.petCtTargetsLineEdit.toolTip = (_("This model has no {labels}; it segments: {targets}").format(
             labels=" or ".join(lacking), targets=", ".join(targets)) if lacking else _("Targets to segment, comma-separated"))
 
@@ -652,7 +654,7 @@ class PromptSegLogic(promptSegLogic.PromptSegLogic):
         called at the end. Never replaces Slicer's SimpleITK, numpy or vtk (a pip constraints file pins them);
         PromptSegLib itself comes from the module folder, not from PyPI."""
         missing = self.missingDependencies()
-        torch = promptSegLogic.REQUIRED_PACKAGES["torch"]
+        torch = REQUIRED_PACKAGES["torch"]
         if torch in missing:
             try:
                 import PyTorchUtils
@@ -664,7 +666,7 @@ class PromptSegLogic(promptSegLogic.PromptSegLogic):
         if not missing:
             completed(True)
             return
-        arguments = promptSegLogic.pipInstallArguments(missing, Path(slicer.app.temporaryPath) / "PromptSeg-constraints.txt")
+        arguments = pipInstallArguments(missing, Path(slicer.app.temporaryPath) / "PromptSeg-constraints.txt")
         if "blocking" in inspect.signature(slicer.util.pip_install).parameters:
             slicer.util.pip_install(arguments, blocking=False, completedCallback=lambda code: completed(code == 0))
         else:

@@ -22,8 +22,10 @@ import numpy as np
 import slicer
 import vtk
 
-from .logic import (InputError, PromptSegLogic, SegmentationJob, checkDependencies, ensureLibraryImportable,
-                    validateVolumeNode)
+from .dependencies import checkDependencies, ensureLibraryImportable
+from .jobs import SegmentationJob
+from .logic import PromptSegLogic
+from .nodes import InputError, validateVolumeNode
 
 FILLED_TAG = "PromptSeg.Filled.{axis}"
 AXIS_NAMES = ("axial", "coronal", "sagittal")  # array axis 0, 1, 2 of a [k, j, i] array

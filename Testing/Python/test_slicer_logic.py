@@ -304,7 +304,7 @@ def test_oblique_volume_comes_back_aligned(scene, logic, tiny_model_folder, tiny
 def test_module_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, %r)\n"
             "import PromptSegSlicer\n"
-            "assert 'torch>=2.2' in PromptSegSlicer.logic.missingDependencies()\n"
+            "assert 'torch>=2.2' in PromptSegSlicer.dependencies.missingDependencies()\n"
             "assert not any(m.startswith('PromptSegLib') for m in sys.modules)\n"
             "print('ok')" % str(MODULE_DIR))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -322,7 +322,7 @@ def test_install_requirements_match_the_library_and_keep_slicers_packages(logic,
     import importlib.metadata
     import tomllib
 
-    from PromptSegSlicer import logic as module
+    from PromptSegSlicer import dependencies as module
 
     project = tomllib.loads((MODULE_DIR.parent / "pyproject.toml").read_text())["project"]
     slicer_owned = {"numpy", "SimpleITK"}
@@ -380,7 +380,8 @@ def test_terminology_file_is_the_vocabulary_and_loads_in_slicer(scene):
     import json
 
     from PromptSegLib.terminology import CONTEXT_NAME, terminology_context
-    from PromptSegSlicer.logic import TERMINOLOGY_FILE, PromptSegLogic
+    from PromptSegSlicer import PromptSegLogic
+    from PromptSegSlicer.segmentation import TERMINOLOGY_FILE
 
     assert json.loads(TERMINOLOGY_FILE.read_text()) == terminology_context(), \
         "PromptSeg.term.json is out of date: regenerate it with PromptSegLib.terminology.write_terminology"

@@ -1,0 +1,87 @@
+"""MRML node helpers every panel shares: the error for a request that cannot run (``InputError``), checking a
+volume node, its voxels as a SimpleITK image with the same geometry, and placing a new node in the volume's
+study (subject hierarchy). No Qt.
+"""
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+
+
+class InputError(ValueError):
+    """The request cannot be run: no volume, wrong kind of volume, no target... The message says why."""
+
+
+def validateVolumeNode(volumeNode) -> None:
+    """Refuse what PromptSeg cannot segment, with a reason the user can act on."""
+    if volumeNode is None:
+        raise InputError("No input volume selected: choose the image to segment.")
+    if not volumeNode.IsA("vtkMRMLVolumeNode"):
+        raise InputError(f"'{volumeNode.GetName()}' is a {volumeNode.GetClassName()}, not a volume.")
+    if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"'{volumeNode.GetName()}' is a labelmap (a segmentation), not an image: choose the "
+                         "CT, MR or PET volume it was made from.")
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLTensorVolumeNode"):
+        raise InputError(f"'{volumeNode.GetName()}' is a {volumeNode.GetClassName()} (vector, tensor or "
+                         "multi-frame); PromptSeg needs a single 3D scalar volume. Extract one frame or channel "
+                         "first.")
+    image = volumeNode.GetImageData()
+    if image is None:
+        raise InputError(f"'{volumeNode.GetName()}' has no voxels loaded.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"'{volumeNode.GetName()}' has {image.GetNumberOfScalarComponents()} values per voxel "
+                         "(a 4D, colour or vector volume); PromptSeg needs a single 3D scalar volume.")
+    dims = image.GetDimensions()
+    if min(dims) < 2:
+        raise InputError(f"'{volumeNode.GetName()}' is {dims[0]}x{dims[1]}x{dims[2]} voxels: a single slice, "
+                         "not a 3D volume.")
+
+
+def ijkToRasMatrix(volumeNode) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volumeNodeToSimpleITK(volumeNode):
+    """A copy of a scalar volume node as a SimpleITK image (ITK geometry is LPS, Slicer's is RAS).
+
+    The voxel array keeps Slicer's ``[k, j, i]`` order, so index ``(i, j, k)`` is the same voxel in both.
+    Any direction matrix is kept as is (oblique, or non-orthogonal where ITK accepts it).
+    """
+    import SimpleITK as sitk
+
+    validateVolumeNode(volumeNode)
+    array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    image = sitk.GetImageFromArray(array)
+    spacing = np.array(volumeNode.GetSpacing(), dtype=float)
+    ijkToRas = ijkToRasMatrix(volumeNode)
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASDirectionMatrix(matrix)  # columns: unit i, j, k axes in RAS (not divided: exact)
+    directions = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    rasToLps = np.diag([-1.0, -1.0, 1.0])
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin((rasToLps @ ijkToRas[:3, 3]).tolist())
+    try:
+        image.SetDirection((rasToLps @ directions).ravel().tolist())
+    except RuntimeError as exc:
+        raise InputError(f"'{volumeNode.GetName()}' has a direction matrix ITK cannot use ({exc}); resample it "
+                         "(Resample Scalar/Vector/DWI Volume) first.") from exc
+    return image
+
+
+def placeInStudy(scene, node, volumeNode) -> None:
+    """Put ``node`` under the volume's parent (its study) in the scene's subject hierarchy."""
+    shNode = scene.GetSubjectHierarchyNode()
+    if shNode is None:
+        return
+    volumeItem = shNode.GetItemByDataNode(volumeNode)
+    if not volumeItem:
+        return
+    parent = shNode.GetItemParent(volumeItem) or shNode.GetSceneItemID()
+    nodeItem = shNode.GetItemByDataNode(node)
+    if not nodeItem:  # the application's subject hierarchy plugins add items; the core does not
+        shNode.CreateItem(parent, node)
+    elif shNode.GetItemParent(nodeItem) != parent:
+        shNode.SetItemParent(nodeItem, parent)
