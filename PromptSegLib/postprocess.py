@@ -27,8 +27,8 @@ from scipy import ndimage
 MIN_VOLUME_FRACTION = 0.2
 """A mask below this fraction of the smallest training volume of its target is taken as not found."""
 BODY_AREA_FACTOR = 1.25
-"""A mask whose middle slice cuts a body more than this times wider than its target's widest in training is
-taken as lying in another body region."""
+"""A piece of a mask whose middle slice cuts a body more than this times wider than its target's widest in
+training is taken as lying in another body region."""
 
 
 class ImplausibleResultWarning(UserWarning):

@@ -79,11 +79,11 @@ class Tuning:
         for target in sorted(self.scores["all"]):
             smallest, widest = self.plausible_ml.get(target), self.widest_body_cm2.get(target)
             region = self.region_scores[self.choice(target)].get(target)
-            wider = f"{np.mean(region):.3f}" if region else "-"
+            region_dice = f"{np.mean(region):.3f}" if region else "-"
             cells = [f"{np.mean(self.scores[o][target]):.3f}" if target in self.scores[o] else "-" for o in OPTIONS]
             lines.append(f"| {target} | {len(self.scores['all'][target])} | {' | '.join(cells)} | {self.choice(target)} | "
                          f"{f'{smallest:.1f}' if smallest is not None else '-'} | "
-                         f"{f'{widest:.0f}' if widest is not None else '-'} | {wider} | "
+                         f"{f'{widest:.0f}' if widest is not None else '-'} | {region_dice} | "
                          f"{'yes' if target in self.region_checked else 'no'} |")
         return "\n".join(lines) + "\n"
 
