@@ -20,7 +20,8 @@ from PySide6 import QtCore, QtGui, QtWidgets  # a test requirement: a missing in
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "PromptSeg"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "PromptSeg.ui"
-SOURCE = MODULE_DIR / "PromptSeg.py"
+SOURCES = [MODULE_DIR / "PromptSeg.py", *sorted((MODULE_DIR / "PromptSegWidgets").glob("*.py"))]
+"""The widget code: the module file and the panel mixins it combines."""
 # What the widget code makes itself (not from the .ui): attribute of ``self`` -> Qt class.
 OWN_OBJECTS = {"pollTimer": "QTimer", "installMenu": "QMenu"}
 # Local names the widget code gives to Qt objects, always of one class.
@@ -125,29 +126,31 @@ def receiver_class(node: ast.expr, ui_classes: dict[str, str]) -> str | None:
 
 
 def uses(ui_classes):
-    """(class, kind, name, line) for each connect, method call and property use on a Qt object."""
-    tree = ast.parse(SOURCE.read_text())
-    calls = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    """(class, kind, name, "file:line") for each connect, method call and property use on a Qt object."""
     found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Attribute):
-            continue
-        owner = receiver_class(node.value, ui_classes)
-        if owner is None:
-            continue
-        if node.attr == "connect":
-            found.append((owner, "signal", calls[id(node)].args[0].value, node.lineno))
-        elif id(node) in calls:
-            found.append((owner, "method", node.attr, node.lineno))
-        else:
-            found.append((owner, "property", node.attr, node.lineno))
+    for source in SOURCES:
+        tree = ast.parse(source.read_text())
+        calls = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = receiver_class(node.value, ui_classes)
+            if owner is None:
+                continue
+            where = f"{source.name}:{node.lineno}"
+            if node.attr == "connect":
+                found.append((owner, "signal", calls[id(node)].args[0].value, where))
+            elif id(node) in calls:
+                found.append((owner, "method", node.attr, where))
+            else:
+                found.append((owner, "property", node.attr, where))
     return found
 
 
 def test_ui_file_has_every_widget_the_module_uses():
     root = ET.parse(UI_FILE).getroot()
     widgets = {w.get("name"): w for w in root.iter("widget")}
-    source = SOURCE.read_text()
+    source = "\n".join(path.read_text() for path in SOURCES)
     used = set(re.findall(r"\.ui\.(\w+)", source))  # self.ui in the widget, widget.ui in the test class
     assert used and not used - set(widgets), f"missing in PromptSeg.ui: {sorted(used - set(widgets))}"
     # Widgets bound to the parameter node name real parameters
@@ -167,18 +170,18 @@ def test_every_signal_property_and_method_the_widget_uses_exists(ui_classes):
     kinds = {kind for _, kind, _, _ in found}
     assert kinds == {"signal", "method", "property"} and len(found) > 100  # the walk sees the widget code
     wrong = []
-    for owner, kind, name, line in found:
+    for owner, kind, name, where in found:
         ok = (normalized(name) in signals(owner) if kind == "signal" else
               has_method(owner, name) if kind == "method" else has_property(owner, name))
         if not ok:
-            wrong.append(f"PromptSeg.py:{line}: {owner} has no {kind} {name}")
+            wrong.append(f"{where}: {owner} has no {kind} {name}")
     assert not wrong, "\n".join(wrong)
 
 
 def test_every_qt_class_and_enum_the_widget_names_exists():
     """``qt.QCompleter``, ``qt.QFileDialog.getOpenFileName``, ``qt.Qt.MatchContains``..."""
     named = set()
-    for node in ast.walk(ast.parse(SOURCE.read_text())):
+    for node in (n for path in SOURCES for n in ast.walk(ast.parse(path.read_text()))):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "qt":
             named.add((node.attr, None))
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)

@@ -309,11 +309,12 @@ def test_module_imports_without_torch():
             "print('ok')" % str(MODULE_DIR))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
-    # PromptSeg.py itself never imports torch or PromptSegLib at the top level
-    tree = ast.parse((MODULE_DIR / "PromptSeg.py").read_text())
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
-    assert not [n for n in names if n.split(".")[0] in {"torch", "monai", "PromptSegLib"}]
+    # PromptSeg.py and its panel mixins never import torch or PromptSegLib at the top level
+    for path in [MODULE_DIR / "PromptSeg.py", *(MODULE_DIR / "PromptSegWidgets").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.split(".")[0] in {"torch", "monai", "PromptSegLib"}], path.name
 
 
 def test_install_requirements_match_the_library_and_keep_slicers_packages(logic, tmp_path):
