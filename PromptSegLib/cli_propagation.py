@@ -122,6 +122,16 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reach(text: str) -> float | str | None:
+    """``--reach``: a non-negative number of spacings, ``none``, or ``default`` (the library's)."""
+    if text in ("none", "default"):
+        return None if text == "none" else text
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("--reach must be >= 0 (or none)")
+    return value
+
+
 def cmd_fill(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
@@ -140,7 +150,8 @@ def cmd_fill(args: argparse.Namespace) -> int:
         result = fill_from_slices(Propagator(args.model, threads=args.threads), sitk.GetArrayViewFromImage(image),
                                   drawn, axis, spacing=tuple(reversed(image.GetSpacing())), start=args.start,
                                   stop=args.stop, threshold=args.threshold, progress=update,
-                                  min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast)
+                                  min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast,
+                                  **({} if args.reach == "default" else {"reach": args.reach}))
     finally:
         close()
     print(f"{name}: {len(result.written)} slices filled from {sum(v.any() for v in drawn.values())} drawn; "
@@ -217,5 +228,8 @@ def add_subcommands(sub) -> None:
     fi.add_argument("--start", type=int, help="first slice to fill beyond the drawn ones (default: the first)")
     fi.add_argument("--stop", type=int, help="last slice to fill beyond the drawn ones (default: the last)")
     fi.add_argument("--min-contrast", type=float, help="stopping rule beyond the drawn slices, as for propagate")
+    fi.add_argument("--reach", type=_reach, default="default", metavar="SPACINGS|none",
+                    help="with two or more drawn slices, fill at most this many median drawn-slice spacings beyond "
+                         "the outermost ones (default: the library's REACH); none: as far as the image shows")
     _output_arguments(fi)
     fi.set_defaults(func=cmd_fill)
