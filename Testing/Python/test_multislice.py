@@ -139,3 +139,9 @@ def test_fill_command_fills_from_the_drawn_slices_of_a_mask(tmp_path, sarcoma, c
     assert main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / "empty.nii.gz"),
                  "-o", str(tmp_path / "x.nii.gz"), "-q"]) == 2
     assert "no drawn slice holds" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    with pytest.raises(SystemExit):
+        main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"), "--reach", "-1",
+              "-o", str(tmp_path / "x.nii.gz")])
+    assert "--reach must be >= 0" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    assert main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"), "--reach",
+                 "none", "-o", str(out), "-q"]) == 0
