@@ -1,5 +1,6 @@
 """``promptseg tune``: choose a model's post-processing on a dataset spec's validation cases and write it into
-the model's config and card. Registered into the main parser by :func:`add_subcommands`."""
+the model's config and card; ``promptseg average-models``: the weight mean of runs of one model, to be tuned.
+Registered into the main parser by :func:`add_subcommands`."""
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average_models(args: argparse.Namespace) -> int:
+    from .catalogue import resolve_model
+    from .model_average import average_models
+
+    folder = average_models([resolve_model(m) for m in args.models], args.output, args.version, args.name,
+                            "promptseg " + shlex.join(args.argv))
+    print(f"wrote {folder} (untuned: choose its post-processing with promptseg tune)")
+    return 0
+
+
 def add_subcommands(sub) -> None:
-    """Register ``tune`` on the main parser's subparsers."""
+    """Register ``tune`` and ``average-models`` on the main parser's subparsers."""
     tu = sub.add_parser("tune", help="choose a model's post-processing on a spec's validation cases and write it "
                         "into the model's config and card")
     tu.add_argument("spec", help="dataset spec (its validation split is scored, its training split gives volumes)")
@@ -37,3 +48,10 @@ def add_subcommands(sub) -> None:
     tu.add_argument("--device", default="auto")
     tu.add_argument("--threads", type=int)
     tu.set_defaults(func=cmd_tune)
+    av = sub.add_parser("average-models", help="average the weights of runs of one model (e.g. a model and its "
+                        "--init fine-tune) into a new, untuned model folder")
+    av.add_argument("models", nargs="+", help="two or more model folders or names")
+    av.add_argument("-o", "--output", required=True, help="model folder to write")
+    av.add_argument("--version", required=True)
+    av.add_argument("--name", help="default: the first model's name")
+    av.set_defaults(func=cmd_average_models)

@@ -184,3 +184,35 @@ def test_an_unchanged_verified_folder_is_not_hashed_again_a_changed_one_is(folde
         load_model(folder)
     with pytest.raises(ModelError, match="sha256"):  # a failure is never remembered as a pass
         model_io.verify_folder(folder)
+
+
+def test_average_models_writes_the_weight_mean_untuned_with_both_cards(folder, tmp_path, capsys):
+    import dataclasses
+
+    from PromptSegLib.cli import main
+    from PromptSegLib.model_average import average_models
+
+    first = load_model(folder)
+    tuned = dataclasses.replace(first.config, largest_component=list(first.config.targets[:1]))
+    save_model(folder, first.network, tuned, "# first\n\n## Training\n\nstep lines\n")
+    shifted = load_model(folder).network
+    with torch.no_grad():
+        for p in shifted.parameters():
+            p.add_(0.5)
+    save_model(tmp_path / "second", shifted, dataclasses.replace(tuned, version="0.2"), "# second\n")
+    assert main(["average-models", str(folder), str(tmp_path / "second"), "-o", str(tmp_path / "mean"),
+                 "--version", "1.0"]) == 0
+    mean = load_model(tmp_path / "mean")
+    for a, b in zip(first.network.parameters(), mean.network.parameters()):
+        torch.testing.assert_close(b, a + 0.25, atol=2e-3, rtol=1e-3)  # stored as float16
+    assert mean.config.version == "1.0" and mean.config.largest_component == []  # to be tuned again
+    card = (tmp_path / "mean" / "README.md").read_text()
+    assert "promptseg average-models" in card and "### Training" in card and "# second" in card
+    # another target list: refused, nothing written
+    other = dataclasses.replace(tuned, targets=["liver"])
+    save_model(tmp_path / "other", first.network, other, "# other\n")
+    with pytest.raises(ModelError, match="targets differ"):
+        average_models([folder, tmp_path / "other"], tmp_path / "bad", "1.0")
+    assert not (tmp_path / "bad").exists()
+    assert main(["average-models", str(folder), "-o", str(tmp_path / "bad"), "--version", "1"]) == 2
+    assert "two or more" in capsys.readouterr().err and not (tmp_path / "bad").exists()
