@@ -172,7 +172,6 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, n
         raise InputImageError(f"no such segmentation file: {path}")
     suffix = full_suffix(path)
     if suffix == ".seg.nrrd":
-
         stored = read_seg_nrrd(path)
         return {s.name: resample_mask(s.mask, stored.grid, reference) for s in stored.segments}
     labels_path = labels_json_path(path)
