@@ -137,7 +137,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from .cli_progress import progress_bar
-    from .multislice import drawn_slices, fill_from_slices
+    from .multislice import REACH, drawn_slices, fill_from_slices
     from .propagation import FADE_CONTRAST, Propagator, resolve_axis
     from .propagation_geometry import take_slice
 
@@ -151,7 +151,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
                                   drawn, axis, spacing=tuple(reversed(image.GetSpacing())), start=args.start,
                                   stop=args.stop, threshold=args.threshold, progress=update,
                                   min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast,
-                                  **({} if args.reach == "default" else {"reach": args.reach}))
+                                  reach=REACH if args.reach == "default" else args.reach)
     finally:
         close()
     print(f"{name}: {len(result.written)} slices filled from {sum(v.any() for v in drawn.values())} drawn; "

@@ -50,7 +50,8 @@ def average_models(folders: Sequence[str | Path], output: str | Path, version: s
     mean = {key: torch.stack([s[key].float() for s in states]).mean(0) for key in states[0]}
     network = DuPLUSNet(configs[0].network)
     network.load_state_dict(mean)
-    regions = {m: sorted({r for c in configs for r in c.regions.get(m, [])}) for c in configs for m in c.regions}
+    modalities = {m for c in configs for m in c.regions}
+    regions = {m: sorted({r for c in configs for r in c.regions.get(m, [])}) for m in sorted(modalities)}
     config = dataclasses.replace(configs[0], name=name or configs[0].name, version=version, regions=regions,
                                  largest_component=[], plausible_ml={}, own_side=[], widest_body_cm2={})
     return save_model(output, network, config, _card(config, models, command))

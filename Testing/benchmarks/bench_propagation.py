@@ -85,6 +85,15 @@ def spacing_zyx(path: str | Path) -> tuple[float, float, float]:
     return tuple(float(v) for v in reversed(reader.GetSpacing()))
 
 
+def openkbp_organs(organs: np.ndarray):
+    """Yield ``(organ name, bool mask (Z, Y, X))`` for each organ of an OpenKBP label array (values 1..7 as
+    ``OPENKBP_ORGANS``) contoured on at least 3 slices."""
+    for value, organ in enumerate(OPENKBP_ORGANS, 1):
+        truth = organs == value
+        if truth.any(axis=(1, 2)).sum() >= 3:
+            yield organ, truth
+
+
 def held_out_structures(spec: list[dict], openkbp_every: int, groups=tuple(GROUPS), done=lambda name: False,
                         stop=lambda: False):
     """Yield ``(group, name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for every held-out
@@ -114,10 +123,9 @@ def held_out_structures(spec: list[dict], openkbp_every: int, groups=tuple(GROUP
         image = sitk.ReadImage(str(folder / "ct.nii.gz"))
         organs = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz")))
         array = sitk.GetArrayFromImage(image).astype(np.float32)
-        for value, organ in enumerate(OPENKBP_ORGANS, 1):
-            truth = organs == value
+        for organ, truth in openkbp_organs(organs):
             name = f"openkbp/{folder.name}/{organ}"
-            if truth.any(axis=(1, 2)).sum() >= 3 and not done(name):
+            if not done(name):
                 yield "openkbp", name, array, truth, tuple(reversed(image.GetSpacing()))
 
 

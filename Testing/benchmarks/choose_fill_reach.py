@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from bench_propagation import COUNTS, OPENKBP_ORGANS, ROOT, drawn_indices, fill_between_slices
+from bench_propagation import COUNTS, ROOT, drawn_indices, fill_between_slices, openkbp_organs
 
 sys.path.insert(0, str(ROOT))
 
@@ -40,10 +39,8 @@ def validation_structures():
         ct = read_ct(folder / patient)
         organs = sitk.GetArrayFromImage(read_structures(folder / patient))
         image = sitk.GetArrayFromImage(ct).astype(np.float32)
-        for value, organ in enumerate(OPENKBP_ORGANS, 1):
-            truth = organs == value
-            if truth.any(axis=(1, 2)).sum() >= 3:
-                yield f"{patient}/{organ}", image, truth, tuple(reversed(ct.GetSpacing()))
+        for organ, truth in openkbp_organs(organs):
+            yield f"{patient}/{organ}", image, truth, tuple(reversed(ct.GetSpacing()))
 
 
 def main() -> None:
@@ -52,10 +49,9 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     reaches = [None if r == "none" else float(r) for r in args.reach]
     counts = args.counts
-    propagator = Propagator(None)
+    propagator = Propagator(None, threads=args.threads)
     scores: dict[str, list[list[float]]] = {str(r): [] for r in reaches} | {"peer": []}
     for name, image, truth, spacing in validation_structures():
         drawn = {k: drawn_indices(truth, k) for k in counts}
