@@ -1,7 +1,7 @@
 """The logic of the Segment Editor effect "Fill with PromptSeg" (no Qt; tested on slicer-core).
 
 The user draws some slices of a segment (Paint, Draw, Scissors...) in one slice view; the effect fills the
-segment from them with :func:`PromptSegLib.multislice.fill_from_slices`, in a background thread, as one undo
+segment from them with :func:`PromptSegLib.propagate.multislice.fill_from_slices`, in a background thread, as one undo
 step, and never changes a drawn slice.
 
 Which slices are drawn: the slices along the view's axis that hold the segment, except those the last fill
@@ -120,7 +120,7 @@ class FillFromSlicesLogic:
 
     def _work(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
-        from PromptSegLib.multislice import fill_from_slices
+        from PromptSegLib.propagate.multislice import fill_from_slices
 
         request = job.request
         report(0.0, "loading the propagation model")

@@ -37,8 +37,8 @@ class PetCtMixin:
             PromptSegLib.errors.ModelError: a missing model or one failing its checksums.
         """
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import resolve_model
-        from PromptSegLib.model_io import read_config
+        from PromptSegLib.models.catalogue import resolve_model
+        from PromptSegLib.models.folder import read_config
 
         config = read_config(resolve_model(str(modelFolder or PET_CT_MODEL)))
         lacking = [m for m in ("CT", "PET") if m not in config.network.modalities or not config.regions.get(m)]
@@ -62,16 +62,16 @@ class PetCtMixin:
 
         Raises:
             InputError: the volume is already in SUV, or was not loaded from DICOM and no folder is given.
-            PromptSegLib.pet.PETConversionError: a tag the conversion needs is missing or invalid (named).
+            PromptSegLib.preprocessing.pet.PETConversionError: a tag the conversion needs is missing or invalid (named).
         """
         import tempfile
 
         import SimpleITK as sitk
 
         ensureLibraryImportable()
-        from PromptSegLib.imageio import same_geometry
-        from PromptSegLib.pet import read_pet_suv
-        from PromptSegLib.preprocess import resample_to
+        from PromptSegLib.io.imageio import same_geometry
+        from PromptSegLib.preprocessing.pet import read_pet_suv
+        from PromptSegLib.preprocessing.preprocess import resample_to
 
         validateVolumeNode(petVolume)
         if self.petIsSuv(petVolume):
@@ -109,8 +109,8 @@ class PetCtMixin:
         """
         ensureLibraryImportable()
         checkDependencies()
-        from PromptSegLib.catalogue import resolve_model
-        from PromptSegLib.vocabulary import default_vocabulary
+        from PromptSegLib.models.catalogue import resolve_model
+        from PromptSegLib.text.vocabulary import default_vocabulary
 
         for role, node in (("CT", ctVolume), ("PET", petVolume)):
             if node is None:
@@ -143,8 +143,8 @@ class PetCtMixin:
 
     def _petCtWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene. ``job.result``: (fused result, overlap report)."""
-        from PromptSegLib.fusion import fuse, segment_pair
-        from PromptSegLib.inference import SegmentationResult
+        from PromptSegLib.segment.fusion import fuse, segment_pair
+        from PromptSegLib.segment.inference import SegmentationResult
 
         request = job.request
         segmenter = self._jobSegmenter(job, report, "PET/CT segmentation")
@@ -167,7 +167,7 @@ class PetCtMixin:
 
         Raises:
             PromptSegLib.errors.Cancelled: the job was cancelled (the scene is untouched).
-            PromptSegLib.pet.NoOverlapError: PET and CT do not overlap (found before any segmentation).
+            PromptSegLib.preprocessing.pet.NoOverlapError: PET and CT do not overlap (found before any segmentation).
             TimeoutError: the worker is still running after ``timeout`` seconds.
         """
         self._finishJob(job, timeout, "PET/CT segmentation")

@@ -46,8 +46,8 @@ class PropagationMixin:
             raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")
         checkDependencies()
         ensureLibraryImportable()
-        from PromptSegLib.propagation import AXES, resolve_axis
-        from PromptSegLib.propagation_geometry import take_slice
+        from PromptSegLib.propagate.geometry import take_slice
+        from PromptSegLib.propagate.propagator import AXES, resolve_axis
 
         axisIndex = resolve_axis(axis)
         axisName = list(AXES)[axisIndex]
@@ -64,7 +64,7 @@ class PropagationMixin:
 
     def _propagator(self):
         """The bundled propagation model, loaded once (torch's thread count is left as Slicer set it)."""
-        from PromptSegLib.propagation import Propagator
+        from PromptSegLib.propagate.propagator import Propagator
 
         with self._segmenterLock:
             if self._propagatorInstance is None:
@@ -73,7 +73,7 @@ class PropagationMixin:
 
     def _propagationWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
-        from PromptSegLib.propagation import propagate
+        from PromptSegLib.propagate.propagator import propagate
 
         request = job.request
         report(0.0, "loading the propagation model")

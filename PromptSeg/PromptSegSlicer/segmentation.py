@@ -63,9 +63,9 @@ class SegmentationMixin:
 
     def sortTargetLines(self, lines: Sequence[str]) -> tuple[list[str], list[str]]:
         """The target box's lines -> (vocabulary targets, raw T2 sentences), as the command line's ``--target``
-        and ``--target-text`` would take them (``PromptSegLib.prompts.sort_target_lines``)."""
+        and ``--target-text`` would take them (``PromptSegLib.text.prompts.sort_target_lines``)."""
         ensureLibraryImportable()
-        from PromptSegLib.prompts import sort_target_lines
+        from PromptSegLib.text.prompts import sort_target_lines
 
         return sort_target_lines(lines)
 
@@ -92,8 +92,8 @@ class SegmentationMixin:
             raise InputError(f"threshold {threshold} must be between 0 and 1")
         checkDependencies()
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import resolve_model, route_model
-        from PromptSegLib.model_io import verify_folder
+        from PromptSegLib.models.catalogue import resolve_model, route_model
+        from PromptSegLib.models.folder import verify_folder
 
         folder = (route_model(modality, region or None, targets) if not modelFolder or str(modelFolder) == AUTO_MODEL
                   else resolve_model(str(modelFolder)))  # a folder or an installed model's name
@@ -106,7 +106,7 @@ class SegmentationMixin:
         return self._startJob(job, self._segmentationWork, onProgress)
 
     def _segmenter(self, folder: Path, device: str, threads: int | None):
-        from PromptSegLib.inference import Segmenter
+        from PromptSegLib.segment.inference import Segmenter
 
         key = (str(Path(folder).resolve()), device, threads)
         with self._segmenterLock:
@@ -174,7 +174,7 @@ class SegmentationMixin:
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         placeInStudy(scene, segmentationNode, volumeNode)
         segmentation = segmentationNode.GetSegmentation()
-        from PromptSegLib.segfile import segment_color, terminology
+        from PromptSegLib.export.segfile import segment_color, terminology
 
         matrix = vtk.vtkMatrix4x4()
         for r in range(4):
@@ -208,7 +208,7 @@ class SegmentationMixin:
         """One Markups ROI node per connected component of each target ("liver 1", "liver 2"...), most
         confident first, placed under the volume's study. The ROI is the component's box in RAS (axis-aligned);
         its description holds the mean/max probability and the volume."""
-        from PromptSegLib.describe import detect
+        from PromptSegLib.preprocessing.describe import detect
 
         threshold = result.threshold if threshold is None else float(threshold)
         nodes = []
@@ -227,7 +227,7 @@ class SegmentationMixin:
     def describeSegment(self, segmentationNode, segmentName: str, volumeNode, modality: str, region: str = ""):
         """PromptSegLib's description (volume, components, location, intensity, shape, touching segments and
         one sentence) of a segment, computed on the volume's grid."""
-        from PromptSegLib.describe import describe
+        from PromptSegLib.preprocessing.describe import describe
 
         segmentation = segmentationNode.GetSegmentation()
         if not segmentation.GetSegmentIdBySegmentName(segmentName):

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from PromptSegLib.cli import main
+from PromptSegLib.cli.main import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -105,10 +105,11 @@ def test_info_checks_the_model(tiny_model_folder, capsys):
 
 
 def test_overlapping_segments_go_to_separate_layers(chest_ct, tmp_path):
+    from PromptSegLib.export.segfile import write_seg_nrrd
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
+
     from conftest import segment_mask
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.prompts import target_query
-    from PromptSegLib.segfile import write_seg_nrrd
 
     masks = np.zeros((3, *sitk.GetArrayViewFromImage(chest_ct).shape), np.float32)
     masks[0, :2] = masks[1, 1:3] = masks[2, 3] = 1.0  # a and b overlap, c touches neither
@@ -123,10 +124,11 @@ def test_overlapping_segments_go_to_separate_layers(chest_ct, tmp_path):
 def test_overlay_shows_the_patients_left_on_the_images_right(chest_ct, chest_segmentation, tmp_path):
     """Radiological convention, as Slicer shows it: slicerio's real left lung is drawn in the right half of the
     axial picture (and of the coronal one), the head at the top of the coronal picture."""
+    from PromptSegLib.export.overlay import write_overlay
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
+
     from conftest import segment_mask
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.overlay import write_overlay
-    from PromptSegLib.prompts import target_query
 
     left = segment_mask(chest_segmentation, "left lung").astype(np.float32)
     result = SegmentationResult([target_query("CT", "left lung")], "", left[None], chest_ct, 0.5)
@@ -142,7 +144,7 @@ def test_overlay_shows_the_patients_left_on_the_images_right(chest_ct, chest_seg
 
 
 def segment_color_of(name: str):
-    from PromptSegLib.prompts import target_query
-    from PromptSegLib.segfile import segment_color
+    from PromptSegLib.export.segfile import segment_color
+    from PromptSegLib.text.prompts import target_query
 
     return segment_color(target_query("CT", name))

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED, needs_shared
-from PromptSegLib.cli import main
+from PromptSegLib.cli.main import main
 from PromptSegLib.errors import ModelError
-from PromptSegLib.prognosis import load_prognosis_model, save_prognosis_model
-from PromptSegLib.prognosis_deephit import DeepHitSettings, bin_index, deephit_loss, time_cuts, train_deephit
-from PromptSegLib.prognosis_metrics import UndefinedMetricError, antolini_c_index, harrell_c_index
-from PromptSegLib.prognosis_prompt import build_prompt
-from PromptSegLib.prognosis_records import ClinicalDataError, ClinicalRecord, load_cohort, record_from_dicom
-from PromptSegLib.prognosis_validation import CoxBaseline
+from PromptSegLib.prognosis.deephit import DeepHitSettings, bin_index, deephit_loss, time_cuts, train_deephit
+from PromptSegLib.prognosis.metrics import UndefinedMetricError, antolini_c_index, harrell_c_index
+from PromptSegLib.prognosis.model import load_prognosis_model, save_prognosis_model
+from PromptSegLib.prognosis.prompt import build_prompt
+from PromptSegLib.prognosis.records import ClinicalDataError, ClinicalRecord, load_cohort, record_from_dicom
+from PromptSegLib.prognosis.validation import CoxBaseline
+
+from conftest import SHARED, needs_shared
 
 CLINICAL = SHARED / "clinical"
 INFO = CLINICAL / "hecktor2021_patient_info_training.csv"
@@ -188,7 +189,7 @@ def tiny_model(cohort):
 def test_lora_changes_only_adapter_weights(tiny_model):
     from transformers import AutoModel
 
-    from PromptSegLib.text_encoder import default_encoder_folder
+    from PromptSegLib.text.encoder import default_encoder_folder
 
     model, _, _ = tiny_model
     base = AutoModel.from_pretrained(default_encoder_folder(), local_files_only=True).state_dict()
@@ -297,7 +298,7 @@ def test_image_branch_learns_known_feature(cohort):
 
 @needs_shared()
 def test_bundled_prognosis_model_reproduces_its_training_tertiles(cohort):
-    from PromptSegLib.model_io import BUNDLED_MODELS
+    from PromptSegLib.models.folder import BUNDLED_MODELS
 
     folder = BUNDLED_MODELS / "promptseg-prognosis-hecktor"
     model = load_prognosis_model(folder)  # checksums verified
