@@ -61,9 +61,17 @@ class ProbabilityMap:
         out[self.box] = LEVELS[self.values]
         return out
 
+    def box_at_least(self, threshold: float) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """``(box, inside)``: index slices ``(z, y, x)`` and the bool array over them of probability >=
+        ``threshold``; every voxel outside the box is below it."""
+        lowest = level(threshold)
+        if lowest == 0:
+            return tuple(slice(0, n) for n in self.shape), np.ones(self.shape, bool)
+        return self.box, self.values >= lowest
+
     def at_least(self, threshold: float) -> np.ndarray:
         """bool ``(Z, Y, X)``: probability >= ``threshold`` (as ``dense() >= threshold``)."""
-        lowest = level(threshold)
-        out = np.full(self.shape, lowest == 0)
-        out[self.box] = self.values >= lowest
+        box, inside = self.box_at_least(threshold)
+        out = np.zeros(self.shape, bool)  # pages outside the box are never touched
+        out[box] = inside
         return out
