@@ -20,15 +20,24 @@ class ModelsMixin:
     availableDevices = staticmethod(availableDevices)
 
     @staticmethod
-    def availableModels() -> list[tuple[str, Path]]:
-        """(name, folder) of the bundled segmentation models and those imported into the per-user cache
-        (``~/.promptseg/models``, kept across Slicer upgrades)."""
+    def availableModels(kind: str = "segmentation") -> list[tuple[str, Path]]:
+        """(name, folder) of the bundled models of ``kind`` (``segmentation``, ``propagation`` or ``prognosis``)
+        and of those of that kind imported into the per-user cache (``~/.promptseg/models``, kept across Slicer
+        upgrades)."""
         ensureLibraryImportable()
+        from PromptSegLib.errors import ModelError
         from PromptSegLib.models.catalogue import installed_models, load_catalogue
-        from PromptSegLib.models.folder import BUNDLED_MODELS
+        from PromptSegLib.models.folder import BUNDLED_MODELS, folder_identity
 
-        models = [(e["name"], BUNDLED_MODELS / e["folder"]) for e in load_catalogue() if e.get("folder")]
-        return models + list(installed_models().items())
+        models = [(e["name"], BUNDLED_MODELS / e["folder"]) for e in load_catalogue()
+                  if e.get("folder") and e.get("kind", "segmentation") == kind]
+        for name, folder in installed_models().items():
+            try:
+                if folder_identity(folder).kind == kind:
+                    models.append((name, folder))
+            except ModelError:
+                continue  # not a model folder: listed nowhere
+        return models
 
     @staticmethod
     def importModel(path) -> Path:

@@ -107,11 +107,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_entry(entry: dict) -> str:
+    """``CT, MR: liver, spleen`` for a segmentation model; the kind and what it works on for the others."""
+    if entry.get("kind", "segmentation") == "segmentation":
+        return f"{', '.join(entry['modalities'])}: {', '.join(entry['targets'])}"
+    scope = ", ".join(f"{m} of the {', '.join(r)}" for m, r in entry.get("regions", {}).items()) or "any image"
+    return f"{entry['kind']} model ({scope})"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from PromptSegLib.errors import ModelError
     from PromptSegLib.models.catalogue import (catalogue_entries, catalogue_entry, download_model, import_model,
                                                installed_models, write_catalogue)
-    from PromptSegLib.models.folder import BUNDLED_MODELS, FORMAT
+    from PromptSegLib.models.folder import BUNDLED_MODELS, KINDS
 
     if args.import_model:
         print(f"installed {import_model(args.import_model)}")
@@ -119,13 +127,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"installed {download_model(args.download)}")
     if args.update:
         folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file()
-                         and json.loads((p / "config.json").read_text()).get("format") == FORMAT)
+                         and json.loads((p / "config.json").read_text()).get("format") in KINDS)
         write_catalogue([catalogue_entry(f) for f in folders])
     installed = installed_models()
     for folder in installed.values():
         entry = catalogue_entry(folder)
-        print(f"{entry['name']} {entry['version']}  [imported, verified: {folder}]  "
-              f"{', '.join(entry['modalities'])}: {', '.join(entry['targets'])}")
+        print(f"{entry['name']} {entry['version']}  [imported, verified: {folder}]  {_describe_entry(entry)}")
     for entry in catalogue_entries():
         if entry["name"] in installed and not entry.get("folder"):
             continue  # listed above
@@ -136,8 +143,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 f"{entry['url']}")
         except ModelError as exc:
             state = f"bundled, BROKEN: {exc}"
-        print(f"{entry['name']} {entry['version']}  [{state}]  {', '.join(entry['modalities'])}: "
-              f"{', '.join(entry['targets'])}")
+        print(f"{entry['name']} {entry['version']}  [{state}]  {_describe_entry(entry)}")
     return 0
 
 

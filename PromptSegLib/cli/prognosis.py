@@ -107,7 +107,7 @@ def cmd_train_prognosis(args: argparse.Namespace) -> int:
             f"{result['events']} events){'; image features ' + Path(args.image_features).name if image is not None else ''}."
             f"\n\n## Cross-validated C-index ({args.folds} folds, seed {args.seed}; DeepHit({inputs}) vs CoxPH on "
             f"the clinical variables, same folds)\n\n{table}")
-    folder = save_prognosis_model(output, model, card)
+    folder = save_prognosis_model(output, model, card, name=args.name, version=args.version)
     if args.cv_json:
         from PromptSegLib.io.outputs import atomic_path
 
@@ -172,6 +172,8 @@ def add_subcommands(sub) -> None:
     tp.add_argument("endpoints", help="endpoint CSV (PatientID, Progression/Relapse, Progression free survival/RFS)")
     tp.add_argument("--image-features", help=".npy (N, C) image features (F_dense), rows in the clinical table's order")
     tp.add_argument("-o", "--output", required=True, help="prognosis model folder to write")
+    tp.add_argument("--name", help="the model's name in catalogues (default: the output folder's name)")
+    tp.add_argument("--version", default="0.1.0")
     tp.add_argument("--folds", type=int, default=5)
     tp.add_argument("--epochs", type=int, default=2, help="LoRA + head epochs (0: head only on frozen text)")
     tp.add_argument("--head-epochs", type=int, default=300, help="head-only epochs on frozen text embeddings first")

@@ -1,7 +1,8 @@
 """The model catalogue: one JSON list of the models PromptSeg knows, bundled or to be imported.
 
-Each entry: name, version, url (``null`` for bundled models; else where a ``.zip`` of the model folder is
-downloaded from), sha256 of the weights file, size in bytes, modalities, targets, regions, spacing, and
+Each entry: name, version, kind (``segmentation``, ``propagation`` or ``prognosis``: every kind of model folder is
+listed), url (``null`` for bundled models; else where a ``.zip`` of the model folder is downloaded from), sha256
+of the weights file (a prognosis model's head), size in bytes, modalities, targets, regions, spacing, and
 ``folder`` (the bundled folder's name under ``PromptSegLib/models``). A site may list its own downloadable
 models in ``$PROMPTSEG_HOME/catalogue.json`` (same format). The Slicer module's model manager reads the same
 files. Nothing is downloaded unless the user asks for that model.
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from PromptSegLib.io.outputs import atomic_path
-from PromptSegLib.models.folder import BUNDLED_MODELS, WEIGHTS, read_config, sha256
+from PromptSegLib.models.folder import BUNDLED_MODELS, folder_identity, read_config, sha256
 
 CATALOGUE = BUNDLED_MODELS / "catalogue.json"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -37,13 +38,24 @@ def check_model_name(name: object) -> str:
 
 
 def catalogue_entry(folder: str | os.PathLike, url: str | None = None) -> dict:
-    """The catalogue entry of a (verified) model folder."""
+    """The catalogue entry of a (verified) model folder of any kind: segmentation models list their
+    modalities, targets, regions and spacing; a prognosis model its modality and region; a propagation model,
+    which works on any image, none of them."""
     folder = Path(folder)
-    config = read_config(folder)
-    return {"name": config.name, "version": config.version, "url": url, "sha256": sha256(folder / WEIGHTS),
-            "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
-            "modalities": list(config.network.modalities), "targets": config.targets, "regions": config.regions,
-            "spacing_mm": config.spacing_mm, "folder": folder.name if folder.parent == BUNDLED_MODELS else None}
+    identity = folder_identity(folder)
+    entry = {"name": identity.name, "version": identity.version, "kind": identity.kind, "url": url,
+             "sha256": sha256(folder / identity.weights),
+             "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+             "modalities": [], "targets": [], "regions": {}, "spacing_mm": None,
+             "folder": folder.name if folder.parent == BUNDLED_MODELS else None}
+    if identity.kind == "segmentation":
+        config = read_config(folder)
+        entry.update(modalities=list(config.network.modalities), targets=config.targets, regions=config.regions,
+                     spacing_mm=config.spacing_mm)
+    elif identity.kind == "prognosis":
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        entry.update(modalities=[raw["modality"]], regions={raw["modality"]: [raw["region"]]})
+    return entry
 
 
 def load_catalogue(path: str | os.PathLike | None = None) -> list[dict]:
@@ -177,12 +189,16 @@ def import_model(source: str | os.PathLike, models_folder: str | os.PathLike | N
             folder = Path(shutil.copytree(source, Path(work) / source.name))
         else:
             raise ModelError(f"{source} is neither a model folder nor a .zip of one")
-        config = read_config(verify_folder(folder))
-        if expected and (config.name != expected["name"] or sha256(folder / WEIGHTS) != expected["sha256"]):
+        identity = folder_identity(folder)
+        verify_folder(folder, required=("config.json", identity.weights))
+        if identity.kind == "segmentation":
+            read_config(folder)  # checks the architecture and settings too
+        if expected and (identity.name != expected["name"]
+                         or sha256(folder / identity.weights) != expected["sha256"]):
             raise ModelError(f"{source} is not the catalogued model {expected['name']} {expected.get('version', '')}:"
                              " its name or weights sha256 differ from the catalogue entry")
-        final = target_root / check_model_name(config.name)
-        _check_replaceable(final, config.name)
+        final = target_root / check_model_name(identity.name)
+        _check_replaceable(final, identity.name)
         staged = Path(work) / "staged"
         shutil.copytree(folder, staged)
         if final.exists():
@@ -237,6 +253,8 @@ def route_model(modality: str, region: str | None, targets: list[str] | tuple[st
 
     candidates = []
     for entry in catalogue_entries():
+        if entry.get("kind", "segmentation") != "segmentation":
+            continue
         try:
             folder = resolve_model(entry["name"])
         except ModelError:

@@ -24,6 +24,13 @@ from PromptSegLib.text.modality import canonical_modality
 FORMAT = "promptseg-model"
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, CARD, SUMS = "weights.safetensors", "config.json", "README.md", "SHA256SUMS"
+PROPAGATION_FORMAT = "promptseg-propagation-model"
+PROGNOSIS_FORMAT = "promptseg-prognosis-1"
+PROGNOSIS_HEAD = "head.safetensors"
+KINDS = {FORMAT: ("segmentation", WEIGHTS), PROPAGATION_FORMAT: ("propagation", WEIGHTS),
+         PROGNOSIS_FORMAT: ("prognosis", PROGNOSIS_HEAD)}
+"""Every kind of model folder by its config's ``format``: the kind's name and the file whose SHA256 names the
+model in a catalogue. All share this module's folder writer, checksums and card."""
 TEXT_LORA = "text_lora.safetensors"
 PADDINGS = ("replicate", "constant")
 FORMAT1_CT_WINDOW_HU: tuple[float, float] = (-990.0, 500.0)
@@ -148,6 +155,36 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FolderIdentity:
+    """What every kind of model folder says about itself in its ``config.json``."""
+
+    kind: str
+    name: str
+    version: str
+    weights: str  # the file whose SHA256 identifies the model in a catalogue
+
+
+def folder_identity(folder: str | os.PathLike) -> FolderIdentity:
+    """Kind, name and version of any model folder (segmentation, propagation, prognosis).
+
+    Raises:
+        ModelError: no readable ``config.json``, an unknown format, or no name or version.
+    """
+    path = Path(folder) / CONFIG
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder} is not a model folder: cannot read {path.name} ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") not in KINDS:
+        raise ModelError(f"{folder} is not a PromptSeg model folder (format "
+                         f"{data.get('format') if isinstance(data, dict) else None!r}; known: {', '.join(KINDS)})")
+    kind, weights = KINDS[data["format"]]
+    if not data.get("name") or not data.get("version"):
+        raise ModelError(f"{folder}: its {CONFIG} has no name or version")
+    return FolderIdentity(kind, str(data["name"]), str(data["version"]), weights)
 
 
 def default_model_folder() -> Path:

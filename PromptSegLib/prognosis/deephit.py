@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from PromptSegLib.errors import PromptSegError
+from PromptSegLib.models.folder import PROGNOSIS_FORMAT
 from PromptSegLib.prognosis.metrics import UndefinedMetricError
 from PromptSegLib.prognosis.prompt import build_prompt
 from PromptSegLib.prognosis.records import ClinicalDataError, ClinicalRecord, check_endpoints
 from PromptSegLib.text.encoder import LoraSettings, TextEncoder
 
-FORMAT = "promptseg-prognosis-1"
+FORMAT = PROGNOSIS_FORMAT
 
 
 @dataclass

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from PromptSegLib.errors import ModelError
+from PromptSegLib.models.folder import CARD, CONFIG
+from PromptSegLib.models.folder import PROGNOSIS_HEAD as HEAD
 from PromptSegLib.prognosis.deephit import FORMAT, PrognosisModel
 from PromptSegLib.prognosis.records import ClinicalRecord
 
-CONFIG, HEAD, LORA, CARD = "config.json", "head.safetensors", "lora.safetensors", "README.md"
+LORA = "lora.safetensors"
 def _card(model: PrognosisModel, extra: str) -> str:
     cfg = model.config
     inputs = "clinical prompt" + (f" + image features ({cfg['image_dim']})" if cfg["image_dim"] else "")
@@ -27,11 +29,15 @@ def _card(model: PrognosisModel, extra: str) -> str:
             f"{cfg['horizon']:g}.\n\n{extra.strip()}\n")
 
 
-def save_prognosis_model(folder: str | os.PathLike, model: PrognosisModel, card: str = "") -> Path:
-    """Write the model folder atomically (``models.folder.write_model_folder``): LoRA adapter, head, config, card."""
+def save_prognosis_model(folder: str | os.PathLike, model: PrognosisModel, card: str = "",
+                         name: str | None = None, version: str = "0.1.0") -> Path:
+    """Write the model folder atomically (``models.folder.write_model_folder``): LoRA adapter, head, config, card.
+    Its config names it ``name`` (default: the folder's name) at ``version``, as every model kind does."""
     from safetensors.torch import save_file
 
     from PromptSegLib.models.folder import write_model_folder
+
+    model.config.update(name=name or Path(folder).name, version=version)
 
     def write(tmp: Path) -> list[str]:
         save_file(model.lora_state(), str(tmp / LORA), metadata={"format": FORMAT})

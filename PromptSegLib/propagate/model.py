@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from PromptSegLib.errors import ModelError
-from PromptSegLib.models.folder import (BUNDLED_MODELS, CARD, CONFIG, WEIGHTS, load_weights, verify_folder,
-                                        write_model_folder)
+from PromptSegLib.models.folder import (BUNDLED_MODELS, CARD, CONFIG, PROPAGATION_FORMAT, WEIGHTS, load_weights,
+                                        verify_folder, write_model_folder)
 from PromptSegLib.propagate.net import PromptUNet2D, PropagationNetConfig
 
-FORMAT = "promptseg-propagation-model"
+FORMAT = PROPAGATION_FORMAT
 FORMAT_VERSION = 1
 ARCHITECTURE = "PromptUNet2D"
 BUNDLED_PROPAGATION_MODEL = BUNDLED_MODELS / "promptseg-propagation"

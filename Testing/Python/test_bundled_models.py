@@ -38,7 +38,9 @@ def test_gtv_on_held_out_patients(gtv_model, modality, prefix, floor):
 
 def test_catalogue_matches_the_bundled_folders():
     entries = {e["name"]: e for e in load_catalogue()}
-    assert set(entries) == {"promptseg-starter", "promptseg-sts-gtv", "promptseg-hn-oars"}
+    assert {name: e["kind"] for name, e in entries.items()} == {
+        "promptseg-starter": "segmentation", "promptseg-sts-gtv": "segmentation", "promptseg-hn-oars": "segmentation",
+        "promptseg-propagation": "propagation", "promptseg-prognosis-hecktor": "prognosis"}
     for name, entry in entries.items():
         assert catalogue_entry(BUNDLED_MODELS / entry["folder"]) == entry, f"{name}: run promptseg models --update"
 

@@ -122,6 +122,44 @@ def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatc
     load_model(installed)
 
 
+@pytest.mark.parametrize("name, kind", [("promptseg-propagation", "propagation"),
+                                        ("promptseg-prognosis-hecktor", "prognosis")])
+def test_every_model_kind_imports_lists_and_stays_out_of_segmentation_routing(name, kind, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Propagation and prognosis folders share the segmentation models' folder format: the same import (a .zip
+    checked against its manifest), listing and catalogue entry, told apart by their kind; routing a
+    segmentation request never picks them."""
+    from PromptSegLib.cli.main import main
+    from PromptSegLib.models.catalogue import catalogue_entry, installed_models, route_model
+    from PromptSegLib.models.folder import BUNDLED_MODELS, folder_identity
+
+    monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
+    copy = shutil.copytree(BUNDLED_MODELS / name, tmp_path / "src" / "renamed-folder")
+    assert main(["models", "--import", str(zip_model(copy, tmp_path / f"{kind}.zip"))]) == 0
+    installed = installed_models()[name]  # named by its config, not by the folder it came in
+    assert folder_identity(installed).kind == kind
+    entry = catalogue_entry(installed)
+    assert entry["kind"] == kind and entry["name"] == name and entry["folder"] is None
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(name)]
+    assert len(listed) == 2 and all(f"{kind} model" in line for line in listed)  # imported copy and bundled one
+    assert route_model("CT", "head and neck", ["brain stem"]).name == "promptseg-hn-oars"
+    (installed / "head.safetensors" if kind == "prognosis" else installed / "weights.safetensors").write_bytes(b"x")
+    assert main(["models", "--import", str(installed)]) == 2  # altered: refused like any model
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_a_folder_of_no_known_kind_is_refused(folder, tmp_path):
+    from PromptSegLib.models.catalogue import import_model
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
+    with pytest.raises(ModelError, match="not a PromptSeg model folder"):
+        import_model(folder, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "tiny-untrained").exists()
+
+
 def test_download_a_site_catalogue_model_checked_against_its_sha256(folder, tmp_path, monkeypatch, capsys):
 
     from PromptSegLib.cli.main import main

@@ -244,6 +244,8 @@ def test_prognose_command(tiny_model, tmp_path, capsys):
 
 @needs_shared()
 def test_train_prognosis_command(tmp_path, capsys):
+    from PromptSegLib.models.folder import folder_identity
+
     info, end = _rows(INFO), _rows(ENDPOINTS)
     keep = {r[0] for r in end[1:41]}
     info_small = _write(tmp_path / "info.csv", [info[0]] + [r for r in info[1:] if r[0] in keep])
@@ -255,6 +257,8 @@ def test_train_prognosis_command(tmp_path, capsys):
     cv = json.loads((tmp_path / "cv.json").read_text())
     assert len(cv["folds"]) == 2 and cv["n"] == 40
     assert "Cross-validated C-index" in (tmp_path / "model" / "README.md").read_text()
+    identity = folder_identity(tmp_path / "model")  # named like every model kind: by default, its folder's name
+    assert (identity.kind, identity.name, identity.version) == ("prognosis", "model", "0.1.0")
     bad = _rows(info_small)
     bad[0][3] = "Agee"
     code = main(["train-prognosis", str(_write(tmp_path / "bad.csv", bad)), str(end_small), "-o",

@@ -462,7 +462,9 @@ def test_models_listed_imported_and_used_by_name(scene, logic, tiny_model_folder
                                                  monkeypatch):
     monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
     names = [name for name, _ in logic.availableModels()]
-    assert {"promptseg-starter", "promptseg-sts-gtv"} <= set(names)
+    assert {"promptseg-starter", "promptseg-sts-gtv"} <= set(names) and "promptseg-propagation" not in names
+    assert [name for name, _ in logic.availableModels("propagation")] == ["promptseg-propagation"]
+    assert [name for name, _ in logic.availableModels("prognosis")] == ["promptseg-prognosis-hecktor"]
     installed = logic.importModel(tiny_model_folder)
     assert ("tiny-untrained", installed) in logic.availableModels()
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
