@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .dependencies import availableDevices, checkDependencies, ensureLibraryImportable, missingDependencies
 from .jobs import Report, SegmentationJob
+from .requests import DownloadRequest
 
 AUTO_MODEL = "automatic"  # route each request to the model trained for it (PromptSegLib.models.catalogue.route_model)
 
@@ -102,7 +103,7 @@ class ModelsMixin:
 
             job.result = download_model(name, progress=progress)
 
-        return self._startJob(SegmentationJob({"model": name}, None, None, None), work, onProgress)
+        return self._startJob(SegmentationJob(DownloadRequest(name), None, None), work, onProgress)
 
     def finishModelDownload(self, job: SegmentationJob, timeout: float | None = None) -> Path:
         """Main thread: the installed model folder of a finished download job (raises as ``_finishJob``)."""

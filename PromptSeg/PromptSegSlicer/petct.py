@@ -16,6 +16,7 @@ from .dependencies import checkDependencies, ensureLibraryImportable
 from .export import dicomSeriesFolder
 from .jobs import Report, SegmentationJob
 from .nodes import InputError, validateVolumeNode, volumeNodeToSimpleITK
+from .requests import ModelChoice, PetCtRequest
 
 PET_CT_MODEL = "promptseg-sts-gtv"  # the bundled model with CT and PET input blocks (GTV of soft-tissue sarcoma)
 HECKTOR_TARGETS = {"primary tumor": "GTVp", "malignant lymph node": "GTVn"}  # vocabulary name -> HECKTOR label
@@ -135,10 +136,9 @@ class PetCtMixin:
         if lacking:
             raise InputError(f"model {folder.name} has no {', '.join(lacking)} target; it segments: "
                              f"{', '.join(available)}")
-        request = dict(modelFolder=folder, device=device or "auto", threads=threads, targets=names,
-                       petWeight=petWeight, threshold=threshold, minOverlap=minOverlap)
-        images = (volumeNodeToSimpleITK(ctVolume), volumeNodeToSimpleITK(petVolume))
-        job = SegmentationJob(request, images, ctVolume, segmentationNode)
+        request = PetCtRequest(volumeNodeToSimpleITK(ctVolume), volumeNodeToSimpleITK(petVolume), names,
+                               ModelChoice(folder, device or "auto", threads), petWeight, threshold, minOverlap)
+        job = SegmentationJob(request, ctVolume, segmentationNode)
         return self._startJob(job, self._petCtWork, onProgress)
 
     def _petCtWork(self, job: SegmentationJob, report) -> None:
@@ -149,15 +149,14 @@ class PetCtMixin:
         request = job.request
         segmenter = self._jobSegmenter(job, report, "PET/CT segmentation")
         regions = tuple(segmenter.model.config.regions[m][0] for m in ("CT", "PET"))  # both exist: petCtTargets
-        ct, pet = job.image
-        ctResult, petResult, overlap = segment_pair(segmenter, ct, pet, ("CT", "PET"), regions, request["targets"],
-                                                    min_overlap=request["minOverlap"], progress=report,
+        ctResult, petResult, overlap = segment_pair(segmenter, request.ct, request.pet, ("CT", "PET"), regions,
+                                                    request.targets, min_overlap=request.minOverlap, progress=report,
                                                     cancel=job._cancel)
-        weight = request["petWeight"]
+        weight = request.petWeight
         fused = SegmentationResult(ctResult.queries, f"{ctResult.context} | {petResult.context}",
                                    (fuse([ctResult.probability(i)[None], petResult.probability(i)[None]],
                                          "weighted_mean", [1.0 - weight, weight])[0]
-                                    for i in range(len(ctResult.queries))), ct, ctResult.threshold)
+                                    for i in range(len(ctResult.queries))), request.ct, ctResult.threshold)
         job.result = (fused, overlap)
 
     def finishPetCt(self, job: SegmentationJob, timeout: float | None = None):
@@ -173,7 +172,7 @@ class PetCtMixin:
         self._finishJob(job, timeout, "PET/CT segmentation")
         fused, overlap = job.result
         logging.info("PromptSeg PET/CT: %s", overlap["message"])
-        node = self.writeResult(fused, job.volumeNode, job.outputNode, job.request["threshold"])
+        node = self.writeResult(fused, job.volumeNode, job.outputNode, job.request.threshold)
         job.message = f"{overlap['message']}; done in {time.monotonic() - job.startTime:.1f} s"
         return node, overlap
 

@@ -16,6 +16,7 @@ from .dependencies import MODULE_DIR, checkDependencies, ensureLibraryImportable
 from .jobs import Report, SegmentationJob
 from .models import AUTO_MODEL
 from .nodes import InputError, ijkToRasMatrix, placeInStudy, validateVolumeNode, volumeNodeToSimpleITK
+from .requests import ModelChoice, SegmentationRequest
 
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "PromptSeg.term.json"
 
@@ -99,10 +100,9 @@ class SegmentationMixin:
                   else resolve_model(str(modelFolder)))  # a folder or an installed model's name
         verify_folder(folder)  # ModelError: missing folder, missing file, checksum mismatch
         image = volumeNodeToSimpleITK(inputVolume)
-        request = dict(modality=modality, region=region or None, targets=targets, targetTexts=targetTexts,
-                       contextText=contextText or None, modelFolder=folder, device=device or "auto",
-                       threads=threads, threshold=threshold, allowUntrained=allowUntrained)
-        job = SegmentationJob(request, image, inputVolume, outputSegmentation, ijkToRasMatrix(inputVolume))
+        request = SegmentationRequest(image, modality, region or None, targets, targetTexts, contextText or None,
+                                      ModelChoice(folder, device or "auto", threads), threshold, allowUntrained)
+        job = SegmentationJob(request, inputVolume, outputSegmentation, ijkToRasMatrix(inputVolume))
         return self._startJob(job, self._segmentationWork, onProgress)
 
     def _segmenter(self, folder: Path, device: str, threads: int | None):
@@ -121,7 +121,7 @@ class SegmentationMixin:
 
         request = job.request
         report(0.0, "loading the model")
-        segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
+        segmenter = self._segmenter(request.model.folder, request.model.device, request.model.threads)
         if job.cancelRequested:
             raise Cancelled(f"{what} cancelled")
         return segmenter
@@ -131,9 +131,9 @@ class SegmentationMixin:
         request = job.request
         segmenter = self._jobSegmenter(job, report, "segmentation")
         job.result = segmenter.segment(
-            job.image, request["modality"], request["region"], request["targets"],
-            target_texts=request["targetTexts"], context_text=request["contextText"],
-            allow_untrained=request["allowUntrained"], progress=report, cancel=job._cancel)
+            request.image, request.modality, request.region, request.targets,
+            target_texts=request.targetTexts, context_text=request.contextText,
+            allow_untrained=request.allowUntrained, progress=report, cancel=job._cancel)
 
     def finishSegmentation(self, job: SegmentationJob, timeout: float | None = None):
         """Main thread: wait for the worker, then write the segments. Returns the segmentation node.
@@ -144,7 +144,7 @@ class SegmentationMixin:
             whatever the worker raised (PromptError, ModelError, InputImageError...).
         """
         self._finishJob(job, timeout, "segmentation")
-        node = self.writeResult(job.result, job.volumeNode, job.outputNode, job.request["threshold"], job.ijkToRas)
+        node = self.writeResult(job.result, job.volumeNode, job.outputNode, job.request.threshold, job.ijkToRas)
         job.message = f"done in {time.monotonic() - job.startTime:.1f} s"
         return node
 

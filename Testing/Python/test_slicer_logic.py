@@ -375,8 +375,8 @@ def test_cmake_installs_every_runtime_file_the_wheel_ships():
     excluded = [x.replace("\\\\", "\\") for x in re.findall(r'EXCLUDE REGEX "([^"]+)"', cmake)]
     recursive = re.findall(r"GLOB_RECURSE .*?\$\{_lib_source_dir\}/(\S+?)\)", cmake)  # ``*`` crosses ``/`` there
     globbed = [p for p in re.findall(r"\$\{_lib_source_dir\}/(\S+?)\)?\s", cmake) if p not in recursive]
-    installed = {f for f in _globbed(files, globbed) | {f for f in files for r in recursive if fnmatch(f, r)}
-                 if not any(re.search(x, f) for x in excluded)}
+    installed = {f for f in _globbed(files, globbed) if not any(re.search(x, f) for x in excluded)}  # resources
+    installed |= {f for f in files for r in recursive if fnmatch(f, r)}  # scripts
     assert {"models/catalogue.py", "text/modality.py", "data/vocabulary.json", "models/catalogue.json"} <= shipped
     assert not shipped - installed, f"shipped in the wheel but not installed by CMake: {sorted(shipped - installed)}"
 
