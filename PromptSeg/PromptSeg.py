@@ -367,7 +367,7 @@ class PromptSegTest(ScriptedLoadableModuleTest):
             return
         try:
             modelFolder = logic.defaultModelFolder()
-            from PromptSegLib.model_io import verify_folder
+            from PromptSegLib.models.folder import verify_folder
 
             verify_folder(modelFolder)
         except Exception as exc:

@@ -55,8 +55,8 @@ class ExportMixin:
         import tempfile
 
         ensureLibraryImportable()
-        from PromptSegLib.dicomseg import export_dicom_seg
-        from PromptSegLib.rtstruct import export_rtstruct
+        from PromptSegLib.dicom.rtstruct import export_rtstruct
+        from PromptSegLib.dicom.seg import export_dicom_seg
 
         if kind not in ("rtstruct", "seg"):
             raise InputError(f"unknown DICOM export kind {kind!r}: use 'rtstruct' or 'seg'")

@@ -1,7 +1,7 @@
 """The logic of the Segment Editor effect "Fill with PromptSeg" (no Qt; tested on slicer-core).
 
 The user draws some slices of a segment (Paint, Draw, Scissors...) in one slice view; the effect fills the
-segment from them with :func:`PromptSegLib.multislice.fill_from_slices`, in a background thread, as one undo
+segment from them with :func:`PromptSegLib.propagate.multislice.fill_from_slices`, in a background thread, as one undo
 step, and never changes a drawn slice.
 
 Which slices are drawn: the slices along the view's axis that hold the segment, except those the last fill
@@ -26,6 +26,7 @@ from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import SegmentationJob
 from .logic import PromptSegLogic
 from .nodes import InputError, validateVolumeNode
+from .requests import FillRequest
 
 FILLED_TAG = "PromptSeg.Filled.{axis}"
 AXIS_NAMES = ("axial", "coronal", "sagittal")  # array axis 0, 1, 2 of a [k, j, i] array
@@ -113,19 +114,18 @@ class FillFromSlicesLogic:
         ensureLibraryImportable()
         spacing = tuple(float(s) for s in reversed(volumeNode.GetSpacing()))  # (k, j, i)
         image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
-        request = dict(segmentId=segmentId, segmentName=segment.GetName(), axis=axis, mask=mask, drawn=drawn,
-                       spacing=spacing)
-        job = SegmentationJob(request, image, volumeNode, segmentationNode)
+        request = FillRequest(image, mask, segmentId, segment.GetName(), axis, drawn, spacing)
+        job = SegmentationJob(request, volumeNode, segmentationNode)
         return self.logic._startJob(job, self._work, onProgress)
 
     def _work(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
-        from PromptSegLib.multislice import fill_from_slices
+        from PromptSegLib.propagate.multislice import fill_from_slices
 
         request = job.request
         report(0.0, "loading the propagation model")
-        job.result = fill_from_slices(self.logic._propagator(), job.image, request["drawn"], request["axis"],
-                                      spacing=request["spacing"], progress=report, cancel=job._cancel)
+        job.result = fill_from_slices(self.logic._propagator(), request.volume, request.drawn, request.axis,
+                                      spacing=request.spacing, progress=report, cancel=job._cancel)
 
     def finish(self, job: SegmentationJob, saveStateForUndo: Callable[[], None] | None = None,
                timeout: float | None = None):
@@ -140,20 +140,20 @@ class FillFromSlicesLogic:
         """
         self.logic._finishJob(job, timeout, "fill")
         request, node, volume = job.request, job.outputNode, job.volumeNode
-        name, segmentId, axis = request["segmentName"], request["segmentId"], request["axis"]
+        name, segmentId, axis = request.segmentName, request.segmentId, request.axis
         segment = node.GetSegmentation().GetSegment(segmentId)
         if segment is None:
             raise InputError(f"segment '{name}' was removed while the fill ran")
         current = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentId, volume) > 0
-        if not np.array_equal(current, request["mask"]):
+        if not np.array_equal(current, request.mask):
             raise InputError(f"segment '{name}' was edited while the fill ran: nothing was changed; fill again")
         (saveStateForUndo or self.logic._editorLogic(node, volume).SaveStateForUndo)()
         result = job.result
         slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask.astype(np.uint8), node, segmentId, volume)
-        written = sorted(set(result.written) - set(request["drawn"]))
+        written = sorted(set(result.written) - set(request.drawn))
         segment.SetTag(FILLED_TAG.format(axis=AXIS_NAMES[axis]), " ".join(
             f"{j}:{sliceChecksum(np.take(result.mask, j, axis=axis))}" for j in written))
-        drawn = sorted(request["drawn"])
+        drawn = sorted(request.drawn)
         job.message = (f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))}) in "
                        f"{time.monotonic() - job.startTime:.1f} s")
         return result

@@ -18,17 +18,20 @@ from typing import Callable
 import numpy as np
 
 from .nodes import InputError
+from .requests import JobRequest
 
 Report = Callable[[float, str], None]  # report(fraction, message)
 
 
 class SegmentationJob:
-    """One PromptSeg run (a segmentation, a propagation, a PET/CT segmentation or a model download) in a
-    background thread. Poll ``progress``/``message``/``isDone()``; ``cancel()``."""
+    """One PromptSeg run (a segmentation, a propagation, a fill, a PET/CT segmentation or a model download) in a
+    background thread. Poll ``progress``/``message``/``isDone()``; ``cancel()``.
 
-    def __init__(self, request: dict, image, volumeNode, outputNode, ijkToRas: np.ndarray | None = None):
+    ``request`` (one of :mod:`.requests`) holds everything the worker needs; ``volumeNode`` and ``outputNode``
+    are where the finish call writes, ``ijkToRas`` the input's geometry when the job started."""
+
+    def __init__(self, request: JobRequest, volumeNode, outputNode, ijkToRas: np.ndarray | None = None):
         self.request = request
-        self.image = image
         self.volumeNode = volumeNode
         self.outputNode = outputNode
         self.ijkToRas = ijkToRas

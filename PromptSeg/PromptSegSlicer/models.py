@@ -8,8 +8,9 @@ from pathlib import Path
 
 from .dependencies import availableDevices, checkDependencies, ensureLibraryImportable, missingDependencies
 from .jobs import Report, SegmentationJob
+from .requests import DownloadRequest
 
-AUTO_MODEL = "automatic"  # route each request to the model trained for it (PromptSegLib.catalogue.route_model)
+AUTO_MODEL = "automatic"  # route each request to the model trained for it (PromptSegLib.models.catalogue.route_model)
 
 
 class ModelsMixin:
@@ -20,21 +21,30 @@ class ModelsMixin:
     availableDevices = staticmethod(availableDevices)
 
     @staticmethod
-    def availableModels() -> list[tuple[str, Path]]:
-        """(name, folder) of the bundled segmentation models and those imported into the per-user cache
-        (``~/.promptseg/models``, kept across Slicer upgrades)."""
+    def availableModels(kind: str = "segmentation") -> list[tuple[str, Path]]:
+        """(name, folder) of the bundled models of ``kind`` (``segmentation``, ``propagation`` or ``prognosis``)
+        and of those of that kind imported into the per-user cache (``~/.promptseg/models``, kept across Slicer
+        upgrades)."""
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import installed_models, load_catalogue
-        from PromptSegLib.model_io import BUNDLED_MODELS
+        from PromptSegLib.errors import ModelError
+        from PromptSegLib.models.catalogue import installed_models, load_catalogue
+        from PromptSegLib.models.folder import BUNDLED_MODELS, folder_identity
 
-        models = [(e["name"], BUNDLED_MODELS / e["folder"]) for e in load_catalogue() if e.get("folder")]
-        return models + list(installed_models().items())
+        models = [(e["name"], BUNDLED_MODELS / e["folder"]) for e in load_catalogue()
+                  if e.get("folder") and e.get("kind", "segmentation") == kind]
+        for name, folder in installed_models().items():
+            try:
+                if folder_identity(folder).kind == kind:
+                    models.append((name, folder))
+            except ModelError:
+                continue  # not a model folder: listed nowhere
+        return models
 
     @staticmethod
     def importModel(path) -> Path:
         """Check a model folder or ``.zip`` (hospitals without internet) and install it in the per-user cache."""
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import import_model
+        from PromptSegLib.models.catalogue import import_model
 
         return import_model(path)
 
@@ -42,7 +52,7 @@ class ModelsMixin:
     def defaultModelFolder() -> Path:
         ensureLibraryImportable()
         checkDependencies()
-        from PromptSegLib.model_io import default_model_folder
+        from PromptSegLib.models.folder import default_model_folder
 
         return default_model_folder()
 
@@ -52,9 +62,9 @@ class ModelsMixin:
         available model): its trained targets with their vocabulary synonyms, and with ``untrained`` every
         vocabulary target too. Sorted."""
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import resolve_model
-        from PromptSegLib.model_io import read_config
-        from PromptSegLib.vocabulary import default_vocabulary
+        from PromptSegLib.models.catalogue import resolve_model
+        from PromptSegLib.models.folder import read_config
+        from PromptSegLib.text.vocabulary import default_vocabulary
 
         vocabulary = default_vocabulary()
         folders = ([folder for _, folder in ModelsMixin.availableModels()] if model in (None, AUTO_MODEL)
@@ -73,7 +83,7 @@ class ModelsMixin:
         """Catalogue entries (the bundled catalogue and the site's ``$PROMPTSEG_HOME/catalogue.json``) with a
         download URL that are not installed yet."""
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import catalogue_entries, installed_models
+        from PromptSegLib.models.catalogue import catalogue_entries, installed_models
 
         installed = installed_models()
         return [e for e in catalogue_entries() if e.get("url") and e["name"] not in installed]
@@ -82,8 +92,8 @@ class ModelsMixin:
         """Download and install catalogue model ``name`` in a background thread (``job.cancel()`` stops it,
         nothing is installed); ``finishModelDownload`` gives the installed folder."""
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import download_model
         from PromptSegLib.errors import Cancelled
+        from PromptSegLib.models.catalogue import download_model
 
         def work(job: SegmentationJob, report) -> None:
             def progress(done: int, total: int | None) -> None:  # after each chunk, before installing
@@ -93,7 +103,7 @@ class ModelsMixin:
 
             job.result = download_model(name, progress=progress)
 
-        return self._startJob(SegmentationJob({"model": name}, None, None, None), work, onProgress)
+        return self._startJob(SegmentationJob(DownloadRequest(name), None, None), work, onProgress)
 
     def finishModelDownload(self, job: SegmentationJob, timeout: float | None = None) -> Path:
         """Main thread: the installed model folder of a finished download job (raises as ``_finishJob``)."""

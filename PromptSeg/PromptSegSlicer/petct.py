@@ -16,6 +16,7 @@ from .dependencies import checkDependencies, ensureLibraryImportable
 from .export import dicomSeriesFolder
 from .jobs import Report, SegmentationJob
 from .nodes import InputError, validateVolumeNode, volumeNodeToSimpleITK
+from .requests import ModelChoice, PetCtRequest
 
 PET_CT_MODEL = "promptseg-sts-gtv"  # the bundled model with CT and PET input blocks (GTV of soft-tissue sarcoma)
 HECKTOR_TARGETS = {"primary tumor": "GTVp", "malignant lymph node": "GTVn"}  # vocabulary name -> HECKTOR label
@@ -37,8 +38,8 @@ class PetCtMixin:
             PromptSegLib.errors.ModelError: a missing model or one failing its checksums.
         """
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import resolve_model
-        from PromptSegLib.model_io import read_config
+        from PromptSegLib.models.catalogue import resolve_model
+        from PromptSegLib.models.folder import read_config
 
         config = read_config(resolve_model(str(modelFolder or PET_CT_MODEL)))
         lacking = [m for m in ("CT", "PET") if m not in config.network.modalities or not config.regions.get(m)]
@@ -62,16 +63,16 @@ class PetCtMixin:
 
         Raises:
             InputError: the volume is already in SUV, or was not loaded from DICOM and no folder is given.
-            PromptSegLib.pet.PETConversionError: a tag the conversion needs is missing or invalid (named).
+            PromptSegLib.preprocessing.pet.PETConversionError: a tag the conversion needs is missing or invalid (named).
         """
         import tempfile
 
         import SimpleITK as sitk
 
         ensureLibraryImportable()
-        from PromptSegLib.imageio import same_geometry
-        from PromptSegLib.pet import read_pet_suv
-        from PromptSegLib.preprocess import resample_to
+        from PromptSegLib.io.imageio import same_geometry
+        from PromptSegLib.preprocessing.pet import read_pet_suv
+        from PromptSegLib.preprocessing.preprocess import resample_to
 
         validateVolumeNode(petVolume)
         if self.petIsSuv(petVolume):
@@ -109,8 +110,8 @@ class PetCtMixin:
         """
         ensureLibraryImportable()
         checkDependencies()
-        from PromptSegLib.catalogue import resolve_model
-        from PromptSegLib.vocabulary import default_vocabulary
+        from PromptSegLib.models.catalogue import resolve_model
+        from PromptSegLib.text.vocabulary import default_vocabulary
 
         for role, node in (("CT", ctVolume), ("PET", petVolume)):
             if node is None:
@@ -135,29 +136,27 @@ class PetCtMixin:
         if lacking:
             raise InputError(f"model {folder.name} has no {', '.join(lacking)} target; it segments: "
                              f"{', '.join(available)}")
-        request = dict(modelFolder=folder, device=device or "auto", threads=threads, targets=names,
-                       petWeight=petWeight, threshold=threshold, minOverlap=minOverlap)
-        images = (volumeNodeToSimpleITK(ctVolume), volumeNodeToSimpleITK(petVolume))
-        job = SegmentationJob(request, images, ctVolume, segmentationNode)
+        request = PetCtRequest(volumeNodeToSimpleITK(ctVolume), volumeNodeToSimpleITK(petVolume), names,
+                               ModelChoice(folder, device or "auto", threads), petWeight, threshold, minOverlap)
+        job = SegmentationJob(request, ctVolume, segmentationNode)
         return self._startJob(job, self._petCtWork, onProgress)
 
     def _petCtWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene. ``job.result``: (fused result, overlap report)."""
-        from PromptSegLib.fusion import fuse, segment_pair
-        from PromptSegLib.inference import SegmentationResult
+        from PromptSegLib.segment.fusion import fuse, segment_pair
+        from PromptSegLib.segment.inference import SegmentationResult
 
         request = job.request
         segmenter = self._jobSegmenter(job, report, "PET/CT segmentation")
         regions = tuple(segmenter.model.config.regions[m][0] for m in ("CT", "PET"))  # both exist: petCtTargets
-        ct, pet = job.image
-        ctResult, petResult, overlap = segment_pair(segmenter, ct, pet, ("CT", "PET"), regions, request["targets"],
-                                                    min_overlap=request["minOverlap"], progress=report,
+        ctResult, petResult, overlap = segment_pair(segmenter, request.ct, request.pet, ("CT", "PET"), regions,
+                                                    request.targets, min_overlap=request.minOverlap, progress=report,
                                                     cancel=job._cancel)
-        weight = request["petWeight"]
+        weight = request.petWeight
         fused = SegmentationResult(ctResult.queries, f"{ctResult.context} | {petResult.context}",
                                    (fuse([ctResult.probability(i)[None], petResult.probability(i)[None]],
                                          "weighted_mean", [1.0 - weight, weight])[0]
-                                    for i in range(len(ctResult.queries))), ct, ctResult.threshold)
+                                    for i in range(len(ctResult.queries))), request.ct, ctResult.threshold)
         job.result = (fused, overlap)
 
     def finishPetCt(self, job: SegmentationJob, timeout: float | None = None):
@@ -167,13 +166,13 @@ class PetCtMixin:
 
         Raises:
             PromptSegLib.errors.Cancelled: the job was cancelled (the scene is untouched).
-            PromptSegLib.pet.NoOverlapError: PET and CT do not overlap (found before any segmentation).
+            PromptSegLib.preprocessing.pet.NoOverlapError: PET and CT do not overlap (found before any segmentation).
             TimeoutError: the worker is still running after ``timeout`` seconds.
         """
         self._finishJob(job, timeout, "PET/CT segmentation")
         fused, overlap = job.result
         logging.info("PromptSeg PET/CT: %s", overlap["message"])
-        node = self.writeResult(fused, job.volumeNode, job.outputNode, job.request["threshold"])
+        node = self.writeResult(fused, job.volumeNode, job.outputNode, job.request.threshold)
         job.message = f"{overlap['message']}; done in {time.monotonic() - job.startTime:.1f} s"
         return node, overlap
 

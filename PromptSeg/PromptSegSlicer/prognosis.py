@@ -26,7 +26,7 @@ class PrognosisMixin:
         ensureLibraryImportable()
         import pydicom
 
-        from PromptSegLib.prognosis_records import ClinicalRecord, record_from_dicom
+        from PromptSegLib.prognosis.records import ClinicalRecord, record_from_dicom
 
         files = dicomFilesOfVolume(volumeNode)
         if not files:
@@ -61,19 +61,19 @@ class PrognosisMixin:
             volumeNode: when given, the plot's nodes go under its study.
 
         Returns:
-            (prediction, chart node): the prediction of ``PromptSegLib.prognosis.patient_prognosis``
+            (prediction, chart node): the prediction of ``PromptSegLib.prognosis.model.patient_prognosis``
             (``risk_score`` in [0, 1], ``risk_group``, ``survival_curve`` time and survival) and a plot chart
             node showing the curve from a table node (columns ``time``, ``survival``) and a plot series node.
 
         Raises:
-            PromptSegLib.prognosis_records.ClinicalDataError: an unknown field or an implausible value (named).
+            PromptSegLib.prognosis.records.ClinicalDataError: an unknown field or an implausible value (named).
             PromptSegLib.errors.ModelError: a missing model folder or one failing its checksums.
         """
         ensureLibraryImportable()
         checkDependencies()
-        from PromptSegLib.model_io import BUNDLED_MODELS
-        from PromptSegLib.prognosis import load_prognosis_model, patient_prognosis
-        from PromptSegLib.prognosis_records import ClinicalRecord
+        from PromptSegLib.models.folder import BUNDLED_MODELS
+        from PromptSegLib.prognosis.model import load_prognosis_model, patient_prognosis
+        from PromptSegLib.prognosis.records import ClinicalRecord
 
         record = record if isinstance(record, ClinicalRecord) else ClinicalRecord.from_dict(dict(record))
         folder = str(Path(modelFolder or BUNDLED_MODELS / PROGNOSIS_MODEL).resolve())

@@ -14,6 +14,7 @@ import vtk
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import Report, SegmentationJob
 from .nodes import InputError, validateVolumeNode
+from .requests import PropagationRequest
 
 
 class PropagationMixin:
@@ -46,8 +47,8 @@ class PropagationMixin:
             raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")
         checkDependencies()
         ensureLibraryImportable()
-        from PromptSegLib.propagation import AXES, resolve_axis
-        from PromptSegLib.propagation_geometry import take_slice
+        from PromptSegLib.propagate.geometry import take_slice
+        from PromptSegLib.propagate.propagator import AXES, resolve_axis
 
         axisIndex = resolve_axis(axis)
         axisName = list(AXES)[axisIndex]
@@ -57,14 +58,14 @@ class PropagationMixin:
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
         kept = {int(i) for i in str(tag).split()} if segment.GetTag(f"PromptSeg.FixedSlices.{axisName}", tag) else set()
         kept = {i for i in kept if i != int(sliceIndex) and 0 <= i < mask.shape[axisIndex]}
-        request = dict(segmentId=segmentId, segmentName=segmentName, sliceIndex=int(sliceIndex), axis=axisName,
-                       start=start, stop=stop, mask=mask, fixed={i: take_slice(mask, axisIndex, i) for i in kept})
-        job = SegmentationJob(request, image, volumeNode, segmentationNode)
+        request = PropagationRequest(image, mask, segmentId, segmentName, int(sliceIndex), axisName, start, stop,
+                                     fixed={i: take_slice(mask, axisIndex, i) for i in kept})
+        job = SegmentationJob(request, volumeNode, segmentationNode)
         return self._startJob(job, self._propagationWork, onProgress)
 
     def _propagator(self):
         """The bundled propagation model, loaded once (torch's thread count is left as Slicer set it)."""
-        from PromptSegLib.propagation import Propagator
+        from PromptSegLib.propagate.propagator import Propagator
 
         with self._segmenterLock:
             if self._propagatorInstance is None:
@@ -73,12 +74,12 @@ class PropagationMixin:
 
     def _propagationWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
-        from PromptSegLib.propagation import propagate
+        from PromptSegLib.propagate.propagator import propagate
 
         request = job.request
         report(0.0, "loading the propagation model")
-        job.result = propagate(self._propagator(), job.image, request["mask"], request["sliceIndex"],
-                               request["axis"], fixed=request["fixed"], start=request["start"], stop=request["stop"],
+        job.result = propagate(self._propagator(), request.volume, request.mask, request.sliceIndex,
+                               request.axis, fixed=request.fixed, start=request.start, stop=request.stop,
                                progress=report, cancel=job._cancel)
 
     def finishPropagation(self, job: SegmentationJob, timeout: float | None = None):
@@ -93,17 +94,17 @@ class PropagationMixin:
         """
         self._finishJob(job, timeout, "propagation")
         request, node, volume = job.request, job.outputNode, job.volumeNode
-        name, segmentId = request["segmentName"], request["segmentId"]
+        name, segmentId = request.segmentName, request.segmentId
         if node.GetSegmentation().GetSegment(segmentId) is None:
             raise InputError(f"segment '{name}' was removed while the propagation ran")
         current = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentId, volume) > 0
-        if not np.array_equal(current, request["mask"]):
+        if not np.array_equal(current, request.mask):
             raise InputError(f"segment '{name}' was edited while the propagation ran: nothing was changed; "
                              "propagate again")
         self._editorLogic(node, volume).SaveStateForUndo()
         slicer.util.updateSegmentBinaryLabelmapFromArray(job.result.mask.astype(np.uint8), node, segmentId, volume)
-        kept = sorted(set(request["fixed"]) | {request["sliceIndex"]})
-        node.GetSegmentation().GetSegment(segmentId).SetTag(f"PromptSeg.FixedSlices.{request['axis']}",
+        kept = sorted(set(request.fixed) | {request.sliceIndex})
+        node.GetSegmentation().GetSegment(segmentId).SetTag(f"PromptSeg.FixedSlices.{request.axis}",
                                                             " ".join(str(i) for i in kept))
         result = job.result
         job.message = (f"propagated over {len(result.written)} slices in {time.monotonic() - job.startTime:.1f} s "

@@ -16,6 +16,7 @@ from .dependencies import MODULE_DIR, checkDependencies, ensureLibraryImportable
 from .jobs import Report, SegmentationJob
 from .models import AUTO_MODEL
 from .nodes import InputError, ijkToRasMatrix, placeInStudy, validateVolumeNode, volumeNodeToSimpleITK
+from .requests import ModelChoice, SegmentationRequest
 
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "PromptSeg.term.json"
 
@@ -63,9 +64,9 @@ class SegmentationMixin:
 
     def sortTargetLines(self, lines: Sequence[str]) -> tuple[list[str], list[str]]:
         """The target box's lines -> (vocabulary targets, raw T2 sentences), as the command line's ``--target``
-        and ``--target-text`` would take them (``PromptSegLib.prompts.sort_target_lines``)."""
+        and ``--target-text`` would take them (``PromptSegLib.text.prompts.sort_target_lines``)."""
         ensureLibraryImportable()
-        from PromptSegLib.prompts import sort_target_lines
+        from PromptSegLib.text.prompts import sort_target_lines
 
         return sort_target_lines(lines)
 
@@ -92,21 +93,20 @@ class SegmentationMixin:
             raise InputError(f"threshold {threshold} must be between 0 and 1")
         checkDependencies()
         ensureLibraryImportable()
-        from PromptSegLib.catalogue import resolve_model, route_model
-        from PromptSegLib.model_io import verify_folder
+        from PromptSegLib.models.catalogue import resolve_model, route_model
+        from PromptSegLib.models.folder import verify_folder
 
         folder = (route_model(modality, region or None, targets) if not modelFolder or str(modelFolder) == AUTO_MODEL
                   else resolve_model(str(modelFolder)))  # a folder or an installed model's name
         verify_folder(folder)  # ModelError: missing folder, missing file, checksum mismatch
         image = volumeNodeToSimpleITK(inputVolume)
-        request = dict(modality=modality, region=region or None, targets=targets, targetTexts=targetTexts,
-                       contextText=contextText or None, modelFolder=folder, device=device or "auto",
-                       threads=threads, threshold=threshold, allowUntrained=allowUntrained)
-        job = SegmentationJob(request, image, inputVolume, outputSegmentation, ijkToRasMatrix(inputVolume))
+        request = SegmentationRequest(image, modality, region or None, targets, targetTexts, contextText or None,
+                                      ModelChoice(folder, device or "auto", threads), threshold, allowUntrained)
+        job = SegmentationJob(request, inputVolume, outputSegmentation, ijkToRasMatrix(inputVolume))
         return self._startJob(job, self._segmentationWork, onProgress)
 
     def _segmenter(self, folder: Path, device: str, threads: int | None):
-        from PromptSegLib.inference import Segmenter
+        from PromptSegLib.segment.inference import Segmenter
 
         key = (str(Path(folder).resolve()), device, threads)
         with self._segmenterLock:
@@ -121,7 +121,7 @@ class SegmentationMixin:
 
         request = job.request
         report(0.0, "loading the model")
-        segmenter = self._segmenter(request["modelFolder"], request["device"], request["threads"])
+        segmenter = self._segmenter(request.model.folder, request.model.device, request.model.threads)
         if job.cancelRequested:
             raise Cancelled(f"{what} cancelled")
         return segmenter
@@ -131,9 +131,9 @@ class SegmentationMixin:
         request = job.request
         segmenter = self._jobSegmenter(job, report, "segmentation")
         job.result = segmenter.segment(
-            job.image, request["modality"], request["region"], request["targets"],
-            target_texts=request["targetTexts"], context_text=request["contextText"],
-            allow_untrained=request["allowUntrained"], progress=report, cancel=job._cancel)
+            request.image, request.modality, request.region, request.targets,
+            target_texts=request.targetTexts, context_text=request.contextText,
+            allow_untrained=request.allowUntrained, progress=report, cancel=job._cancel)
 
     def finishSegmentation(self, job: SegmentationJob, timeout: float | None = None):
         """Main thread: wait for the worker, then write the segments. Returns the segmentation node.
@@ -144,7 +144,7 @@ class SegmentationMixin:
             whatever the worker raised (PromptError, ModelError, InputImageError...).
         """
         self._finishJob(job, timeout, "segmentation")
-        node = self.writeResult(job.result, job.volumeNode, job.outputNode, job.request["threshold"], job.ijkToRas)
+        node = self.writeResult(job.result, job.volumeNode, job.outputNode, job.request.threshold, job.ijkToRas)
         job.message = f"done in {time.monotonic() - job.startTime:.1f} s"
         return node
 
@@ -174,7 +174,7 @@ class SegmentationMixin:
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         placeInStudy(scene, segmentationNode, volumeNode)
         segmentation = segmentationNode.GetSegmentation()
-        from PromptSegLib.segfile import segment_color, terminology
+        from PromptSegLib.export.segfile import segment_color, terminology
 
         matrix = vtk.vtkMatrix4x4()
         for r in range(4):
@@ -208,7 +208,7 @@ class SegmentationMixin:
         """One Markups ROI node per connected component of each target ("liver 1", "liver 2"...), most
         confident first, placed under the volume's study. The ROI is the component's box in RAS (axis-aligned);
         its description holds the mean/max probability and the volume."""
-        from PromptSegLib.describe import detect
+        from PromptSegLib.preprocessing.describe import detect
 
         threshold = result.threshold if threshold is None else float(threshold)
         nodes = []
@@ -227,7 +227,7 @@ class SegmentationMixin:
     def describeSegment(self, segmentationNode, segmentName: str, volumeNode, modality: str, region: str = ""):
         """PromptSegLib's description (volume, components, location, intensity, shape, touching segments and
         one sentence) of a segment, computed on the volume's grid."""
-        from PromptSegLib.describe import describe
+        from PromptSegLib.preprocessing.describe import describe
 
         segmentation = segmentationNode.GetSegmentation()
         if not segmentation.GetSegmentIdBySegmentName(segmentName):

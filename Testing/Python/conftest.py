@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptSegLib.model_io import ModelConfig, save_model
-from PromptSegLib.network import DuPLUSNet, NetworkConfig
+from PromptSegLib.models.folder import ModelConfig, save_model
+from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)  # the CI machine has 2 cores; keep one free and timings steady
@@ -96,7 +96,7 @@ def tiny_model_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_segmenter(tiny_model_folder):
-    from PromptSegLib.inference import Segmenter
+    from PromptSegLib.segment.inference import Segmenter
 
     return Segmenter(tiny_model_folder, device="cpu")
 

@@ -1,7 +1,7 @@
 """Bad and awkward inputs through the real command line: each ends with exit 2, one ``promptseg: error:`` line,
 no traceback, nothing written and nothing deleted; valid awkward inputs give the right result.
 
-Cases run in-process (``PromptSegLib.cli.main``, output captured at the file-descriptor level so that what
+Cases run in-process (``PromptSegLib.cli.main.main``, output captured at the file-descriptor level so that what
 native readers print counts too) except the signals, which need a process of their own. The model is the tiny
 random one of ``conftest.py``: these tests are about refusals and files, not masks.
 """
@@ -19,9 +19,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from PromptSegLib.cli import main
-from PromptSegLib.imageio import read_image
-from PromptSegLib.model_io import CONFIG, replace_file
+from PromptSegLib.cli.main import main
+from PromptSegLib.io.imageio import read_image
+from PromptSegLib.models.folder import CONFIG, replace_file
 
 from conftest import REPO, SHARED, needs_shared, zip_model
 
@@ -111,7 +111,7 @@ def test_import_replaces_an_older_copy_of_the_same_model_and_nothing_else(tiny_m
 
 
 def test_download_refuses_a_catalogue_name_that_is_a_path(tiny_model_folder, tmp_path, home, capfd):
-    from PromptSegLib.catalogue import catalogue_entry
+    from PromptSegLib.models.catalogue import catalogue_entry
 
     source = renamed_model(tiny_model_folder, tmp_path / "src" / "evil", "../x")
     archive = zip_model(source, tmp_path / "evil.zip")
@@ -264,8 +264,8 @@ def tiny_pet_model(tmp_path_factory) -> Path:
     """A randomly initialised model with CT and PET inputs (``GTV`` target)."""
     import torch
 
-    from PromptSegLib.model_io import ModelConfig, save_model
-    from PromptSegLib.network import DuPLUSNet, NetworkConfig
+    from PromptSegLib.models.folder import ModelConfig, save_model
+    from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
 
     torch.manual_seed(0)
     network = DuPLUSNet(NetworkConfig(modalities=("CT", "PET"), widths=(4, 8), film_hidden=16, pred_hidden=32))
@@ -291,8 +291,8 @@ def bqml_series(folder: Path, weight: bool = True) -> Path:
 
 @needs_shared()
 def test_a_pet_dicom_series_is_segmented_in_suv(tiny_pet_model, tmp_path, capfd, monkeypatch):
-    from PromptSegLib.inference import Segmenter
-    from PromptSegLib.pet import read_pet_suv
+    from PromptSegLib.preprocessing.pet import read_pet_suv
+    from PromptSegLib.segment.inference import Segmenter
 
     seen = []
     real_segment = Segmenter.segment
@@ -328,16 +328,16 @@ def test_a_pet_file_is_taken_as_suv_with_a_note(tiny_pet_model, tmp_path, capfd)
 @pytest.fixture()
 def nothing_runs(monkeypatch):
     """Reading an image or loading a model fails the test: every case below must be refused before either."""
-    import PromptSegLib.imageio
-    import PromptSegLib.inference
-    import PromptSegLib.pet
+    import PromptSegLib.io.imageio
+    import PromptSegLib.preprocessing.pet
+    import PromptSegLib.segment.inference
 
     def worked(*args, **kwargs):
         raise AssertionError("the image was read or the model loaded before the arguments were checked")
 
-    monkeypatch.setattr(PromptSegLib.imageio, "read_image", worked)
-    monkeypatch.setattr(PromptSegLib.pet, "read_pet_image", worked)
-    monkeypatch.setattr(PromptSegLib.inference, "load_model", worked)
+    monkeypatch.setattr(PromptSegLib.io.imageio, "read_image", worked)
+    monkeypatch.setattr(PromptSegLib.preprocessing.pet, "read_pet_image", worked)
+    monkeypatch.setattr(PromptSegLib.segment.inference, "load_model", worked)
 
 
 @pytest.mark.parametrize("extra, reason", [
@@ -387,13 +387,13 @@ def test_the_segmentation_type_is_checked_before_work(chest_ct_path, tiny_model_
 @pytest.mark.parametrize("failure, code", [(None, 2), (KeyboardInterrupt, 130)])
 def test_a_failure_after_some_outputs_were_written_leaves_none(chest_ct_path, tiny_model_folder, work, capfd,
                                                                monkeypatch, failure, code):
-    import PromptSegLib.segment_request
+    import PromptSegLib.workflows.segment_request
     from PromptSegLib.errors import OutputError
 
     def fail(path, result):  # after the labelmap, its labels and the overlay were written
         raise failure() if failure else OutputError("the disk filled up")
 
-    monkeypatch.setattr(PromptSegLib.segment_request, "write_detections", fail)
+    monkeypatch.setattr(PromptSegLib.workflows.segment_request, "write_detections", fail)
     argv = segment_argv(chest_ct_path, tiny_model_folder, work / "o.nii.gz", "--overlay", str(work / "o.png"),
                         "--boxes", str(work / "b.json"))
     before = tree(work)
@@ -405,8 +405,8 @@ def test_a_failure_after_some_outputs_were_written_leaves_none(chest_ct_path, ti
 
 SIGNAL_RUN = """
 import os, signal, sys
-import PromptSegLib.outputs, PromptSegLib.segment_request
-from PromptSegLib.cli import main
+import PromptSegLib.io.outputs, PromptSegLib.workflows.segment_request
+from PromptSegLib.cli.main import main
 
 where, name = sys.argv[1], sys.argv[2]
 def deliver(real):
@@ -414,7 +414,7 @@ def deliver(real):
         os.kill(os.getpid(), getattr(signal, name))
         return real(*args, **kwargs)
     return run
-module = PromptSegLib.segment_request if where == "write_detections" else PromptSegLib.outputs
+module = PromptSegLib.workflows.segment_request if where == "write_detections" else PromptSegLib.io.outputs
 setattr(module, where, deliver(getattr(module, where)))
 sys.exit(main(sys.argv[3:]))
 """

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptSegLib.catalogue import catalogue_entry, load_catalogue
-from PromptSegLib.inference import Segmenter
 from PromptSegLib.metrics import dice
-from PromptSegLib.model_io import BUNDLED_MODELS
+from PromptSegLib.models.catalogue import catalogue_entry, load_catalogue
+from PromptSegLib.models.folder import BUNDLED_MODELS
+from PromptSegLib.segment.inference import Segmenter
 
 from conftest import SHARED, needs_shared
 
@@ -38,7 +38,9 @@ def test_gtv_on_held_out_patients(gtv_model, modality, prefix, floor):
 
 def test_catalogue_matches_the_bundled_folders():
     entries = {e["name"]: e for e in load_catalogue()}
-    assert set(entries) == {"promptseg-starter", "promptseg-sts-gtv", "promptseg-hn-oars"}
+    assert {name: e["kind"] for name, e in entries.items()} == {
+        "promptseg-starter": "segmentation", "promptseg-sts-gtv": "segmentation", "promptseg-hn-oars": "segmentation",
+        "promptseg-propagation": "propagation", "promptseg-prognosis-hecktor": "prognosis"}
     for name, entry in entries.items():
         assert catalogue_entry(BUNDLED_MODELS / entry["folder"]) == entry, f"{name}: run promptseg models --update"
 
@@ -71,7 +73,7 @@ WHOLE_TUMOUR_FLOOR, EDEMA_FLOOR, WHITE_MATTER_FLOOR = 0.75, 0.45, 0.85
 def test_a_missing_bundled_catalogue_is_an_error_not_an_empty_list(monkeypatch, tmp_path):
     """A broken install (no catalogue.json beside the bundled models) says so instead of listing no model; a
     site's own catalogue may be absent."""
-    import PromptSegLib.catalogue as catalogue
+    import PromptSegLib.models.catalogue as catalogue
     from PromptSegLib.errors import ModelError
 
     monkeypatch.setattr(catalogue, "CATALOGUE", tmp_path / "catalogue.json")
@@ -125,7 +127,7 @@ def test_starter_switches_tissues_on_the_unseen_mni152_brain(starter, mni_t1_pat
 def test_prompt_check_on_the_held_out_patient(starter, held_out_flair):
     """``promptseg prompt-check``: wordings of a trained target run even when they mention other vocabulary
     words (the misspelt "whoe tumor" reads as a tumour); sentences keep the mask, the empty target gives none."""
-    from PromptSegLib.prompt_check import prompt_check
+    from PromptSegLib.segment.prompt_check import prompt_check
 
     rows = {r.variant: r for r in prompt_check(starter, held_out_flair[0], "MR", "brain", "whole tumor")}
     assert {"paraphrase", "report sentence", "misspelling", "empty target"} <= set(rows)
@@ -137,7 +139,7 @@ def test_starter_finds_ct_organs_beyond_the_liver_on_the_held_out_ct(starter):
     """The held-out TotalSegmentator DICOM CT (a 20-slice slab): with the training loss that no longer pulls
     absent organs to zero, the spleen, the aorta and the spine are found (card, 0.3.0: 0.199, 0.126, 0.337;
     all 0.000 with the earlier loss)."""
-    from PromptSegLib.datasets import load_spec, load_split
+    from PromptSegLib.train.datasets import load_spec, load_split
 
     spec = Path(__file__).resolve().parents[2] / "Resources" / "Training" / "starter.json"
     datasets = [d for d in load_spec(spec) if d.modality == "CT"]

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from PromptSegLib.cli import main
+from PromptSegLib.cli.main import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -105,10 +105,11 @@ def test_info_checks_the_model(tiny_model_folder, capsys):
 
 
 def test_overlapping_segments_go_to_separate_layers(chest_ct, tmp_path):
+    from PromptSegLib.export.segfile import write_seg_nrrd
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
+
     from conftest import segment_mask
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.prompts import target_query
-    from PromptSegLib.segfile import write_seg_nrrd
 
     masks = np.zeros((3, *sitk.GetArrayViewFromImage(chest_ct).shape), np.float32)
     masks[0, :2] = masks[1, 1:3] = masks[2, 3] = 1.0  # a and b overlap, c touches neither
@@ -116,17 +117,45 @@ def test_overlapping_segments_go_to_separate_layers(chest_ct, tmp_path):
     result = SegmentationResult([target_query("CT", n) for n in names], "", masks, chest_ct, 0.5)
     written = slicerio.read_segmentation(str(write_seg_nrrd(tmp_path / "o.seg.nrrd", result)))
     assert [(s["layer"], s["labelValue"]) for s in written["segments"]] == [(0, 1), (1, 1), (0, 2)]
+    for segment, name, mask in zip(written["segments"], names, masks):
+        np.testing.assert_array_equal(segment_mask(written, name), mask > 0)
+        z, y, x = (np.flatnonzero((mask > 0).any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
+        assert segment["extent"] == [x[0], x[-1], y[0], y[-1], z[0], z[-1]]
+
+
+def test_seg_nrrd_of_real_segments_reads_back_in_slicerio_and_slicer(scene, chest_ct, chest_segmentation, tmp_path):
+    """The slice-by-slice writer on slicerio's real chest segments (one layer), read back by slicerio (same
+    voxels) and by Slicer's own segmentation storage node (slicer-core: same names)."""
+    from PromptSegLib.export.segfile import write_seg_nrrd
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
+
+    from conftest import segment_mask
+
+    names = ["left lung", "right lung"]
+    masks = np.stack([segment_mask(chest_segmentation, n) for n in names]).astype(np.float32)
+    result = SegmentationResult([target_query("CT", n) for n in names], "", masks, chest_ct, 0.5)
+    path = write_seg_nrrd(tmp_path / "lungs.seg.nrrd", result)
+    written = slicerio.read_segmentation(str(path))
+    assert written["voxels"].shape == chest_ct.GetSize()  # one layer: 3D
     for name, mask in zip(names, masks):
         np.testing.assert_array_equal(segment_mask(written, name), mask > 0)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reloaded")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == names
 
 
 def test_overlay_shows_the_patients_left_on_the_images_right(chest_ct, chest_segmentation, tmp_path):
     """Radiological convention, as Slicer shows it: slicerio's real left lung is drawn in the right half of the
     axial picture (and of the coronal one), the head at the top of the coronal picture."""
+    from PromptSegLib.export.overlay import write_overlay
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
+
     from conftest import segment_mask
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.overlay import write_overlay
-    from PromptSegLib.prompts import target_query
 
     left = segment_mask(chest_segmentation, "left lung").astype(np.float32)
     result = SegmentationResult([target_query("CT", "left lung")], "", left[None], chest_ct, 0.5)
@@ -142,7 +171,7 @@ def test_overlay_shows_the_patients_left_on_the_images_right(chest_ct, chest_seg
 
 
 def segment_color_of(name: str):
-    from PromptSegLib.prompts import target_query
-    from PromptSegLib.segfile import segment_color
+    from PromptSegLib.export.segfile import segment_color
+    from PromptSegLib.text.prompts import target_query
 
     return segment_color(target_query("CT", name))

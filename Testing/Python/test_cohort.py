@@ -21,13 +21,13 @@ import SimpleITK as sitk
 import slicerio
 from test_dicom_export import write_ct_series
 
-from PromptSegLib.cli import main
-from PromptSegLib.cohort import measure, run_cohort
-from PromptSegLib.cohort_cases import find_cases, read_case_list
-from PromptSegLib.cohort_engine import EngineOptions, jobqueue_cluster
+from PromptSegLib.cli.main import main
+from PromptSegLib.cohort.cases import find_cases, read_case_list
+from PromptSegLib.cohort.engine import EngineOptions, jobqueue_cluster
+from PromptSegLib.cohort.run import measure, run_cohort
 from PromptSegLib.errors import PromptSegError
-from PromptSegLib.inference import SegmentationResult
-from PromptSegLib.segment_request import SegmentRequest
+from PromptSegLib.segment.inference import SegmentationResult
+from PromptSegLib.workflows.segment_request import SegmentRequest
 
 REQUEST = SegmentRequest("CT", "thorax", ("left lung", "liver"), threshold=0.01)
 """Threshold 0.01: the untrained model's every voxel is in both targets, so the measures are known."""
@@ -130,7 +130,7 @@ def test_rerun_does_nothing(embedded_run, cohort_csv, tiny_model_folder, monkeyp
     def no_cluster(*args, **kwargs):
         raise AssertionError("a rerun of a finished cohort started a cluster")
 
-    monkeypatch.setattr("PromptSegLib.cohort_engine.open_client", no_cluster)
+    monkeypatch.setattr("PromptSegLib.cohort.engine.open_client", no_cluster)
     assert main(cli_args(cohort_csv, output, tiny_model_folder)) == 1  # failures remain failures
     captured = capsys.readouterr()
     assert "20 of 20 cases finished earlier: skipped" in captured.err
@@ -257,10 +257,11 @@ def test_case_list_paths_and_errors(tmp_path):
 
 
 def test_measures_of_real_segments(chest_ct, chest_segmentation):
-    from conftest import segment_mask
     from scipy import ndimage
 
-    from PromptSegLib.prompts import target_query
+    from PromptSegLib.text.prompts import target_query
+
+    from conftest import segment_mask
 
     names = ["left lung", "ribs"]
     masks = [segment_mask(chest_segmentation, n) for n in names]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptSegLib.cli import main
-from PromptSegLib.describe import describe, detect
-from PromptSegLib.segfile import read_segments
+from PromptSegLib.cli.main import main
+from PromptSegLib.export.segfile import read_segments
+from PromptSegLib.preprocessing.describe import describe, detect
 
 from conftest import segment_mask
 
@@ -101,7 +101,7 @@ def test_prompt_check_runs_every_variant(tiny_model_folder, chest_ct_path, tmp_p
 def test_read_segments_places_a_cropped_seg_nrrd(chest_ct, chest_segmentation, masks, tmp_path):
     import slicerio
 
-    from PromptSegLib.segfile import ijk_to_lps
+    from PromptSegLib.export.segfile import ijk_to_lps
 
     left = masks["left lung"]
     k, j, i = (np.flatnonzero(left.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))

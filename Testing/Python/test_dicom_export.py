@@ -14,18 +14,19 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import SHARED, needs_shared, segment_mask
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from PromptSegLib.dicom_series import ObliqueSeriesWarning, list_series, load_dicom_series
-from PromptSegLib.dicom_validate import dciodvfy_path, run_dciodvfy, validate_dicom_seg, validate_rtstruct
-from PromptSegLib.dicomseg import export_dicom_seg, read_dicom_seg, write_dicom_seg
+from PromptSegLib.dicom.contours import fill_even_odd, slice_contours
+from PromptSegLib.dicom.rtstruct import export_rtstruct, read_rtstruct, read_rtstruct_rois, write_rtstruct
+from PromptSegLib.dicom.seg import export_dicom_seg, read_dicom_seg, write_dicom_seg
+from PromptSegLib.dicom.validate import dciodvfy_path, run_dciodvfy, validate_dicom_seg, validate_rtstruct
 from PromptSegLib.errors import InputImageError, OutputError
-from PromptSegLib.export_segments import ExportWarning
-from PromptSegLib.segfile import ExportSegment, SegmentSet
-from PromptSegLib.rtstruct import (export_rtstruct, fill_even_odd, read_rtstruct, read_rtstruct_rois, slice_contours,
-                                   write_rtstruct)
+from PromptSegLib.export.segfile import ExportSegment, SegmentSet
+from PromptSegLib.export.segments import ExportWarning
+from PromptSegLib.io.dicom_series import ObliqueSeriesWarning, list_series, load_dicom_series
+
+from conftest import SHARED, needs_shared, segment_mask
 
 LUNG_GTV = SHARED / "lung_ct_gtv"
 RT_EXAMPLES = SHARED / "dicom_rt_examples"
@@ -263,7 +264,7 @@ def test_folder_with_several_series_lists_them(tmp_path, chest_ct):
 
 
 def test_unwritable_output_folder(tmp_path, chest_dicom, chest_seg_path):
-    from PromptSegLib.cli import main
+    from PromptSegLib.cli.main import main
 
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
@@ -358,7 +359,7 @@ def test_series_with_blanked_uids_is_loaded_but_not_referenced(tmp_path):
 
 
 def test_command_line_exports(tmp_path, chest_dicom, chest_seg_path, capsys):
-    from PromptSegLib.cli import main
+    from PromptSegLib.cli.main import main
 
     assert main(["export-rtstruct", "--ct", str(chest_dicom), "--seg", str(chest_seg_path),
                  "-o", str(tmp_path / "RS.dcm")]) == 0
@@ -386,8 +387,8 @@ def test_dciodvfy_finds_no_errors(tmp_path, chest_rtstruct, chest_dicom, chest_s
 
 def test_export_from_a_segmentation_result(tmp_path, chest_dicom, chest_series, chest_segmentation):
     """What ``promptseg segment --rtstruct/--dicom-seg`` calls: a SegmentationResult straight to DICOM."""
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.prompts import target_query
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
 
     image, refs = chest_series
     lung = _one(chest_segmentation, "left lung")
@@ -404,7 +405,7 @@ def test_export_from_a_segmentation_result(tmp_path, chest_dicom, chest_series, 
 
 
 def test_segment_writes_rtstruct_and_dicom_seg_in_one_go(tmp_path, chest_dicom, tiny_model_folder, capsys):
-    from PromptSegLib.cli import main
+    from PromptSegLib.cli.main import main
 
     args = ["segment", str(chest_dicom), "--modality", "CT", "--region", "thorax", "--target", "left lung",
             "--target", "liver", "--model", str(tiny_model_folder), "--threshold", "0.3", "-q", "--threads", "1",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
-import slicer_shim
 from test_module_widget import has_method, has_property, normalized, signals
 from test_slicer_logic import lung_with_one_drawn_slice, segment_array, set_segment, tag
+
+import slicer_shim
 
 EFFECT = Path(__file__).resolve().parents[2] / "PromptSeg" / "PromptSegEffects" / "SegmentEditorFillWithPromptSeg.py"
 # qSlicerSegmentEditorAbstractEffect.h (Slicer Modules/Loadable/Segmentations/EditorEffects): what the effect uses
@@ -47,9 +47,10 @@ def segment_id(node, name="left lung"):
 
 
 def test_fill_uses_every_drawn_slice_keeps_them_and_is_one_undo_step(scene, fill, chest_ct_path, chest_segmentation):
-    from PromptSegLib.metrics import dice
-    from PromptSegLib.multislice import fill_from_slices
     from PromptSegSlicer.fill import findDrawnSlices, readFilled
+
+    from PromptSegLib.metrics import dice
+    from PromptSegLib.propagate.multislice import fill_from_slices
 
     volume, node, truth, indices = drawn_lung(fill, chest_ct_path, chest_segmentation)
     before = segment_array(node, "left lung", volume)
@@ -102,8 +103,9 @@ def test_a_corrected_slice_is_a_drawn_slice_and_an_erased_one_stops_the_fill(
 
 def test_fill_runs_off_the_main_thread_cancels_and_refuses_what_it_cannot_fill(
         scene, fill, chest_ct_path, chest_segmentation):
-    from PromptSegLib.errors import Cancelled
     from PromptSegSlicer import InputError
+
+    from PromptSegLib.errors import Cancelled
 
     volume, node, truth, indices = drawn_lung(fill, chest_ct_path, chest_segmentation)
     drawn = segment_array(node, "left lung", volume)
@@ -134,7 +136,6 @@ def test_fill_runs_off_the_main_thread_cancels_and_refuses_what_it_cannot_fill(
 
 def test_the_axis_is_the_volume_axis_across_the_slice_view(scene, chest_ct_path):
     import vtk
-
     from PromptSegSlicer.fill import axisOfSliceView
 
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptSegLib.catalogue import route_model
-from PromptSegLib.inference import Segmenter
 from PromptSegLib.metrics import dice
-from PromptSegLib.postprocess import ImplausibleResultWarning
+from PromptSegLib.models.catalogue import route_model
+from PromptSegLib.segment.inference import Segmenter
+from PromptSegLib.segment.postprocess import ImplausibleResultWarning
 
 from conftest import SHARED, needs_shared
 

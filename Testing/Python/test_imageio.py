@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from PromptSegLib.errors import InputImageError, OutputError
-from PromptSegLib.imageio import list_dicom_series, read_image, same_geometry, write_image
+from PromptSegLib.io.imageio import list_dicom_series, read_image, same_geometry, write_image
 
 from conftest import SHARED, needs_shared
 

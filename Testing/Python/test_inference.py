@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from PromptSegLib.errors import Cancelled, InputImageError, PromptError
-from PromptSegLib.inference import window_count
+from PromptSegLib.segment.inference import window_count
 
 
 def test_result_is_on_the_input_grid(tiny_segmenter, chest_ct):
@@ -23,8 +23,8 @@ def test_result_is_on_the_input_grid(tiny_segmenter, chest_ct):
 def test_windows_past_a_short_scan_are_padded_as_the_model_was_trained(tiny_model_folder, chest_ct):
     """Ten 10 mm slices are fewer than a window holds: ``replicate`` repeats the end slices (a scan cut
     short), ``constant`` fills with the image minimum; the model's config decides, so the two differ."""
-    from PromptSegLib.inference import Segmenter
-    from PromptSegLib.model_io import load_model
+    from PromptSegLib.models.folder import load_model
+    from PromptSegLib.segment.inference import Segmenter
 
     short = chest_ct[:, :, 12:22]
     results = {}
@@ -104,7 +104,7 @@ def test_window_count_matches_monai():
 
 
 def test_closer_look_changes_only_the_box(tiny_segmenter, chest_ct):
-    from PromptSegLib.refine import closer_look, crop_box
+    from PromptSegLib.segment.refine import closer_look, crop_box
 
     result = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["aorta", "liver"])
     result.threshold = float(np.quantile(result.probabilities[0], 0.995))  # a small "target" for the test

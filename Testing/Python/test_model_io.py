@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from PromptSegLib.errors import ModelError
-from PromptSegLib.model_io import SUMS, load_model, read_config, save_model, sha256
+from PromptSegLib.models.folder import SUMS, load_model, read_config, save_model, sha256
 
 from conftest import zip_model
 
@@ -88,7 +88,7 @@ def test_padding_defaults_to_constant_for_older_configs_and_is_checked(folder):
 def test_a_model_keeps_its_own_ct_window_whatever_the_code_default(folder, monkeypatch):
     """A model stores its CT window with the statistics; one that stores only ``[mean, std]`` (format 1, the
     bundled models) keeps the window it was trained with when the code's default for new models changes."""
-    import PromptSegLib.preprocess as preprocess
+    import PromptSegLib.preprocessing.preprocess as preprocess
 
     monkeypatch.setattr(preprocess, "CT_WINDOW_HU", (-200.0, 300.0))
     _rewrite_config(folder, lambda c: c.update(intensity={"CT": [-1000.0, 800.0, -300.0, 400.0]}))
@@ -102,8 +102,8 @@ def test_a_model_keeps_its_own_ct_window_whatever_the_code_default(folder, monke
 
 def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatch, capsys):
 
-    from PromptSegLib.catalogue import resolve_model
-    from PromptSegLib.cli import main
+    from PromptSegLib.cli.main import main
+    from PromptSegLib.models.catalogue import resolve_model
 
     monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
     archive = zip_model(folder, tmp_path / "tiny.zip")
@@ -122,10 +122,48 @@ def test_import_into_the_user_cache_and_use_by_name(folder, tmp_path, monkeypatc
     load_model(installed)
 
 
+@pytest.mark.parametrize("name, kind", [("promptseg-propagation", "propagation"),
+                                        ("promptseg-prognosis-hecktor", "prognosis")])
+def test_every_model_kind_imports_lists_and_stays_out_of_segmentation_routing(name, kind, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Propagation and prognosis folders share the segmentation models' folder format: the same import (a .zip
+    checked against its manifest), listing and catalogue entry, told apart by their kind; routing a
+    segmentation request never picks them."""
+    from PromptSegLib.cli.main import main
+    from PromptSegLib.models.catalogue import catalogue_entry, installed_models, route_model
+    from PromptSegLib.models.folder import BUNDLED_MODELS, folder_identity
+
+    monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
+    copy = shutil.copytree(BUNDLED_MODELS / name, tmp_path / "src" / "renamed-folder")
+    assert main(["models", "--import", str(zip_model(copy, tmp_path / f"{kind}.zip"))]) == 0
+    installed = installed_models()[name]  # named by its config, not by the folder it came in
+    assert folder_identity(installed).kind == kind
+    entry = catalogue_entry(installed)
+    assert entry["kind"] == kind and entry["name"] == name and entry["folder"] is None
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(name)]
+    assert len(listed) == 2 and all(f"{kind} model" in line for line in listed)  # imported copy and bundled one
+    assert route_model("CT", "head and neck", ["brain stem"]).name == "promptseg-hn-oars"
+    (installed / "head.safetensors" if kind == "prognosis" else installed / "weights.safetensors").write_bytes(b"x")
+    assert main(["models", "--import", str(installed)]) == 2  # altered: refused like any model
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_a_folder_of_no_known_kind_is_refused(folder, tmp_path):
+    from PromptSegLib.models.catalogue import import_model
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
+    with pytest.raises(ModelError, match="not a PromptSeg model folder"):
+        import_model(folder, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "tiny-untrained").exists()
+
+
 def test_download_a_site_catalogue_model_checked_against_its_sha256(folder, tmp_path, monkeypatch, capsys):
 
-    from PromptSegLib.catalogue import catalogue_entry, download_model, resolve_model
-    from PromptSegLib.cli import main
+    from PromptSegLib.cli.main import main
+    from PromptSegLib.models.catalogue import catalogue_entry, download_model, resolve_model
 
     home = tmp_path / "home"
     home.mkdir()
@@ -166,7 +204,7 @@ def test_download_a_site_catalogue_model_checked_against_its_sha256(folder, tmp_
 
 
 def test_an_unchanged_verified_folder_is_not_hashed_again_a_changed_one_is(folder, monkeypatch):
-    import PromptSegLib.model_io as model_io
+    import PromptSegLib.models.folder as model_io
 
     hashed = []
     real_sha256 = model_io.sha256
@@ -189,8 +227,8 @@ def test_an_unchanged_verified_folder_is_not_hashed_again_a_changed_one_is(folde
 def test_average_models_writes_the_weight_mean_untuned_with_both_cards(folder, tmp_path, capsys):
     import dataclasses
 
-    from PromptSegLib.cli import main
-    from PromptSegLib.model_average import average_models
+    from PromptSegLib.cli.main import main
+    from PromptSegLib.models.average import average_models
 
     first = load_model(folder)
     tuned = dataclasses.replace(first.config, largest_component=list(first.config.targets[:1]))

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from PySide6 import QtCore, QtGui, QtWidgets  # a test requirement: a missing install must fail, not skip
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "PromptSeg"

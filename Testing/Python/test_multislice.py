@@ -1,5 +1,5 @@
-"""Filling a structure from several drawn slices (PromptSegLib.multislice, PromptSegLib.shape_prior) with the
-bundled propagation model, on a held-out real sarcoma CT (STS_025: the model never trained on it)."""
+"""Filling a structure from several drawn slices (PromptSegLib.propagate.multislice,
+PromptSegLib.propagate.shape_prior) with the bundled propagation model, on a held-out real sarcoma CT (STS_025: the model never trained on it)."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
-from PromptSegLib.multislice import fill_from_slices
-from PromptSegLib.propagation import Propagator
-from PromptSegLib.shape_prior import fit_profile, interpolated_distance, shrink_to_radius
+from PromptSegLib.propagate.multislice import fill_from_slices
+from PromptSegLib.propagate.propagator import Propagator
+from PromptSegLib.propagate.shape_prior import fit_profile, interpolated_distance, shrink_to_radius
 
 from conftest import SHARED, needs_shared
 
@@ -116,7 +116,7 @@ def test_shape_priors():
 
 @needs_shared()
 def test_fill_command_fills_from_the_drawn_slices_of_a_mask(tmp_path, sarcoma, capsys):
-    from PromptSegLib.cli import main
+    from PromptSegLib.cli.main import main
 
     image, truth, _ = sarcoma
     indices = protocol_slices(truth, 3)

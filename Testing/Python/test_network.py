@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from PromptSegLib.network import DuPLUSNet, FiLM, NetworkConfig
+from PromptSegLib.models.network import DuPLUSNet, FiLM, NetworkConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptSegLib import openkbp
-from PromptSegLib.datasets import load_case, load_spec
-from PromptSegLib.training import dice_bce_loss
-from PromptSegLib.vocabulary import default_vocabulary
+from PromptSegLib.text.vocabulary import default_vocabulary
+from PromptSegLib.train import openkbp
+from PromptSegLib.train.datasets import load_case, load_spec
+from PromptSegLib.train.training import dice_bce_loss
 
 from conftest import REPO, SHARED, needs_shared
 

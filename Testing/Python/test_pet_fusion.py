@@ -14,12 +14,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED, needs_shared
-from PromptSegLib.fusion import FusionError, aggregated_dice, fuse, fuse_masks
 from PromptSegLib.metrics import dice
-from PromptSegLib.pet import (NoOverlapError, PETConversionError, read_pet_suv, resample_pet_to_ct,
-                              suv_scale_factor)
-from PromptSegLib.preprocess import resample_to
+from PromptSegLib.preprocessing.pet import (NoOverlapError, PETConversionError, read_pet_suv, resample_pet_to_ct,
+                                            suv_scale_factor)
+from PromptSegLib.preprocessing.preprocess import resample_to
+from PromptSegLib.segment.fusion import FusionError, aggregated_dice, fuse, fuse_masks
+
+from conftest import SHARED, needs_shared
 
 STS = SHARED / "sts_pet_ct_mr"
 PET_DICOM = STS / "dicom_example" / "STS_002" / "PET" / "image"
@@ -252,9 +253,9 @@ def _fusion_spec(tmp_path, ct_id: str = "STS_026", pet_id: str = "STS_026", pet_
 def test_evaluate_fuse_reports_alone_fused_and_aggregated_dice(tmp_path, capsys):
     import csv
 
-    from PromptSegLib.cli import main
-    from PromptSegLib.inference import Segmenter
-    from PromptSegLib.probability import LEVELS, quantize
+    from PromptSegLib.cli.main import main
+    from PromptSegLib.segment.inference import Segmenter
+    from PromptSegLib.segment.probability import LEVELS, quantize
 
     output = tmp_path / "fusion.csv"
     assert main(["evaluate", _fusion_spec(tmp_path), "--model", "promptseg-sts-gtv", "--fuse", "sts_ct", "sts_pet",
@@ -289,7 +290,7 @@ def test_evaluate_fuse_reports_alone_fused_and_aggregated_dice(tmp_path, capsys)
 
 @needs_shared()
 def test_evaluate_fuse_refuses_unpaired_cases_non_overlapping_grids_and_bad_weights(tmp_path, capsys):
-    from PromptSegLib.cli import main
+    from PromptSegLib.cli.main import main
 
     def evaluate(spec, *extra):
         code = main(["evaluate", spec, "--model", "promptseg-sts-gtv", "--fuse", "sts_ct", "sts_pet", "-o",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from PromptSegLib.postprocess import ImplausibleResultWarning, largest_component, own_side, postprocess
+from PromptSegLib.segment.postprocess import ImplausibleResultWarning, largest_component, own_side, postprocess
 
 from conftest import SHARED, needs_shared
 

@@ -7,8 +7,9 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import InputImageError
 from PromptSegLib.metrics import dice
-from PromptSegLib.preprocess import (BODY_HU, BODY_MARGIN_MM, IntensityRule, canonical_modality, model_grid, prepare,
-                                     to_original_box)
+from PromptSegLib.preprocessing.preprocess import (BODY_HU, BODY_MARGIN_MM, IntensityRule, model_grid, prepare,
+                                                   to_original_box)
+from PromptSegLib.text.modality import canonical_modality
 
 from conftest import segment_mask
 

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED, needs_shared
-from PromptSegLib.cli import main
+from PromptSegLib.cli.main import main
 from PromptSegLib.errors import ModelError
-from PromptSegLib.prognosis import load_prognosis_model, save_prognosis_model
-from PromptSegLib.prognosis_deephit import DeepHitSettings, bin_index, deephit_loss, time_cuts, train_deephit
-from PromptSegLib.prognosis_metrics import UndefinedMetricError, antolini_c_index, harrell_c_index
-from PromptSegLib.prognosis_prompt import build_prompt
-from PromptSegLib.prognosis_records import ClinicalDataError, ClinicalRecord, load_cohort, record_from_dicom
-from PromptSegLib.prognosis_validation import CoxBaseline
+from PromptSegLib.prognosis.deephit import DeepHitSettings, bin_index, deephit_loss, time_cuts, train_deephit
+from PromptSegLib.prognosis.metrics import UndefinedMetricError, antolini_c_index, harrell_c_index
+from PromptSegLib.prognosis.model import load_prognosis_model, save_prognosis_model
+from PromptSegLib.prognosis.prompt import build_prompt
+from PromptSegLib.prognosis.records import ClinicalDataError, ClinicalRecord, load_cohort, record_from_dicom
+from PromptSegLib.prognosis.validation import CoxBaseline
+
+from conftest import SHARED, needs_shared
 
 CLINICAL = SHARED / "clinical"
 INFO = CLINICAL / "hecktor2021_patient_info_training.csv"
@@ -188,7 +189,7 @@ def tiny_model(cohort):
 def test_lora_changes_only_adapter_weights(tiny_model):
     from transformers import AutoModel
 
-    from PromptSegLib.text_encoder import default_encoder_folder
+    from PromptSegLib.text.encoder import default_encoder_folder
 
     model, _, _ = tiny_model
     base = AutoModel.from_pretrained(default_encoder_folder(), local_files_only=True).state_dict()
@@ -243,6 +244,8 @@ def test_prognose_command(tiny_model, tmp_path, capsys):
 
 @needs_shared()
 def test_train_prognosis_command(tmp_path, capsys):
+    from PromptSegLib.models.folder import folder_identity
+
     info, end = _rows(INFO), _rows(ENDPOINTS)
     keep = {r[0] for r in end[1:41]}
     info_small = _write(tmp_path / "info.csv", [info[0]] + [r for r in info[1:] if r[0] in keep])
@@ -254,6 +257,8 @@ def test_train_prognosis_command(tmp_path, capsys):
     cv = json.loads((tmp_path / "cv.json").read_text())
     assert len(cv["folds"]) == 2 and cv["n"] == 40
     assert "Cross-validated C-index" in (tmp_path / "model" / "README.md").read_text()
+    identity = folder_identity(tmp_path / "model")  # named like every model kind: by default, its folder's name
+    assert (identity.kind, identity.name, identity.version) == ("prognosis", "model", "0.1.0")
     bad = _rows(info_small)
     bad[0][3] = "Agee"
     code = main(["train-prognosis", str(_write(tmp_path / "bad.csv", bad)), str(end_small), "-o",
@@ -297,7 +302,7 @@ def test_image_branch_learns_known_feature(cohort):
 
 @needs_shared()
 def test_bundled_prognosis_model_reproduces_its_training_tertiles(cohort):
-    from PromptSegLib.model_io import BUNDLED_MODELS
+    from PromptSegLib.models.folder import BUNDLED_MODELS
 
     folder = BUNDLED_MODELS / "promptseg-prognosis-hecktor"
     model = load_prognosis_model(folder)  # checksums verified

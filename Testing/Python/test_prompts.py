@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from PromptSegLib.errors import ModelError, PromptError
-from PromptSegLib.prompts import (context_prompt, paraphrases, raw_target_query, sort_target_lines, target_prompt,
-                                  target_query)
-from PromptSegLib.text_encoder import TextEncoder
-from PromptSegLib.vocabulary import DEFAULT_VOCABULARY, default_vocabulary
+from PromptSegLib.text.encoder import TextEncoder
+from PromptSegLib.text.prompts import (context_prompt, paraphrases, raw_target_query, sort_target_lines, target_prompt,
+                                       target_query)
+from PromptSegLib.text.vocabulary import DEFAULT_VOCABULARY, default_vocabulary
 
 
 def test_dual_prompts_as_in_duplus():

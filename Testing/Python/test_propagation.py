@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptSegLib.cli import main
+from PromptSegLib.cli.main import main
 from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptSegError
-from PromptSegLib.propagation import Propagator, RegionContrast, kept_contrast, propagate, region_contrast
-from PromptSegLib.propagation_card import TEST_FLOORS
-from PromptSegLib.propagation_data import LabelledVolume, load_propagation_spec, load_volume
-from PromptSegLib.propagation_evaluation import dice_by_distance, largest_slice
-from PromptSegLib.propagation_geometry import take_slice
-from PromptSegLib.propagation_model import (BUNDLED_PROPAGATION_MODEL, PropagationModel, load_propagation_model,
-                                            save_propagation_model)
-from PromptSegLib.propagation_net import PromptUNet2D, PropagationNetConfig
-from PromptSegLib.propagation_samples import SampleGenerator, corrupt_prompt
-from PromptSegLib.propagation_training import calibrate_threshold, choose_threshold, refresh_card, train_propagation
+from PromptSegLib.propagate.card import TEST_FLOORS
+from PromptSegLib.propagate.data import LabelledVolume, load_propagation_spec, load_volume
+from PromptSegLib.propagate.evaluation import dice_by_distance, largest_slice
+from PromptSegLib.propagate.geometry import take_slice
+from PromptSegLib.propagate.model import (BUNDLED_PROPAGATION_MODEL, PropagationModel, load_propagation_model,
+                                          save_propagation_model)
+from PromptSegLib.propagate.net import PromptUNet2D, PropagationNetConfig
+from PromptSegLib.propagate.propagator import Propagator, RegionContrast, kept_contrast, propagate, region_contrast
+from PromptSegLib.propagate.samples import SampleGenerator, corrupt_prompt
+from PromptSegLib.propagate.training import calibrate_threshold, choose_threshold, refresh_card, train_propagation
 
 from conftest import REPO, SHARED, needs_shared
 
@@ -347,7 +347,7 @@ def test_model_folder_round_trip_and_tampering(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "input_size": 64}))
     with pytest.raises(ModelError, match="sha256"):
         load_propagation_model(folder)
-    from PromptSegLib.model_io import load_model
+    from PromptSegLib.models.folder import load_model
 
     fresh = save_propagation_model(tmp_path / "prop2", model, "# card\n")
     with pytest.raises(ModelError, match="not a PromptSeg DuPLUS"):
@@ -415,7 +415,7 @@ def test_propagate_command_writes_a_segmentation(tmp_path, bundled, capsys):
     code = main(["propagate", str(folder / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"),
                  "--slice", str(k), "--axis", "axial", "-o", str(out), "-q"])
     assert code == 0 and out.is_file()
-    from PromptSegLib.segfile import read_segments
+    from PromptSegLib.export.segfile import read_segments
 
     masks = read_segments(out, sitk.ReadImage(str(folder / "CT_image.nii.gz")))
     result = next(iter(masks.values()))
@@ -443,7 +443,7 @@ def test_the_card_says_what_this_models_own_training_record_says(grow):
     from text written for an earlier model ("trained briefly on a CPU", its measured counts)."""
     from dataclasses import replace
 
-    from PromptSegLib.propagation_card import model_card
+    from PromptSegLib.propagate.card import model_card
 
     config = load_propagation_model(BUNDLED_PROPAGATION_MODEL).config
     training = {**config.training, "hardware": "NVIDIA H200", "torch": "9.9.9", "steps": 1234, "seconds": 600.0,

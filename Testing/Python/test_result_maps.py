@@ -8,12 +8,12 @@ import warnings
 import numpy as np
 import SimpleITK as sitk
 
-from PromptSegLib.inference import Segmenter
 from PromptSegLib.metrics import dice
-from PromptSegLib.postprocess import ImplausibleResultWarning, postprocess
-from PromptSegLib.preprocess import body_areas_cm2, prepare, resample_to
-from PromptSegLib.probability import ProbabilityMap
-from PromptSegLib.vocabulary import side_of
+from PromptSegLib.preprocessing.preprocess import body_areas_cm2, prepare, resample_to
+from PromptSegLib.segment.inference import Segmenter
+from PromptSegLib.segment.postprocess import ImplausibleResultWarning, postprocess
+from PromptSegLib.segment.probability import ProbabilityMap
+from PromptSegLib.text.vocabulary import side_of
 
 from conftest import SHARED, needs_shared
 

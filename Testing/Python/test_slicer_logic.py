@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
 import vtk
 
-import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
 import slicer_shim
 from conftest import SHARED, needs_shared, zip_model
 
@@ -70,7 +70,7 @@ def tag(segment, name):
 
 def test_segments_have_names_colours_terminology_geometry_and_promptseglib_voxels(
         scene, logic, tiny_model_folder, chest_ct_path, reference, threshold):
-    from PromptSegLib.vocabulary import default_vocabulary
+    from PromptSegLib.text.vocabulary import default_vocabulary
 
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
     sh = scene.GetSubjectHierarchyNode()
@@ -220,8 +220,9 @@ def test_seg_nrrd_written_by_the_logic_reloads_with_names(scene, logic, tiny_mod
 
 
 def test_bad_inputs_give_clear_errors(scene, logic, tiny_model_folder, chest_ct_path, tmp_path, monkeypatch):
-    from PromptSegLib.errors import ModelError, PromptError
     from PromptSegSlicer import DependencyError, InputError
+
+    from PromptSegLib.errors import ModelError, PromptError
 
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
     with pytest.raises(InputError, match="No input volume"):
@@ -362,6 +363,7 @@ def test_cmake_installs_every_runtime_file_the_wheel_ships():
     installs too (a catalogue.json missing from the extension once listed no bundled model)."""
     import re
     import tomllib
+    from fnmatch import fnmatch
 
     library = REPO / "PromptSegLib"
     files = [p.relative_to(library).as_posix() for p in library.rglob("*")
@@ -371,21 +373,24 @@ def test_cmake_installs_every_runtime_file_the_wheel_ships():
     shipped |= _globbed(files, pyproject["tool"]["setuptools"]["package-data"]["PromptSegLib"])
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()  # file(GLOB) of ${_lib_source_dir}/..., less EXCLUDE REGEX
     excluded = [x.replace("\\\\", "\\") for x in re.findall(r'EXCLUDE REGEX "([^"]+)"', cmake)]
-    installed = {f for f in _globbed(files, re.findall(r"\$\{_lib_source_dir\}/(\S+?)\)?\s", cmake))
-                 if not any(re.search(x, f) for x in excluded)}
-    assert {"catalogue.py", "data/vocabulary.json", "models/catalogue.json"} <= shipped
+    recursive = re.findall(r"GLOB_RECURSE .*?\$\{_lib_source_dir\}/(\S+?)\)", cmake)  # ``*`` crosses ``/`` there
+    globbed = [p for p in re.findall(r"\$\{_lib_source_dir\}/(\S+?)\)?\s", cmake) if p not in recursive]
+    installed = {f for f in _globbed(files, globbed) if not any(re.search(x, f) for x in excluded)}  # resources
+    installed |= {f for f in files for r in recursive if fnmatch(f, r)}  # scripts
+    assert {"models/catalogue.py", "text/modality.py", "data/vocabulary.json", "models/catalogue.json"} <= shipped
     assert not shipped - installed, f"shipped in the wheel but not installed by CMake: {sorted(shipped - installed)}"
 
 
 def test_terminology_file_is_the_vocabulary_and_loads_in_slicer(scene):
     import json
 
-    from PromptSegLib.terminology import CONTEXT_NAME, terminology_context
     from PromptSegSlicer import PromptSegLogic
     from PromptSegSlicer.segmentation import TERMINOLOGY_FILE
 
+    from PromptSegLib.text.terminology import CONTEXT_NAME, terminology_context
+
     assert json.loads(TERMINOLOGY_FILE.read_text()) == terminology_context(), \
-        "PromptSeg.term.json is out of date: regenerate it with PromptSegLib.terminology.write_terminology"
+        "PromptSeg.term.json is out of date: regenerate it with PromptSegLib.text.terminology.write_terminology"
     terminologies = slicer.modules.terminologies.logic()
     assert PromptSegLogic.loadTerminology(terminologies) == CONTEXT_NAME
     categories = {c["CodeMeaning"] for c in terminology_context()["SegmentationCodes"]["Category"]}
@@ -393,10 +398,10 @@ def test_terminology_file_is_the_vocabulary_and_loads_in_slicer(scene):
 
 
 def test_detection_rois_and_descriptions(scene, logic, chest_ct_path, chest_segmentation):
-    from conftest import segment_mask
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
 
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.prompts import target_query
+    from conftest import segment_mask
 
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
     image = sitk.ReadImage(str(chest_ct_path))
@@ -423,12 +428,13 @@ def test_detection_rois_and_descriptions(scene, logic, chest_ct_path, chest_segm
 
 def test_dicom_exports_reference_the_series(scene, logic, chest_ct_path, chest_segmentation, tmp_path):
     import pydicom
-    from conftest import segment_mask
     from test_dicom_export import write_ct_series
 
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.prompts import target_query
-    from PromptSegLib.rtstruct import read_rtstruct
+    from PromptSegLib.dicom.rtstruct import read_rtstruct
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
+
+    from conftest import segment_mask
 
     image = sitk.ReadImage(str(chest_ct_path))
     series = write_ct_series(image, tmp_path / "series")
@@ -456,7 +462,9 @@ def test_models_listed_imported_and_used_by_name(scene, logic, tiny_model_folder
                                                  monkeypatch):
     monkeypatch.setenv("PROMPTSEG_HOME", str(tmp_path / "home"))
     names = [name for name, _ in logic.availableModels()]
-    assert {"promptseg-starter", "promptseg-sts-gtv"} <= set(names)
+    assert {"promptseg-starter", "promptseg-sts-gtv"} <= set(names) and "promptseg-propagation" not in names
+    assert [name for name, _ in logic.availableModels("propagation")] == ["promptseg-propagation"]
+    assert [name for name, _ in logic.availableModels("prognosis")] == ["promptseg-prognosis-hecktor"]
     installed = logic.importModel(tiny_model_folder)
     assert ("tiny-untrained", installed) in logic.availableModels()
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
@@ -470,8 +478,8 @@ def test_model_download_runs_off_the_main_thread_cancels_and_installs(logic, tin
     import json
     import threading
 
-    from PromptSegLib.catalogue import catalogue_entry
     from PromptSegLib.errors import Cancelled
+    from PromptSegLib.models.catalogue import catalogue_entry
 
     home = tmp_path / "home"
     home.mkdir()
@@ -501,8 +509,8 @@ def test_model_download_runs_off_the_main_thread_cancels_and_installs(logic, tin
 
 
 def test_target_suggestions_follow_the_model_and_devices_say_what_was_found(logic, tiny_model_folder):
-    from PromptSegLib.model_io import read_config
-    from PromptSegLib.vocabulary import default_vocabulary
+    from PromptSegLib.models.folder import read_config
+    from PromptSegLib.text.vocabulary import default_vocabulary
 
     vocabulary = default_vocabulary()
     starter = logic.targetSuggestions("promptseg-starter")
@@ -523,10 +531,10 @@ def test_target_suggestions_follow_the_model_and_devices_say_what_was_found(logi
 def lung_with_one_drawn_slice(logic, chest_ct_path, chest_segmentation):
     """The chest CT, a segmentation whose "left lung" holds only its largest true slice (plus a full right lung,
     so undo has a state to return to), the true left lung and that slice's index."""
-    from conftest import segment_mask
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
 
-    from PromptSegLib.inference import SegmentationResult
-    from PromptSegLib.prompts import target_query
+    from conftest import segment_mask
 
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
     image = sitk.ReadImage(str(chest_ct_path))
@@ -642,10 +650,10 @@ STS_026 = STS / "nifti" / "STS_026"  # a held-out patient of the bundled prompts
 
 @needs_shared()
 def test_pet_ct_fused_segment_on_the_ct_geometry_with_terminology(scene, logic):
-    from PromptSegLib.fusion import fuse, segment_pair
-    from PromptSegLib.inference import Segmenter
     from PromptSegLib.metrics import dice
-    from PromptSegLib.vocabulary import default_vocabulary
+    from PromptSegLib.segment.fusion import fuse, segment_pair
+    from PromptSegLib.segment.inference import Segmenter
+    from PromptSegLib.text.vocabulary import default_vocabulary
 
     ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
     pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
@@ -700,8 +708,9 @@ def test_pet_ct_runs_off_the_main_thread_and_a_cancel_writes_nothing(scene, logi
 
 @needs_shared()
 def test_pet_ct_refuses_non_overlapping_pet_activity_and_targets_the_model_lacks(scene, logic):
-    from PromptSegLib.pet import NoOverlapError
     from PromptSegSlicer import InputError
+
+    from PromptSegLib.preprocessing.pet import NoOverlapError
 
     ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
     pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
@@ -741,9 +750,8 @@ class _DicomDatabase:
 @needs_shared()
 def test_pet_converted_to_suv_from_its_dicom_and_clinical_record_from_patient_tags(scene, logic, tmp_path,
                                                                                      monkeypatch):
-    from test_pet_fusion import _write_bqml
-
     from PromptSegSlicer import InputError
+    from test_pet_fusion import _write_bqml
 
     _write_bqml(tmp_path / "pet", "ADMIN", None)  # the real STS_002 PET series rewritten in Bq/ml
     database = _DicomDatabase(sorted((tmp_path / "pet").glob("*.dcm")))
@@ -771,7 +779,7 @@ def test_pet_converted_to_suv_from_its_dicom_and_clinical_record_from_patient_ta
 
 @needs_shared()
 def test_predict_gives_risk_group_and_a_survival_curve_plot(scene, logic):
-    from PromptSegLib.prognosis_records import ClinicalDataError
+    from PromptSegLib.prognosis.records import ClinicalDataError
 
     ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
     sh = scene.GetSubjectHierarchyNode()

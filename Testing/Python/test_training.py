@@ -13,13 +13,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptSegLib.cli import main
-from PromptSegLib.datasets import load_spec, load_split, prepare_split
+from PromptSegLib.cli.main import main
 from PromptSegLib.errors import PromptSegError
-from PromptSegLib.model_io import load_model
-from PromptSegLib.training import (TrainConfig, absent_elsewhere, crop, dice_bce_loss, limit_field_of_view, train,
-                                   train_command)
-from PromptSegLib.vocabulary import default_vocabulary
+from PromptSegLib.models.folder import load_model
+from PromptSegLib.text.vocabulary import default_vocabulary
+from PromptSegLib.train.card import train_command
+from PromptSegLib.train.config import TrainConfig
+from PromptSegLib.train.datasets import load_spec, load_split, prepare_split
+from PromptSegLib.train.samples import crop, limit_field_of_view
+from PromptSegLib.train.training import absent_elsewhere, dice_bce_loss, train
 
 from conftest import SHARED, needs_shared
 
@@ -51,7 +53,7 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
     root, config = trained
     model = load_model(config.output)
     assert model.config.targets == ["gross tumor volume"]
-    from PromptSegLib.preprocess import IntensityRule
+    from PromptSegLib.preprocessing.preprocess import IntensityRule
 
     shared = IntensityRule.fit_many([sitk.GetArrayFromImage(sitk.ReadImage(str(STS / c / "CT_image.nii.gz")))
                                      for c in ("STS_001", "STS_002")], "CT")
@@ -69,7 +71,7 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
 def test_the_cards_command_parses_back_to_the_same_settings(tmp_path):
     """The command a card records is one the command line accepts, and it trains the same settings: a
     switched-off default is spelt ``--no-augment`` (it was once written as a non-existent ``--augment``)."""
-    from PromptSegLib.cli import build_parser
+    from PromptSegLib.cli.main import build_parser
 
     config = TrainConfig(spec=str(tmp_path / "my spec.json"), output=str(tmp_path / "model"), augment=False,
                          resume=True, freeze_backbone=True, steps=10, patch_size=(48, 48, 32), spacing_mm=3.0)
@@ -88,8 +90,8 @@ def test_lora_tunes_the_text_encoder_and_travels_with_the_model(tmp_path):
     import torch
 
     from PromptSegLib.errors import ModelError
-    from PromptSegLib.inference import Segmenter
-    from PromptSegLib.text_encoder import TextEncoder
+    from PromptSegLib.segment.inference import Segmenter
+    from PromptSegLib.text.encoder import TextEncoder
 
     spec = write_spec(tmp_path / "spec.json", [("STS_001", "train")])
     config = TrainConfig(spec=str(spec), output=str(tmp_path / "model"), name="tiny-lora", widths=(4, 8),
@@ -202,7 +204,7 @@ def test_evaluate_refuses_a_missing_output_folder_before_any_case(trained, monke
     def no_segmenting(*args, **kwargs):
         raise AssertionError("a case was segmented before the output was checked")
 
-    monkeypatch.setattr("PromptSegLib.evaluation.evaluate_cases", no_segmenting)
+    monkeypatch.setattr("PromptSegLib.train.evaluation.evaluate_cases", no_segmenting)
     assert main(["evaluate", config.spec, "--model", config.output, "-o", str(root / "absent" / "scores.csv"),
                  "--device", "cpu"]) == 2
     assert "output folder" in capsys.readouterr().err and not (root / "absent").exists()
@@ -212,7 +214,6 @@ def test_loss_pulls_absent_targets_to_empty_by_bce_only():
     """Soft Dice counts only targets present in the crop: on an absent one it would pull to exactly zero as
     hard as a present target's whole Dice (organs absent from most crops collapsed to probability 0)."""
     import torch
-
     from torch.nn import functional as F
 
     truth = torch.zeros(1, 2, 8, 8, 8)

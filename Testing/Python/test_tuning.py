@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PromptSegLib.cli import main
-from PromptSegLib.model_io import ModelConfig, load_model, save_model
-from PromptSegLib.network import DuPLUSNet, NetworkConfig
+from PromptSegLib.cli.main import main
+from PromptSegLib.models.folder import ModelConfig, load_model, save_model
+from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
 
 from conftest import SHARED, needs_shared
 

@@ -23,9 +23,9 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "openkbp_hn_ct"
 
 def run_once(ct: Path, organs: list[str], threads: int) -> dict:
     """Route, load, read and segment in this process; return phase times (s) and peak RSS (GB)."""
-    from PromptSegLib.catalogue import route_model
-    from PromptSegLib.imageio import read_image
-    from PromptSegLib.inference import Segmenter
+    from PromptSegLib.io.imageio import read_image
+    from PromptSegLib.models.catalogue import route_model
+    from PromptSegLib.segment.inference import Segmenter
 
     start = time.perf_counter()
     segmenter = Segmenter(route_model("CT", "head and neck", organs), device="cpu", threads=threads)

@@ -4,7 +4,7 @@ slices", Dice vs distance from one drawn slice, stopping at structure ends, and 
 Protocol "drawn slices" (axial, held-out structures; the propagation model never trained on them):
 - the user draws K axial slices of the true mask, slice ``first + floor((i + 0.5) * n / K)`` for i = 0..K-1
   (n: the structure's axial extent in slices), K = 1, 2, 3, 4, 6, 8;
-- PromptSeg fills the structure from them (``PromptSegLib.multislice.fill_from_slices``: between drawn slices
+- PromptSeg fills the structure from them (``PromptSegLib.propagate.multislice.fill_from_slices``: between drawn slices
   the interpolated shape refined by the network, beyond them propagation with the size profile);
 - the peer is ITK morphological contour interpolation (PyPI ``itk-morphologicalcontourinterpolation``, the
   filter behind Slicer's "Fill between slices") given the same slices (with one slice it returns that slice);
@@ -28,9 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-import SimpleITK as sitk
-
 import numpy as np
+import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
@@ -38,13 +37,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from PromptSegLib.metrics import dice  # noqa: E402
-from PromptSegLib.multislice import fill_from_slices  # noqa: E402
-from PromptSegLib.propagation import FADE_CONTRAST, Propagator, propagate  # noqa: E402
-from PromptSegLib.propagation_data import load_propagation_spec, load_split  # noqa: E402
-from PromptSegLib.propagation_evaluation import (evaluate_volumes, evaluation_targets, largest_slice,  # noqa: E402
-                                                 summary_table)
-from PromptSegLib.propagation_model import BUNDLED_PROPAGATION_MODEL  # noqa: E402
-
+from PromptSegLib.propagate.data import load_propagation_spec, load_split  # noqa: E402
+from PromptSegLib.propagate.evaluation import (evaluate_volumes, evaluation_targets, largest_slice,  # noqa: E402
+                                               summary_table)
+from PromptSegLib.propagate.model import BUNDLED_PROPAGATION_MODEL  # noqa: E402
+from PromptSegLib.propagate.multislice import fill_from_slices  # noqa: E402
+from PromptSegLib.propagate.propagator import FADE_CONTRAST, Propagator, propagate  # noqa: E402
 
 COUNTS = (1, 2, 3, 4, 6, 8)
 OPENKBP = ROOT.parent / "shared" / "data" / "openkbp_hn_ct" / "validation"
@@ -99,7 +97,7 @@ def held_out_structures(spec: list[dict], openkbp_every: int, groups=tuple(GROUP
     """Yield ``(group, name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for every held-out
     structure of ``groups`` (the spec's ``val`` cases; OpenKBP validation patients), skipping those ``done``
     names; nothing more is read once ``stop()`` is true."""
-    from PromptSegLib.propagation_data import load_volume
+    from PromptSegLib.propagate.data import load_volume
 
     for dataset in spec:
         group = "brats" if dataset["name"].startswith("brats") else dataset["name"]
@@ -220,7 +218,7 @@ def one_step_bias(propagator: Propagator, validation: list, threshold: float = 0
 
 def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[str, float]:
     """Per-slice and whole-volume propagation time on a real CT (liver) resampled to side x side x slices."""
-    from PromptSegLib.propagation_data import load_volume
+    from PromptSegLib.propagate.data import load_volume
 
     spec = load_propagation_spec(ROOT / "Resources" / "Training" / "propagation.json")
     organs = next(d for d in spec if d["name"] == "ts_ct_organs")
@@ -250,7 +248,7 @@ def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[
 
 def write_card(folder: str | Path, section: str) -> None:
     """Replace the card's benchmark section (the last one, from its heading) by ``section``."""
-    from PromptSegLib.model_io import CARD, replace_card
+    from PromptSegLib.models.folder import CARD, replace_card
 
     card = (Path(folder) / CARD).read_text(encoding="utf-8")
     head = card.find("\n## Benchmark")
@@ -299,7 +297,7 @@ def main() -> None:
                + "python " + shlex.join(["Testing/benchmarks/bench_propagation.py"] + sys.argv[1:]) + "\n```\n\n"
                f"Held-out structures (the propagation model never trained on them). The user draws K axial slices "
                f"of the true mask at (i + 0.5)/K of the structure's axial extent; PromptSeg fills the structure "
-               f"from them (`PromptSegLib.multislice.fill_from_slices`), the peer (ITK morphological contour "
+               f"from them (`PromptSegLib.propagate.multislice.fill_from_slices`), the peer (ITK morphological contour "
                f"interpolation, Slicer's \"Fill between slices\") interpolates between the same slices (with one "
                f"slice it returns that slice). Mean whole-structure Dice, PromptSeg / peer; ms per slice PromptSeg "
                f"filled (all K), {threads} CPU thread{'s' if threads != 1 else ''}:\n\n{table}\n"

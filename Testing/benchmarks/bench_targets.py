@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
+
 from common import FULL_SIZE, SMALL_SIZE, TWENTY_TARGETS, phase_table, real_ct_on_grid, run_in_subprocess, timed_request
 
 

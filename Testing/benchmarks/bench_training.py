@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 import torch
-from common import real_ct_on_grid
 
-from PromptSegLib.network import DuPLUSNet, NetworkConfig
-from PromptSegLib.preprocess import prepare
-from PromptSegLib.training import dice_bce_loss
+from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
+from PromptSegLib.preprocessing.preprocess import prepare
+from PromptSegLib.train.training import dice_bce_loss
+
+from common import real_ct_on_grid
 
 
 def throughput(device: torch.device, widths: tuple[int, ...], patch: int, batch: int, steps: int) -> float:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import SimpleITK as sitk
+
 from common import (FULL_SIZE, TWENTY_TARGETS, peak_rss_gb, phase_table, real_ct_on_grid, run_in_subprocess,
                     timed_request)
 
@@ -46,9 +47,9 @@ def run_peer(kind: str, image_path: str, threads: int) -> dict:
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import UNet
 
-    from PromptSegLib.imageio import read_image
-    from PromptSegLib.inference import Segmenter
-    from PromptSegLib.preprocess import prepare, resample_to
+    from PromptSegLib.io.imageio import read_image
+    from PromptSegLib.preprocessing.preprocess import prepare, resample_to
+    from PromptSegLib.segment.inference import Segmenter
 
     torch.set_num_threads(threads)
     image = read_image(image_path)

@@ -23,9 +23,9 @@ from bench_propagation import COUNTS, ROOT, drawn_indices, fill_between_slices, 
 sys.path.insert(0, str(ROOT))
 
 from PromptSegLib.metrics import dice  # noqa: E402
-from PromptSegLib.multislice import fill_from_slices  # noqa: E402
-from PromptSegLib.openkbp import read_ct, read_structures  # noqa: E402
-from PromptSegLib.propagation import Propagator  # noqa: E402
+from PromptSegLib.propagate.multislice import fill_from_slices  # noqa: E402
+from PromptSegLib.propagate.propagator import Propagator  # noqa: E402
+from PromptSegLib.train.openkbp import read_ct, read_structures  # noqa: E402
 
 SPEC = ROOT / "Resources" / "Training" / "hn_oars.json"
 

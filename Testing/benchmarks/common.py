@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from PromptSegLib.model_io import Model, ModelConfig
-from PromptSegLib.network import DuPLUSNet, NetworkConfig
-from PromptSegLib.preprocess import resample_to
+from PromptSegLib.models.folder import Model, ModelConfig
+from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
+from PromptSegLib.preprocessing.preprocess import resample_to
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 REAL_CT = SHARED / "totalsegmentator_example" / "ct_3mm" / "example_ct.nii.gz"
@@ -56,9 +56,9 @@ def timed_request(image_path: str, targets: list[str], threads: int, model: str 
     ``model``: a model folder or name; None: :func:`default_model` (random weights)."""
     import torch
 
-    from PromptSegLib.imageio import read_image
-    from PromptSegLib.inference import Segmenter
-    from PromptSegLib.segfile import write_seg_nrrd
+    from PromptSegLib.export.segfile import write_seg_nrrd
+    from PromptSegLib.io.imageio import read_image
+    from PromptSegLib.segment.inference import Segmenter
 
     torch.set_num_threads(threads)
     segmenter = Segmenter(model or default_model(), device="cpu")

@@ -14,10 +14,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from PromptSegLib.datasets import load_spec
-from PromptSegLib.evaluation import evaluate_fusion, fusion_table
-from PromptSegLib.inference import Segmenter
-from PromptSegLib.model_io import append_to_card
+from PromptSegLib.models.folder import append_to_card
+from PromptSegLib.segment.inference import Segmenter
+from PromptSegLib.train.datasets import load_spec
+from PromptSegLib.train.evaluation import evaluate_fusion, fusion_table
 
 SPEC = Path(__file__).resolve().parents[2] / "Resources" / "Training" / "sts_gtv.json"
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from PromptSegLib.inference import Segmenter
 from PromptSegLib.metrics import dice, hd95
-from PromptSegLib.model_io import append_to_card
+from PromptSegLib.models.folder import append_to_card
+from PromptSegLib.segment.inference import Segmenter
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""``promptseg tune``: choose a model's post-processing on a dataset spec's validation cases and write it into
+the model's config and card; ``promptseg average-models``: the weight mean of runs of one model, to be tuned.
+Registered into the main parser by :func:`add_subcommands`."""
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from PromptSegLib.errors import PromptSegError
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from PromptSegLib.models.catalogue import resolve_model
+    from PromptSegLib.segment.inference import Segmenter
+    from PromptSegLib.train.datasets import load_spec, load_split
+    from PromptSegLib.train.tuning import apply_tuning, choose_postprocessing, truth_extremes
+
+    if args.split == "test":
+        raise PromptSegError("post-processing is chosen on validation cases, never on the test split")
+    datasets = load_spec(args.spec)
+    folder = resolve_model(args.model)
+    segmenter = Segmenter(folder, device=args.device, threads=args.threads)
+    tuning = choose_postprocessing(segmenter, load_split(datasets, args.split), *truth_extremes(datasets, "train"))
+    print(tuning.markdown(), end="")
+    apply_tuning(folder, tuning, "promptseg " + shlex.join(args.argv))
+    print(f"largest component kept for: {', '.join(tuning.largest_component) or 'none'}; own side for: "
+          f"{', '.join(tuning.own_side) or 'none'}; wrote {folder}")
+    return 0
+
+
+def cmd_average_models(args: argparse.Namespace) -> int:
+    from PromptSegLib.models.average import average_models
+    from PromptSegLib.models.catalogue import resolve_model
+
+    folder = average_models([resolve_model(m) for m in args.models], args.output, args.version, args.name,
+                            "promptseg " + shlex.join(args.argv))
+    print(f"wrote {folder} (untuned: choose its post-processing with promptseg tune)")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Register ``tune`` and ``average-models`` on the main parser's subparsers."""
+    tu = sub.add_parser("tune", help="choose a model's post-processing on a spec's validation cases and write it "
+                        "into the model's config and card")
+    tu.add_argument("spec", help="dataset spec (its validation split is scored, its training split gives volumes)")
+    tu.add_argument("--model", required=True, help="model folder to tune (changed in place)")
+    tu.add_argument("--split", default="val", help="the split to choose on (default val; never a test split)")
+    tu.add_argument("--device", default="auto")
+    tu.add_argument("--threads", type=int)
+    tu.set_defaults(func=cmd_tune)
+    av = sub.add_parser("average-models", help="average the weights of runs of one model (e.g. a model and its "
+                        "--init fine-tune) into a new, untuned model folder")
+    av.add_argument("models", nargs="+", help="two or more model folders or names")
+    av.add_argument("-o", "--output", required=True, help="model folder to write")
+    av.add_argument("--version", required=True)
+    av.add_argument("--name", help="default: the first model's name")
+    av.set_defaults(func=cmd_average_models)

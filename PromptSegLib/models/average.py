@@ -1,0 +1,72 @@
+"""Average the weights of runs of one model (a "model soup"): a model and its ``--init`` fine-tunes share an
+architecture, targets, model grid and intensity rule, and their weight-space mean is often better than either.
+
+The average is a new, *untuned* model: its post-processing (largest component, own side, plausible sizes, the
+region check) is cleared, to be chosen again with ``promptseg tune`` on validation cases. Its card records the
+command and carries each source model's card, so the whole training history stays with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from PromptSegLib.errors import ModelError
+from PromptSegLib.models.folder import CARD, ModelConfig, load_model, save_model
+from PromptSegLib.models.network import DuPLUSNet
+
+SHARED_FIELDS = ("network", "patch_size", "spacing_mm", "text_encoder", "targets", "intensity", "padding", "threshold")
+"""Config fields that must be equal in every averaged model (what the weights were trained against)."""
+
+
+def _check_compatible(configs: Sequence[ModelConfig], folders: Sequence[Path]) -> None:
+    for config, folder in zip(configs[1:], folders[1:]):
+        differ = [f for f in SHARED_FIELDS if getattr(config, f) != getattr(configs[0], f)]
+        if differ:
+            raise ModelError(f"{folder} cannot be averaged with {folders[0]}: their {', '.join(differ)} differ")
+    if any(c.text_lora for c in configs):
+        raise ModelError("models whose text encoder carries LoRA adapters cannot be averaged")
+
+
+def average_models(folders: Sequence[str | Path], output: str | Path, version: str, name: str | None = None,
+                   command: str = "") -> Path:
+    """Write the element-wise mean of the weights of ``folders`` (two or more model folders of one kind, see
+    ``SHARED_FIELDS``) as a new model folder ``output`` named ``name`` (default: the first model's) at
+    ``version``; ``command`` is recorded in the card. Nothing is written on error.
+
+    Raises:
+        ModelError: fewer than two models, a folder fails its checks, or the models differ in a shared field.
+        OutputError: ``output``'s parent folder is missing.
+    """
+    folders = [Path(f) for f in folders]
+    if len(folders) < 2:
+        raise ModelError("averaging needs two or more model folders")
+    models = [load_model(f) for f in folders]
+    configs = [m.config for m in models]
+    _check_compatible(configs, folders)
+    states = [m.network.state_dict() for m in models]
+    mean = {key: torch.stack([s[key].float() for s in states]).mean(0) for key in states[0]}
+    network = DuPLUSNet(configs[0].network)
+    network.load_state_dict(mean)
+    modalities = {m for c in configs for m in c.regions}
+    regions = {m: sorted({r for c in configs for r in c.regions.get(m, [])}) for m in sorted(modalities)}
+    config = dataclasses.replace(configs[0], name=name or configs[0].name, version=version, regions=regions,
+                                 largest_component=[], plausible_ml={}, own_side=[], widest_body_cm2={})
+    return save_model(output, network, config, _card(config, models, command))
+
+
+def _card(config: ModelConfig, models, command: str) -> str:
+    """The average's card: what it is, the command, then each source's card with its headings one level down."""
+    sources = ", ".join(f"{m.config.name} {m.config.version}" for m in models)
+    lines = [f"# {config.name} {config.version}", "",
+             f"The element-wise mean of the weights of {len(models)} runs of one model ({sources}), made by "
+             "`promptseg average-models`. Its post-processing is chosen again on validation cases "
+             "(`promptseg tune`, below when done).", "", "```", command or "(from Python)", "```", ""]
+    for index, model in enumerate(models, 1):
+        card = (model.folder / CARD).read_text(encoding="utf-8") if (model.folder / CARD).exists() else ""
+        lines += [f"## Source {index}: {model.config.name} {model.config.version}, folder `{model.folder.name}` "
+                  "(its card)", ""]
+        lines += [("#" + line) if line.startswith("#") else line for line in card.splitlines()] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,414 @@
+"""Whole-volume inference: sliding windows (MONAI, Gaussian blending), one backbone pass per window for
+the context, all requested targets' generated heads applied at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptError, PromptSegError
+from PromptSegLib.io.imageio import validate_volume
+from PromptSegLib.models.catalogue import resolve_model
+from PromptSegLib.models.folder import Model, ModelConfig, load_model
+from PromptSegLib.preprocessing.preprocess import (IntensityRule, ModelInput, body_areas_cm2, bounding_box, prepare,
+                                                   to_original_box)
+from PromptSegLib.segment.postprocess import midline_x, postprocess
+from PromptSegLib.segment.probability import FLOOR, ProbabilityMap, level
+from PromptSegLib.text.encoder import LoraSettings, TextEncoder
+from PromptSegLib.text.modality import canonical_modality
+from PromptSegLib.text.prompts import TargetQuery, context_prompt, raw_target_query, target_query
+from PromptSegLib.text.vocabulary import Vocabulary, default_vocabulary, side_of
+
+ProgressCallback = Callable[[float, str], None]
+"""Called with (fraction done in [0, 1], what is happening)."""
+
+
+class CancelFlag(Protocol):
+    """Anything with ``is_set()``, e.g. ``threading.Event``."""
+
+    def is_set(self) -> bool: ...
+
+
+def parse_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; else ``cpu``, ``cuda`` or ``cuda:N``, which this machine must have.
+
+    Raises:
+        PromptSegError: any other name, or a CUDA device that is not there.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise PromptSegError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputImageError("CUDA was asked for but no CUDA device is available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PromptSegError(f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a CPU thread count below 1 (``None``: torch's default)."""
+    if threads is not None and threads < 1:
+        raise PromptSegError(f"threads must be 1 or more, got {threads}")
+
+
+def select_device(name: str = "auto", threads: int | None = None) -> torch.device:
+    """:func:`parse_device`; ``threads`` sets the CPU thread count."""
+    check_threads(threads)
+    if threads:
+        torch.set_num_threads(int(threads))
+    return parse_device(name)
+
+
+def check_request(config: ModelConfig, vocabulary: Vocabulary, modality: str, region: str | None = None,
+                  targets: Sequence[str] = (), target_texts: Sequence[str] = (), context_text: str | None = None,
+                  allow_untrained: bool = False) -> tuple[str, list[TargetQuery], str]:
+    """:meth:`Segmenter.check_request` from a model's config alone (before its weights are loaded)."""
+    modality = canonical_modality(modality)
+    if modality not in config.network.modalities:
+        raise InputImageError(f"model {config.name} has no {modality} input; "
+                              f"it takes {', '.join(config.network.modalities)}")
+    return (modality, model_queries(config, vocabulary, modality, targets, target_texts, allow_untrained),
+            request_context(vocabulary, modality, region, context_text))
+
+
+def model_queries(config: ModelConfig, vocabulary: Vocabulary, modality: str, targets: Sequence[str] = (),
+                  target_texts: Sequence[str] = (), allow_untrained: bool = False) -> list[TargetQuery]:
+    """Target names (vocabulary) and raw T2 texts as queries; targets the model never learnt are refused."""
+    modality = canonical_modality(modality)
+    out = [target_query(modality, t, vocabulary) for t in targets]
+    out += [raw_target_query(t, vocabulary) for t in target_texts]
+    if not out:
+        raise PromptError("no target given: name at least one")
+    trained = set(config.targets)
+    untrained = [q.name for q in out if q.target is not None and q.name not in trained]
+    if untrained and not allow_untrained:
+        raise PromptError(f"model {config.name} was not trained for: {', '.join(untrained)} (it knows: "
+                          f"{', '.join(sorted(trained))}); allow untrained targets (--allow-untrained) to try anyway")
+    return out
+
+
+def request_context(vocabulary: Vocabulary, modality: str, region: str | None = None,
+                    context_text: str | None = None) -> str:
+    """T1 from (modality, region) through the vocabulary, or ``context_text`` as is."""
+    if context_text:
+        return context_text.strip()
+    if not region:
+        raise PromptError("give a body region or a context text")
+    return context_prompt(modality, vocabulary.region(region).name)
+
+
+FINE_STEPS = 65535
+"""Model-grid probabilities wait to be mapped back as uint16 steps of 1/65535 (half the memory of float32;
+rounding them moves a 1/255 step of the result only where 255 p lies within 0.002 of a rounding edge)."""
+HEAD_VOXELS = 1 << 16
+"""Voxels of a window the generated heads run on at once: their hidden maps (targets x head channels x voxels,
+float32) would take 566 MB for 20 targets on a whole 96^3 window, a fresh allocation each window."""
+
+
+def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """How many windows MONAI's sliding-window inferer visits for a volume of ``shape``."""
+    total = 1
+    for size, r in zip(shape, roi):
+        r = min(r, size)
+        interval = max(int(r * (1 - overlap)), 1)
+        total *= 1 if size <= r else math.ceil((size - r) / interval) + 1
+    return total
+
+
+def fine_steps(probabilities: torch.Tensor) -> np.ndarray:
+    """float32 probabilities ``(T, z, y, x)`` -> uint16 steps of 1/:data:`FINE_STEPS` (clipped to [0, 1],
+    rounded), one target at a time."""
+    out = np.empty(probabilities.shape, np.uint16)
+    scaled = np.empty(probabilities.shape[1:], np.float32)
+    for channel, target in zip(probabilities.numpy(), out):
+        np.multiply(channel, np.float32(FINE_STEPS), out=scaled)
+        np.clip(scaled, 0.0, FINE_STEPS, out=scaled)
+        target[...] = np.rint(scaled, out=scaled)
+    return out
+
+
+class SegmentationResult:
+    """Per-target probabilities on the input image's own grid, one compact map per target (see
+    :mod:`.probability`): full-size arrays are made on demand, one target at a time.
+
+    Attributes:
+        queries: the targets, in the order of ``maps``.
+        context: the T1 text used.
+        maps: one :class:`~.probability.ProbabilityMap` per target, indexed like
+            ``sitk.GetArrayFromImage(reference)``.
+        reference: the input image (geometry of the result).
+        threshold: probability at or above which a voxel is in a target.
+    """
+
+    def __init__(self, queries: Sequence[TargetQuery], context: str,
+                 probabilities: np.ndarray | Iterable[np.ndarray | ProbabilityMap], reference: sitk.Image,
+                 threshold: float):
+        """``probabilities``: float ``(T, Z, Y, X)`` in [0, 1], or per target a float ``(Z, Y, X)`` array or a
+        ``ProbabilityMap`` (an iterator is taken one target at a time: one full-size array at once)."""
+        self.queries = list(queries)
+        self.context = context
+        self.maps = [p if isinstance(p, ProbabilityMap) else ProbabilityMap.from_array(p) for p in probabilities]
+        self.reference = reference
+        self.threshold = threshold
+
+    def probability(self, index: int) -> np.ndarray:
+        """float32 ``(Z, Y, X)`` probabilities of target ``index`` in [0, 1]."""
+        return self.maps[index].dense()
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """float32 ``(T, Z, Y, X)``: every target's full-size map at once (T x 4 bytes a voxel); prefer
+        :meth:`probability` or :meth:`mask` one target at a time."""
+        return np.stack([m.dense() for m in self.maps])
+
+    def mask(self, index: int, threshold: float | None = None) -> np.ndarray:
+        """Binary mask ``(Z, Y, X)`` of target ``index`` at ``threshold`` (default: the result's)."""
+        return self.maps[index].at_least(self.threshold if threshold is None else threshold)
+
+    def boxed_mask(self, index: int, threshold: float | None = None) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """Target ``index``'s mask as ``(box, inside)``: index slices ``(z, y, x)`` and the bool mask over them
+        (nothing outside the box is in the target); no full-size array is made."""
+        return self.maps[index].box_at_least(self.threshold if threshold is None else threshold)
+
+    def paste(self, index: int, box: tuple[slice, slice, slice], probabilities: np.ndarray) -> None:
+        """Replace target ``index``'s probabilities inside ``box`` (index slices ``(z, y, x)``)."""
+        dense = self.maps[index].dense()
+        dense[box] = probabilities
+        self.maps[index] = ProbabilityMap.from_array(dense)
+
+
+class Segmenter:
+    """Runs a PromptSeg model on images with text prompts.
+
+    Args:
+        model: a loaded ``Model``, a model folder, or an installed model's name (default: the bundled starter).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: CPU threads for torch (``None``: torch's default).
+        text_encoder: override the model's encoder (a loaded one, or a folder giving the same embedding size).
+        vocabulary: target names and synonyms (default: the shipped vocabulary).
+    """
+
+    def __init__(self, model: Model | str | os.PathLike | None = None, device: str = "auto",
+                 threads: int | None = None, text_encoder: str | TextEncoder | None = None,
+                 vocabulary: Vocabulary | None = None):
+        self.model = model if isinstance(model, Model) else load_model(resolve_model(model))
+        self.device = select_device(device, threads)
+        self.network = self.model.network.to(self.device).eval()
+        self.encoder = (text_encoder if isinstance(text_encoder, TextEncoder)
+                        else self._model_encoder(text_encoder))
+        if self.encoder.dim != self.model.config.network.text_dim:
+            raise PromptError(f"text encoder {self.encoder.encoder_id} gives {self.encoder.dim}-d embeddings; "
+                              f"the model expects {self.model.config.network.text_dim}")
+        self.vocabulary = vocabulary or default_vocabulary()
+
+    def _model_encoder(self, override: str | None) -> TextEncoder:
+        """The model's text encoder, with its LoRA adapters when it was tuned with them (then no override)."""
+        config = self.model.config
+        if not config.text_lora:
+            return TextEncoder(override or config.text_encoder)
+        if override and str(override) != config.text_encoder:
+            raise PromptError(f"model {config.name} tuned its text encoder {config.text_encoder} with LoRA: "
+                              "it cannot use another encoder")
+        if not self.model.text_lora_state:
+            raise ModelError(f"model {config.name} names LoRA settings but carries no LoRA weights")
+        return TextEncoder(config.text_encoder, lora=LoraSettings.from_dict(config.text_lora),
+                           lora_state=self.model.text_lora_state)
+
+    def queries(self, modality: str, targets: Sequence[str] = (), target_texts: Sequence[str] = (),
+                allow_untrained: bool = False) -> list[TargetQuery]:
+        """Resolve target names (vocabulary) and raw T2 texts; refuse targets the model never learnt."""
+        return model_queries(self.model.config, self.vocabulary, modality, targets, target_texts, allow_untrained)
+
+    def context(self, modality: str, region: str | None = None, context_text: str | None = None) -> str:
+        """T1 from (modality, region) through the vocabulary, or ``context_text`` as is."""
+        return request_context(self.vocabulary, modality, region, context_text)
+
+    def intensity_rule(self, modality: str) -> IntensityRule | None:
+        """The model's fixed intensity rule for ``modality`` (CT), or None to use each image's own statistics."""
+        return self.model.config.intensity_rule(modality)
+
+    def check_request(self, modality: str, region: str | None = None, targets: Sequence[str] = (),
+                      target_texts: Sequence[str] = (), context_text: str | None = None,
+                      allow_untrained: bool = False) -> tuple[str, list[TargetQuery], str]:
+        """Check a request before any work: (canonical modality, target queries, T1 text).
+
+        Raises:
+            InputImageError: the model has no input block for the modality.
+            PromptError: unknown or untrained target, unknown region, no target.
+        """
+        return check_request(self.model.config, self.vocabulary, modality, region, targets, target_texts,
+                             context_text, allow_untrained)
+
+    def segment(self, image: sitk.Image, modality: str, region: str | None = None,
+                targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
+                allow_untrained: bool = False, overlap: float = 0.25, sw_batch_size: int | None = None,
+                spacing_mm: float | None = None, intensity: IntensityRule | None = None,
+                progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> SegmentationResult:
+        """Segment every requested target in ``image``.
+
+        Args:
+            image: a 3D scalar image (CT in HU, MR, PET in SUV), any orientation and spacing.
+            modality: CT, MR or PET; the model must have an input block for it.
+            region: body region for the context prompt (vocabulary name or synonym).
+            targets: vocabulary target names or synonyms.
+            target_texts: raw T2 sentences.
+            context_text: a raw T1 sentence instead of ``region``.
+            allow_untrained: accept vocabulary targets the model was not trained on.
+            overlap: sliding-window overlap fraction.
+            sw_batch_size: windows per network call; default :meth:`windows_per_call`.
+            spacing_mm: work at this spacing instead of the model's (closer look).
+            intensity: intensity rule to use instead of one fitted on ``image`` (for crops).
+            progress: called as windows complete.
+            cancel: checked before each window; when set, ``Cancelled`` is raised.
+
+        Returns:
+            probabilities on ``image``'s grid, one channel per target.
+        """
+        report = progress or (lambda fraction, message: None)
+        validate_volume(image)
+        modality, queries, context = self.check_request(modality, region, targets, target_texts, context_text,
+                                                        allow_untrained)
+        report(0.0, "preparing the volume")
+        prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
+                           intensity or self.intensity_rule(modality))
+        probabilities, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
+                                                 report, cancel)
+        report(0.95, "mapping back to the input grid")
+        fine = fine_steps(probabilities)
+        del probabilities  # float32 for every target: twice what ``fine`` takes
+        config = self.model.config
+        sides = {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)}
+        midline = midline_x(image) if sides else None
+        body_cm2 = body_areas_cm2(image) if modality == "CT" and config.widest_body_cm2 else None
+        shape = sitk.GetArrayViewFromImage(image).shape
+        maps = []
+        for channel, query in zip(fine, queries):
+            values, box_on_input = self._to_input_grid(channel, box, prepared)
+            postprocess(values[None], [query.name], level(config.threshold),
+                        float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component, config.plausible_ml,
+                        sides, image, config.widest_body_cm2, body_cm2, tuple(s.start for s in box_on_input), midline)
+            maps.append(ProbabilityMap(shape, box_on_input, values))
+        report(1.0, "done")
+        return SegmentationResult(queries, context, maps, image, config.threshold)
+
+    @staticmethod
+    def _to_input_grid(channel: np.ndarray, box: tuple[slice, slice, slice],
+                       prepared: ModelInput) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+        """One target's model-grid probabilities ``channel`` (:func:`fine_steps`, on ``box`` of the model grid) on
+        the input grid in 1/255 steps (uint8), only inside the input box they reach with
+        :data:`~.probability.FLOOR` or more, and that box. The same as mapping the whole model grid back and
+        rounding, at the cost of the target's box."""
+        support = bounding_box(channel >= FLOOR * FINE_STEPS)
+        if support is None:
+            return np.zeros((0, 0, 0), np.uint8), (slice(0, 0),) * 3
+        # one voxel more on each side (zeros beyond the windows' box), so interpolation sees what the whole
+        # model grid holds there
+        low = [max(b.start + s.start - 1, 0) for b, s in zip(box, support)]
+        high = [min(b.start + s.stop + 1, n) for b, s, n in zip(box, support, prepared.array.shape)]
+        block = np.zeros([h - lo for lo, h in zip(low, high)], np.float32)
+        inner = tuple(slice(max(lo, b.start), min(h, b.stop)) for lo, h, b in zip(low, high, box))
+        block[tuple(slice(i.start - lo, i.stop - lo) for i, lo in zip(inner, low))] = \
+            channel[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, box))]
+        # interpolated (255 p + 0.5), truncated to uint8 by the resampler: 255 p rounded, with no float copy
+        block *= np.float32(255 / FINE_STEPS)
+        block += np.float32(0.5)
+        return to_original_box(block, tuple(low), prepared, sitk.sitkUInt8)
+
+    def predict_on_model_grid(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
+                              overlap: float = 0.25, sw_batch_size: int | None = None,
+                              progress: ProgressCallback | None = None,
+                              cancel: CancelFlag | None = None) -> torch.Tensor:
+        """Probabilities ``(T, Z, Y, X)`` float32 on the whole model grid of an already prepared volume (see
+        :meth:`predict_in_box`); probabilities outside ``prepared.body`` are 0.
+
+        Raises:
+            Cancelled: ``cancel`` was set.
+        """
+        probabilities, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
+                                                 progress, cancel)
+        if prepared.body is None:
+            return probabilities
+        whole = torch.zeros((len(queries), *prepared.array.shape), dtype=torch.float32)
+        whole[(slice(None), *box)] = probabilities
+        return whole
+
+    def predict_in_box(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
+                       overlap: float = 0.25, sw_batch_size: int | None = None,
+                       progress: ProgressCallback | None = None,
+                       cancel: CancelFlag | None = None) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
+        """Probabilities ``(T, z, y, x)`` float32 on the model grid of an already prepared volume, only inside
+        the box the windows cover (sliding windows; one backbone pass per window serves every query), and that
+        box (index slices of ``prepared.array``): ``prepared.body`` when set (CT: the body and its margin, the
+        air around it is background), else the whole array.
+
+        Raises:
+            Cancelled: ``cancel`` was set.
+        """
+        report = progress or (lambda fraction, message: None)
+        embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
+        box = prepared.body or tuple(slice(0, n) for n in prepared.array.shape)
+        array = prepared.array[box]
+        logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape,
+                                           overlap, report, cancel)
+        from monai.inferers import sliding_window_inference
+
+        volume = torch.from_numpy(np.ascontiguousarray(array))[None, None]
+        padding = self.model.config.padding  # as the training crops were padded
+        fill = {"cval": float(prepared.array.min())} if padding == "constant" else {}
+        with torch.inference_mode(), self._autocast():
+            probabilities = sliding_window_inference(
+                volume, roi_size=self.model.config.patch_size, predictor=logits_fn,
+                sw_batch_size=sw_batch_size or self.windows_per_call(),
+                overlap=overlap, mode="gaussian", sw_device=self.device, device=torch.device("cpu"),
+                padding_mode=padding, **fill)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("segmentation cancelled")
+        return probabilities[0].float(), box
+
+    def windows_per_call(self) -> int:
+        """Sliding windows per network call: 2 on the CPU for windows of at most 64^3 voxels, else 1.
+
+        Why: for one small 3D window PyTorch sends some layers to its slow reference convolution (its
+        oneDNN heuristic counts batch x channels x depth x height, e.g. 32 channels at 24^3 falls short), for a
+        batch of two always to oneDNN. Measured by Testing/benchmarks/bench_whole_volume.py (CPU, 2 threads, a
+        256x256x200 CT): the starter model (48^3 windows) takes 7.8 s with 2 per call, 13.6 s with 1; with 96^3
+        windows the heuristic already picks oneDNN and two per call were slower (57.5 s vs 51.8 s).
+        """
+        small = int(np.prod(self.model.config.patch_size)) <= 64 ** 3
+        return 2 if self.device.type == "cpu" and small else 1
+
+    def _window_predictor(self, modality: str, context: torch.Tensor, targets: torch.Tensor, shape: Sequence[int],
+                          overlap: float, report: ProgressCallback, cancel: CancelFlag | None):
+        total = window_count(shape, self.model.config.patch_size, overlap)
+        done = [0]
+
+        def predict(window: torch.Tensor) -> torch.Tensor:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("segmentation cancelled")
+            features, dense = self.network.backbone(window, modality, context)
+            out = torch.empty((window.shape[0], len(targets), *window.shape[2:]), dtype=torch.float32,
+                              device=window.device)
+            step = max(1, HEAD_VOXELS // int(np.prod(window.shape[3:])))
+            for start in range(0, window.shape[2], step):  # the head's per-target temporaries stay small
+                part = slice(start, start + step)
+                out[:, :, part] = torch.sigmoid(self.network.predict(features[:, :, part], dense, targets).float())
+            done[0] += window.shape[0]
+            report(0.05 + 0.85 * min(done[0] / total, 1.0), f"window {done[0]} of {total}")
+            return out
+
+        return predict
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return torch.autocast("cpu", enabled=False)

@@ -1,0 +1,2 @@
+"""Words: modality names, the vocabulary of targets and regions, prompt sentences, the frozen text encoder and
+Slicer terminology."""

@@ -1,0 +1,104 @@
+"""The model card of a training run: command, data and split, time, hardware and the validation Dice that run
+measured (all read from the run, none written by hand)."""
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from PromptSegLib.models.folder import ModelConfig
+from PromptSegLib.train.config import TrainConfig
+from PromptSegLib.train.datasets import PreparedCase
+
+
+def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
+               val_cases: list[PreparedCase], validation: dict[str, float], device: torch.device,
+               parameters: int, sessions: list[dict] | None = None) -> str:
+    """The model card: command, data, split, time, hardware and the validation Dice this run measured."""
+    import platform
+
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    lines = [f"# {config.name} {config.version}", "",
+             "Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `promptseg train`.", "",
+             "## Command", "", "```", "promptseg " + shlex.join(train_command(config)), "```", "",
+             "## Data and split (by patient)", ""]
+    for split, cases in (("train", train_cases), ("validation", val_cases)):
+        for case in cases:
+            lines.append(f"- {split}: dataset `{case.dataset.name}` ({case.dataset.modality}, "
+                         f"{', '.join(case.dataset.regions)}), case `{case.case.id}`: `{case.case.image.name}`")
+    lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
+              "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
+              f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
+              f"- time: {_sessions_text(sessions or [])} on {hardware}",
+              f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})",
+              *_init_lines(config.init), "",
+              "## Validation Dice (measured at the end of this run on the validation cases, on the model grid, "
+              "targets present in each case)", ""]
+    if validation:
+        lines += ["| target | Dice |", "|---|---|"] + [f"| {t} | {v:.3f} |" for t, v in sorted(validation.items())]
+    else:
+        lines.append("No validation cases.")
+    return "\n".join(lines) + "\n"
+
+
+def _init_lines(init: str | None) -> list[str]:
+    """Card lines for the model a run was fine-tuned from: its name, version and, copied from its own card,
+    the command and training lines (so that the whole training history stays in the newest card)."""
+    if not init:
+        return []
+    from PromptSegLib.models.folder import read_config
+
+    base = read_config(init)
+    lines = [f"- started from {base.name} {base.version} (`--init`), itself trained as its card says:"]
+    card = Path(init) / "README.md"
+    text = card.read_text(encoding="utf-8").splitlines() if card.exists() else []
+    command = next((text[i + 1] for i, line in enumerate(text[:-1]) if line.startswith("```") and i > 0
+                    and text[i - 2].startswith("## Command")), None)
+    if command:
+        lines.append(f"  - `{command}`")
+    start = next((i for i, line in enumerate(text) if line == "## Training"), len(text))
+    end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
+    lines += [f"  {line}" for line in text[start + 1:end]
+              if line.startswith(("- steps:", "- time:", "- started from", "  - "))]
+    return lines if len(lines) > 1 else lines + ["  - (its card has no training record)"]
+
+
+def _sessions_text(sessions: list[dict]) -> str:
+    """``"41.0 min"`` for a run in one process; per process (``--resume``) steps and minutes otherwise."""
+    if not sessions:
+        return "no training step"
+    if len(sessions) == 1:
+        return f"{sessions[0]['minutes'] or 0:.1f} min for steps 1-{sessions[0]['to']}"
+    parts = [f"steps {s['from'] + 1}-{s['to']}" + (f" in {s['minutes']:.1f} min" if s["minutes"] is not None else "")
+             for s in sessions]
+    return f"{len(sessions)} sessions (resumed from checkpoints): {'; '.join(parts)}"
+
+
+def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:
+    if not model_config.text_lora:
+        return ""
+    settings = f"r={model_config.text_lora['r']}, alpha={model_config.text_lora['alpha']}"
+    if config.lora_rank > 0:
+        return f"; LoRA adapters ({settings}) on {', '.join(model_config.text_lora['targets'])} trained at lr {config.lora_lr}"
+    return f"; with the LoRA adapters ({settings}) of {config.init}, not trained further"
+
+
+def train_command(config: TrainConfig) -> list[str]:
+    """The ``promptseg`` arguments that train ``config``: every setting that differs from the default, as the
+    command line spells it (a default-on switch turned off as ``--no-augment``)."""
+    args = {k: v for k, v in asdict(config).items() if k != "extra"}
+    out = ["train", args.pop("spec"), "-o", args.pop("output")]
+    defaults = asdict(TrainConfig("", ""))
+    for key, value in args.items():
+        if value == defaults.get(key) or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out

@@ -1,0 +1,69 @@
+"""Training samples: foreground-oversampled crops of a prepared case and their augmentation (a short field of
+view, rotation and scaling, intensity). Arrays are ``(z, y, x)`` on the model grid."""
+from __future__ import annotations
+
+import numpy as np
+
+from PromptSegLib.train.datasets import PreparedCase
+
+
+def crop(case: PreparedCase, patch: tuple[int, int, int], foreground_ratio: float,
+         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``patch``-sized crop of image and label, centred with probability ``foreground_ratio`` on a voxel of
+    a target drawn uniformly among the case's present targets (so a target made of many label values, such
+    as the vertebrae, is not drawn more often than the liver).
+
+    Out-of-volume parts repeat the edge voxels of image and label (``replicate`` padding, as inference pads
+    its windows): a scan that stops short looks as if it went on, not as if the body ended there.
+    """
+    shape = np.array(case.label.shape)
+    size = np.array(patch)
+    present = [t for t in case.dataset.targets if len(case.points(t))]
+    if rng.random() < foreground_ratio and present:
+        points = case.points(present[rng.integers(len(present))])
+        centre = points[rng.integers(len(points))]
+    else:
+        centre = np.array([rng.integers(0, s) for s in shape])
+    start = np.clip(centre - size // 2, np.minimum(0, shape - size), np.maximum(0, shape - size))
+    src = tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, shape))
+    pad = [(sl.start - s, s + n - sl.stop) for sl, s, n in zip(src, start, size)]
+    return (np.pad(case.input.array[src], pad, mode="edge").astype(np.float32, copy=False),
+            np.pad(case.label[src], pad, mode="edge"))
+
+
+def limit_field_of_view(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                        min_slices: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """A scan cut short: keep a random slab of ``min_slices`` to half the crop's slices along z (axis 0) and
+    repeat its edge slices to the crop's size, image and label alike (what inference sees on a short series)."""
+    depth = image.shape[0]
+    keep = int(rng.integers(min(min_slices, depth), max(depth // 2, min_slices) + 1))
+    start = int(rng.integers(0, depth - keep + 1))
+    pad = [(start, depth - start - keep), (0, 0), (0, 0)]
+    return (np.pad(image[start:start + keep], pad, mode="edge"),
+            np.pad(label[start:start + keep], pad, mode="edge"))
+
+
+def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A short field of view (``limit_field_of_view``) with probability 0.2; rotation (+-15 deg) and scaling
+    (+-15%) with probability 0.3; brightness, contrast and gamma.
+
+    No mirroring: left and right are targets of their own.
+    """
+    from monai.transforms import RandAffine
+
+    if rng.random() < 0.2:
+        image, label = limit_field_of_view(image, label, rng)
+    if rng.random() < 0.3:
+        affine = RandAffine(prob=1.0, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.15, 0.15, 0.15),
+                            padding_mode="border")
+        affine.set_random_state(int(rng.integers(2**31)))
+        affine.randomize()
+        image = affine(image[None], mode="bilinear", randomize=False)[0].numpy()
+        label = affine(label[None].astype(np.float32), mode="nearest", randomize=False)[0].numpy().astype(label.dtype)
+    if rng.random() < 0.5:
+        image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
+    if rng.random() < 0.3:
+        low, high = image.min(), image.max()
+        unit = (image - low) / max(high - low, 1e-6)
+        image = unit ** rng.uniform(0.7, 1.5) * (high - low) + low
+    return np.ascontiguousarray(image, dtype=np.float32), label

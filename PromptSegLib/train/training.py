@@ -1,0 +1,401 @@
+"""Training the dual-prompt model (DuPLUS recipe, sized for a CPU by default).
+
+Each step draws, per sample, a random crop (foreground-oversampled) of a training case, a paraphrase of
+its context prompt, and a paraphrase of every target its dataset names, present in the crop or not (an
+absent target's truth is empty: the model learns to obey the prompt), plus a few targets certainly absent
+from its images: those of the other datasets that belong to body regions this dataset does not image ("the
+liver" on a brain MR must give nothing) and those the spec lists as absent from it (a tumour on a healthy
+brain). Loss: soft Dice per target present in the crop + BCE over every target, leaving out the targets not
+delineated for the case (``CaseSpec.unlabelled``: unknown, not absent).
+AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues; with more ``--steps`` than
+planned, a new cosine cycle runs from the checkpoint to the new end); validation Dice on the model grid;
+a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from PromptSegLib.errors import PromptSegError
+from PromptSegLib.models.folder import Model, ModelConfig, load_model, save_model
+from PromptSegLib.models.network import DuPLUSNet, NetworkConfig, count_parameters
+from PromptSegLib.preprocessing.preprocess import IntensityRule
+from PromptSegLib.segment.inference import Segmenter, select_device
+from PromptSegLib.text.encoder import LoraSettings, TextEncoder
+from PromptSegLib.text.modality import MODALITIES
+from PromptSegLib.text.prompts import paraphrases
+from PromptSegLib.text.vocabulary import Vocabulary, default_vocabulary
+from PromptSegLib.train.card import model_card
+from PromptSegLib.train.config import TrainConfig
+from PromptSegLib.train.datasets import (DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spec, load_split,
+                                         prepare_case)
+from PromptSegLib.train.samples import augment, crop
+
+log = logging.getLogger(__name__)
+
+
+def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice over the (sample, target) pairs whose truth is not empty, + BCE over every voxel of every
+    target (which alone pushes an absent target towards empty).
+
+    Args:
+        logits, truth: ``(B, T, D, H, W)``.
+        known: ``(B, T)``, 0 for a (sample, target) pair whose truth is unknown (an organ not delineated for
+            that patient): it adds nothing to either term. Default: every pair known.
+
+    Why not Dice on empty truths too: there it is ``1 - 1 / (sum p + 1)``, a pull to exactly zero as strong as
+    a present target's whole Dice. A target absent from most crops (an organ smaller than the liver) then
+    collapsed to probability 0.00 everywhere, even on its training image."""
+    probabilities = torch.sigmoid(logits)
+    dims = tuple(range(2, logits.dim()))
+    intersection = (probabilities * truth).sum(dims)
+    sizes = truth.sum(dims)
+    soft_dice = (2 * intersection + 1.0) / (probabilities.sum(dims) + sizes + 1.0)
+    known = torch.ones_like(sizes) if known is None else known.to(sizes.dtype)
+    present = (sizes > 0) & (known > 0)
+    dice_term = (1 - soft_dice)[present].mean() if present.any() else logits.new_zeros(())
+    bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none").mean(dims)
+    bce_term = (bce * known).sum() / known.sum().clamp(min=1.0)
+    return dice_term + bce_term
+
+
+def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:
+    """Per dataset, the targets that cannot be in its images: the other datasets' targets whose vocabulary
+    regions share none of its regions, and those its spec lists as absent (healthy controls). A target
+    without regions or found in the "whole body" (a tumour) may be anywhere, and a "whole body" dataset may
+    hold anything: those are never counted absent by region."""
+    every = sorted({t for d in datasets for t in d.targets})
+    out = {}
+    for dataset in datasets:
+        regions = set(dataset.regions)
+        by_region = [] if "whole body" in regions else [
+            t for t in every if t not in dataset.targets and _confined(vocabulary.target(t).regions, regions)]
+        out[dataset.name] = sorted(set(by_region) | set(dataset.absent))
+    return out
+
+
+def _confined(target_regions: tuple[str, ...], regions: set[str]) -> bool:
+    """Whether a target found only in ``target_regions`` is certainly outside ``regions``."""
+    return bool(target_regions) and "whole body" not in target_regions and not regions & set(target_regions)
+
+
+class PromptBank:
+    """Every paraphrase of each dataset's contexts and targets, and of the targets absent from it
+    (``absent_elsewhere``); all encoded once up front, so a frozen encoder serves them from its cache."""
+
+    def __init__(self, encoder: TextEncoder, cases: list[PreparedCase]):
+        vocabulary = default_vocabulary()
+        datasets = list({c.dataset.name: c.dataset for c in cases}.values())
+        self.absent = absent_elsewhere(datasets, vocabulary)
+        self.contexts: dict[str, list[str]] = {}
+        self.targets: dict[tuple[str, str], list[str]] = {}
+        for dataset in datasets:
+            self.contexts[dataset.name] = [p for r in dataset.regions
+                                           for p in paraphrases(dataset.modality, r, vocabulary.region(r).synonyms)]
+            for target in dataset.targets + self.absent[dataset.name]:
+                self.targets[(dataset.modality, target)] = paraphrases(
+                    dataset.modality, target, vocabulary.target(target).synonyms)
+        encoder.encode([t for v in self.contexts.values() for t in v] + [t for v in self.targets.values() for t in v])
+
+    def context(self, dataset: str, rng: np.random.Generator) -> str:
+        options = self.contexts[dataset]
+        return options[rng.integers(len(options))]
+
+    def target(self, modality: str, target: str, rng: np.random.Generator) -> str:
+        options = self.targets[(modality, target)]
+        return options[rng.integers(len(options))]
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def build_network(config: TrainConfig, modalities: list[str], text_dim: int, base: Model | None) -> DuPLUSNet:
+    """A new network, or one started from ``base`` (the ``config.init`` model) with input blocks added for new
+    modalities."""
+    if base is None:
+        ordered = tuple(m for m in MODALITIES if m in modalities)
+        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim))
+    net_config = base.config.network
+    if net_config.text_dim != text_dim:
+        raise PromptSegError(f"model {config.init} uses {net_config.text_dim}-d text embeddings, the encoder gives {text_dim}")
+    added = [m for m in modalities if m not in net_config.modalities]
+    net_config = NetworkConfig(**{**net_config.__dict__, "modalities": tuple(net_config.modalities) + tuple(added)})
+    network = DuPLUSNet(net_config)
+    network.load_state_dict(base.network.state_dict(), strict=False)
+    return network
+
+
+def text_encoder(config: TrainConfig, base: Model | None) -> TextEncoder:
+    """The frozen text encoder; with the ``config.init`` model's LoRA adapters when it has them, else with new
+    rank-``config.lora_rank`` adapters when that is set."""
+    if base is not None and base.config.text_lora:
+        return TextEncoder(config.text_encoder or base.config.text_encoder,
+                           lora=LoraSettings.from_dict(base.config.text_lora), lora_state=base.text_lora_state)
+    lora = LoraSettings(r=config.lora_rank, alpha=2 * config.lora_rank) if config.lora_rank > 0 else None
+    return TextEncoder(config.text_encoder, lora=lora)
+
+
+def train(config: TrainConfig) -> Path:
+    """Run training; returns the model folder written at ``config.output``."""
+    rank, world = _distributed()
+    device = select_device(config.device if world == 1 or not torch.cuda.is_available()
+                           else f"cuda:{os.environ.get('LOCAL_RANK', 0)}", config.threads)
+    rng = np.random.default_rng(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
+    datasets = load_spec(config.spec)
+    loaded = load_split(datasets, "train")
+    base = load_model(config.init) if config.init else None
+    rules = _intensity_rules(base, loaded)
+    train_cases = [prepare_case(case, config.spacing_mm, rules) for case in loaded]
+    val_cases = ([prepare_case(case, config.spacing_mm, rules) for case in load_split(datasets, "val")]
+                 if rank == 0 else [])  # scored on the model grid
+    encoder = text_encoder(config, base)
+    bank = PromptBank(encoder, train_cases)
+    network = build_network(config, sorted({c.dataset.modality for c in train_cases}), encoder.dim, base)
+    base_config = base.config if base else None
+    targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base_config.targets if base_config else []))
+    model_config = ModelConfig(
+        config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
+        targets, _regions(train_cases, base_config),
+        intensity={m: [rule.low, rule.high, rule.mean, rule.std] for m, rule in rules.items()},
+        text_lora=encoder.lora.to_dict() if encoder.lora else None, padding="replicate")
+    if config.freeze_backbone:
+        for name, parameter in network.named_parameters():
+            new_input = (name.startswith("inputs.") and base_config
+                         and name.split(".")[1] not in base_config.network.modalities)
+            parameter.requires_grad = name.startswith("head.") or bool(new_input)
+    network.to(device)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    lora_params = encoder.to(device).lora_parameters() if config.lora_rank > 0 else []
+    groups = [{"params": trainable, "lr": config.lr}] + ([{"params": lora_params, "lr": config.lora_lr}]
+                                                         if lora_params else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * 0.01)
+    step = 0
+    sessions: list[dict] = []  # one entry per process that trained this run: steps and minutes
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = config.work_dir / "checkpoint.pt"
+    if config.resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        network.load_state_dict(state["network"])
+        if lora_params:
+            encoder.load_lora_state(state["text_lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        planned = state.get("planned_steps", state["scheduler"].get("T_max"))
+        if planned == config.steps:
+            scheduler.load_state_dict(state["scheduler"])
+        elif step < config.steps:  # more steps than the run was planned for: a new cosine cycle from here
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps - step,
+                                                                   eta_min=config.lr * 0.01)
+            log.info("resumed with --steps %d (planned %s): a new cosine cycle over steps %d-%d", config.steps,
+                     planned, step + 1, config.steps)
+        sessions = state.get("sessions", [{"from": 0, "to": step, "minutes": None}])
+        rng = np.random.default_rng(state["seed"] + step + rank)
+        log.info("resumed from %s at step %d", checkpoint, step)
+    # a batch uses one modality's input block: the others get no gradient in that step
+    model = (torch.nn.parallel.DistributedDataParallel(network, find_unused_parameters=len(network.config.modalities) > 1)
+             if world > 1 else network)
+    if rank == 0:
+        log.info("training %s: %d parameters (%d trainable), %d training and %d validation cases, targets %s",
+                 config.name, count_parameters(network), sum(p.numel() for p in trainable), len(train_cases),
+                 len(val_cases), ", ".join(targets))
+    log_path = config.work_dir / "log.csv"
+    started = time.time()
+    if step < config.steps:  # a resume with --steps at or below the checkpoint's step only writes the model
+        sessions.append({"from": step, "to": step, "minutes": 0.0})
+    by_dataset: dict[str, list[PreparedCase]] = {}
+    for case in train_cases:
+        by_dataset.setdefault(case.dataset.name, []).append(case)
+    names = sorted(by_dataset)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    progress = _bar(config.steps, step, rank == 0)
+    board = _tensorboard(config.work_dir) if rank == 0 else None
+    validation: dict[str, float] = {}
+    try:
+        while step < config.steps:
+            dataset_cases = by_dataset[names[rng.integers(len(names))]]
+            dataset = dataset_cases[0].dataset
+            pool = bank.absent[dataset.name]
+            absent = [pool[i] for i in rng.permutation(len(pool))[:config.absent_targets]]
+            images, truths, known, contexts, prompts = [], [], [], [], []  # prompts: texts, (batch, targets)
+            for _ in range(config.batch_size):
+                case = dataset_cases[rng.integers(len(dataset_cases))]
+                image, label = crop(case, config.patch_size, config.foreground_ratio, rng)
+                if config.augment:
+                    image, label = augment(image, label, rng)
+                images.append(image[None])
+                truths.append(np.concatenate([case.masks(dataset.targets, label),
+                                              np.zeros((len(absent), *label.shape), np.float32)]))
+                known.append(np.concatenate([case.labelled(dataset.targets), np.ones(len(absent), np.float32)]))
+                contexts.append(bank.context(dataset.name, rng))
+                prompts.append([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent])
+            model.train()
+            encoder.model.train(bool(lora_params))
+            embed = encoder.embed if lora_params else encoder.encode  # through the adapters, or from the cache
+            embedded = embed(contexts + [t for row in prompts for t in row]).to(device)
+            with autocast:
+                logits = model(torch.from_numpy(np.stack(images)).to(device), dataset.modality,
+                               embedded[:len(contexts)], embedded[len(contexts):].view(len(prompts), len(prompts[0]), -1))
+            loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)).to(device),
+                                 torch.from_numpy(np.stack(known)).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if lora_params and world > 1:  # the adapters live outside the DDP-wrapped network
+                for parameter in lora_params:
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= world
+            torch.nn.utils.clip_grad_norm_(trainable + lora_params, 12.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if rank != 0:
+                continue
+            progress(step, loss.item())
+            _append_csv(log_path, {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
+                                   "seconds": round(time.time() - started, 1), "dataset": dataset.name})
+            if board:
+                board.add_scalar("loss/train", loss.item(), step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                sessions[-1].update({"to": step, "minutes": round((time.time() - started) / 60, 1)})
+                _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config, encoder.lora_state(),
+                                 sessions)
+            if val_cases and (step % config.validate_every == 0 or step == config.steps):
+                if lora_params:
+                    encoder.clear_cache()  # the adapters moved
+                validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
+                if board:
+                    for target, value in validation.items():
+                        board.add_scalar(f"dice/{target}", value, step)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise PromptSegError(f"out of GPU memory at step {step}: lower --batch-size or --patch-size") from exc
+    finally:
+        progress(None, None)
+        if board:
+            board.close()
+    if rank == 0:
+        if val_cases and not validation:
+            validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
+        card = model_card(config, model_config, train_cases, val_cases, validation, device,
+                          count_parameters(network), sessions)
+        save_model(config.output, network.cpu(), model_config, card, encoder.lora_state() or None)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return Path(config.output)
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer when tensorboard is installed, else ``None`` (the CSV logs are always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder / "tensorboard"))
+
+
+def _intensity_rules(base: Model | None, cases: list[LabelledCase]) -> dict[str, IntensityRule]:
+    """CT's shared z-score statistics: those of ``base`` (the model fine-tuned from), else those of the
+    training CTs."""
+    rule = (base.config.intensity_rule("CT") if base else None) or ct_rule(cases)
+    return {"CT": rule} if rule else {}
+
+
+def _regions(cases: list[PreparedCase], base: ModelConfig | None) -> dict[str, list[str]]:
+    regions = {m: list(r) for m, r in (base.regions.items() if base else [])}
+    for case in cases:
+        known = regions.setdefault(case.dataset.modality, [])
+        known += [r for r in case.dataset.regions if r not in known]
+    return regions
+
+
+def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncoder, cases: list[PreparedCase],
+              device: torch.device, work_dir: Path, step: int) -> dict[str, float]:
+    """Mean Dice per target on the validation cases, on the model grid, over the targets present in each case
+    (one sliding-window pass per case; the case's own grid is for ``promptseg evaluate``)."""
+    from PromptSegLib.metrics import dice
+
+    network.eval()
+    segmenter = Segmenter(Model(model_config, network), device=str(device), text_encoder=encoder)
+    by_target: dict[str, list[float]] = {}
+    rows = []
+    for case in cases:
+        present = [t for t in case.dataset.targets if t not in case.case.unlabelled and len(case.points(t))]
+        if not present:
+            continue
+        modality, queries, context = segmenter.check_request(case.dataset.modality, case.dataset.regions[0], present)
+        probabilities = segmenter.predict_on_model_grid(case.input, modality, context, queries).numpy()
+        for target, probability in zip(present, probabilities):
+            value = dice(probability >= model_config.threshold, np.isin(case.label, case.dataset.values_of(target)))
+            by_target.setdefault(target, []).append(value)
+            rows.append(f"| {case.dataset.name} | {case.case.id} | {target} | {value:.3f} |")
+    means = {t: float(np.mean(v)) for t, v in sorted(by_target.items())}
+    for target, value in means.items():
+        _append_csv(work_dir / "validation.csv", {"step": step, "target": target, "dice": round(value, 4)})
+    (work_dir / "validation.md").write_text("\n".join(["| dataset | case | target | Dice (model grid) |",
+                                                       "|---|---|---|---|", *rows]) + "\n", encoding="utf-8")
+    log.info("step %d validation Dice: %s", step, ", ".join(f"{t} {v:.3f}" for t, v in means.items()))
+    return means
+
+
+def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig,
+                     text_lora: dict[str, torch.Tensor], sessions: list[dict]) -> None:
+    tmp = path.with_suffix(".partial")
+    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "seed": config.seed,
+                "network_config": network.config.to_dict(), "text_lora": text_lora, "sessions": sessions,
+                "planned_steps": config.steps}, tmp)
+    os.replace(tmp, path)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _bar(total: int, start: int, enabled: bool):
+    """``update(step, loss)``: a tqdm bar on a terminal; written to a log or a pipe, one log line per 1 % of
+    the steps instead of a wall of carriage returns. ``update(None, None)`` closes it."""
+    if not enabled:
+        return lambda step, loss: None
+    if not sys.stderr.isatty():
+        every, started = max(1, total // 100), time.time()
+
+        def line(step, loss):
+            if step is not None and (step % every == 0 or step == total):
+                rate = (time.time() - started) / max(step - start, 1)
+                log.info("step %d/%d loss %.3f (%.2f s/step, %.0f min left)", step, total, loss, rate,
+                         rate * (total - step) / 60)
+
+        return line
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(step, loss):
+        if step is None:
+            bar.close()
+            return
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    return update

@@ -1,0 +1,176 @@
+"""Post-processing chosen on validation cases and written into a model's config (``promptseg tune``).
+
+For each target the model segments, the validation Dice of the raw mask is compared (on each case's own grid)
+with that of its largest connected component and, for a target of one side (the left parotid), with the mask
+kept on its own side of the body's midline, and with both; each target gets the option with the highest mean
+(ties: the simpler one). The smallest volume (mL) each target's truth has in the training cases becomes its plausible
+minimum, and on CT the widest body cross-section (cm²) on the middle slice of its truth its plausible maximum
+(``postprocess``: a far smaller mask is emptied, pieces in a far wider body are removed first). The region check
+is kept for a target where, applied before the chosen option, it does not lower the mean validation Dice (ties
+keep it: it guards scans of other regions, which validation does not hold). Nothing here looks at test cases.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import SimpleITK as sitk
+
+from PromptSegLib.errors import PromptSegError
+from PromptSegLib.metrics import dice
+from PromptSegLib.models.folder import CONFIG, append_to_card, read_config, replace_file
+from PromptSegLib.preprocessing.preprocess import body_areas_cm2
+from PromptSegLib.segment.inference import Segmenter
+from PromptSegLib.segment.postprocess import (BODY_AREA_FACTOR, MIN_VOLUME_FRACTION, largest_component,
+                                              middle_slice_area, midline_x, own_side, wide_body_pieces)
+from PromptSegLib.text.vocabulary import side_of
+from PromptSegLib.train.datasets import DatasetSpec, LabelledCase, load_case, read_label_file
+
+OPTIONS = ("all", "largest component", "own side", "own side, largest component")
+"""Post-processing options in order of simplicity (a tie goes to the earlier one)."""
+
+
+@dataclass
+class Tuning:
+    """What ``choose_postprocessing`` measured and chose.
+
+    Attributes:
+        scores: option (``OPTIONS``) -> target -> per-case validation Dice (``own side`` options only for
+            targets of one side).
+        plausible_ml: target -> smallest training truth volume in mL.
+        widest_body_cm2: CT target -> widest body cross-section (cm²) on its truth's middle slice in training.
+        region_scores: option -> target -> per-case validation Dice with the region check applied first (CT
+            targets with a widest body only).
+    """
+
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
+    plausible_ml: dict[str, float] = field(default_factory=dict)
+    widest_body_cm2: dict[str, float] = field(default_factory=dict)
+    region_scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
+
+    def choice(self, target: str) -> str:
+        """The option with the highest mean validation Dice for ``target`` (ties: the simpler one)."""
+        means = [(float(np.mean(self.scores[o][target])), -i, o) for i, o in enumerate(OPTIONS)
+                 if target in self.scores[o]]
+        return max(means)[2]
+
+    @property
+    def largest_component(self) -> list[str]:
+        return sorted(t for t in self.scores["all"] if "largest" in self.choice(t))
+
+    @property
+    def own_side(self) -> list[str]:
+        return sorted(t for t in self.scores["all"] if "own side" in self.choice(t))
+
+    @property
+    def region_checked(self) -> list[str]:
+        """Targets whose chosen option scores at least as well on validation with the region check first."""
+        return sorted(t for t in self.scores["all"] if t in self.region_scores[self.choice(t)] and np.mean(
+            self.region_scores[self.choice(t)][t]) >= np.mean(self.scores[self.choice(t)][t]))
+
+    def markdown(self) -> str:
+        """The card section: per target, cases, mean validation Dice of each option, the choice."""
+        lines = ["| target | validation cases | " + " | ".join(f"Dice, {o}" for o in OPTIONS)
+                 + " | chosen | smallest in training (mL) | widest body in training (cm²) | Dice, chosen after the "
+                 "region check | region check |",
+                 "|---|---|" + "---|" * (len(OPTIONS) + 5)]
+        for target in sorted(self.scores["all"]):
+            smallest, widest = self.plausible_ml.get(target), self.widest_body_cm2.get(target)
+            region = self.region_scores[self.choice(target)].get(target)
+            region_dice = f"{np.mean(region):.3f}" if region else "-"
+            cells = [f"{np.mean(self.scores[o][target]):.3f}" if target in self.scores[o] else "-" for o in OPTIONS]
+            lines.append(f"| {target} | {len(self.scores['all'][target])} | {' | '.join(cells)} | {self.choice(target)} | "
+                         f"{f'{smallest:.1f}' if smallest is not None else '-'} | "
+                         f"{f'{widest:.0f}' if widest is not None else '-'} | {region_dice} | "
+                         f"{'yes' if target in self.region_checked else 'no'} |")
+        return "\n".join(lines) + "\n"
+
+
+def truth_extremes(datasets: list[DatasetSpec], split: str = "train") -> tuple[dict[str, float], dict[str, float]]:
+    """From the ``split`` cases where a target is delineated and present: target -> the smallest volume (mL) of
+    its truth, and for CT datasets target -> the widest body cross-section (cm², ``body_areas_cm2``) on the
+    middle slice of its truth. Only the label files are read, and the images of CT datasets (the label then on
+    the image's grid)."""
+    smallest: dict[str, float] = {}
+    widest: dict[str, float] = {}
+    for dataset in datasets:
+        for case in (c for c in dataset.cases if c.split == split):
+            if dataset.modality == "CT":  # the truth on the image's grid, to measure the body beside it
+                read = load_case(dataset, case)
+                labels, body = read.label, body_areas_cm2(read.image)
+            else:
+                labels, body = read_label_file(case), None
+            label = sitk.GetArrayFromImage(labels)
+            voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
+            for target in dataset.targets:
+                if target in case.unlabelled:
+                    continue
+                truth = np.isin(label, dataset.values_of(target))
+                volume = float(truth.sum()) * voxel_ml
+                if volume > 0:
+                    smallest[target] = min(smallest.get(target, volume), volume)
+                    if body is not None:
+                        widest[target] = max(widest.get(target, 0.0), middle_slice_area(truth, body))
+    return smallest, widest
+
+
+def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], plausible_ml: dict[str, float],
+                          widest_body_cm2: dict[str, float] | None = None) -> Tuning:
+    """Measure the raw and largest-component Dice of every target on ``validation`` (the model's own
+    post-processing switched off for the measurement); ``plausible_ml`` and ``widest_body_cm2`` (see
+    :func:`truth_extremes`) are kept, and the body cross-section on each raw mask's middle slice is recorded.
+
+    Raises:
+        PromptSegError: no validation case, or a model already carrying post-processing.
+    """
+    config = segmenter.model.config
+    if not validation:
+        raise PromptSegError("no validation case to choose the post-processing on")
+    if config.largest_component or config.plausible_ml or config.own_side or config.widest_body_cm2:
+        raise PromptSegError(f"model {config.name} already has post-processing in its config; tune an untuned copy")
+    tuning = Tuning(plausible_ml=dict(plausible_ml), widest_body_cm2=dict(widest_body_cm2 or {}))
+    for case in validation:
+        present = [t for t in case.dataset.targets if t in config.targets and t not in case.case.unlabelled]
+        label = sitk.GetArrayFromImage(case.label)
+        present = [t for t in present if np.isin(label, case.dataset.values_of(t)).any()]
+        if not present:
+            continue
+        result = segmenter.segment(case.image, case.dataset.modality, case.dataset.regions[0], present)
+        midline = midline_x(case.image)
+        body = body_areas_cm2(case.image) if case.dataset.modality == "CT" else None
+        for i, query in enumerate(result.queries):
+            truth = np.isin(label, case.dataset.values_of(query.name))
+            masks = {"all": result.mask(i)}
+            widest = tuning.widest_body_cm2.get(query.name)
+            wide = wide_body_pieces(masks["all"], body, widest) if body is not None and widest else None
+            side = side_of(query.target)
+            for option in OPTIONS[1:] if side else OPTIONS[1:2]:
+                masks[option] = _option_mask(masks["all"], option, case.image, side, midline)
+            for option, mask in masks.items():
+                tuning.scores[option].setdefault(query.name, []).append(dice(mask, truth))
+                if wide is not None:
+                    checked = _option_mask(masks["all"] & ~wide, option, case.image, side, midline)
+                    tuning.region_scores[option].setdefault(query.name, []).append(dice(checked, truth))
+    return tuning
+
+
+def _option_mask(mask: np.ndarray, option: str, image: sitk.Image, side: str | None, midline: float) -> np.ndarray:
+    """``mask`` post-processed as ``option`` (one of ``OPTIONS``) asks."""
+    if "own side" in option:
+        mask = own_side(mask, image, side, midline)
+    return largest_component(mask) if "largest" in option else mask
+
+
+def apply_tuning(folder, tuning: Tuning, command: str) -> None:
+    """Write the chosen post-processing into the model folder's config and its card (manifest updated)."""
+    config = replace(read_config(folder), largest_component=tuning.largest_component, own_side=tuning.own_side,
+                     plausible_ml={t: round(v, 2) for t, v in sorted(tuning.plausible_ml.items())},
+                     widest_body_cm2={t: round(tuning.widest_body_cm2[t], 1) for t in tuning.region_checked})
+    replace_file(folder, CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+    append_to_card(folder, "## Post-processing (chosen on the validation cases)\n\n"
+                   f"```\n{command}\n```\n\n{tuning.markdown()}\nA mask smaller than {MIN_VOLUME_FRACTION:g} x its target's "
+                   "smallest training volume is emptied with a warning (an organ asked on a scan of another body "
+                   f"region); on CT, pieces whose middle slice cuts a body more than {BODY_AREA_FACTOR:g} x wider than "
+                   "their target's widest in training are removed first (a mask removed whole comes with a warning), "
+                   "for the targets where that region check does not lower the validation Dice (last column).")
