@@ -175,11 +175,6 @@ class SegmentationResult:
         """Binary mask ``(Z, Y, X)`` of target ``index`` at ``threshold`` (default: the result's)."""
         return self.maps[index].at_least(self.threshold if threshold is None else threshold)
 
-    def boxed_mask(self, index: int, threshold: float | None = None) -> tuple[tuple[slice, slice, slice], np.ndarray]:
-        """Target ``index``'s mask as ``(box, inside)``: index slices ``(z, y, x)`` and the bool mask over them
-        (nothing outside the box is in the target); no full-size array is made."""
-        return self.maps[index].box_at_least(self.threshold if threshold is None else threshold)
-
     def paste(self, index: int, box: tuple[slice, slice, slice], probabilities: np.ndarray) -> None:
         """Replace target ``index``'s probabilities inside ``box`` (index slices ``(z, y, x)``)."""
         dense = self.maps[index].dense()

@@ -61,17 +61,26 @@ class ProbabilityMap:
         out[self.box] = LEVELS[self.values]
         return out
 
-    def box_at_least(self, threshold: float) -> tuple[tuple[slice, slice, slice], np.ndarray]:
-        """``(box, inside)``: index slices ``(z, y, x)`` and the bool array over them of probability >=
-        ``threshold``; every voxel outside the box is below it."""
+    def reach(self, threshold: float) -> tuple[slice, slice, slice]:
+        """Index slices ``(z, y, x)`` outside which no voxel is at or above ``threshold``."""
+        return tuple(slice(0, n) for n in self.shape) if level(threshold) == 0 else self.box
+
+    def slab_at_least(self, start: int, stop: int,
+                      threshold: float) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """``(box, inside)`` for the z planes ``start:stop``: the :meth:`reach` box cut to those planes (maybe
+        empty) and the bool array over it of probability >= ``threshold``. Nothing full-size is made."""
         lowest = level(threshold)
+        reach = self.reach(threshold)
+        z0 = max(start, reach[0].start)
+        z1 = max(z0, min(stop, reach[0].stop))
+        box = (slice(z0, z1), reach[1], reach[2])
         if lowest == 0:
-            return tuple(slice(0, n) for n in self.shape), np.ones(self.shape, bool)
-        return self.box, self.values >= lowest
+            return box, np.ones((z1 - z0, *self.shape[1:]), bool)
+        return box, self.values[z0 - self.box[0].start:z1 - self.box[0].start] >= lowest
 
     def at_least(self, threshold: float) -> np.ndarray:
         """bool ``(Z, Y, X)``: probability >= ``threshold`` (as ``dense() >= threshold``)."""
-        box, inside = self.box_at_least(threshold)
+        box, inside = self.slab_at_least(0, self.shape[0], threshold)
         out = np.zeros(self.shape, bool)  # pages outside the box are never touched
         out[box] = inside
         return out
