@@ -18,7 +18,6 @@ from .jobs import Report, SegmentationJob
 from .nodes import InputError, validateVolumeNode, volumeNodeToSimpleITK
 from .requests import ModelChoice, PetCtRequest
 
-PET_CT_MODEL = "promptseg-sts-gtv"  # the bundled model with CT and PET input blocks (GTV of soft-tissue sarcoma)
 HECKTOR_TARGETS = {"primary tumor": "GTVp", "malignant lymph node": "GTVn"}  # vocabulary name -> HECKTOR label
 SUV_QUANTITY = ("126400", "DCM", "Standardized Uptake Value")
 SUV_UNITS = ("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")  # as Slicer's PET DICOM plugin
@@ -28,6 +27,14 @@ MAX_PLAUSIBLE_SUV = 200.0  # FDG SUVs stay far below; activity concentrations (B
 class PetCtMixin:
     """PET SUV conversion and PET/CT segmentation jobs. Needs ``_startJob``/``_finishJob``
     (``JobRunnerMixin``), ``_jobSegmenter`` and ``writeResult`` (``SegmentationMixin``)."""
+
+    @staticmethod
+    def petCtDefaultModel() -> str:
+        """The model the PET/CT panel offers first: the library's bundled model with CT and PET blocks."""
+        ensureLibraryImportable()
+        from PromptSegLib.segment.fusion import PET_CT_MODEL
+
+        return PET_CT_MODEL
 
     @staticmethod
     def petCtTargets(modelFolder=None) -> list[str]:
@@ -40,6 +47,7 @@ class PetCtMixin:
         ensureLibraryImportable()
         from PromptSegLib.models.catalogue import resolve_model
         from PromptSegLib.models.folder import read_config
+        from PromptSegLib.segment.fusion import PET_CT_MODEL
 
         config = read_config(resolve_model(str(modelFolder or PET_CT_MODEL)))
         lacking = [m for m in ("CT", "PET") if m not in config.network.modalities or not config.regions.get(m)]
@@ -111,6 +119,7 @@ class PetCtMixin:
         ensureLibraryImportable()
         checkDependencies()
         from PromptSegLib.models.catalogue import resolve_model
+        from PromptSegLib.segment.fusion import PET_CT_MODEL
         from PromptSegLib.text.vocabulary import default_vocabulary
 
         for role, node in (("CT", ctVolume), ("PET", petVolume)):
@@ -143,21 +152,12 @@ class PetCtMixin:
 
     def _petCtWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene. ``job.result``: (fused result, overlap report)."""
-        from PromptSegLib.segment.fusion import fuse, segment_pair
-        from PromptSegLib.segment.inference import SegmentationResult
+        from PromptSegLib.segment.fusion import segment_pet_ct
 
         request = job.request
         segmenter = self._jobSegmenter(job, report, "PET/CT segmentation")
-        regions = tuple(segmenter.model.config.regions[m][0] for m in ("CT", "PET"))  # both exist: petCtTargets
-        ctResult, petResult, overlap = segment_pair(segmenter, request.ct, request.pet, ("CT", "PET"), regions,
-                                                    request.targets, min_overlap=request.minOverlap, progress=report,
-                                                    cancel=job._cancel)
-        weight = request.petWeight
-        fused = SegmentationResult(ctResult.queries, f"{ctResult.context} | {petResult.context}",
-                                   (fuse([ctResult.probability(i)[None], petResult.probability(i)[None]],
-                                         "weighted_mean", [1.0 - weight, weight])[0]
-                                    for i in range(len(ctResult.queries))), request.ct, ctResult.threshold)
-        job.result = (fused, overlap)
+        job.result = segment_pet_ct(segmenter, request.ct, request.pet, request.targets, pet_weight=request.petWeight,
+                                    min_overlap=request.minOverlap, progress=report, cancel=job._cancel)
 
     def finishPetCt(self, job: SegmentationJob, timeout: float | None = None):
         """Main thread: wait for the worker, then write the fused segments (name, colour, terminology, undo: see

@@ -5,7 +5,7 @@ import logging
 import slicer
 from slicer.i18n import tr as _
 
-from PromptSegSlicer.petct import HECKTOR_TARGETS, PET_CT_MODEL
+from PromptSegSlicer.petct import HECKTOR_TARGETS
 
 
 class PetCtPanelMixin:
@@ -16,7 +16,7 @@ class PetCtPanelMixin:
 
     def _setupPetCt(self) -> None:
         try:
-            self._fillModels(self.ui.petCtModelComboBox, PET_CT_MODEL)
+            self._fillModels(self.ui.petCtModelComboBox, self.logic.petCtDefaultModel())
         except Exception:  # PromptSegLib missing: the install button says what to do
             pass
         self.ui.petCtModelComboBox.connect("currentIndexChanged(int)", lambda index: self.onPetCtModelChanged())

@@ -14,6 +14,7 @@ from typing import Sequence
 from PromptSegLib.cli.checks import add_roi_names_argument
 from PromptSegLib.cli.cohort import add_subcommands as add_cohort_subcommands
 from PromptSegLib.cli.dicom import add_subcommands as add_dicom_subcommands
+from PromptSegLib.cli.petct import add_subcommands as add_petct_subcommands
 from PromptSegLib.cli.prognosis import add_subcommands as add_prognosis_subcommands
 from PromptSegLib.cli.progress import progress_bar
 from PromptSegLib.cli.propagation import add_subcommands as add_propagation_subcommands
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("lookup", nargs="?", help="a name or synonym to resolve")
     voc.set_defaults(func=cmd_vocabulary)
     add_dicom_subcommands(sub)
+    add_petct_subcommands(sub)
     add_prognosis_subcommands(sub)
     add_propagation_subcommands(sub)
     add_cohort_subcommands(sub)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from PromptSegLib.segment.inference import CancelFlag, ProgressCallback, SegmentationResult, Segmenter
 
 METHODS = ("weighted_mean", "max", "majority")
+PET_CT_MODEL = "promptseg-sts-gtv"
+"""The bundled model with CT and PET input blocks (gross tumour volume of soft-tissue sarcoma)."""
 
 
 class FusionError(PromptSegError):
@@ -173,3 +175,40 @@ def segment_pair(segmenter: Segmenter, reference: sitk.Image, other: sitk.Image,
     resampled = SegmentationResult(second.queries, second.context,  # one full-size map at a time
                                    (on_reference(i) for i in range(len(second.queries))), reference, second.threshold)
     return first, resampled, overlap
+
+
+def segment_pet_ct(segmenter: Segmenter, ct: sitk.Image, pet: sitk.Image, targets: Sequence[str], *,
+                   pet_weight: float = 0.5, min_overlap: float = 0.0, allow_untrained: bool = False,
+                   progress: ProgressCallback | None = None,
+                   cancel: CancelFlag | None = None) -> tuple[SegmentationResult, dict]:
+    """The PET/CT use case: segment a patient's CT and PET (in SUV) through the model's CT and PET blocks, and
+    fuse them late on the CT's grid: ``(1 - pet_weight) * CT + pet_weight * PET`` probabilities per target. The
+    command line (``promptseg segment-petct``) and the Slicer module both call this.
+
+    Returns:
+        ``(fused, overlap_report)``: one result on the CT's grid (context ``"CT context | PET context"``) and
+        the overlap report of ``pet.check_overlap``.
+
+    Raises:
+        FusionError: ``pet_weight`` outside [0, 1]; InputImageError: the model lacks a CT or a PET block;
+            NoOverlapError, PromptError: as :func:`segment_pair`, before any segmentation.
+    """
+    from PromptSegLib.errors import InputImageError
+    from PromptSegLib.segment.inference import SegmentationResult
+
+    if not 0.0 <= pet_weight <= 1.0:
+        raise FusionError(f"PET weight {pet_weight} must be between 0 and 1")
+    config = segmenter.model.config
+    lacking = [m for m in ("CT", "PET") if m not in config.network.modalities or not config.regions.get(m)]
+    if lacking:
+        raise InputImageError(f"model {config.name} has no {' or '.join(lacking)} block: PET/CT needs a model "
+                              "trained on both (e.g. promptseg-sts-gtv)")
+    regions = tuple(config.regions[m][0] for m in ("CT", "PET"))
+    ct_result, pet_result, overlap = segment_pair(segmenter, ct, pet, ("CT", "PET"), regions, targets,
+                                                  allow_untrained=allow_untrained, min_overlap=min_overlap,
+                                                  progress=progress, cancel=cancel)
+    fused = SegmentationResult(ct_result.queries, f"{ct_result.context} | {pet_result.context}",
+                               (fuse([ct_result.probability(i)[None], pet_result.probability(i)[None]],
+                                     "weighted_mean", [1.0 - pet_weight, pet_weight])[0]
+                                for i in range(len(ct_result.queries))), ct, ct_result.threshold)
+    return fused, overlap
