@@ -5,7 +5,8 @@ same MONAI sliding-window inferer on the same CT, every measurement in its own p
 - ``nnunet``: nnU-Net's default 3D U-Net (``dynamic-network-architectures``' PlainConvUNet, 6 stages, 32-320
   features) at 3 mm with 105 classes, as TotalSegmentator's fast setting: random weights, 128^3 windows,
   overlap 0.5, softmax, labels by argmax sent back to the input grid (nearest neighbour). Skipped with a note
-  when the package is not installed (``pip install promptseg[bench]``).
+  when the package is not installed (``pip install --no-deps dynamic-network-architectures einops``: with
+  its dependencies, timm's torchvision would replace torch).
 - the bundled starter (48^3 windows at 2 mm), 1 target, with its default 2 windows per call and with 1.
 
 Default: the clinical 512x512x300 CT at 0.78x0.78x1.5 mm of ``bench_targets.py``; ``--small``: the former
@@ -97,7 +98,8 @@ def main() -> None:
     print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process")
     print(phase_table([runs[str(n)] for n in args.counts]))
     if "nnunet" not in peers:
-        print("nnU-Net peer skipped: dynamic-network-architectures is not installed (pip install promptseg[bench])")
+        print("nnU-Net peer skipped: dynamic-network-architectures is not installed "
+              "(pip install --no-deps dynamic-network-architectures einops)")
     segment = {n: sum(runs[str(n)]["seconds"][p] for p in ("resample", "windows", "map back")) for n in args.counts}
     for kind in peers:
         r = runs[kind]
