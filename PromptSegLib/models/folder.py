@@ -168,10 +168,11 @@ class FolderIdentity:
 
 
 def folder_identity(folder: str | os.PathLike) -> FolderIdentity:
-    """Kind, name and version of any model folder (segmentation, propagation, prognosis).
+    """Kind, name and version of any model folder (segmentation, propagation, prognosis); a missing name or
+    version is empty (``catalogue.check_model_name`` refuses to install such a model).
 
     Raises:
-        ModelError: no readable ``config.json``, an unknown format, or no name or version.
+        ModelError: no readable ``config.json`` or an unknown format.
     """
     path = Path(folder) / CONFIG
     try:
@@ -182,9 +183,7 @@ def folder_identity(folder: str | os.PathLike) -> FolderIdentity:
         raise ModelError(f"{folder} is not a PromptSeg model folder (format "
                          f"{data.get('format') if isinstance(data, dict) else None!r}; known: {', '.join(KINDS)})")
     kind, weights = KINDS[data["format"]]
-    if not data.get("name") or not data.get("version"):
-        raise ModelError(f"{folder}: its {CONFIG} has no name or version")
-    return FolderIdentity(kind, str(data["name"]), str(data["version"]), weights)
+    return FolderIdentity(kind, str(data.get("name", "")), str(data.get("version", "")), weights)
 
 
 def default_model_folder() -> Path:
