@@ -6,22 +6,23 @@ import torch
 
 from PromptSegLib.propagate.model import PropagationConfig
 from PromptSegLib.propagate.propagator import CONTRAST_RING, FADE_CONTRAST, VISIBLE_CONTRAST
+from PromptSegLib.train.datasets import DatasetSpec
 
 TEST_FLOORS = {"STS_030 CT (GTV)": ("+-10", 0.75), "BRATS pat0006 FLAIR (whole tumour)": ("+-10", 0.75),
                "TotalSegmentator DICOM CT (liver)": ("whole", 0.8)}
 """Held-out structure -> (Dice key, floor) checked by the tests and stated in the model card."""
 
 
-def model_card(config: PropagationConfig, datasets: list[dict], command: str | None, seconds: float,
+def model_card(config: PropagationConfig, datasets: list[DatasetSpec], command: str | None, seconds: float,
                table: str, rows: list[dict]) -> str:
     """The model card: what the model does, the exact command, data and split, time, hardware, measured Dice."""
     t = config.training
     data_lines = []
     for d in datasets:
-        train = [c["id"] for c in d["cases"] if c["split"] == "train"]
-        val = [c["id"] for c in d["cases"] if c["split"] == "val"]
-        structures = "every non-zero label value" if d["units"] is None else ", ".join(d["units"])
-        data_lines.append(f"| {d['name']} | {d['modality']} | {len(train)}: {_ids(train)} | "
+        train = [c.id for c in d.cases if c.split == "train"]
+        val = [c.id for c in d.cases if c.split == "val"]
+        structures = ", ".join(d.labels) if d.labels else "every non-zero label value"
+        data_lines.append(f"| {d.name} | {d.modality} | {len(train)}: {_ids(train)} | "
                           f"{len(val)}: {_ids(val)} | {structures} |")
     per_structure = ""
     if rows:

@@ -18,13 +18,14 @@ import torch
 from PromptSegLib.errors import OutputError, PromptSegError
 from PromptSegLib.models.folder import CARD, CONFIG, replace_card, replace_file
 from PromptSegLib.propagate.card import model_card
-from PromptSegLib.propagate.data import load_propagation_spec, load_split, load_volume
+from PromptSegLib.propagate.data import load_split, load_volume, scored
 from PromptSegLib.propagate.evaluation import evaluate_volumes, summary_table
 from PromptSegLib.propagate.model import (PropagationConfig, PropagationModel, load_propagation_model,
                                           save_propagation_model)
 from PromptSegLib.propagate.net import CPU_WIDTHS, PromptUNet2D, PropagationNetConfig
 from PromptSegLib.propagate.propagator import ProgressCallback, Propagator
 from PromptSegLib.propagate.samples import SampleGenerator
+from PromptSegLib.train.datasets import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
         raise OutputError(f"folder {output.parent} does not exist")
     torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
-    datasets = load_propagation_spec(spec_path)
+    datasets = load_spec(spec_path, as_written=True)
     train_volumes = [vol for vol, _ in load_split(datasets, "train")]
     if not train_volumes:
         raise PromptSegError("the dataset spec has no training cases")
@@ -108,9 +109,9 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
     model = PropagationModel(config, network)
     groups: dict[str, dict[str, int]] = {}
     for d in datasets:
-        for c in d["cases"]:
-            groups.setdefault(d["name"], {}).setdefault(c["split"], 0)
-            groups[d["name"]][c["split"]] += 1
+        for c in d.cases:
+            groups.setdefault(d.name, {}).setdefault(c.split, 0)
+            groups[d.name][c.split] += 1
     config.training = {"steps": step, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads,
                        "seconds": round(train_seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
                        "spec": Path(spec_path).name, "cases": groups, "end_fraction": end_fraction,
@@ -141,7 +142,7 @@ def refresh_card(folder: str | os.PathLike, spec_path: str | os.PathLike, thread
     the spec's ``val`` cases (same numbers as at training time: propagation is deterministic); the card and
     SHA256SUMS are replaced atomically. Sections appended later (benchmarks) are dropped."""
     model = load_propagation_model(folder)
-    datasets = load_propagation_spec(spec_path)
+    datasets = load_spec(spec_path, as_written=True)
     rows = evaluate_volumes(Propagator(model, threads=threads), load_split(datasets, "val"))
     t = model.config.training
     card = model_card(model.config, datasets, t.get("command"), float(t.get("seconds", 0.0)), summary_table(rows), rows)
@@ -187,9 +188,9 @@ def calibrate_threshold(folder: str | os.PathLike, spec_path: str | os.PathLike,
     model = load_propagation_model(folder)
     if not all(0.0 < t < 1.0 for t in candidates):
         raise PromptSegError(f"thresholds must lie between 0 and 1 (got {list(candidates)})")
-    datasets = load_propagation_spec(spec_path)
-    volumes = [(load_volume(d, c), d["evaluate"]) for d in datasets
-               for c in [c for c in d["cases"] if c["split"] == "train"][:per_dataset]]
+    datasets = load_spec(spec_path, as_written=True)
+    volumes = [(load_volume(d, c), scored(d)) for d in datasets
+               for c in [c for c in d.cases if c.split == "train"][:per_dataset]]
     if not volumes:
         raise PromptSegError("the dataset spec has no training cases to calibrate on")
     config, propagator = model.config, Propagator(model, threads=threads)

@@ -12,6 +12,10 @@ the targets it names: a named target absent from a case has an empty ground trut
 the normal case). ``"absent": ["whole tumor"]`` names targets known to be in none of a dataset's cases
 (healthy controls): training prompts them there with an empty truth, which teaches the model to return
 nothing on a healthy scan.
+
+The same file feeds propagation (``load_spec(path, as_written=True)``): names are kept as written (propagation is
+class-agnostic), ``labels`` and ``regions`` may be left out (every non-zero label value is then a structure of
+its own), and ``"evaluate"`` (name -> list of values) names the structures scored on held-out cases.
 """
 from __future__ import annotations
 
@@ -58,6 +62,12 @@ class DatasetSpec:
     labels: dict[str, tuple[int, ...]]
     cases: list[CaseSpec] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    evaluate: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def scored(self) -> dict[str, tuple[int, ...]]:
+        """The structures scored on held-out cases: ``evaluate``, else ``labels`` (empty: every label value)."""
+        return self.evaluate or self.labels
 
     @property
     def targets(self) -> list[str]:
@@ -72,23 +82,48 @@ class DatasetSpec:
         return list(self.labels.get(target, ()))
 
 
-def parse_labels(raw: dict[str, str], vocabulary: Vocabulary) -> dict[str, tuple[int, ...]]:
-    """``{"1": "necrosis", "1,3,4": "tumor core", "10": "left lung", "11": "left lung"}`` -> target -> values,
-    target names resolved through the vocabulary (several keys naming one target are joined)."""
+class _Names:
+    """How a spec's target and region names are read: resolved through a vocabulary, or kept as written."""
+
+    def __init__(self, vocabulary: Vocabulary | None):
+        self.vocabulary = vocabulary
+
+    def target(self, name: str) -> str:
+        return self.vocabulary.target(name).name if self.vocabulary else str(name)
+
+    def region(self, name: str) -> str:
+        return self.vocabulary.region(name).name if self.vocabulary else str(name)
+
+
+def parse_labels(raw: dict[str, str], names: _Names) -> dict[str, tuple[int, ...]]:
+    """``{"1": "necrosis", "1,3,4": "tumor core", "10": "left lung", "11": "left lung"}`` -> target -> values
+    (several keys naming one target are joined)."""
     labels: dict[str, tuple[int, ...]] = {}
     for key, name in raw.items():
         try:
             values = tuple(int(v) for v in str(key).split(","))
         except ValueError as exc:
             raise PromptSegError(f"label key {key!r} is not a value or a comma-separated list of values") from exc
-        target = vocabulary.target(name).name
+        target = names.target(name)
         labels[target] = tuple(sorted(set(labels.get(target, ())) | set(values)))
     return labels
 
 
-def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[DatasetSpec]:
+def _evaluate(entry: dict) -> dict[str, tuple[int, ...]]:
+    """An entry's ``evaluate``: structure name (as written) -> its label values."""
+    raw = entry.get("evaluate", {})
+    if not isinstance(raw, dict):
+        raise PromptSegError(f"dataset {entry.get('name', '?')}: 'evaluate' must map names to lists of values")
+    try:
+        return {str(name): tuple(int(v) for v in values) for name, values in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise PromptSegError(f"dataset {entry.get('name', '?')}: 'evaluate' must map names to lists of "
+                             f"values ({exc})") from exc
+
+
+def load_spec(path: str | Path, vocabulary: Vocabulary | None = None, *, as_written: bool = False) -> list[DatasetSpec]:
     """Read and check a dataset spec (JSON, or YAML when PyYAML is installed); target and region names are
-    resolved through the vocabulary.
+    resolved through the vocabulary, or, with ``as_written`` (propagation), kept as written.
 
     An entry may name a Medical Segmentation Decathlon / nnU-Net folder instead of listing cases:
     ``{"name": ..., "modality": ..., "regions": [...], "folder": "Task03_Liver", "val": ["liver_7"]}``; its
@@ -112,7 +147,7 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
         PromptSegError: a malformed spec, an unknown target or region, a missing file.
     """
     path = Path(path)
-    vocabulary = vocabulary or default_vocabulary()
+    names = _Names(None if as_written else vocabulary or default_vocabulary())
     data = _read_structured(path)
     out = []
     entries = data.get("datasets", [])
@@ -121,9 +156,11 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     for entry in entries:
         try:
             layout = entry.get("layout")
-            specs = (_hecktor(path.parent / entry["folder"], entry, vocabulary) if layout == "hecktor"
-                     else [_openkbp(path.parent / entry["folder"], entry, vocabulary)] if layout == "openkbp"
-                     else [_entry(path.parent, entry, vocabulary)])
+            specs = (_hecktor(path.parent / entry["folder"], entry, names) if layout == "hecktor"
+                     else [_openkbp(path.parent / entry["folder"], entry, names)] if layout == "openkbp"
+                     else [_entry(path.parent, entry, names)])
+            for spec in specs:
+                spec.evaluate = _evaluate(entry)
         except KeyError as exc:
             raise PromptSegError(f"dataset spec {path}: entry {entry.get('name', '?')} lacks {exc}") from exc
         for spec in specs:
@@ -137,21 +174,23 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None) -> list[Da
     return out
 
 
-def _entry(root: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
+def _entry(root: Path, entry: dict, names: _Names) -> DatasetSpec:
     """One dataset from a spec entry listing its cases or naming an MSD / nnU-Net folder."""
+    as_written = names.vocabulary is None
     if "folder" in entry:
-        labels, cases = _decathlon(root / entry["folder"], entry, vocabulary)
+        labels, cases = _decathlon(root / entry["folder"], entry, names)
     else:
-        labels = parse_labels(entry["labels"], vocabulary)
+        labels = parse_labels(entry.get("labels", {}) if as_written else entry["labels"], names)
         cases = [CaseSpec(str(c["id"]), root / c["image"], root / c["label"], c.get("split", "train"),
-                          unlabelled=tuple(vocabulary.target(t).name for t in c.get("unlabelled", [])))
+                          unlabelled=tuple(names.target(t) for t in c.get("unlabelled", [])))
                  for c in entry["cases"]]
-    absent = sorted({vocabulary.target(name).name for name in entry.get("absent", [])})
+    absent = sorted({names.target(name) for name in entry.get("absent", [])})
     both = [t for t in absent if t in labels]
     if both:
         raise PromptSegError(f"dataset {entry['name']}: {', '.join(both)} both labelled and listed as absent")
-    return DatasetSpec(entry["name"], canonical_modality(entry["modality"]),
-                       [vocabulary.region(r).name for r in entry["regions"]], labels, cases, absent)
+    regions = entry.get("regions", []) if as_written else entry["regions"]
+    return DatasetSpec(entry["name"], canonical_modality(entry["modality"]), [names.region(r) for r in regions],
+                       labels, cases, absent)
 
 
 HECKTOR_LABELS = {"1": "GTVp", "2": "GTVn"}
@@ -162,7 +201,7 @@ def _split_of(case_id: str, entry: dict) -> str:
     return "test" if case_id in set(entry.get("test", [])) else "val" if case_id in set(entry.get("val", [])) else "train"
 
 
-def _openkbp(folder: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
+def _openkbp(folder: Path, entry: dict, names: _Names) -> DatasetSpec:
     """The CT dataset of an OpenKBP folder (see ``load_spec``)."""
     found = openkbp.patients(folder)
     if not found:
@@ -170,8 +209,8 @@ def _openkbp(folder: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
     lacking = sorted({p.name for p in folder.glob("pt_*") if p.is_dir()} - {p.name for p in found})
     if lacking:
         log.info("OpenKBP folder %s: %d patients without ct.csv skipped", folder, len(lacking))
-    labels = parse_labels(openkbp.LABELS, vocabulary)
-    regions = [vocabulary.region(r).name for r in entry.get("regions", ["head and neck"])]
+    labels = parse_labels(openkbp.LABELS, names)
+    regions = [names.region(r) for r in entry.get("regions", ["head and neck"])]
 
     def unlabelled(patient: Path) -> tuple[str, ...]:
         contoured = set(openkbp.contoured(patient))
@@ -181,7 +220,7 @@ def _openkbp(folder: Path, entry: dict, vocabulary: Vocabulary) -> DatasetSpec:
                        [CaseSpec(p.name, p, p, _split_of(p.name, entry), "openkbp", unlabelled(p)) for p in found])
 
 
-def _hecktor(folder: Path, entry: dict, vocabulary: Vocabulary) -> list[DatasetSpec]:
+def _hecktor(folder: Path, entry: dict, names: _Names) -> list[DatasetSpec]:
     """The CT and the PET dataset of a HECKTOR folder (see ``load_spec``)."""
     if not folder.is_dir():
         raise PromptSegError(f"HECKTOR folder {folder} does not exist")
@@ -192,8 +231,8 @@ def _hecktor(folder: Path, entry: dict, vocabulary: Vocabulary) -> list[DatasetS
     if lacking:
         raise PromptSegError(f"HECKTOR folder {folder}: no PET (<id>__PT.nii.gz) or label (<id>.nii.gz) for "
                              f"{', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}")
-    labels = parse_labels(entry.get("labels", HECKTOR_LABELS), vocabulary)
-    regions = [vocabulary.region(r).name for r in entry.get("regions", ["head and neck"])]
+    labels = parse_labels(entry.get("labels", HECKTOR_LABELS), names)
+    regions = [names.region(r) for r in entry.get("regions", ["head and neck"])]
     return [DatasetSpec(f"{entry['name']}_{modality.lower()}", modality, regions, labels,
                         [CaseSpec(i, folder / f"{i}__{suffix}.nii.gz", folder / f"{i}.nii.gz", _split_of(i, entry))
                          for i in ids])
@@ -219,15 +258,15 @@ def _read_structured(path: Path) -> dict:
     return data
 
 
-def _decathlon(folder: Path, entry: dict, vocabulary: Vocabulary) -> tuple[dict[str, tuple[int, ...]], list[CaseSpec]]:
+def _decathlon(folder: Path, entry: dict, names: _Names) -> tuple[dict[str, tuple[int, ...]], list[CaseSpec]]:
     """Labels and cases of an MSD (``labels``: value -> name) or nnU-Net v2 (name -> value) folder."""
     meta = _read_structured(folder / "dataset.json")
     if "labels" in entry:
-        labels = parse_labels(entry["labels"], vocabulary)
+        labels = parse_labels(entry["labels"], names)
     else:
         raw = meta["labels"]
         pairs = raw.items() if all(k.isdigit() for k in raw) else ((str(v), n) for n, v in raw.items())
-        labels = parse_labels({v: n for v, n in pairs if int(v) != 0}, vocabulary)
+        labels = parse_labels({v: n for v, n in pairs if int(v) != 0}, names)
     cases = []
     if meta.get("training") and isinstance(meta["training"][0], dict):
         pairs = [(folder / c["image"], folder / c["label"]) for c in meta["training"]]
@@ -314,7 +353,7 @@ def load_case(dataset: DatasetSpec, case: CaseSpec) -> LabelledCase:
     missing = sorted(dataset.values - values)
     if missing:
         log.info("case %s: label values %s of dataset %s do not occur (empty targets there)", case.id, missing, dataset.name)
-    if not values & dataset.values:
+    if dataset.values and not values & dataset.values:
         log.warning("case %s has no foreground for any target of dataset %s", case.id, dataset.name)
     return LabelledCase(dataset, case, image, label)
 

@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from PromptSegLib.cli.main import main
 from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptSegError
 from PromptSegLib.propagate.card import TEST_FLOORS
-from PromptSegLib.propagate.data import LabelledVolume, load_propagation_spec, load_volume
+from PromptSegLib.propagate.data import LabelledVolume, load_volume
+from PromptSegLib.train.datasets import load_spec
 from PromptSegLib.propagate.evaluation import dice_by_distance, largest_slice
 from PromptSegLib.propagate.geometry import take_slice
 from PromptSegLib.propagate.model import (BUNDLED_PROPAGATION_MODEL, PropagationModel, load_propagation_model,
@@ -377,9 +378,9 @@ def test_train_propagation_writes_a_model_with_card(tmp_path):
 
 # ---------------------------------------------------------------------------------------- real data, CLI
 def held_out(dataset_name: str, case_id: str) -> LabelledVolume:
-    dataset = next(d for d in load_propagation_spec(SPEC) if d["name"] == dataset_name)
-    case = next(c for c in dataset["cases"] if c["id"] == case_id)
-    assert case["split"] == "val"
+    dataset = next(d for d in load_spec(SPEC, as_written=True) if d.name == dataset_name)
+    case = next(c for c in dataset.cases if c.id == case_id)
+    assert case.split == "val"
     return load_volume(dataset, case)
 
 

@@ -398,3 +398,30 @@ def test_torchrun_two_processes_train_without_code_changes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("wrote model") == 1
     assert load_model(tmp_path / "model").config.network.modalities == ("CT", "PET")
+
+
+@needs_shared()
+def test_one_spec_reader_serves_propagation_with_names_as_written(tmp_path):
+    from PromptSegLib.propagate.data import load_split, scored
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"datasets": [
+        {"name": "sts", "modality": "CT", "evaluate": {"tumour of doom": [1]},
+         "cases": [{"id": "STS_001", "split": "val", "image": str(STS / "STS_001" / "CT_image.nii.gz"),
+                    "label": str(STS / "STS_001" / "CT_mask.nii.gz")}]},
+        {"name": "named", "modality": "CT", "labels": {"1": "blob"},
+         "cases": [{"id": "STS_002", "image": str(STS / "STS_002" / "CT_image.nii.gz"),
+                    "label": str(STS / "STS_002" / "CT_mask.nii.gz")}]}]}))
+    with pytest.raises(PromptSegError, match="lacks 'labels'"):  # segmentation needs named, known targets
+        load_spec(spec)
+    unnamed, named = load_spec(spec, as_written=True)
+    assert unnamed.labels == {} and unnamed.regions == [] and unnamed.evaluate == {"tumour of doom": (1,)}
+    assert scored(unnamed) == {"tumour of doom": [1]} and scored(named) == {"blob": [1]}
+    assert named.labels == {"blob": (1,)} and named.cases[0].split == "train"
+    ((volume, evaluate),) = load_split([unnamed, named], "val")
+    assert volume.name == "sts/STS_001" and list(volume.units) == ["1"] and evaluate == {"tumour of doom": [1]}
+    assert volume.mask(["1"]).sum() > 1000
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"datasets": [dict(json.loads(spec.read_text())["datasets"][1], evaluate=["blob"])]}))
+    with pytest.raises(PromptSegError, match="'evaluate' must map names"):
+        load_spec(bad, as_written=True)

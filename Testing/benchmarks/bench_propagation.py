@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from PromptSegLib.metrics import dice  # noqa: E402
-from PromptSegLib.propagate.data import load_propagation_spec, load_split  # noqa: E402
+from PromptSegLib.propagate.data import load_split, scored  # noqa: E402
+from PromptSegLib.train.datasets import DatasetSpec, load_spec  # noqa: E402
 from PromptSegLib.propagate.evaluation import (evaluate_volumes, evaluation_targets, largest_slice,  # noqa: E402
                                                summary_table)
 from PromptSegLib.propagate.model import BUNDLED_PROPAGATION_MODEL  # noqa: E402
@@ -92,7 +93,7 @@ def openkbp_organs(organs: np.ndarray):
             yield organ, truth
 
 
-def held_out_structures(spec: list[dict], openkbp_every: int, groups=tuple(GROUPS), done=lambda name: False,
+def held_out_structures(spec: list[DatasetSpec], openkbp_every: int, groups=tuple(GROUPS), done=lambda name: False,
                         stop=lambda: False):
     """Yield ``(group, name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for every held-out
     structure of ``groups`` (the spec's ``val`` cases; OpenKBP validation patients), skipping those ``done``
@@ -100,19 +101,19 @@ def held_out_structures(spec: list[dict], openkbp_every: int, groups=tuple(GROUP
     from PromptSegLib.propagate.data import load_volume
 
     for dataset in spec:
-        group = "brats" if dataset["name"].startswith("brats") else dataset["name"]
+        group = "brats" if dataset.name.startswith("brats") else dataset.name
         if group not in groups:
             continue
-        for case in (c for c in dataset["cases"] if c["split"] == "val"):
-            targets = dataset["evaluate"] or {"GTV": None}
-            if all(done(f"{dataset['name']}/{case['id']}/{t}") for t in targets):
+        for case in (c for c in dataset.cases if c.split == "val"):
+            targets = scored(dataset) or {"GTV": None}
+            if all(done(f"{dataset.name}/{case.id}/{t}") for t in targets):
                 continue
             if stop():
                 return
             volume = load_volume(dataset, case)
-            for name, truth in evaluation_targets(volume, dataset["evaluate"]).items():
+            for name, truth in evaluation_targets(volume, scored(dataset)).items():
                 if not done(f"{volume.name}/{name}"):
-                    yield group, f"{volume.name}/{name}", volume.image, truth, spacing_zyx(case["image"])
+                    yield group, f"{volume.name}/{name}", volume.image, truth, spacing_zyx(case.image)
     if "openkbp" not in groups:
         return
     for folder in sorted(OPENKBP.glob("pt_*"))[::openkbp_every]:
@@ -220,9 +221,9 @@ def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[
     """Per-slice and whole-volume propagation time on a real CT (liver) resampled to side x side x slices."""
     from PromptSegLib.propagate.data import load_volume
 
-    spec = load_propagation_spec(ROOT / "Resources" / "Training" / "propagation.json")
-    organs = next(d for d in spec if d["name"] == "ts_ct_organs")
-    volume = load_volume(organs, next(c for c in organs["cases"] if c["id"] == "ts_ct_3mm"))
+    spec = load_spec(ROOT / "Resources" / "Training" / "propagation.json", as_written=True)
+    organs = next(d for d in spec if d.name == "ts_ct_organs")
+    volume = load_volume(organs, next(c for c in organs.cases if c.id == "ts_ct_3mm"))
     zoom = np.array([slices, side, side]) / np.array(volume.image.shape)
     image = ndimage.zoom(volume.image, zoom, order=1)
     liver = ndimage.zoom((volume.label == 5).astype(np.uint8), zoom, order=0).astype(bool)
@@ -272,7 +273,7 @@ def main() -> None:
                                                       "counts the structures measured per group)")
     args = parser.parse_args()
     propagator = Propagator(args.model, threads=args.threads)
-    spec = load_propagation_spec(args.spec)
+    spec = load_spec(args.spec, as_written=True)
 
     measured = {r["structure"]: r for path in args.rows if Path(path).is_file()
                 for r in json.loads(Path(path).read_text())}
