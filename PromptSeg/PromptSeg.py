@@ -71,6 +71,11 @@ PromptSeg builds on the DuPLUS dual-prompt architecture, MONAI and PyTorch.""")
 #
 @parameterNodeWrapper
 class PromptSegParameterNode:
+    """Every setting of every panel, so that a saved scene restores the panel as it was left. Most are bound to
+    their widget by the .ui file (its ``SlicerParameterName`` property); those in ``BOUND_BY_HAND`` by the widget
+    code."""
+
+    # Segmentation
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     modality: Annotated[str, Choice(["CT", "MR", "PET"])] = "CT"
@@ -79,6 +84,34 @@ class PromptSegParameterNode:
     targets: str = "left lung\nright lung"
     device: str = "auto"
     model: str = AUTO_MODEL
+    allowUntrained: bool = False
+    markDetections: bool = False
+    # Outputs
+    tg263Names: bool = True
+    # PET/CT and prognosis
+    petCtVolume: slicer.vtkMRMLScalarVolumeNode
+    petVolume: slicer.vtkMRMLScalarVolumeNode
+    petCtModel: str = ""
+    petCtTargets: str = ""
+    petWeight: float = 0.5
+    prognosisSex: Annotated[str, Choice(["unknown", "male", "female"])] = "unknown"
+    prognosisAge: float = -1.0
+    prognosisWeight: float = 0.0
+    prognosisFields: str = ""
+    prognosisModel: str = ""
+    # Propagation
+    propagateSegment: str = ""
+    propagateAxis: Annotated[str, Choice(["axial", "coronal", "sagittal"])] = "axial"
+    propagateLimit: bool = False
+    propagateFirst: int = 0
+    propagateLast: int = 9999
+
+
+BOUND_BY_HAND = {"targetsPlainTextEdit": "targets", "prognosisFieldsPlainTextEdit": "prognosisFields",
+                 "deviceComboBox": "device", "modelComboBox": "model", "petCtModelComboBox": "petCtModel",
+                 "propagateSegmentComboBox": "propagateSegment"}
+"""Widget -> parameter, bound by the widget code: the parameter node wrapper has no QPlainTextEdit connector,
+and these combo boxes are filled at run time (devices, models, the segments of the output)."""
 
 
 #
@@ -145,10 +178,14 @@ class PromptSegWidget(JobRunnerMixin, ModelPanelMixin, PropagatePanelMixin, Outp
         self.ui.exportDicomSegButton.connect("clicked(bool)", lambda: self.onExportDicom("seg"))
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         self._setupPetCt()
-        # Bound by hand: the parameter node wrapper has no QPlainTextEdit connector, and the device list is
-        # only known at run time.
+        # BOUND_BY_HAND: each change is written to the parameter node (read back in setParameterNode).
         self.ui.targetsPlainTextEdit.connect("textChanged()", self.onTargetsEdited)
+        self.ui.prognosisFieldsPlainTextEdit.connect("textChanged()", self.onPrognosisFieldsEdited)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.petCtModelComboBox.connect("currentIndexChanged(int)", lambda index: self._setByHand(
+            "petCtModel", self.ui.petCtModelComboBox.currentText))
+        self.ui.propagateSegmentComboBox.connect("activated(int)", lambda index: self._setByHand(
+            "propagateSegment", self.ui.propagateSegmentComboBox.currentText))
         self.initializeParameterNode()
         self._updateTargetCompleter()
         self._updateDependencyStatus()
@@ -193,20 +230,33 @@ class PromptSegWidget(JobRunnerMixin, ModelPanelMixin, PropagatePanelMixin, Outp
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            if self.ui.targetsPlainTextEdit.toPlainText() != self._parameterNode.targets:
-                self.ui.targetsPlainTextEdit.setPlainText(self._parameterNode.targets)
-            index = self.ui.deviceComboBox.findData(self._parameterNode.device)
-            self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+            p = self._parameterNode
+            for edit, text in ((self.ui.targetsPlainTextEdit, p.targets),
+                               (self.ui.prognosisFieldsPlainTextEdit, p.prognosisFields)):
+                if edit.toPlainText() != text:
+                    edit.setPlainText(text)
+            self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(p.device), 0))
+            self.ui.modelComboBox.setCurrentIndex(max(self.ui.modelComboBox.findText(p.model), 0))
+            if p.petCtModel and self.ui.petCtModelComboBox.findText(p.petCtModel) >= 0:
+                self.ui.petCtModelComboBox.setCurrentIndex(self.ui.petCtModelComboBox.findText(p.petCtModel))
+            self._updateSegmentList()  # selects p.propagateSegment where the output holds it
             self._checkCanApply()
 
+    def _setByHand(self, parameter: str, value) -> None:
+        """Write a BOUND_BY_HAND parameter (unchanged values are not written: no Modified event)."""
+        if self._parameterNode and getattr(self._parameterNode, parameter) != value:
+            setattr(self._parameterNode, parameter, value)
+
     def onTargetsEdited(self) -> None:
-        if self._parameterNode and self._parameterNode.targets != self.ui.targetsPlainTextEdit.toPlainText():
-            self._parameterNode.targets = self.ui.targetsPlainTextEdit.toPlainText()
+        self._setByHand("targets", self.ui.targetsPlainTextEdit.toPlainText())
+
+    def onPrognosisFieldsEdited(self) -> None:
+        self._setByHand("prognosisFields", self.ui.prognosisFieldsPlainTextEdit.toPlainText())
 
     def onDeviceChanged(self, index: int) -> None:
         device = self.ui.deviceComboBox.itemData(index) if index >= 0 else None
-        if self._parameterNode and device and self._parameterNode.device != device:
-            self._parameterNode.device = device
+        if device:
+            self._setByHand("device", device)
 
     def _fillDevices(self) -> None:
         """The devices torch offers, each with what was found (GPU name and memory, CPU cores); the device

@@ -10,8 +10,8 @@ from PromptSegSlicer.models import AUTO_MODEL
 
 class ModelPanelMixin:
     """Needs ``self.ui`` (``modelComboBox``, ``statusLabel``), ``self.installMenu``, ``self.logic``,
-    ``self._parameterNode``, ``self.job``, ``_runJob`` (:class:`~PromptSegWidgets.jobs.JobRunnerMixin`) and
-    ``_updateTargetCompleter``."""
+    ``self._parameterNode``, ``_setByHand``, ``self.job``, ``_runJob``
+    (:class:`~PromptSegWidgets.jobs.JobRunnerMixin`) and ``_updateTargetCompleter``."""
 
     def _updateModelList(self) -> None:
         self._fillModels(self.ui.modelComboBox, self._parameterNode.model if self._parameterNode else "",
@@ -28,8 +28,8 @@ class ModelPanelMixin:
         comboBox.setCurrentIndex(max(comboBox.findText(current), 0))
 
     def onModelSelected(self, index: int) -> None:
-        if self._parameterNode and index >= 0:
-            self._parameterNode.model = self.ui.modelComboBox.itemText(index)
+        if index >= 0:
+            self._setByHand("model", self.ui.modelComboBox.itemText(index))
         self._updateTargetCompleter()
 
     def _fillInstallMenu(self) -> None:

@@ -12,12 +12,16 @@ class PropagatePanelMixin:
     runner (:class:`~PromptSegWidgets.jobs.JobRunnerMixin`)."""
 
     def _updateSegmentList(self) -> None:
-        self.ui.propagateSegmentComboBox.clear()
+        """The output's segments, the parameter's ``propagateSegment`` selected where the output holds it."""
+        comboBox = self.ui.propagateSegmentComboBox
+        comboBox.clear()
         node = self._parameterNode.outputSegmentation if self._parameterNode else None
         if node is not None:
             segmentation = node.GetSegmentation()
             for i in range(segmentation.GetNumberOfSegments()):
-                self.ui.propagateSegmentComboBox.addItem(segmentation.GetNthSegment(i).GetName())
+                comboBox.addItem(segmentation.GetNthSegment(i).GetName())
+            if comboBox.findText(self._parameterNode.propagateSegment) >= 0:
+                comboBox.setCurrentIndex(comboBox.findText(self._parameterNode.propagateSegment))
 
     def _updatePropagatePanel(self) -> None:
         """Segment list; range boxes enabled with their check box and bounded by the volume's slices."""

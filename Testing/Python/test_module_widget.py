@@ -221,3 +221,77 @@ def test_ui_properties_and_connections_exist(ui_classes):
         if connection.findtext("slot").split("(")[0] not in slots(receiver):
             wrong.append(f"{receiver} has no slot {connection.findtext('slot')}")
     assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------------------------ settings saved with the scene
+SETTINGS = {"QCheckBox": "bool", "QSpinBox": "int", "QDoubleSpinBox": "float", "QLineEdit": "str",
+            "QComboBox": "str", "QPlainTextEdit": "str", "qMRMLNodeComboBox": "node"}
+"""Widget classes that hold a setting -> the parameter type that can hold it."""
+NOT_SETTINGS = {"addTargetLineEdit": "a target typed before Add, then moved into the target list",
+                "descriptionTextEdit": "shows the model's description, read only"}
+
+
+def _parameter_node() -> tuple[dict[str, tuple[str, object, list | None]], dict[str, str]]:
+    """PromptSeg.py's parameter node fields (name -> (type, default, Choice values)) and BOUND_BY_HAND."""
+    tree = ast.parse((MODULE_DIR / "PromptSeg.py").read_text())
+    fields, by_hand = {}, {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "PromptSegParameterNode":
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign):
+                    kind, choices = ast.unparse(item.annotation), None
+                    if kind.startswith("Annotated["):
+                        base, choice = item.annotation.slice.elts
+                        kind, choices = ast.unparse(base), ast.literal_eval(choice.args[0])
+                    kind = "node" if kind.startswith("slicer.vtkMRML") else kind
+                    default = (item.value.id if isinstance(item.value, ast.Name) else ast.literal_eval(item.value)
+                               if item.value is not None else None)
+                    fields[item.target.id] = (kind, default, choices)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "BOUND_BY_HAND":
+            by_hand = ast.literal_eval(node.value)
+    return fields, by_hand
+
+
+def _ui_value(widget: ET.Element):
+    """A setting widget's value as the .ui file leaves it (Qt's default where it sets none)."""
+    props = {p.get("name"): p[0] for p in widget.findall("property")}
+    cls = widget.get("class")
+    if cls == "QCheckBox":
+        return props["checked"].text == "true" if "checked" in props else False
+    if cls in ("QSpinBox", "QDoubleSpinBox"):
+        value = props["value"].text if "value" in props else props["minimum"].text if "minimum" in props else "0"
+        return int(value) if cls == "QSpinBox" else float(value)
+    if cls == "QComboBox":
+        items = [i.find("property/string").text for i in widget.findall("item")]
+        return items[0] if items else None
+    return props["text"].text or "" if "text" in props else ""
+
+
+def test_every_panel_setting_is_a_parameter_with_the_uis_default():
+    """A saved scene restores every panel: each setting widget is bound to a parameter of its type, through the
+    .ui (SlicerParameterName) or BOUND_BY_HAND, and the parameter's default is what the .ui shows."""
+    fields, by_hand = _parameter_node()
+    root = ET.parse(UI_FILE).getroot()
+    bound = {}
+    for widget in root.iter("widget"):
+        cls, name = widget.get("class"), widget.get("name")
+        if cls not in SETTINGS or name in NOT_SETTINGS:
+            continue
+        tagged = [p.find("string").text for p in widget.findall("property") if p.get("name") == "SlicerParameterName"]
+        assert bool(tagged) != (name in by_hand), f"{name} must be bound once: in the .ui or in BOUND_BY_HAND"
+        parameter = tagged[0] if tagged else by_hand[name]
+        assert parameter in fields, f"{name} is bound to {parameter}, which PromptSegParameterNode lacks"
+        assert parameter not in bound, f"{name} and {bound.get(parameter)} share the parameter {parameter}"
+        bound[parameter] = name
+        kind, default, choices = fields[parameter]
+        assert kind == SETTINGS[cls], f"{name} ({cls}) cannot hold the {kind} parameter {parameter}"
+        if tagged and cls == "QComboBox":  # the Choice connector refills the box: same items, same order
+            assert choices == [i.find("property/string").text for i in widget.findall("item")], name
+        if tagged and cls != "qMRMLNodeComboBox" and parameter != "region":  # the parameter fills the empty box
+            shown = _ui_value(widget)
+            assert default == shown, f"{parameter} defaults to {default!r}, the .ui shows {shown!r}"
+    assert set(fields) == set(bound), f"parameters no widget shows: {sorted(set(fields) - set(bound))}"
+    code = "\n".join(path.read_text() for path in SOURCES)
+    for name, parameter in by_hand.items():  # each is written on change and read back into the widget
+        assert f'"{parameter}"' in code or f"_setByHand(\"{parameter}\"" in code, f"{parameter} is never written"
+        assert f"p.{parameter}" in code or f"_parameterNode.{parameter}" in code, f"{parameter} is never restored"
