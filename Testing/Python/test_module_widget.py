@@ -152,13 +152,6 @@ def test_ui_file_has_every_widget_the_module_uses():
     source = "\n".join(path.read_text() for path in SOURCES)
     used = set(re.findall(r"\.ui\.(\w+)", source))  # self.ui in the widget, widget.ui in the test class
     assert used and not used - set(widgets), f"missing in PromptSeg.ui: {sorted(used - set(widgets))}"
-    # Widgets bound to the parameter node name real parameters
-    parameters = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and node.name == "PromptSegParameterNode":
-            parameters = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
-    bound = {p.findtext("string") for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
-    assert bound and bound <= parameters
     assert widgets["inputVolumeSelector"].get("class") == "qMRMLNodeComboBox"
     titles = {w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"}
     assert {"PET/CT tumour and prognosis", "Propagate a segment"} <= titles
