@@ -57,7 +57,8 @@ def cmd_train_propagation(args: argparse.Namespace) -> int:
                                minutes=args.minutes, seed=args.seed, threads=args.threads, name=args.name,
                                version=args.version, command=command, evaluate=not args.no_evaluate,
                                end_fraction=args.end_fraction, grow_fraction=args.grow_fraction,
-                               init=args.init)
+                               init=args.init, work_dir=args.checkpoints or f"{args.output}.work",
+                               checkpoint_every=args.checkpoint_every, resume=args.resume)
     print(f"wrote model {folder}")
     return 0
 
@@ -203,6 +204,10 @@ def add_subcommands(sub) -> None:
                          "also learns to shrink a too large mask")
     tr.add_argument("--init", help="propagation model folder to fine-tune (keeps its widths and input size)")
     tr.add_argument("--no-evaluate", action="store_true", help="skip the held-out Dice in the card")
+    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in the checkpoint folder")
+    tr.add_argument("--checkpoints", help="folder for the checkpoint and the log (default OUTPUT.work); keep it "
+                    "outside the repository so that a run can be resumed in a later session")
     tr.set_defaults(func=cmd_train_propagation)
 
     pr = sub.add_parser("propagate", help="carry a mask drawn on one slice through the volume")

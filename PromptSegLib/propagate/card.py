@@ -7,6 +7,7 @@ import torch
 from PromptSegLib.propagate.model import PropagationConfig
 from PromptSegLib.propagate.propagator import CONTRAST_RING, FADE_CONTRAST, VISIBLE_CONTRAST
 from PromptSegLib.train.datasets import DatasetSpec
+from PromptSegLib.train.loop import sessions_text
 
 TEST_FLOORS = {"STS_030 CT (GTV)": ("+-10", 0.75), "BRATS pat0006 FLAIR (whole tumour)": ("+-10", 0.75),
                "TotalSegmentator DICOM CT (liver)": ("whole", 0.8)}
@@ -31,6 +32,7 @@ def model_card(config: PropagationConfig, datasets: list[DatasetSpec], command: 
                          "".join(f"| {r['volume']} | {r['structure']} | {r['slices']} | {r['prompt_slice']} | "
                                  f"{r['+-5']:.3f} | {r['+-10']:.3f} | {r['whole']:.3f} | {r['seconds']:.2f} |\n"
                                  for r in rows) + "\n</details>\n")
+    spent = sessions_text(t["sessions"]) if t.get("sessions") else f"{seconds / 60:.1f} min"
     floor = ""
     if rows:
         floor = ("\nTest floors: `Testing/Python/test_propagation.py` propagates with this model and requires "
@@ -63,7 +65,7 @@ min-max normalised at its {config.quantiles[0]:g}/{config.quantiles[1]:g} percen
 - {t.get('steps')} steps of batch {t.get('batch_size')} at {config.input_size}x{config.input_size}, AdamW lr {t.get('lr')}
   (cosine), BCE + soft Dice; final loss {t.get('final_loss')}; seed {t.get('seed')}; {100 * t.get('end_fraction', 0):.0f} %
   of samples past a structure's end (empty target).
-- Training time: {seconds / 60:.1f} min of wall time on {t.get('hardware') or 'the CPU'},
+- Training time: {spent} of wall time on {t.get('hardware') or 'the CPU'},
   {t.get('threads')} thread{'s' if t.get('threads') != 1 else ''}, torch {t.get('torch') or torch.__version__}.
 {_init_lines(t.get('init'), seconds)}
 ## Measured on held-out volumes

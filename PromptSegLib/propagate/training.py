@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +24,7 @@ from PromptSegLib.propagate.net import CPU_WIDTHS, PromptUNet2D, PropagationNetC
 from PromptSegLib.propagate.propagator import ProgressCallback, Propagator
 from PromptSegLib.propagate.samples import SampleGenerator
 from PromptSegLib.train.datasets import load_spec
+from PromptSegLib.train.loop import TrainingLoop
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +43,20 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
                       widths: Sequence[int] = CPU_WIDTHS, v: int = 7, batch_size: int = 12, lr: float = 2e-3,
                       input_size: int = 96, minutes: float | None = None, seed: int = 0, threads: int = 1,
                       name: str = "promptseg-propagation", version: str = "0.1.0", command: str | None = None,
-                      evaluate: bool = True, log_every: int = 50, end_fraction: float = 0.1,
-                      grow_fraction: float = 0.0, init: str | os.PathLike | None = None,
-                      progress: ProgressCallback | None = None) -> Path:
+                      evaluate: bool = True, end_fraction: float = 0.1, grow_fraction: float = 0.0,
+                      init: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+                      work_dir: str | os.PathLike | None = None, checkpoint_every: int = 500,
+                      resume: bool = False) -> Path:
     """Train a propagation model on a dataset spec's ``train`` cases and write its model folder.
 
     Stops after ``steps`` steps or ``minutes`` of wall time, whichever comes first (cosine learning-rate decay
-    over ``steps``). When ``evaluate`` and the spec has ``val`` cases, the card gets the measured Dice on them
-    by distance from the prompt slice (axial propagation from each structure's largest slice).
-    ``grow_fraction``: share of samples whose prompt is corrupted by adding pixels (see
-    :class:`SampleGenerator`). ``init``: a
-    propagation model folder to fine-tune (its architecture and input size are kept; its training record is
-    carried into the new card).
+    over ``steps``; the shared loop of ``train.loop``). With ``work_dir`` it writes ``log.csv`` and a checkpoint
+    every ``checkpoint_every`` steps there, and ``resume`` continues from that checkpoint (a later session).
+    When ``evaluate`` and the spec has ``val`` cases, the card gets the measured Dice on them by distance from
+    the prompt slice (axial propagation from each structure's largest slice). ``grow_fraction``: share of
+    samples whose prompt is corrupted by adding pixels (see :class:`SampleGenerator`). ``init``: a propagation
+    model folder to fine-tune (its architecture and input size are kept; its training record is carried into
+    the new card).
 
     Raises:
         PromptSegError: a bad spec, no training structure, an unwritable output.
@@ -65,6 +66,7 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
         raise OutputError(f"folder {output.parent} does not exist")
     torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
+    work_dir = Path(work_dir) if work_dir is not None else None
     datasets = load_spec(spec_path, as_written=True)
     train_volumes = [vol for vol, _ in load_split(datasets, "train")]
     if not train_volumes:
@@ -72,35 +74,26 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
     start_model = load_propagation_model(init) if init is not None else None
     if start_model is not None:
         widths, input_size = start_model.config.network.widths, start_model.config.input_size
-    generator = SampleGenerator(train_volumes, v=v, size=input_size, seed=seed, end_fraction=end_fraction,
-                                grow_fraction=grow_fraction)
     config = PropagationConfig(name=name, version=version, network=PropagationNetConfig(tuple(int(w) for w in widths)),
                                input_size=input_size, v=v)
     if input_size % config.network.divisor:
         raise PromptSegError(f"input size {input_size} is not a multiple of {config.network.divisor}")
     network = start_model.network if start_model is not None else PromptUNet2D(config.network)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    loop = TrainingLoop(optimiser, steps, floor=0.02, minutes=minutes, work_dir=work_dir, saved={"network": network},
+                        checkpoint_every=checkpoint_every, report=progress)
+    if resume:
+        loop.resume()
+    generator = SampleGenerator(train_volumes, v=v, size=input_size, seed=seed + loop.step, end_fraction=end_fraction,
+                                grow_fraction=grow_fraction)
     network.train()
-    began = time.perf_counter()
-    losses: list[float] = []
-    step = 0
-    while step < steps and (minutes is None or time.perf_counter() - began < minutes * 60):
-        elapsed = time.perf_counter() - began
-        done = max(step / steps, elapsed / (minutes * 60) if minutes else 0.0)
-        for group in optimiser.param_groups:  # cosine decay over the steps or the time budget, whichever ends first
-            group["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
+
+    def loss_of_step() -> tuple[torch.Tensor, dict]:
         query, prompt_image, prompt_mask, target = generator.batch(batch_size)
-        loss = _loss(network(query, prompt_image, prompt_mask), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-        step += 1
-        if step % log_every == 0:
-            log.info("step %d  loss %.4f  %.0f s", step, float(np.mean(losses[-log_every:])), time.perf_counter() - began)
-        if progress:
-            progress(step / steps, f"step {step} loss {losses[-1]:.3f}")
-    train_seconds = time.perf_counter() - began
+        return _loss(network(query, prompt_image, prompt_mask), target), {}
+
+    loop.run(loss_of_step)
+    train_seconds, step, losses = loop.total_seconds, loop.step, loop.losses or [float("nan")]
     network.eval()
     with torch.no_grad():  # evaluate what is shipped: the fp16-rounded weights
         for tensor in network.state_dict().values():
@@ -116,7 +109,8 @@ def train_propagation(spec_path: str | os.PathLike, output: str | os.PathLike, s
                        "seconds": round(train_seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
                        "spec": Path(spec_path).name, "cases": groups, "end_fraction": end_fraction,
                        "grow_fraction": grow_fraction, "command": command,
-                       "hardware": f"the CPU ({platform.processor() or platform.machine()})", "torch": torch.__version__}
+                       "hardware": f"the CPU ({platform.processor() or platform.machine()})",
+                       "torch": torch.__version__, "sessions": loop.sessions}
     if start_model is not None:
         previous = dict(start_model.config.training)
         if not previous.get("command"):  # models trained before the command was recorded in config.json

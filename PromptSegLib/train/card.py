@@ -11,6 +11,7 @@ import torch
 from PromptSegLib.models.folder import ModelConfig
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import PreparedCase
+from PromptSegLib.train.loop import sessions_text
 
 
 def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
@@ -31,7 +32,7 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
               "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
-              f"- time: {_sessions_text(sessions or [])} on {hardware}",
+              f"- time: {sessions_text(sessions or [])} on {hardware}",
               f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})",
               *_init_lines(config.init), "",
               "## Validation Dice (measured at the end of this run on the validation cases, on the model grid, "
@@ -63,17 +64,6 @@ def _init_lines(init: str | None) -> list[str]:
     lines += [f"  {line}" for line in text[start + 1:end]
               if line.startswith(("- steps:", "- time:", "- started from", "  - "))]
     return lines if len(lines) > 1 else lines + ["  - (its card has no training record)"]
-
-
-def _sessions_text(sessions: list[dict]) -> str:
-    """``"41.0 min"`` for a run in one process; per process (``--resume``) steps and minutes otherwise."""
-    if not sessions:
-        return "no training step"
-    if len(sessions) == 1:
-        return f"{sessions[0]['minutes'] or 0:.1f} min for steps 1-{sessions[0]['to']}"
-    parts = [f"steps {s['from'] + 1}-{s['to']}" + (f" in {s['minutes']:.1f} min" if s["minutes"] is not None else "")
-             for s in sessions]
-    return f"{len(sessions)} sessions (resumed from checkpoints): {'; '.join(parts)}"
 
 
 def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:

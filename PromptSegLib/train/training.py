@@ -7,17 +7,14 @@ from its images: those of the other datasets that belong to body regions this da
 liver" on a brain MR must give nothing) and those the spec lists as absent from it (a tumour on a healthy
 brain). Loss: soft Dice per target present in the crop + BCE over every target, leaving out the targets not
 delineated for the case (``CaseSpec.unlabelled``: unknown, not absent).
-AdamW with a cosine schedule; checkpoints every N steps (``--resume`` continues; with more ``--steps`` than
-planned, a new cosine cycle runs from the checkpoint to the new end); validation Dice on the model grid;
-a CSV log. Under ``torchrun`` it trains with DistributedDataParallel.
+AdamW in the shared loop (``train.loop``: cosine schedule, checkpoints every N steps that ``--resume`` continues,
+with more ``--steps`` than planned a new cosine cycle from the checkpoint to the new end, a CSV log); validation
+Dice on the model grid. Under ``torchrun`` it trains with DistributedDataParallel.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +34,7 @@ from PromptSegLib.train.card import model_card
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import (DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spec, load_split,
                                          prepare_case)
+from PromptSegLib.train.loop import TrainingLoop, append_csv
 from PromptSegLib.train.samples import augment, crop
 
 log = logging.getLogger(__name__)
@@ -183,31 +181,14 @@ def train(config: TrainConfig) -> Path:
     groups = [{"params": trainable, "lr": config.lr}] + ([{"params": lora_params, "lr": config.lora_lr}]
                                                          if lora_params else [])
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * 0.01)
-    step = 0
-    sessions: list[dict] = []  # one entry per process that trained this run: steps and minutes
     config.work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = config.work_dir / "checkpoint.pt"
-    if config.resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        network.load_state_dict(state["network"])
+    loop = TrainingLoop(optimizer, config.steps, floor=0.01, clip=12.0, work_dir=config.work_dir,
+                        checkpoint_every=config.checkpoint_every, saved={"network": network}, main=rank == 0)
+    resumed = loop.resume(device) if config.resume else None
+    if resumed is not None:
         if lora_params:
-            encoder.load_lora_state(state["text_lora"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        planned = state.get("planned_steps", state["scheduler"].get("T_max"))
-        if planned == config.steps:
-            scheduler.load_state_dict(state["scheduler"])
-        elif step < config.steps:  # more steps than the run was planned for: a new cosine cycle from here
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"]
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps - step,
-                                                                   eta_min=config.lr * 0.01)
-            log.info("resumed with --steps %d (planned %s): a new cosine cycle over steps %d-%d", config.steps,
-                     planned, step + 1, config.steps)
-        sessions = state.get("sessions", [{"from": 0, "to": step, "minutes": None}])
-        rng = np.random.default_rng(state["seed"] + step + rank)
-        log.info("resumed from %s at step %d", checkpoint, step)
+            encoder.load_lora_state(resumed["text_lora"])
+        rng = np.random.default_rng(resumed["seed"] + loop.step + rank)
     # a batch uses one modality's input block: the others get no gradient in that step
     model = (torch.nn.parallel.DistributedDataParallel(network, find_unused_parameters=len(network.config.modalities) > 1)
              if world > 1 else network)
@@ -215,85 +196,76 @@ def train(config: TrainConfig) -> Path:
         log.info("training %s: %d parameters (%d trainable), %d training and %d validation cases, targets %s",
                  config.name, count_parameters(network), sum(p.numel() for p in trainable), len(train_cases),
                  len(val_cases), ", ".join(targets))
-    log_path = config.work_dir / "log.csv"
-    started = time.time()
-    if step < config.steps:  # a resume with --steps at or below the checkpoint's step only writes the model
-        sessions.append({"from": step, "to": step, "minutes": 0.0})
     by_dataset: dict[str, list[PreparedCase]] = {}
     for case in train_cases:
         by_dataset.setdefault(case.dataset.name, []).append(case)
     names = sorted(by_dataset)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    progress = _bar(config.steps, step, rank == 0)
     board = _tensorboard(config.work_dir) if rank == 0 else None
     validation: dict[str, float] = {}
-    try:
-        while step < config.steps:
-            dataset_cases = by_dataset[names[rng.integers(len(names))]]
-            dataset = dataset_cases[0].dataset
-            pool = bank.absent[dataset.name]
-            absent = [pool[i] for i in rng.permutation(len(pool))[:config.absent_targets]]
-            images, truths, known, contexts, prompts = [], [], [], [], []  # prompts: texts, (batch, targets)
-            for _ in range(config.batch_size):
-                case = dataset_cases[rng.integers(len(dataset_cases))]
-                image, label = crop(case, config.patch_size, config.foreground_ratio, rng)
-                if config.augment:
-                    image, label = augment(image, label, rng)
-                images.append(image[None])
-                truths.append(np.concatenate([case.masks(dataset.targets, label),
-                                              np.zeros((len(absent), *label.shape), np.float32)]))
-                known.append(np.concatenate([case.labelled(dataset.targets), np.ones(len(absent), np.float32)]))
-                contexts.append(bank.context(dataset.name, rng))
-                prompts.append([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent])
-            model.train()
-            encoder.model.train(bool(lora_params))
-            embed = encoder.embed if lora_params else encoder.encode  # through the adapters, or from the cache
-            embedded = embed(contexts + [t for row in prompts for t in row]).to(device)
-            with autocast:
-                logits = model(torch.from_numpy(np.stack(images)).to(device), dataset.modality,
-                               embedded[:len(contexts)], embedded[len(contexts):].view(len(prompts), len(prompts[0]), -1))
-            loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)).to(device),
-                                 torch.from_numpy(np.stack(known)).to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if lora_params and world > 1:  # the adapters live outside the DDP-wrapped network
-                for parameter in lora_params:
-                    torch.distributed.all_reduce(parameter.grad)
-                    parameter.grad /= world
-            torch.nn.utils.clip_grad_norm_(trainable + lora_params, 12.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if rank != 0:
-                continue
-            progress(step, loss.item())
-            _append_csv(log_path, {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
-                                   "seconds": round(time.time() - started, 1), "dataset": dataset.name})
+
+    def loss_of_step() -> tuple[torch.Tensor, dict]:
+        """One batch of one dataset: crops, prompts (its targets and a few certainly absent), the loss."""
+        dataset_cases = by_dataset[names[rng.integers(len(names))]]
+        dataset = dataset_cases[0].dataset
+        pool = bank.absent[dataset.name]
+        absent = [pool[i] for i in rng.permutation(len(pool))[:config.absent_targets]]
+        images, truths, known, contexts, prompts = [], [], [], [], []  # prompts: texts, (batch, targets)
+        for _ in range(config.batch_size):
+            case = dataset_cases[rng.integers(len(dataset_cases))]
+            image, label = crop(case, config.patch_size, config.foreground_ratio, rng)
+            if config.augment:
+                image, label = augment(image, label, rng)
+            images.append(image[None])
+            truths.append(np.concatenate([case.masks(dataset.targets, label),
+                                          np.zeros((len(absent), *label.shape), np.float32)]))
+            known.append(np.concatenate([case.labelled(dataset.targets), np.ones(len(absent), np.float32)]))
+            contexts.append(bank.context(dataset.name, rng))
+            prompts.append([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent])
+        model.train()
+        encoder.model.train(bool(lora_params))
+        embed = encoder.embed if lora_params else encoder.encode  # through the adapters, or from the cache
+        embedded = embed(contexts + [t for row in prompts for t in row]).to(device)
+        with autocast:
+            logits = model(torch.from_numpy(np.stack(images)).to(device), dataset.modality,
+                           embedded[:len(contexts)], embedded[len(contexts):].view(len(prompts), len(prompts[0]), -1))
+        loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)).to(device),
+                             torch.from_numpy(np.stack(known)).to(device))
+        return loss, {"dataset": dataset.name}
+
+    def average_adapters() -> None:
+        """The adapters live outside the DDP-wrapped network: their gradients are averaged here."""
+        for parameter in lora_params:
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= world
+
+    def after_step(step: int, loss: float) -> None:
+        nonlocal validation
+        if board:
+            board.add_scalar("loss/train", loss, step)
+        if val_cases and (step % config.validate_every == 0 or step == config.steps):
+            if lora_params:
+                encoder.clear_cache()  # the adapters moved
+            validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
             if board:
-                board.add_scalar("loss/train", loss.item(), step)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                sessions[-1].update({"to": step, "minutes": round((time.time() - started) / 60, 1)})
-                _save_checkpoint(checkpoint, network, optimizer, scheduler, step, config, encoder.lora_state(),
-                                 sessions)
-            if val_cases and (step % config.validate_every == 0 or step == config.steps):
-                if lora_params:
-                    encoder.clear_cache()  # the adapters moved
-                validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
-                if board:
-                    for target, value in validation.items():
-                        board.add_scalar(f"dice/{target}", value, step)
+                for target, value in validation.items():
+                    board.add_scalar(f"dice/{target}", value, step)
+
+    try:
+        loop.run(loss_of_step, average_adapters if lora_params and world > 1 else None, after_step,
+                 lambda: {"seed": config.seed, "network_config": network.config.to_dict(),
+                          "text_lora": encoder.lora_state()})
     except torch.cuda.OutOfMemoryError as exc:
-        raise PromptSegError(f"out of GPU memory at step {step}: lower --batch-size or --patch-size") from exc
+        raise PromptSegError(f"out of GPU memory at step {loop.step}: lower --batch-size or --patch-size") from exc
     finally:
-        progress(None, None)
         if board:
             board.close()
     if rank == 0:
         if val_cases and not validation:
-            validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
+            validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, loop.step)
         card = model_card(config, model_config, train_cases, val_cases, validation, device,
-                          count_parameters(network), sessions)
+                          count_parameters(network), loop.sessions)
         save_model(config.output, network.cpu(), model_config, card, encoder.lora_state() or None)
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -346,56 +318,8 @@ def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncode
             rows.append(f"| {case.dataset.name} | {case.case.id} | {target} | {value:.3f} |")
     means = {t: float(np.mean(v)) for t, v in sorted(by_target.items())}
     for target, value in means.items():
-        _append_csv(work_dir / "validation.csv", {"step": step, "target": target, "dice": round(value, 4)})
+        append_csv(work_dir / "validation.csv", {"step": step, "target": target, "dice": round(value, 4)})
     (work_dir / "validation.md").write_text("\n".join(["| dataset | case | target | Dice (model grid) |",
                                                        "|---|---|---|---|", *rows]) + "\n", encoding="utf-8")
     log.info("step %d validation Dice: %s", step, ", ".join(f"{t} {v:.3f}" for t, v in means.items()))
     return means
-
-
-def _save_checkpoint(path: Path, network, optimizer, scheduler, step: int, config: TrainConfig,
-                     text_lora: dict[str, torch.Tensor], sessions: list[dict]) -> None:
-    tmp = path.with_suffix(".partial")
-    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "seed": config.seed,
-                "network_config": network.config.to_dict(), "text_lora": text_lora, "sessions": sessions,
-                "planned_steps": config.steps}, tmp)
-    os.replace(tmp, path)
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _bar(total: int, start: int, enabled: bool):
-    """``update(step, loss)``: a tqdm bar on a terminal; written to a log or a pipe, one log line per 1 % of
-    the steps instead of a wall of carriage returns. ``update(None, None)`` closes it."""
-    if not enabled:
-        return lambda step, loss: None
-    if not sys.stderr.isatty():
-        every, started = max(1, total // 100), time.time()
-
-        def line(step, loss):
-            if step is not None and (step % every == 0 or step == total):
-                rate = (time.time() - started) / max(step - start, 1)
-                log.info("step %d/%d loss %.3f (%.2f s/step, %.0f min left)", step, total, loss, rate,
-                         rate * (total - step) / 60)
-
-        return line
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    def update(step, loss):
-        if step is None:
-            bar.close()
-            return
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.3f}")
-
-    return update

@@ -376,6 +376,30 @@ def test_train_propagation_writes_a_model_with_card(tmp_path):
     assert f"Probability threshold {chosen:g} (was 0.5)" in (folder / "README.md").read_text()
 
 
+@needs_data
+def test_train_propagation_resumes_from_its_checkpoint_in_a_later_session(tmp_path):
+    """The shared training loop: checkpoints in the work folder, ``resume`` continues the step count and the
+    card counts both sessions; a session's time budget stops it with its steps kept."""
+    spec = {"datasets": [{"name": "sts_pet", "modality": "PET", "labels": {"1": "GTV"}, "cases": [
+        {"id": "STS_001", "image": str(SHARED / "sts_pet_ct_mr/nifti/STS_001/PET_image.nii.gz"),
+         "label": str(SHARED / "sts_pet_ct_mr/nifti/STS_001/PET_mask.nii.gz")}]}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    settings = dict(widths=(4, 8), batch_size=2, input_size=32, evaluate=False, work_dir=tmp_path / "work",
+                    checkpoint_every=1)
+    train_propagation(tmp_path / "spec.json", tmp_path / "model", steps=2, **settings)
+    assert (tmp_path / "work" / "checkpoint.pt").is_file()
+    spent = train_propagation(tmp_path / "spec.json", tmp_path / "model", steps=4, minutes=0.0, resume=True,
+                              **settings)  # no time: no step
+    assert load_propagation_model(spent).config.training["steps"] == 2
+    folder = train_propagation(tmp_path / "spec.json", tmp_path / "model", steps=4, resume=True, **settings)
+    rows = (tmp_path / "work" / "log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
+    model = load_propagation_model(folder)
+    assert model.config.training["steps"] == 4
+    assert [(s["from"], s["to"]) for s in model.config.training["sessions"]] == [(0, 2), (2, 4)]
+    assert "2 sessions (resumed from checkpoints): steps 1-2" in (folder / "README.md").read_text()
+
+
 # ---------------------------------------------------------------------------------------- real data, CLI
 def held_out(dataset_name: str, case_id: str) -> LabelledVolume:
     dataset = next(d for d in load_spec(SPEC, as_written=True) if d.name == dataset_name)
