@@ -3,7 +3,6 @@ the context, all requested targets' generated heads applied at once.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -19,6 +18,7 @@ from PromptSegLib.preprocessing.preprocess import (IntensityRule, ModelInput, bo
                                                    to_original_box)
 from PromptSegLib.segment.postprocess import midline_x, postprocess
 from PromptSegLib.segment.probability import FLOOR, ProbabilityMap, level
+from PromptSegLib.segment.windows import sliding_windows, window_slices
 from PromptSegLib.text.encoder import LoraSettings, TextEncoder
 from PromptSegLib.text.modality import canonical_modality
 from PromptSegLib.text.prompts import TargetQuery, context_prompt, raw_target_query, target_query
@@ -107,34 +107,14 @@ def request_context(vocabulary: Vocabulary, modality: str, region: str | None = 
     return context_prompt(modality, vocabulary.region(region).name)
 
 
-FINE_STEPS = 65535
-"""Model-grid probabilities wait to be mapped back as uint16 steps of 1/65535 (half the memory of float32;
-rounding them moves a 1/255 step of the result only where 255 p lies within 0.002 of a rounding edge)."""
 HEAD_VOXELS = 1 << 16
 """Voxels of a window the generated heads run on at once: their hidden maps (targets x head channels x voxels,
 float32) would take 566 MB for 20 targets on a whole 96^3 window, a fresh allocation each window."""
 
 
 def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
-    """How many windows MONAI's sliding-window inferer visits for a volume of ``shape``."""
-    total = 1
-    for size, r in zip(shape, roi):
-        r = min(r, size)
-        interval = max(int(r * (1 - overlap)), 1)
-        total *= 1 if size <= r else math.ceil((size - r) / interval) + 1
-    return total
-
-
-def fine_steps(probabilities: torch.Tensor) -> np.ndarray:
-    """float32 probabilities ``(T, z, y, x)`` -> uint16 steps of 1/:data:`FINE_STEPS` (clipped to [0, 1],
-    rounded), one target at a time."""
-    out = np.empty(probabilities.shape, np.uint16)
-    scaled = np.empty(probabilities.shape[1:], np.float32)
-    for channel, target in zip(probabilities.numpy(), out):
-        np.multiply(channel, np.float32(FINE_STEPS), out=scaled)
-        np.clip(scaled, 0.0, FINE_STEPS, out=scaled)
-        target[...] = np.rint(scaled, out=scaled)
-    return out
+    """How many windows :func:`~.windows.sliding_windows` visits for a volume of ``shape`` (padded to ``roi``)."""
+    return len(window_slices([max(s, r) for s, r in zip(shape, roi)], roi, overlap))
 
 
 class SegmentationResult:
@@ -276,19 +256,19 @@ class Segmenter:
         report(0.0, "preparing the volume")
         prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
                            intensity or self.intensity_rule(modality))
-        probabilities, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
-                                                 report, cancel)
+        channels, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
+                                            report, cancel, half=True)
         report(0.95, "mapping back to the input grid")
-        fine = fine_steps(probabilities)
-        del probabilities  # float32 for every target: twice what ``fine`` takes
         config = self.model.config
         sides = {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)}
         midline = midline_x(image) if sides else None
         body_cm2 = body_areas_cm2(image) if modality == "CT" and config.widest_body_cm2 else None
         shape = sitk.GetArrayViewFromImage(image).shape
         maps = []
-        for channel, query in zip(fine, queries):
-            values, box_on_input = self._to_input_grid(channel, box, prepared)
+        for index, query in enumerate(queries):
+            channel, channels[index] = channels[index], None  # its memory goes once mapped back
+            values, box_on_input = self._to_input_grid(channel.numpy(), box, prepared)
+            del channel
             postprocess(values[None], [query.name], level(config.threshold),
                         float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component, config.plausible_ml,
                         sides, image, config.widest_body_cm2, body_cm2, tuple(s.start for s in box_on_input), midline)
@@ -299,11 +279,11 @@ class Segmenter:
     @staticmethod
     def _to_input_grid(channel: np.ndarray, box: tuple[slice, slice, slice],
                        prepared: ModelInput) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
-        """One target's model-grid probabilities ``channel`` (:func:`fine_steps`, on ``box`` of the model grid) on
+        """One target's model-grid probabilities ``channel`` (float16 or float32, on ``box`` of the model grid) on
         the input grid in 1/255 steps (uint8), only inside the input box they reach with
         :data:`~.probability.FLOOR` or more, and that box. The same as mapping the whole model grid back and
         rounding, at the cost of the target's box."""
-        support = bounding_box(channel >= FLOOR * FINE_STEPS)
+        support = bounding_box(channel >= FLOOR)
         if support is None:
             return np.zeros((0, 0, 0), np.uint8), (slice(0, 0),) * 3
         # one voxel more on each side (zeros beyond the windows' box), so interpolation sees what the whole
@@ -315,7 +295,8 @@ class Segmenter:
         block[tuple(slice(i.start - lo, i.stop - lo) for i, lo in zip(inner, low))] = \
             channel[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, box))]
         # interpolated (255 p + 0.5), truncated to uint8 by the resampler: 255 p rounded, with no float copy
-        block *= np.float32(255 / FINE_STEPS)
+        np.clip(block, 0.0, 1.0, out=block)
+        block *= np.float32(255)
         block += np.float32(0.5)
         return to_original_box(block, tuple(low), prepared, sitk.sitkUInt8)
 
@@ -329,22 +310,23 @@ class Segmenter:
         Raises:
             Cancelled: ``cancel`` was set.
         """
-        probabilities, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
-                                                 progress, cancel)
-        if prepared.body is None:
-            return probabilities
+        channels, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
+                                            progress, cancel)
         whole = torch.zeros((len(queries), *prepared.array.shape), dtype=torch.float32)
-        whole[(slice(None), *box)] = probabilities
+        for target, channel in zip(whole, channels):
+            target[box] = channel
         return whole
 
     def predict_in_box(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
                        overlap: float = 0.25, sw_batch_size: int | None = None,
-                       progress: ProgressCallback | None = None,
-                       cancel: CancelFlag | None = None) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
-        """Probabilities ``(T, z, y, x)`` float32 on the model grid of an already prepared volume, only inside
-        the box the windows cover (sliding windows; one backbone pass per window serves every query), and that
-        box (index slices of ``prepared.array``): ``prepared.body`` when set (CT: the body and its margin, the
-        air around it is background), else the whole array.
+                       progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
+                       half: bool = False) -> tuple[list[torch.Tensor], tuple[slice, slice, slice]]:
+        """Per query, probabilities ``(z, y, x)`` float32 on the model grid of an already prepared volume, only
+        inside the box the windows cover (sliding windows: one backbone pass per window serves every query), and
+        that box (index slices of ``prepared.array``): ``prepared.body`` when set (CT: the body and its margin,
+        the air around it is background), else the whole array. Each query's map is a tensor of its own
+        (:func:`~.windows.sliding_windows`), so a caller can free them one at a time. With ``half`` they are
+        float16, summed in float16 (half the memory; a probability moves by about 0.003 at most).
 
         Raises:
             Cancelled: ``cancel`` was set.
@@ -353,22 +335,16 @@ class Segmenter:
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
         box = prepared.body or tuple(slice(0, n) for n in prepared.array.shape)
         array = prepared.array[box]
-        logits_fn = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape,
-                                           overlap, report, cancel)
-        from monai.inferers import sliding_window_inference
-
-        volume = torch.from_numpy(np.ascontiguousarray(array))[None, None]
+        predict = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape, overlap, report, cancel)
         padding = self.model.config.padding  # as the training crops were padded
-        fill = {"cval": float(prepared.array.min())} if padding == "constant" else {}
         with torch.inference_mode(), self._autocast():
-            probabilities = sliding_window_inference(
-                volume, roi_size=self.model.config.patch_size, predictor=logits_fn,
-                sw_batch_size=sw_batch_size or self.windows_per_call(),
-                overlap=overlap, mode="gaussian", sw_device=self.device, device=torch.device("cpu"),
-                padding_mode=padding, **fill)
+            maps = sliding_windows(torch.from_numpy(np.ascontiguousarray(array)), self.model.config.patch_size,
+                                   overlap, predict, len(queries), sw_batch_size or self.windows_per_call(),
+                                   padding, float(prepared.array.min()), torch.float16 if half else torch.float32,
+                                   self.device)
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
-        return probabilities[0].float(), box
+        return maps, box
 
     def windows_per_call(self) -> int:
         """Sliding windows per network call: 2 on the CPU for windows of at most 64^3 voxels, else 1.
@@ -384,6 +360,7 @@ class Segmenter:
 
     def _window_predictor(self, modality: str, context: torch.Tensor, targets: torch.Tensor, shape: Sequence[int],
                           overlap: float, report: ProgressCallback, cancel: CancelFlag | None):
+        """The sliding-window predictor: probabilities ``(B, T, z, y, x)`` float32 for a batch of windows."""
         total = window_count(shape, self.model.config.patch_size, overlap)
         done = [0]
 

@@ -5,6 +5,8 @@ import threading
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
+import torch
 
 from PromptSegLib.errors import Cancelled, InputImageError, PromptError
 from PromptSegLib.segment.inference import window_count
@@ -101,6 +103,31 @@ def test_window_count_matches_monai():
         roi = get_valid_patch_size(shape, (64, 64, 64))
         interval = _get_scan_interval(shape, roi, 3, (0.25, 0.25, 0.25))
         assert window_count(shape, (64, 64, 64), 0.25) == len(dense_patch_slices(shape, roi, interval)), shape
+
+
+@pytest.mark.parametrize("shape, padding", [((70, 90, 100), "replicate"), ((40, 90, 66), "constant"),
+                                            ((40, 50, 100), "replicate")])
+def test_sliding_windows_sum_what_monai_sums(chest_ct, shape, padding):
+    """Each target's map summed on its own gives MONAI's sliding-window mean: same windows, same Gaussian
+    weights, the same padding of a volume smaller than a window; float16 sums stay within 0.003."""
+    from monai.inferers import sliding_window_inference
+
+    from PromptSegLib.segment.windows import sliding_windows
+
+    image = torch.from_numpy(sitk.GetArrayFromImage(chest_ct).astype(np.float32))
+    volume = ((torch.nn.functional.interpolate(image[None, None], size=shape, mode="trilinear")[0, 0] + 1000) / 500)
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 5, padding=2), torch.nn.Sigmoid()).eval()
+    with torch.inference_mode():
+        fill = {"cval": -2.0} if padding == "constant" else {}
+        expected = sliding_window_inference(volume[None, None], (48, 64, 64), 2, network, overlap=0.25,
+                                            mode="gaussian", padding_mode=padding, **fill)[0]
+        exact = sliding_windows(volume, (48, 64, 64), 0.25, network, 3, 2, padding, -2.0)
+        half = sliding_windows(volume, (48, 64, 64), 0.25, network, 3, 2, padding, -2.0, torch.float16)
+    for target, (want, got, rough) in enumerate(zip(expected, exact, half)):
+        assert got.shape == want.shape == shape and half[target].dtype == torch.float16
+        assert torch.allclose(got, want, atol=1e-6), target
+        assert (rough.float() - want).abs().max() < 3e-3 and (want.max() - want.min()) > 0.1
 
 
 def test_closer_look_changes_only_the_box(tiny_segmenter, chest_ct):

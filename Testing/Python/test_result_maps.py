@@ -47,8 +47,10 @@ def whole_grid_path(segmenter: Segmenter, image: sitk.Image, region: str,
 
 def assert_same_result(segmenter: Segmenter, image: sitk.Image, region: str,
                        targets: list[str]) -> tuple[list[float], list[str]]:
-    """The new path against the whole-grid path: each voxel's probability within a 1/255 step (under 1 % of them
-    beyond half a step), masks with Dice >= 0.999, the same warnings. Returns each target's Dice, the warnings."""
+    """The new path against the whole-grid path (float32 sums): each voxel's probability within a 1/255 step
+    (under 1 % of them beyond half a step) but for a few in 10^5 (the float16 sums move a probability by up to
+    about 0.003, so a voxel at the threshold can join or leave a piece that post-processing keeps or removes),
+    masks with Dice >= 0.999, the same warnings. Returns each target's Dice, the warnings."""
     expected, expected_warnings = whole_grid_path(segmenter, image, region, targets)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -60,7 +62,7 @@ def assert_same_result(segmenter: Segmenter, image: sitk.Image, region: str,
         scores.append(dice(result.mask(index), old))
         assert scores[-1] >= 0.999, (name, scores[-1])
         error = np.abs(result.probability(index) - expected[index])
-        assert error.max() <= 1 / 255 + 1e-6 and (error > 0.5 / 255 + 1e-6).mean() < 0.01, name  # rounded
+        assert (error > 1 / 255 + 1e-6).mean() < 1e-5 and (error > 0.5 / 255 + 1e-6).mean() < 0.01, name
     return scores, expected_warnings
 
 

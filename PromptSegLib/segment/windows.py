@@ -1,0 +1,79 @@
+"""Sliding windows over a volume, each target's map summed in a tensor of its own.
+
+The windows and their Gaussian weights are those of MONAI's ``sliding_window_inference`` (same positions from
+``dense_patch_slices``, same ``compute_importance_map``, a volume smaller than a window padded the same way;
+``Testing/Python/test_inference.py`` checks the sums against MONAI's). What differs is where the sums live: MONAI
+keeps one ``(T, Z, Y, X)`` tensor and a weight sum in the output's type; here each of the T targets has its own
+tensor, float16 when asked, and one float32 weight sum serves them all. A caller can then free the targets one
+at a time, and float16 halves their memory without rounding the weights.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+"""Windows ``(B, 1, *roi)`` float32 -> probabilities ``(B, T, *roi)``."""
+
+
+def window_slices(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
+    """The windows (index slices) MONAI visits in a volume of ``shape`` (at least ``roi`` in every axis)."""
+    from monai.data.utils import dense_patch_slices
+
+    interval = [r if r == s else max(int(r * (1 - overlap)), 1) for s, r in zip(shape, roi)]
+    return dense_patch_slices(shape, roi, interval)
+
+
+def gaussian_weights(roi: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The weight of each voxel of a window ``roi`` float32: MONAI's Gaussian (sigma = roi / 8, clamped above
+    zero)."""
+    from monai.data.utils import compute_importance_map
+
+    return compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=0.125, device=device,
+                                  dtype=torch.float32)
+
+
+def sliding_windows(volume: torch.Tensor, roi: Sequence[int], overlap: float, predict: Predictor, targets: int,
+                    per_call: int = 1, padding_mode: str = "constant", cval: float = 0.0,
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Per target, the Gaussian-weighted mean of the windows' probabilities ``(Z, Y, X)`` of ``dtype``.
+
+    Args:
+        volume: ``(Z, Y, X)`` float32 on the CPU.
+        roi: window size in voxels; a volume smaller in some axis is padded as MONAI pads it (``padding_mode``:
+            ``constant`` with ``cval``, or ``replicate``) and the result cut back.
+        overlap: fraction of a window shared with its neighbour.
+        predict: called with ``per_call`` windows at a time, on ``device``.
+        targets: T, the channels ``predict`` returns.
+        dtype: of the sums and the result (float16 halves their memory).
+    """
+    roi = [int(r) for r in roi]
+    pad = []  # as MONAI: from the last axis, half before and the rest after
+    for size, r in zip(reversed(volume.shape), reversed(roi)):
+        diff = max(r - size, 0)
+        pad += [diff // 2, diff - diff // 2]
+    padded = volume[None, None]
+    if any(pad):
+        padded = F.pad(padded, pad, mode=padding_mode, value=cval) if padding_mode == "constant" else \
+            F.pad(padded, pad, mode=padding_mode)
+    shape = padded.shape[2:]
+    slices = window_slices(shape, roi, overlap)
+    weights = gaussian_weights(roi, torch.device(device))
+    sums = [torch.zeros(shape, dtype=dtype) for _ in range(targets)]
+    weight_sum = torch.zeros(shape, dtype=torch.float32)
+    on_cpu = weights.cpu()
+    for start in range(0, len(slices), per_call):
+        group = slices[start:start + per_call]
+        windows = torch.cat([padded[(slice(None), slice(None), *s)] for s in group]).to(device)
+        probabilities = predict(windows)
+        for index, where in enumerate(group):
+            weighted = (probabilities[index].float() * weights).to("cpu", dtype)  # (T, *roi)
+            for total, part in zip(sums, weighted):
+                total[where] += part
+            weight_sum[where] += on_cpu
+    kept = tuple(slice(before, before + size) for before, size in zip(pad[::2][::-1], volume.shape))
+    for total in sums:
+        total.copy_(total.float().div_(weight_sum))  # one float32 target at a time
+    return [total[kept] for total in sums]
