@@ -116,7 +116,7 @@ class TrainingLoop:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_suffix(".partial")
         torch.save({**extra, **{name: item.state_dict() for name, item in self.saved.items()}, "step": self.step,
-                    "cycle": list(self.cycle), "sessions": self.sessions, "planned_steps": self.steps}, tmp)
+                    "cycle": list(self.cycle), "sessions": self.sessions}, tmp)
         os.replace(tmp, self.checkpoint)
 
     def run(self, loss_of_step: Callable[[], tuple[torch.Tensor, dict]],
