@@ -13,7 +13,8 @@ rest and never changes a drawn slice.
   outwards, at most ``REACH`` drawn-slice spacings, and stops at the structure's ends as it does from one
   slice; where the image cannot show an end (the network carries a mask on through similar tissue), the size
   profile fitted to the drawn slices (:func:`~PromptSegLib.propagate.shape_prior.fit_profile`) caps each slice's size,
-  and its end ends the direction.
+  and its end ends the direction. Drawn slices spread along the structure tell the profile how long it is at
+  least (``ENDS_BEYOND``).
 - A drawn *empty* slice (the user erased a slice) bounds the fill: nothing is filled past it from either side.
 
 Arrays are ``(Z, Y, X)``; ``axis`` 0/1/2 as in :mod:`PromptSegLib.propagate.propagator`.
@@ -27,7 +28,8 @@ from PromptSegLib.errors import Cancelled, InputImageError, PromptSegError
 from PromptSegLib.propagate.geometry import box_to_slice, set_slice, take_slice
 from PromptSegLib.propagate.propagator import (FADE_CONTRAST, ProgressCallback, PropagationResult, Propagator,
                                                propagate, resolve_axis)
-from PromptSegLib.propagate.shape_prior import equivalent_radius, fit_profile, interpolated_distance, shrink_to_radius
+from PromptSegLib.propagate.shape_prior import (drawn_aspect, equivalent_radius, fit_profile, interpolated_distance,
+                                               shrink_to_radius)
 from PromptSegLib.propagate.shape_prior import signed_distance as signed_distance_of
 
 INTERPOLATION_WEIGHT = 0.75
@@ -41,10 +43,16 @@ REACH = 0.5
 """How far the fill goes beyond the outermost drawn slices when two or more are drawn, in median spacings of
 the drawn slices (``None``: as far as the stopping rule and the size profile allow). A user who drew slices
 across a structure has drawn near its ends; a structure that runs on into similar tissue (the brain stem into
-the spinal cord) otherwise fills far past its end. Chosen on 66 validation organs (12 OpenKBP training-split
+the spinal cord) otherwise fills far past its end. Chosen on 61 validation organs (12 OpenKBP training-split
 patients, never in the benchmark; ``Testing/benchmarks/choose_fill_reach.py``), mean Dice over K = 2, 4, 8
 drawn slices: no limit 0.749, 1 spacing 0.788, 0.5 spacing 0.804 (K = 8: 0.808, 0.882, 0.899). With one drawn
 slice there is no spacing and the limit does not apply."""
+ENDS_BEYOND = 1.0
+"""With two or more drawn slices, where the size profile expects the structure's ends: at least this many median
+drawn-slice spacings beyond the outermost ones (:func:`~PromptSegLib.propagate.shape_prior.drawn_aspect`).
+Chosen on the same 61 validation organs (``Testing/benchmarks/choose_fill_reach.py --ends-beyond none 0.5 1 2 4
+--threads 2``), mean Dice over K = 2, 3, 4, 6, 8: only the compact prior 0.813, 0.5 spacing 0.820, 1 spacing
+0.822, 2 and 4 spacings 0.821; at K = 2: 0.685, 0.716, 0.725, 0.723, 0.723 (K = 3..8 move by 0.002 at most)."""
 
 
 def drawn_slices(mask: np.ndarray, axis: int = 0) -> list[int]:
@@ -104,6 +112,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
                      axis: int | str = 0, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
                      start: int | None = None, stop: int | None = None, threshold: float | None = None,
                      min_contrast: float | None = FADE_CONTRAST, reach: float | None = REACH,
+                     ends_beyond: float | None = ENDS_BEYOND,
                      progress: ProgressCallback | None = None, cancel=None) -> PropagationResult:
     """Fill a structure from the slices the user drew (see the module docstring).
 
@@ -118,6 +127,9 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
             outermost drawn slices (:func:`~PromptSegLib.propagate.propagator.propagate`).
         reach: with two or more non-empty drawn slices, fill at most this many median drawn-slice spacings
             beyond the outermost ones (``REACH``; ``None``: no such limit).
+        ends_beyond: with two or more, the size profile expects the structure's ends at least this many median
+            drawn-slice spacings beyond the outermost ones (``ENDS_BEYOND``; ``None``: only the compact-structure
+            prior :data:`~PromptSegLib.propagate.shape_prior.ASPECT`).
         progress: ``(fraction, message)`` callback; cancel: object with ``is_set()``.
 
     Returns:
@@ -154,7 +166,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
         lo, hi = max(lo, full[0] - beyond), min(hi, full[-1] + beyond)
     step_mm = float(spacing[axis])
     pixel_area = float(np.prod([spacing[i] for i in range(3) if i != axis]))
-    profile = fit_profile([k * step_mm for k in full], [equivalent_radius(drawn[k], pixel_area) for k in full])
+    positions, radii = [k * step_mm for k in full], [equivalent_radius(drawn[k], pixel_area) for k in full]
+    profile = fit_profile(positions, radii, aspect=drawn_aspect(positions, radii, ends_beyond))
 
     def limit(j: int, predicted: np.ndarray) -> np.ndarray:
         return shrink_to_radius(predicted, profile.radius(j * step_mm), pixel_area)

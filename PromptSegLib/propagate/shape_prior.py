@@ -60,6 +60,20 @@ class SizeProfile:
         return self.scale * math.sqrt(max(a + b * u + c * u * u, 0.0))
 
 
+def drawn_aspect(positions: Sequence[float], radii: Sequence[float], ends_beyond: float | None) -> float:
+    """The aspect prior for :func:`fit_profile` given the drawn slices: :data:`ASPECT`, or, with two or more
+    drawn slices, at least what they show of the structure's length: half their span plus ``ends_beyond``
+    median spacings of theirs (where the ends are expected), over the largest drawn radius. ``None``: ASPECT.
+
+    Without it, two drawn slices far apart on a tube (the spinal cord) got an ellipsoid a few radii long, which
+    ends just past them, and the fill stopped there."""
+    z = np.sort(np.asarray(positions, float))
+    if ends_beyond is None or len(z) < 2:
+        return ASPECT
+    half_length = (z[-1] - z[0]) / 2 + ends_beyond * float(np.median(np.diff(z)))
+    return max(ASPECT, half_length / float(max(radii)))
+
+
 def fit_profile(positions: Sequence[float], radii: Sequence[float], aspect: float = ASPECT,
                 prior_weight: float = PRIOR_WEIGHT) -> SizeProfile:
     """Fit the size profile to drawn slices.

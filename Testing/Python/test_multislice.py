@@ -12,7 +12,8 @@ from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
 from PromptSegLib.propagate.multislice import fill_from_slices
 from PromptSegLib.propagate.propagator import Propagator
-from PromptSegLib.propagate.shape_prior import fit_profile, interpolated_distance, shrink_to_radius
+from PromptSegLib.propagate.shape_prior import (ASPECT, drawn_aspect, fit_profile, interpolated_distance,
+                                               shrink_to_radius)
 
 from conftest import SHARED, needs_shared
 
@@ -72,6 +73,24 @@ def test_the_fill_ends_near_the_outermost_drawn_slices(propagator):
 
 
 @needs_shared()
+def test_two_drawn_slices_far_apart_fill_past_them(propagator):
+    """pt_211's brain stem from two drawn slices 6 slices apart (held out): with only the compact-structure prior
+    the size profile ended just past them (measured Dice 0.713, filled slices 32-41 of the truth's 31-43); it
+    now expects the ends a drawn-slice spacing out (measured 0.825, 31-42)."""
+    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_211"
+    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 1
+    array, spacing = sitk.GetArrayFromImage(image).astype(np.float32), tuple(reversed(image.GetSpacing()))
+    indices = protocol_slices(truth, 2)
+    drawn = {j: truth[j] for j in indices}
+    spanned = fill_from_slices(propagator, array, drawn, spacing=spacing)
+    compact = fill_from_slices(propagator, array, drawn, spacing=spacing, ends_beyond=None)
+    filled = np.nonzero(spanned.mask.any(axis=(1, 2)))[0]
+    assert filled[0] <= indices[0] - 2 and filled[-1] >= indices[-1] + 2
+    assert dice(spanned.mask, truth) > 0.8 > dice(compact.mask, truth) + 0.05
+
+
+@needs_shared()
 def test_an_empty_drawn_slice_bounds_the_fill(sarcoma, propagator):
     image, truth, spacing = sarcoma
     middle = protocol_slices(truth, 1)[0]
@@ -108,6 +127,12 @@ def test_shape_priors():
     # three slices of a tube spread over 24 times its radius: it goes on
     tube = fit_profile([-60.0, 0.0, 60.0], [5.0, 5.0, 5.0])
     assert 4.5 < tube.radius(90.0) < 5.5
+    # the drawn slices' span sets a longer prior: two slices 90 mm apart on a 5 mm tube, ends a spacing beyond
+    assert drawn_aspect([0.0, 90.0], [5.0, 5.0], 1.0) == pytest.approx((45.0 + 90.0) / 5.0)
+    assert drawn_aspect([0.0, 90.0], [5.0, 5.0], None) == drawn_aspect([0.0], [5.0], 1.0) == ASPECT
+    assert drawn_aspect([0.0, 4.0], [10.0, 10.0], 1.0) == ASPECT  # a compact structure keeps the default
+    assert fit_profile([0.0, 90.0], [5.0, 5.0], aspect=drawn_aspect([0.0, 90.0], [5.0, 5.0], 1.0)).radius(-60.0) > 0
+    assert fit_profile([0.0, 90.0], [5.0, 5.0]).radius(-5.0) == 0.0
     # shrinking keeps the innermost pixels, down to the requested equivalent radius
     shrunk = shrink_to_radius(disc(12), 6.0, 1.0)
     assert shrunk.sum() == int(math.pi * 36) and dice(shrunk, disc(6)) > 0.9
