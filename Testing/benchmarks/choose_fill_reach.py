@@ -3,15 +3,25 @@
 expects the structure's ends), each in median drawn-slice spacings, ``none`` for no such rule. One is varied, the
 other kept at the library's value.
 
-The structures: the seven organs of the 12 OpenKBP *training-split* patients that ``hn_oars.json`` keeps for
-validation (``../open-kbp/provided-data/train-pats``, read by the project's importer). The propagation model
-never trained on OpenKBP, and none of these patients is in ``bench_propagation.py``'s groups, whose figures
-stay a held-out report. Protocol as in ``bench_propagation.py`` (K drawn axial slices at (i + 0.5) / K of the
-extent); each value is run for K = 2..8 or ``--counts`` (K = 1 is not affected), with the ITK peer for reference.
-Prints mean Dice per K and the mean over K for each value; the value with the highest mean over K is chosen.
+Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
+whose figures stay a held-out report):
+- ``openkbp``: the seven organs of the 12 OpenKBP *training-split* patients that ``hn_oars.json`` keeps for
+  validation (``../open-kbp/provided-data/train-pats``, read by the project's importer);
+- ``pgbm``: glioblastomas of TCIA Brain-Tumor-Progression, each study's ``MaskTumor`` on its T1 post-contrast
+  and on its registered FLAIR (6.5 mm slices; tumours on at least 3 slices), from ``../nd320-pgbm/PGBM-*/STUDY/
+  SERIES/*.dcm``, the DICOM files of ``fetch github:udacity/nd320-c3-3d-med-imaging``'s
+  ``3d-imaging-exploratory-data-analysis/data`` (only the MaskTumor, T1post and FLAIRreg series are read);
+- ``hippocampus``: the first 12 Medical Segmentation Decathlon hippocampus crops (1 mm MR, anterior and posterior
+  joined) of ``fetch github:MinervaRose/nd320-c3-3d-imaging-starter``'s ``data/TrainingSet``, copied to
+  ``../nd320-hippocampus/{images,labels}`` (a crop whose image the snapshot lacks is skipped).
+
+A group whose folder is absent is left out (said on the output). Protocol as in ``bench_propagation.py`` (K drawn
+axial slices at (i + 0.5) / K of the extent); each value is run for K = 2..8 or ``--counts`` (K = 1 is not
+affected), with the ITK peer for reference. Prints mean Dice per group and K; the value with the highest mean
+over groups and K is chosen (each group weighs the same, so that 60 organs do not outvote a dozen tumours).
 
 Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2]
-       [--counts 2 3 4 6 8] [--threads 1]
+       [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ from bench_propagation import COUNTS, ROOT, drawn_indices, fill_between_slices, 
 
 sys.path.insert(0, str(ROOT))
 
+from PromptSegLib.io.imageio import read_image  # noqa: E402
 from PromptSegLib.metrics import dice  # noqa: E402
 from PromptSegLib.propagate.multislice import fill_from_slices  # noqa: E402
 from PromptSegLib.propagate.propagator import Propagator  # noqa: E402
@@ -33,7 +44,12 @@ from PromptSegLib.train.openkbp import read_ct, read_structures  # noqa: E402
 SPEC = ROOT / "Resources" / "Training" / "hn_oars.json"
 
 
-def validation_structures():
+PGBM = ROOT.parent / "nd320-pgbm"
+HIPPOCAMPUS = ROOT.parent / "nd320-hippocampus"
+GROUPS = ("openkbp", "pgbm", "hippocampus")
+
+
+def openkbp_structures():
     """Yield ``(name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for each contoured organ
     (at least 3 slices) of the OpenKBP validation patients of ``hn_oars.json``."""
     dataset = json.loads(SPEC.read_text())["datasets"][0]
@@ -46,36 +62,78 @@ def validation_structures():
             yield f"{patient}/{organ}", image, truth, tuple(reversed(ct.GetSpacing()))
 
 
+def pgbm_structures():
+    """Like :func:`openkbp_structures`: each PGBM study's tumour on its T1 post-contrast and its FLAIR."""
+    for study in sorted(PGBM.glob("PGBM-*/*/")):
+        series = {folder.name.split("-")[1]: folder for folder in study.iterdir() if folder.is_dir()}
+        if "MaskTumor" not in series or "T1post" not in series:
+            continue
+        mask = read_image(series["MaskTumor"])
+        truth = sitk.GetArrayFromImage(mask) > 0
+        if truth.any(axis=(1, 2)).sum() < 3:
+            continue
+        for kind in ("T1post", "FLAIRreg"):
+            image = read_image(series[kind])
+            if image.GetSize() != mask.GetSize():
+                raise ValueError(f"{series[kind]} and its tumour mask are on different grids")
+            yield (f"{study.parent.name}/{study.name[:10]}/{kind}", sitk.GetArrayFromImage(image).astype(np.float32),
+                   truth, tuple(reversed(image.GetSpacing())))
+
+
+def hippocampus_structures():
+    """Like :func:`openkbp_structures`: the first 12 hippocampus crops whose image is there."""
+    for label in sorted((HIPPOCAMPUS / "labels").glob("hippocampus_*.nii.gz"))[:12]:
+        path = HIPPOCAMPUS / "images" / label.name
+        if path.is_file() and path.stat().st_size > 0:
+            image = read_image(path)
+            yield (label.name.split(".")[0], sitk.GetArrayFromImage(image).astype(np.float32),
+                   sitk.GetArrayFromImage(read_image(label)) > 0, tuple(reversed(image.GetSpacing())))
+
+
+SOURCES = {"openkbp": (openkbp_structures, ROOT.parent / "open-kbp"), "pgbm": (pgbm_structures, PGBM),
+           "hippocampus": (hippocampus_structures, HIPPOCAMPUS)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--reach", nargs="+")
     chosen.add_argument("--ends-beyond", nargs="+")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     keyword = "ends_beyond" if args.ends_beyond else "reach"
     values = [None if v == "none" else float(v) for v in args.ends_beyond or args.reach or ["none", "1", "0.5"]]
     counts = args.counts
     propagator = Propagator(None, threads=args.threads)
-    scores: dict[str, list[list[float]]] = {str(v): [] for v in values} | {"peer": []}
-    for name, image, truth, spacing in validation_structures():
-        drawn = {k: drawn_indices(truth, k) for k in counts}
-        for value in values:
-            scores[str(value)].append([dice(fill_from_slices(propagator, image, {j: truth[j] for j in drawn[k]},
-                                                             spacing=spacing, **{keyword: value}).mask, truth)
-                                       for k in counts])
-        scores["peer"].append([dice(fill_between_slices(truth, drawn[k]), truth) for k in counts])
-        print(name, " ".join(f"{key}: " + " ".join(f"{v:.3f}" for v in rows[-1]) for key, rows in scores.items()),
-              flush=True)
-    print(f"\n{len(scores['peer'])} validation structures (OpenKBP training-split patients kept for validation)\n")
-    print(f"| {keyword} (drawn-slice spacings) | " + " | ".join(f"K={k}" for k in counts) + " | mean over K |")
-    print("|---|" + "---|" * (len(counts) + 1))
-    for key, rows in scores.items():
-        means = np.mean(np.array(rows), axis=0)
+    groups = [g for g in args.groups if SOURCES[g][1].is_dir()]
+    for group in sorted(set(args.groups) - set(groups)):
+        print(f"left out: {group} ({SOURCES[group][1]} is absent)")
+    keys = [str(v) for v in values] + ["peer"]
+    scores: dict[str, dict[str, list[list[float]]]] = {g: {key: [] for key in keys} for g in groups}
+    for group in groups:
+        for name, image, truth, spacing in SOURCES[group][0]():
+            drawn = {k: drawn_indices(truth, k) for k in counts}
+            for value in values:
+                scores[group][str(value)].append(
+                    [dice(fill_from_slices(propagator, image, {j: truth[j] for j in drawn[k]}, spacing=spacing,
+                                           **{keyword: value}).mask, truth) for k in counts])
+            scores[group]["peer"].append([dice(fill_between_slices(truth, drawn[k]), truth) for k in counts])
+            print(f"{group}/{name} " + " ".join(f"{key}: " + " ".join(f"{v:.3f}" for v in rows[-1])
+                                                for key, rows in scores[group].items()), flush=True)
+    means = {g: {key: np.mean(np.array(rows), axis=0) for key, rows in by_key.items()} for g, by_key in scores.items()}
+    print("\nValidation structures: " + ", ".join(f"{g} {len(scores[g]['peer'])}" for g in groups) + "\n")
+    print(f"| {keyword} (drawn-slice spacings) | group | " + " | ".join(f"K={k}" for k in counts) + " | mean over K |")
+    print("|---|---|" + "---|" * (len(counts) + 1))
+    for key in keys:
         label = "ITK Fill between slices" if key == "peer" else key
-        print(f"| {label} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {means.mean():.3f} |")
-    best = max((k for k in scores if k != "peer"), key=lambda k: np.mean(scores[k]))
+        for group in groups:
+            row = means[group][key]
+            print(f"| {label} | {group} | " + " | ".join(f"{m:.3f}" for m in row) + f" | {row.mean():.3f} |")
+        overall = np.mean([means[g][key] for g in groups], axis=0)
+        print(f"| {label} | mean of groups | " + " | ".join(f"{m:.3f}" for m in overall) + f" | {overall.mean():.3f} |")
+    best = max(keys[:-1], key=lambda key: np.mean([means[g][key] for g in groups]))
     print(f"\nchosen: {keyword} {best}")
 
 
