@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
-from PromptSegLib.propagate.multislice import fill_from_slices
+from PromptSegLib.propagate.multislice import REACH, fill_from_slices
 from PromptSegLib.propagate.propagator import Propagator
 from PromptSegLib.propagate.shape_prior import (ASPECT, drawn_aspect, fit_profile, interpolated_distance,
                                                shrink_to_radius)
@@ -64,27 +64,29 @@ def test_the_fill_ends_near_the_outermost_drawn_slices(propagator):
     drawn = {j: truth[j] for j in indices}
     limited = fill_from_slices(propagator, array, drawn, spacing=spacing)
     unlimited = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=None)
-    beyond = int(round(0.5 * np.median(np.diff(indices))))
+    beyond = int(round(REACH * np.median(np.diff(indices))))
     filled = np.nonzero(limited.mask.any(axis=(1, 2)))[0]
     assert filled[0] >= indices[0] - beyond and filled[-1] <= indices[-1] + beyond
     runs_on = np.nonzero(unlimited.mask.any(axis=(1, 2)))[0]
     assert runs_on[0] < indices[0] - beyond or runs_on[-1] > indices[-1] + beyond
-    assert dice(limited.mask, truth) > 0.9 > dice(unlimited.mask, truth) + 0.3  # measured 0.947 and 0.352
+    # measured 0.873 and 0.352 (0.947 with the reach at half a spacing)
+    assert dice(limited.mask, truth) > 0.85 > dice(unlimited.mask, truth) + 0.3
 
 
 @needs_shared()
 def test_two_drawn_slices_far_apart_fill_past_them(propagator):
     """pt_211's brain stem from two drawn slices 6 slices apart (held out): with only the compact-structure prior
     the size profile ended just past them (measured Dice 0.713, filled slices 32-41 of the truth's 31-43); it
-    now expects the ends half a drawn-slice spacing out (measured 0.762, 31-41)."""
+    now expects the ends half a drawn-slice spacing out (measured 0.762, 31-41). The reach is set to half a
+    spacing in both, so that it does not hide the difference (at the default quarter both stop at slice 32)."""
     folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_211"
     image = sitk.ReadImage(str(folder / "ct.nii.gz"))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 1
     array, spacing = sitk.GetArrayFromImage(image).astype(np.float32), tuple(reversed(image.GetSpacing()))
     indices = protocol_slices(truth, 2)
     drawn = {j: truth[j] for j in indices}
-    spanned = fill_from_slices(propagator, array, drawn, spacing=spacing)
-    compact = fill_from_slices(propagator, array, drawn, spacing=spacing, ends_beyond=None)
+    spanned = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=0.5)
+    compact = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=0.5, ends_beyond=None)
     filled = np.nonzero(spanned.mask.any(axis=(1, 2)))[0]
     shorter = np.nonzero(compact.mask.any(axis=(1, 2)))[0]
     assert filled[0] < shorter[0] and filled[-1] >= shorter[-1]
