@@ -119,17 +119,15 @@ def _describe_entry(entry: dict) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from PromptSegLib.errors import ModelError
     from PromptSegLib.models.catalogue import (catalogue_entries, catalogue_entry, download_model, import_model,
-                                               installed_models, write_catalogue)
-    from PromptSegLib.models.folder import BUNDLED_MODELS, KINDS
+                                               installed_models, refresh_bundled_catalogue)
+    from PromptSegLib.models.folder import BUNDLED_MODELS
 
     if args.import_model:
         print(f"installed {import_model(args.import_model)}")
     if args.download:
         print(f"installed {download_model(args.download)}")
     if args.update:
-        folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file()
-                         and json.loads((p / "config.json").read_text()).get("format") in KINDS)
-        write_catalogue([catalogue_entry(f) for f in folders])
+        refresh_bundled_catalogue()
     installed = installed_models()
     for folder in installed.values():
         entry = catalogue_entry(folder)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from PromptSegLib.io.outputs import atomic_path
-from PromptSegLib.models.folder import BUNDLED_MODELS, folder_identity, read_config, sha256
+from PromptSegLib.models.folder import BUNDLED_MODELS, KINDS, folder_identity, read_config, sha256
 
 CATALOGUE = BUNDLED_MODELS / "catalogue.json"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -79,6 +79,13 @@ def write_catalogue(entries: list[dict], path: str | os.PathLike = CATALOGUE) ->
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def refresh_bundled_catalogue() -> Path:
+    """Rewrite the catalogue from the bundled model folders (after a bundled folder changed, e.g. its card)."""
+    folders = sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").is_file()
+                     and json.loads((p / "config.json").read_text()).get("format") in KINDS)
+    return write_catalogue([catalogue_entry(f) for f in folders])
 
 
 def user_models_folder() -> Path:

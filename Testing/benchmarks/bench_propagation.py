@@ -248,12 +248,16 @@ def latency(propagator: Propagator, slices: int = 200, side: int = 256) -> dict[
 
 
 def write_card(folder: str | Path, section: str) -> None:
-    """Replace the card's benchmark section (the last one, from its heading) by ``section``."""
-    from PromptSegLib.models.folder import CARD, replace_card
+    """Replace the card's benchmark section (the last one, from its heading) by ``section``; a bundled folder's
+    catalogue entry (its size) follows."""
+    from PromptSegLib.models.catalogue import refresh_bundled_catalogue
+    from PromptSegLib.models.folder import BUNDLED_MODELS, CARD, replace_card
 
     card = (Path(folder) / CARD).read_text(encoding="utf-8")
     head = card.find("\n## Benchmark")
     replace_card(folder, (card if head < 0 else card[:head]).rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
+    if Path(folder).resolve().parent == BUNDLED_MODELS.resolve():
+        refresh_bundled_catalogue()
 
 
 def main() -> None:
