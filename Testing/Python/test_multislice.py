@@ -33,6 +33,15 @@ def propagator():
     return Propagator(None, threads=1)
 
 
+@pytest.fixture(scope="module")
+def brain_stem():
+    """OpenKBP pt_211's CT (HU) and brain stem ``(Z, Y, X)``, and the voxel size (mm, Z Y X)."""
+    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_211"
+    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 1
+    return sitk.GetArrayFromImage(image).astype(np.float32), truth, tuple(reversed(image.GetSpacing()))
+
+
 def protocol_slices(truth, k):
     present = np.nonzero(truth.any(axis=(1, 2)))[0]
     return sorted({int(present[0] + np.floor((i + 0.5) * len(present) / k)) for i in range(k)})
@@ -53,13 +62,10 @@ def test_more_drawn_slices_fill_better_and_are_kept(sarcoma, propagator):
 
 
 @needs_shared()
-def test_the_fill_ends_near_the_outermost_drawn_slices(propagator):
+def test_the_fill_ends_near_the_outermost_drawn_slices(brain_stem, propagator):
     """OpenKBP pt_211's brain stem (a held-out patient; the propagation model never trained on OpenKBP), six
     drawn slices: without a reach the fill ran on down the spinal cord (Dice 0.35 in the benchmark)."""
-    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_211"
-    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 1
-    array, spacing = sitk.GetArrayFromImage(image).astype(np.float32), tuple(reversed(image.GetSpacing()))
+    array, truth, spacing = brain_stem
     indices = protocol_slices(truth, 6)
     drawn = {j: truth[j] for j in indices}
     limited = fill_from_slices(propagator, array, drawn, spacing=spacing)
@@ -74,15 +80,12 @@ def test_the_fill_ends_near_the_outermost_drawn_slices(propagator):
 
 
 @needs_shared()
-def test_two_drawn_slices_far_apart_fill_past_them(propagator):
+def test_two_drawn_slices_far_apart_fill_past_them(brain_stem, propagator):
     """pt_211's brain stem from two drawn slices 6 slices apart (held out): with only the compact-structure prior
     the size profile ended just past them (measured Dice 0.713, filled slices 32-41 of the truth's 31-43); it
     now expects the ends half a drawn-slice spacing out (measured 0.762, 31-41). The reach is set to half a
     spacing in both, so that it does not hide the difference (at the default quarter both stop at slice 32)."""
-    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_211"
-    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 1
-    array, spacing = sitk.GetArrayFromImage(image).astype(np.float32), tuple(reversed(image.GetSpacing()))
+    array, truth, spacing = brain_stem
     indices = protocol_slices(truth, 2)
     drawn = {j: truth[j] for j in indices}
     spanned = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=0.5)
