@@ -5,10 +5,10 @@ rest and never changes a drawn slice.
 
 - Between two drawn slices ``a < b`` (a *gap*) the result uses both: each slice starts from the shape-based
   interpolation of the two drawn masks (:func:`~PromptSegLib.propagate.shape_prior.interpolated_distance`, shapes
-  aligned on their centroids), and the network refines that shape in one step from the neighbouring slice
-  (:func:`bridge`). Measured on held-out sarcomas, chains carried from each side and blended by distance drift
-  in long gaps on CT (worse than interpolation alone), so the interpolation leads and the network moves its
-  boundary by under a pixel (``INTERPOLATION_WEIGHT``, ``INTERPOLATION_RAMP``).
+  aligned on their centroids, the area interpolated), and the network refines that shape in one step from the
+  neighbouring slice (:func:`bridge`). Measured on held-out sarcomas, chains carried from each side and blended
+  by distance drift in long gaps on CT (worse than interpolation alone), so the interpolation leads and the
+  network moves its boundary by under a pixel (``INTERPOLATION_WEIGHT``, ``INTERPOLATION_RAMP``).
 - Beyond the outermost drawn slices :func:`~PromptSegLib.propagate.propagator.propagate` carries the outermost ones
   outwards, at most ``REACH`` drawn-slice spacings, and stops at the structure's ends as it does from one
   slice; where the image cannot show an end (the network carries a mask on through similar tissue), the size

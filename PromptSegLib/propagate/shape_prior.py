@@ -27,16 +27,34 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return (ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)).astype(np.float32)
 
 
-def interpolated_distance(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Shape-based interpolation of two non-empty 2D masks at ``t`` in ``[0, 1]`` (0 gives ``a``): the two
-    shapes are moved onto their common centroid, their signed distances blended ``(1 - t) * a + t * b``, and
-    the result moved to the interpolated centroid, so a structure that shifts between the slices keeps its
-    size. Returns the blended signed distance ``(H, W)`` in pixels (the mask is where it is negative)."""
+def interpolated_distance(a: np.ndarray, b: np.ndarray, t: float, keep_area: bool = True) -> np.ndarray:
+    """Shape-based interpolation of two non-empty 2D masks at ``t`` in ``[0, 1]`` (0 gives ``a``), area kept.
+
+    The two shapes are moved onto their common centroid, their signed distances blended ``(1 - t) * a + t * b``,
+    and the result moved to the interpolated centroid, so a structure that shifts between the slices keeps its
+    place. Unless ``keep_area`` is false, the blend's zero level is then moved so that the shape's area is the
+    interpolated area ``(1 - t) |a| + t |b|``: blended distances alone shrink thin and ragged shapes whose insides
+    do not overlap (a glioblastoma in pieces got under half its area).
+
+    Chosen by ``Testing/benchmarks/choose_fill_reach.py --keep-area false true --threads 2`` on its validation
+    groups (the fill's protocol, K = 2, 3, 4, 6, 8): mean whole-structure Dice without / with the area kept:
+    12 glioblastomas 0.804 / 0.815 (ITK's Fill between slices 0.812), 11 hippocampi 0.821 / 0.831, 61 OpenKBP
+    organs 0.816 / 0.822; higher in every group at every K. In the slices filled between the drawn ones alone,
+    glioblastomas at K = 2: 0.274 / 0.365 (ITK 0.394).
+
+    Returns:
+        the interpolated shape's signed distance ``(H, W)`` in pixels (the mask is where it is negative).
+    """
     ca, cb = np.array(ndimage.center_of_mass(a)), np.array(ndimage.center_of_mass(b))
     middle = (1.0 - t) * ca + t * cb
     da = ndimage.shift(signed_distance(a), middle - ca, order=1, mode="nearest")
     db = ndimage.shift(signed_distance(b), middle - cb, order=1, mode="nearest")
-    return (1.0 - t) * da + t * db
+    blend = (1.0 - t) * da + t * db
+    area = int(round((1.0 - t) * np.count_nonzero(a) + t * np.count_nonzero(b)))
+    if not keep_area or not 0 < area < blend.size:
+        return blend
+    lowest = np.partition(blend.ravel(), (area - 1, area))[area - 1:area + 1]
+    return blend - np.float32(lowest.mean())  # the `area` lowest values fall below zero
 
 
 def equivalent_radius(mask: np.ndarray, pixel_area: float) -> float:

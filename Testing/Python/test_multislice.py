@@ -115,6 +115,24 @@ def disc(radius, centre=(32, 32), shape=(64, 64)):
     return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
 
 
+@needs_shared()
+def test_interpolation_keeps_the_area_of_a_ragged_tumour():
+    # BRATS pat0005's enhancing tumour, a ragged rim (a training patient of the starter, not of the propagation
+    # model): every slice halfway between true slices 4 apart; blended distances alone shrink it
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED / "brats2015" / "brats_2013_pat0005_1" /
+                                                       "OTMultiClass.nii.gz")))
+    rim = labels == 4
+    present = np.nonzero(rim.any(axis=(1, 2)))[0]
+    kept, shrunk = [], []
+    for a in range(present[0], present[-1] - 3, 3):
+        if rim[a].any() and rim[a + 4].any():
+            middle = interpolated_distance(rim[a], rim[a + 4], 0.5) < 0
+            assert abs(int(middle.sum()) - (rim[a].sum() + rim[a + 4].sum()) / 2) <= 2  # ties at the level
+            kept.append(dice(middle, rim[a + 2]))
+            shrunk.append(dice(interpolated_distance(rim[a], rim[a + 4], 0.5, keep_area=False) < 0, rim[a + 2]))
+    assert len(kept) >= 15 and np.mean(kept) > np.mean(shrunk) + 0.05
+
+
 def test_shape_priors():
     # interpolation keeps the size of a disc that moves between the two slices, and lands halfway
     middle = interpolated_distance(disc(8, (20, 20)), disc(8, (40, 44)), 0.5) < 0

@@ -1,7 +1,9 @@
-"""Choose how far a fill goes beyond the outermost drawn slices, on validation structures: ``multislice.REACH``
-(``--reach``: the fill's hard limit) or ``multislice.ENDS_BEYOND`` (``--ends-beyond``: where the size profile
-expects the structure's ends), each in median drawn-slice spacings, ``none`` for no such rule. One is varied, the
-other kept at the library's value.
+"""Choose how a fill from drawn slices works, on validation structures: how far it goes beyond the outermost
+drawn slices, ``multislice.REACH`` (``--reach``: the fill's hard limit) or ``multislice.ENDS_BEYOND``
+(``--ends-beyond``: where the size profile expects the structure's ends), each in median drawn-slice spacings,
+``none`` for no such rule; or whether the interpolation between drawn slices keeps the interpolated area
+(``--keep-area false true``: ``shape_prior.interpolated_distance``'s ``keep_area``). One is varied, the others
+kept at the library's value.
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
 whose figures stay a held-out report):
@@ -20,7 +22,8 @@ axial slices at (i + 0.5) / K of the extent); each value is run for K = 2..8 or 
 affected), with the ITK peer for reference. Prints mean Dice per group and K; the value with the highest mean
 over groups and K is chosen (each group weighs the same, so that 60 organs do not outvote a dozen tumours).
 
-Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2]
+Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2 |
+       --keep-area false true]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,8 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from PromptSegLib.io.imageio import read_image  # noqa: E402
 from PromptSegLib.metrics import dice  # noqa: E402
-from PromptSegLib.propagate.multislice import fill_from_slices  # noqa: E402
+from PromptSegLib.propagate import multislice  # noqa: E402
 from PromptSegLib.propagate.propagator import Propagator  # noqa: E402
+from PromptSegLib.propagate.shape_prior import interpolated_distance  # noqa: E402
 from PromptSegLib.train.openkbp import read_ct, read_structures  # noqa: E402
 
 SPEC = ROOT / "Resources" / "Training" / "hn_oars.json"
@@ -90,6 +95,19 @@ def hippocampus_structures():
                    sitk.GetArrayFromImage(read_image(label)) > 0, tuple(reversed(image.GetSpacing())))
 
 
+def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray], spacing: tuple[float, ...],
+         keyword: str, value) -> np.ndarray:
+    """The library's fill from ``drawn`` slices with one choice set to ``value``: a keyword of
+    ``fill_from_slices``, or ``keep_area`` of the interpolation it uses between drawn slices."""
+    if keyword != "keep_area":
+        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, **{keyword: value}).mask
+    multislice.interpolated_distance = partial(interpolated_distance, keep_area=value)
+    try:
+        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
+    finally:
+        multislice.interpolated_distance = interpolated_distance
+
+
 SOURCES = {"openkbp": (openkbp_structures, ROOT.parent / "open-kbp"), "pgbm": (pgbm_structures, PGBM),
            "hippocampus": (hippocampus_structures, HIPPOCAMPUS)}
 
@@ -99,12 +117,14 @@ def main() -> None:
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--reach", nargs="+")
     chosen.add_argument("--ends-beyond", nargs="+")
+    chosen.add_argument("--keep-area", nargs="+", choices=["false", "true"])
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    keyword = "ends_beyond" if args.ends_beyond else "reach"
-    values = [None if v == "none" else float(v) for v in args.ends_beyond or args.reach or ["none", "1", "0.5"]]
+    keyword = "keep_area" if args.keep_area else "ends_beyond" if args.ends_beyond else "reach"
+    values = [v == "true" for v in args.keep_area] if args.keep_area else \
+        [None if v == "none" else float(v) for v in args.ends_beyond or args.reach or ["none", "1", "0.5"]]
     counts = args.counts
     propagator = Propagator(None, threads=args.threads)
     groups = [g for g in args.groups if SOURCES[g][1].is_dir()]
@@ -116,15 +136,15 @@ def main() -> None:
         for name, image, truth, spacing in SOURCES[group][0]():
             drawn = {k: drawn_indices(truth, k) for k in counts}
             for value in values:
-                scores[group][str(value)].append(
-                    [dice(fill_from_slices(propagator, image, {j: truth[j] for j in drawn[k]}, spacing=spacing,
-                                           **{keyword: value}).mask, truth) for k in counts])
+                scores[group][str(value)].append([dice(fill(propagator, image, {j: truth[j] for j in drawn[k]},
+                                                            spacing, keyword, value), truth) for k in counts])
             scores[group]["peer"].append([dice(fill_between_slices(truth, drawn[k]), truth) for k in counts])
             print(f"{group}/{name} " + " ".join(f"{key}: " + " ".join(f"{v:.3f}" for v in rows[-1])
                                                 for key, rows in scores[group].items()), flush=True)
     means = {g: {key: np.mean(np.array(rows), axis=0) for key, rows in by_key.items()} for g, by_key in scores.items()}
     print("\nValidation structures: " + ", ".join(f"{g} {len(scores[g]['peer'])}" for g in groups) + "\n")
-    print(f"| {keyword} (drawn-slice spacings) | group | " + " | ".join(f"K={k}" for k in counts) + " | mean over K |")
+    unit = "" if keyword == "keep_area" else " (drawn-slice spacings)"
+    print(f"| {keyword}{unit} | group | " + " | ".join(f"K={k}" for k in counts) + " | mean over K |")
     print("|---|---|" + "---|" * (len(counts) + 1))
     for key in keys:
         label = "ITK Fill between slices" if key == "peer" else key
