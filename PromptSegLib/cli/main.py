@@ -20,6 +20,7 @@ from PromptSegLib.cli.progress import progress_bar
 from PromptSegLib.cli.propagation import add_subcommands as add_propagation_subcommands
 from PromptSegLib.cli.tune import add_subcommands as add_tune_subcommands
 from PromptSegLib.errors import PromptSegError
+from PromptSegLib.segment.inference import PRECISIONS
 from PromptSegLib.workflows.segment_request import add_request_arguments
 
 
@@ -37,7 +38,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image, note = request.read_image(args.image, args.series_uid)
     if note:
         print(f"promptseg: note: {note}", file=sys.stderr)
-    segmenter = Segmenter(model, device=args.device, threads=args.threads, text_encoder=args.text_encoder)
+    segmenter = Segmenter(model, device=args.device, threads=args.threads, text_encoder=args.text_encoder,
+                          precision=args.precision)
     request.check(segmenter)
     update, close = progress_bar(not args.quiet)
     try:
@@ -240,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_roi_names_argument(seg)
     seg.add_argument("--dicom-seg", help="also write a DICOM SEG referencing the input series")
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
+    seg.add_argument("--precision", choices=PRECISIONS, default="auto",
+                     help="the network's arithmetic: auto (float32 on the CPU, half on CUDA), float32, or bfloat16 "
+                     "(about twice as fast on CPUs with AVX512-BF16 or AMX; masks differ by a voxel or so at edges)")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 

@@ -161,3 +161,18 @@ def test_air_around_a_ct_is_background_and_costs_no_windows(tiny_segmenter, ches
     assert counts[1] == counts[0]
     probabilities = result.probabilities[0]
     assert (probabilities[:, :, : pad[0] - 6] == 0).all() and (probabilities[:, :, -pad[0] + 6:] == 0).all()
+
+
+def test_bfloat16_runs_the_network_in_bfloat16_close_to_float32(chest_ct):
+    """``precision="bfloat16"`` (the bundled starter on the middle of the real chest CT): the probabilities move,
+    by little."""
+    from PromptSegLib.errors import PromptSegError
+    from PromptSegLib.segment.inference import Segmenter
+
+    middle = chest_ct[32:96, 48:112, :]
+    maps = {p: Segmenter(None, device="cpu", precision=p).segment(middle, "CT", "thorax", ["vertebral column"])
+            .probability(0) for p in ("float32", "bfloat16")}
+    difference = np.abs(maps["float32"] - maps["bfloat16"])
+    assert difference.max() > 0.0 and difference.mean() < 0.01
+    with pytest.raises(PromptSegError, match="unknown precision"):
+        Segmenter(None, device="cpu", precision="float16")

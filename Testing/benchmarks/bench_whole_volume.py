@@ -13,6 +13,7 @@ Default: the clinical 512x512x300 CT at 0.78x0.78x1.5 mm of ``bench_targets.py``
 256x256x200 CT at 1.5 mm. Prints the DuPLUS phase table (read, resample, windows, map back, write), the peers'
 times and peak RSS, and the ratios measured in the same run.
 Usage: python Testing/benchmarks/bench_whole_volume.py [--small] [--threads N] [--counts 1 5 10 20]
+       [--precision auto|float32|bfloat16]
 """
 from __future__ import annotations
 
@@ -80,12 +81,13 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="the quick 256x256x200 CT at 1.5 mm")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--precision", default="auto", help="of the DuPLUS requests (promptseg segment --precision)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # IMAGE:KIND, KIND a peer or a target count
     args = parser.parse_args()
     if args.case:
         path, kind = args.case.rsplit(":", 1)
         run = run_peer(kind, path, args.threads) if kind in PEERS else timed_request(
-            path, TWENTY_TARGETS[:int(kind)], args.threads)
+            path, TWENTY_TARGETS[:int(kind)], args.threads, precision=args.precision)
         print(json.dumps(run))
         return
     size, spacing = SMALL if args.small else FULL_SIZE
@@ -93,9 +95,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "ct.nii.gz")
         sitk.WriteImage(real_ct_on_grid(size, spacing), path, True)
-        runs = {kind: run_in_subprocess(__file__, ["--case", f"{path}:{kind}", "--threads", str(args.threads)])
+        runs = {kind: run_in_subprocess(__file__, ["--case", f"{path}:{kind}", "--threads", str(args.threads),
+                                                   "--precision", args.precision])
                 for kind in [*map(str, args.counts), *peers]}
-    print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process")
+    print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process; DuPLUS in "
+          f"precision {args.precision}, the peers in float32")
     print(phase_table([runs[str(n)] for n in args.counts]))
     if "nnunet" not in peers:
         print("nnU-Net peer skipped: dynamic-network-architectures is not installed "

@@ -49,11 +49,13 @@ def rss_gb() -> tuple[float, float]:
     return tuple(int(fields[key].split()[0]) / 1024**2 for key in ("VmRSS", "VmHWM"))
 
 
-def timed_request(image_path: str, targets: list[str], threads: int, model: str | None = None) -> dict:
+def timed_request(image_path: str, targets: list[str], threads: int, model: str | None = None,
+                  precision: str = "auto") -> dict:
     """One request as ``promptseg segment`` runs it (read, segment, write the ``.seg.nrrd``), in this process:
     seconds per phase (:data:`PHASES`), the peak RSS at the end of each phase and overall, GB.
 
-    ``model``: a model folder or name; None: :func:`default_model` (random weights)."""
+    ``model``: a model folder or name; None: :func:`default_model` (random weights). ``precision``: the
+    network's (``promptseg segment --precision``)."""
     import torch
 
     from PromptSegLib.export.segfile import write_seg_nrrd
@@ -61,7 +63,7 @@ def timed_request(image_path: str, targets: list[str], threads: int, model: str 
     from PromptSegLib.segment.inference import Segmenter
 
     torch.set_num_threads(threads)
-    segmenter = Segmenter(model or default_model(), device="cpu")
+    segmenter = Segmenter(model or default_model(), device="cpu", precision=precision)
     marks = [("start", time.perf_counter(), rss_gb()[1])]
 
     def mark(name: str) -> None:
