@@ -50,7 +50,7 @@ def main() -> None:
                 scores.setdefault(f"{target} {precision}", []).append(dice(masks[precision][index], truth))
             scores.setdefault(f"{target} agreement", []).append(dice(masks["float32"][index],
                                                                      masks["bfloat16"][index]))
-        print(f"{case.case.case}: " + ", ".join(f"{p} {seconds[p][-1]:.1f} s" for p in PRECISIONS), flush=True)
+        print(f"{case.case.id}: " + ", ".join(f"{p} {seconds[p][-1]:.1f} s" for p in PRECISIONS), flush=True)
     targets = sorted({key.rsplit(" ", 1)[0] for key in scores})
     print(f"\n{args.model}, {len(seconds['float32'])} validation cases, {args.threads} CPU threads\n")
     print("| target | Dice float32 | Dice bfloat16 | Dice float32 vs bfloat16 (lowest) |\n|---|---|---|---|")
