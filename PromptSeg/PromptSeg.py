@@ -83,6 +83,7 @@ class PromptSegParameterNode:
     contextText: str = ""
     targets: str = "left lung\nright lung"
     device: str = "auto"
+    precision: Annotated[str, Choice(["auto", "float32", "bfloat16"])] = "auto"
     model: str = AUTO_MODEL
     allowUntrained: bool = False
     markDetections: bool = False
@@ -339,7 +340,7 @@ class PromptSegWidget(JobRunnerMixin, ModelPanelMixin, PropagatePanelMixin, Outp
             return self.logic.startSegmentation(
                 p.inputVolume, p.outputSegmentation, modality=p.modality, region=p.region, targets=targets,
                 targetTexts=texts, contextText=p.contextText or None, device=p.device, modelFolder=p.model,
-                allowUntrained=self.ui.allowUntrainedCheckBox.checked)
+                allowUntrained=self.ui.allowUntrainedCheckBox.checked, precision=p.precision)
 
         self._runJob(start, jobDone, self.ui.applyButton)
 

@@ -52,7 +52,7 @@ class PromptSegLogic(JobRunnerMixin, ModelsMixin, SegmentationMixin, UndoMixin, 
     def __init__(self, parent=None, scene=None):
         ScriptedLoadableModuleLogic.__init__(self, parent)
         self._scene = scene
-        self._segmenters: dict = {}  # (folder, device, threads) -> Segmenter (SegmentationMixin)
+        self._segmenters: dict = {}  # (folder, device, threads, precision) -> Segmenter (SegmentationMixin)
         self._segmenterLock = threading.Lock()  # guards the loaded models, loaded in worker threads
         self._propagatorInstance = None  # the bundled Propagator (PropagationMixin)
         self._editors: dict = {}  # segmentation node ID -> (editor logic, editor node) (UndoMixin)

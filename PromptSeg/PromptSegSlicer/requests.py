@@ -12,11 +12,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """A segmentation model folder and where it runs."""
+    """A segmentation model folder, where it runs and in what arithmetic (``PromptSegLib``'s ``PRECISIONS``)."""
 
     folder: Path
     device: str = "auto"
     threads: int | None = None
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)

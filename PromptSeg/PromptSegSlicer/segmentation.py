@@ -74,8 +74,10 @@ class SegmentationMixin:
                           targets: Sequence[str] = (), targetTexts: Sequence[str] = (),
                           contextText: str | None = None, modelFolder=None, device: str = "auto",
                           threads: int | None = None, threshold: float | None = None,
-                          allowUntrained: bool = False, onProgress: Report | None = None) -> SegmentationJob:
+                          allowUntrained: bool = False, onProgress: Report | None = None,
+                          precision: str = "auto") -> SegmentationJob:
         """Check the request, copy the volume, start the worker. Nothing in the scene changes here.
+        ``precision``: the network's arithmetic (``promptseg segment --precision``: auto, float32, bfloat16).
 
         Raises:
             InputError: no/unsuitable volume, no target, output not a segmentation node.
@@ -95,23 +97,29 @@ class SegmentationMixin:
         ensureLibraryImportable()
         from PromptSegLib.models.catalogue import resolve_model, route_model
         from PromptSegLib.models.folder import verify_folder
+        from PromptSegLib.segment.inference import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
 
         folder = (route_model(modality, region or None, targets) if not modelFolder or str(modelFolder) == AUTO_MODEL
                   else resolve_model(str(modelFolder)))  # a folder or an installed model's name
         verify_folder(folder)  # ModelError: missing folder, missing file, checksum mismatch
         image = volumeNodeToSimpleITK(inputVolume)
         request = SegmentationRequest(image, modality, region or None, targets, targetTexts, contextText or None,
-                                      ModelChoice(folder, device or "auto", threads), threshold, allowUntrained)
+                                      ModelChoice(folder, device or "auto", threads, precision), threshold,
+                                      allowUntrained)
         job = SegmentationJob(request, inputVolume, outputSegmentation, ijkToRasMatrix(inputVolume))
         return self._startJob(job, self._segmentationWork, onProgress)
 
-    def _segmenter(self, folder: Path, device: str, threads: int | None):
+    def _segmenter(self, model: ModelChoice):
         from PromptSegLib.segment.inference import Segmenter
 
-        key = (str(Path(folder).resolve()), device, threads)
+        key = (str(Path(model.folder).resolve()), model.device, model.threads, model.precision)
         with self._segmenterLock:
             if key not in self._segmenters:
-                self._segmenters[key] = Segmenter(folder, device=device, threads=threads)
+                self._segmenters[key] = Segmenter(model.folder, device=model.device, threads=model.threads,
+                                                  precision=model.precision)
             return self._segmenters[key]
 
     def _jobSegmenter(self, job: SegmentationJob, report, what: str):
@@ -121,7 +129,7 @@ class SegmentationMixin:
 
         request = job.request
         report(0.0, "loading the model")
-        segmenter = self._segmenter(request.model.folder, request.model.device, request.model.threads)
+        segmenter = self._segmenter(request.model)
         if job.cancelRequested:
             raise Cancelled(f"{what} cancelled")
         return segmenter

@@ -189,10 +189,12 @@ def test_cancel_leaves_the_scene_as_it_was(scene, logic, tiny_model_folder, ches
     assert node.GetSegmentation().GetSegment(user_id).GetName() == "left lung"
 
     # Cancel pressed after the worker finished but before the result was written: still nothing written,
-    # and no new segmentation node is created for an output of None
+    # and no new segmentation node is created for an output of None (this run in bfloat16: the model is
+    # loaded for it)
     job = logic.startSegmentation(volume, None, modality="CT", region="thorax", targets=TARGETS,
-                                  modelFolder=tiny_model_folder, allowUntrained=True)
+                                  modelFolder=tiny_model_folder, allowUntrained=True, precision="bfloat16")
     assert job.wait(60) and job.result is not None
+    assert [s.precision for key, s in logic._segmenters.items() if key[-1] == "bfloat16"] == ["bfloat16"]
     job.cancel()
     with pytest.raises(Cancelled):
         logic.finishSegmentation(job, timeout=60)
@@ -247,6 +249,8 @@ def test_bad_inputs_give_clear_errors(scene, logic, tiny_model_folder, chest_ct_
         logic.startSegmentation(four_d, targets=TARGETS, modelFolder=tiny_model_folder)
     with pytest.raises(InputError, match="No target"):
         logic.startSegmentation(volume, targets=["  "], modelFolder=tiny_model_folder)
+    with pytest.raises(InputError, match="unknown precision"):
+        logic.startSegmentation(volume, targets=TARGETS, modelFolder=tiny_model_folder, precision="float16")
 
     with pytest.raises(ModelError, match="does not exist"):
         logic.startSegmentation(volume, targets=TARGETS, modelFolder=tmp_path / "no-model")
