@@ -97,10 +97,13 @@ class SegmentationMixin:
         ensureLibraryImportable()
         from PromptSegLib.models.catalogue import resolve_model, route_model
         from PromptSegLib.models.folder import verify_folder
-        from PromptSegLib.segment.inference import PRECISIONS
+        from PromptSegLib.errors import PromptSegError
+        from PromptSegLib.segment.inference import check_precision
 
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+        try:
+            check_precision(precision)
+        except PromptSegError as error:  # refused before any work, as the other request errors
+            raise InputError(str(error)) from error
 
         folder = (route_model(modality, region or None, targets) if not modelFolder or str(modelFolder) == AUTO_MODEL
                   else resolve_model(str(modelFolder)))  # a folder or an installed model's name

@@ -117,11 +117,13 @@ float32's at Dice 0.998 on average (0.992 at the lowest), 1.86x faster. Not the 
 exactly."""
 
 
-def check_precision(precision: str, device: torch.device) -> str:
-    """Refuse an unknown precision; warn when bfloat16 is asked of a CPU that would emulate it (slower)."""
+def check_precision(precision: str, device: torch.device | None = None) -> str:
+    """Refuse an unknown precision; warn when bfloat16 is asked of a CPU ``device`` that would emulate it
+    (slower). Without a device (a request checked before its model is loaded) only the name is checked."""
     if precision not in PRECISIONS:
         raise PromptSegError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
-    if precision == "bfloat16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if (precision == "bfloat16" and device is not None and device.type == "cpu"
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         warnings.warn("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 will be slower than float32",
                       stacklevel=3)
     return precision
