@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from PromptSegLib.errors import InputImageError
+from PromptSegLib.preprocessing.axis_aligned import linear_on_axes, signed_permutation
 from PromptSegLib.text.modality import canonical_modality
 
 CT_WINDOW_HU: tuple[float, float] = (-990.0, 500.0)
@@ -20,6 +22,10 @@ PERCENTILES: tuple[float, float] = (2.0, 98.0)
 BODY_HU: float = -500.0
 """CT voxels above this (HU) count as the patient or the table; the air around them holds no target."""
 BODY_MARGIN_MM: float = 15.0
+_TORCH_TYPES = {sitk.sitkFloat32: torch.float32, sitk.sitkUInt8: torch.uint8}
+"""Result types :func:`to_original_box` makes in torch when the grids' axes are parallel."""
+IDENTITY = ([0, 1, 2], [1.0, 1.0, 1.0])
+""":func:`~.axis_aligned.signed_permutation` of the identity direction."""
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,22 @@ def to_original_box(values: np.ndarray, start: tuple[int, int, int], model_input
     box = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))
     if np.any(high <= low):
         return sitk.GetArrayFromImage(sitk.Image([0, 0, 0], pixel_type)).reshape(0, 0, 0), box
+    block_origin = grid.TransformIndexToPhysicalPoint([int(v) for v in start[::-1]])
+    axes = signed_permutation(original.GetDirection())
+    if axes is not None and pixel_type in _TORCH_TYPES and signed_permutation(grid.GetDirection()) == IDENTITY:
+        # parallel axes: separable, in torch
+        physical, sign = axes
+        along = {}  # grid axis (x, y, z) -> continuous block index of each input index on the input axis along it
+        for axis, (g, s) in enumerate(zip(physical, sign)):
+            mm = original.GetOrigin()[g] + s * original.GetSpacing()[axis] * np.arange(low[axis], high[axis])
+            along[g] = (mm - block_origin[g]) / grid.GetSpacing()[g]
+        out = linear_on_axes(torch.from_numpy(np.asarray(values, dtype=np.float32)), [along[2], along[1], along[0]],
+                             _TORCH_TYPES[pixel_type])
+        # from the grid's (z, y, x) order to the input array's, whose axis k is the input's axis 2 - k
+        order = [2 - physical[2 - k] for k in range(3)]
+        return np.ascontiguousarray(out.permute(order).numpy()), box
     moving = sitk.GetImageFromArray(np.asarray(values, dtype=np.float32))
-    moving.SetOrigin(grid.TransformIndexToPhysicalPoint([int(v) for v in start[::-1]]))
+    moving.SetOrigin(block_origin)
     moving.SetSpacing(grid.GetSpacing())
     moving.SetDirection(grid.GetDirection())
     out = sitk.Resample(moving, [int(v) for v in high - low], sitk.Transform(), sitk.sitkLinear,
