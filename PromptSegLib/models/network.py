@@ -64,8 +64,12 @@ class ResBlock(nn.Module):
                      nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), nn.InstanceNorm3d(cout, affine=True)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.leaky_relu(self.norm1(self.conv1(x)), 0.01)
-        return F.leaky_relu(self.norm2(self.conv2(y)) + self.skip(x), 0.01)
+        # in place on fresh tensors (autograd allows it: the norms do not keep their outputs, LeakyReLU with a
+        # positive slope keeps its own): two full-size tensors fewer per block
+        y = F.leaky_relu(self.norm1(self.conv1(x)), 0.01, inplace=True)
+        out = self.norm2(self.conv2(y))
+        out += self.skip(x)
+        return F.leaky_relu(out, 0.01, inplace=True)
 
 
 class FiLM(nn.Module):
@@ -81,7 +85,7 @@ class FiLM(nn.Module):
         """x: ``(B, C, D, H, W)``; context: ``(B, E)``."""
         gamma, beta = self.mlp(context).chunk(2, dim=-1)
         shape = (*gamma.shape, 1, 1, 1)
-        return x * (1.0 + gamma.view(shape)) + beta.view(shape)
+        return torch.addcmul(beta.view(shape), x, 1.0 + gamma.view(shape))  # one full-size tensor, not two
 
 
 class DynamicHead(nn.Module):
