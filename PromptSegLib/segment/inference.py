@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from PromptSegLib.errors import Cancelled, InputImageError, ModelError, PromptError, PromptSegError
+from PromptSegLib.heap import from_heap, reused_memory
 from PromptSegLib.io.imageio import validate_volume
 from PromptSegLib.models.catalogue import resolve_model
 from PromptSegLib.models.folder import Model, ModelConfig, load_model
@@ -362,10 +363,11 @@ class Segmenter:
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
         box = prepared.body or tuple(slice(0, n) for n in prepared.array.shape)
         array = prepared.array[box]
-        predict = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape, overlap, report, cancel)
         padding = self.model.config.padding  # as the training crops were padded
-        with torch.inference_mode(), self._autocast():
-            maps = sliding_windows(torch.from_numpy(np.ascontiguousarray(array)), self.model.config.patch_size,
+        with torch.inference_mode(), self._autocast(), reused_memory():
+            predict = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape, overlap, report,
+                                             cancel)
+            maps = sliding_windows(torch.from_numpy(array), self.model.config.patch_size,
                                    overlap, predict, len(queries), sw_batch_size or self.windows_per_call(),
                                    padding, float(prepared.array.min()), torch.float16 if half else torch.float32,
                                    self.device)
@@ -387,23 +389,30 @@ class Segmenter:
 
     def _window_predictor(self, modality: str, context: torch.Tensor, targets: torch.Tensor, shape: Sequence[int],
                           overlap: float, report: ProgressCallback, cancel: CancelFlag | None):
-        """The sliding-window predictor: probabilities ``(B, T, z, y, x)`` float32 for a batch of windows."""
+        """The sliding-window predictor: probabilities ``(B, T, z, y, x)`` float32 for a batch of windows, in one
+        tensor that each call fills again (allocated once: a fresh T x 3.5 MB block per window fragments the
+        heap that :func:`~PromptSegLib.heap.reused_memory` keeps)."""
         total = window_count(shape, self.model.config.patch_size, overlap)
         done = [0]
+        kept: list[torch.Tensor] = []
 
         def predict(window: torch.Tensor) -> torch.Tensor:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("segmentation cancelled")
-            features, dense = self.network.backbone(window, modality, context)
-            out = torch.empty((window.shape[0], len(targets), *window.shape[2:]), dtype=torch.float32,
-                              device=window.device)
-            head = self.network.head
-            params = head.generate(targets.expand(window.shape[0], -1, -1), dense)  # once per window
-            per_slice = window.shape[0] * len(targets) * self.model.config.network.head_channels
-            step = max(1, HEAD_ELEMENTS // (per_slice * int(np.prod(window.shape[3:]))))
-            for start in range(0, window.shape[2], step):  # the head's per-target temporaries stay small
-                part = slice(start, start + step)
-                out[:, :, part] = torch.sigmoid(head.apply(features[:, :, part], params).float())
+            size = (window.shape[0], len(targets), *window.shape[2:])
+            if not kept or kept[0].shape != size:  # before the backbone's blocks, so that it lies below them
+                kept[:] = [torch.empty(size, dtype=torch.float32, device=window.device)]
+            out = kept[0]
+            with from_heap():
+                features, dense = self.network.backbone(window, modality, context)
+                head = self.network.head
+                params = head.generate(targets.expand(window.shape[0], -1, -1), dense)  # once per window
+                per_slice = window.shape[0] * len(targets) * self.model.config.network.head_channels
+                step = max(1, HEAD_ELEMENTS // (per_slice * int(np.prod(window.shape[3:]))))
+                for start in range(0, window.shape[2], step):  # the head's per-target temporaries stay small
+                    part = slice(start, start + step)
+                    out[:, :, part] = torch.sigmoid(head.apply(features[:, :, part], params).float())
+                del features, dense, params
             done[0] += window.shape[0]
             report(0.05 + 0.85 * min(done[0] / total, 1.0), f"window {done[0]} of {total}")
             return out

@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-"""Windows ``(B, 1, *roi)`` float32 -> probabilities ``(B, T, *roi)``."""
+"""Windows ``(B, 1, *roi)`` float32 -> probabilities ``(B, T, *roi)`` float32, which the caller may overwrite."""
 
 
 def window_slices(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
@@ -69,8 +69,10 @@ def sliding_windows(volume: torch.Tensor, roi: Sequence[int], overlap: float, pr
         windows = torch.cat([padded[(slice(None), slice(None), *s)] for s in group]).to(device)
         probabilities = predict(windows)
         for index, where in enumerate(group):
-            weighted = (probabilities[index].float() * weights).to("cpu", dtype)  # (T, *roi)
-            for total, part in zip(sums, weighted):
+            weighted = probabilities[index].mul_(weights)  # (T, *roi), in place: no block per window
+            if weighted.device.type != "cpu":
+                weighted = weighted.to("cpu", dtype)
+            for total, part in zip(sums, weighted):  # each sum in its own type
                 total[where] += part
             weight_sum[where] += on_cpu
     kept = tuple(slice(before, before + size) for before, size in zip(pad[::2][::-1], volume.shape))
