@@ -101,7 +101,7 @@ def write_seg_nrrd(path: str | os.PathLike, result: SegmentationResult) -> Path:
                 target = planes[segment["layer"], box[0].start - start:box[0].stop - start, box[1], box[2]]
                 np.copyto(target, np.uint8(segment["labelValue"]), where=inside)
             data = planes[0] if count == 1 else np.moveaxis(planes, 0, -1)  # NRRD: layer fastest, then i, j, k
-            out.write(compressor.compress(np.ascontiguousarray(data).tobytes()))
+            out.write(compressor.compress(memoryview(np.ascontiguousarray(data)).cast("B")))  # no bytes copy
         out.write(compressor.flush())
     return Path(path)
 
