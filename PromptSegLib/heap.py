@@ -11,7 +11,9 @@ windows of 96^3 of the default architecture (2 threads): 14-16 s, 11-13 s of the
 largest blocks from the heap. Long-lived blocks (the sums of the windows) are allocated outside
 :func:`from_heap`, by ``mmap`` as usual, so that each window finds the same free heap: the peak then stays
 within about 0.15 GB of glibc's own. Leaving puts glibc's defaults back and returns the free memory to the
-system (``malloc_trim``). Elsewhere than on glibc both do nothing.
+system (``malloc_trim``). Elsewhere than on glibc both do nothing. One lasting effect: once the trim threshold
+has been set, glibc no longer moves its mmap threshold by itself for the rest of the process (it stays where it
+was).
 """
 from __future__ import annotations
 
@@ -32,9 +34,9 @@ _users = {_M_TRIM_THRESHOLD: 0, _M_MMAP_MAX: 0}
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else ``None``."""
     try:
-        libc = ctypes.CDLL(None)
+        libc = ctypes.CDLL(None)  # the running process's own symbols (Windows: a TypeError)
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
 
 
