@@ -9,8 +9,9 @@ windows of 96^3 of the default architecture (2 threads): 14-16 s, 11-13 s of the
 
 :func:`reused_memory` keeps the heap's free memory for the run; :func:`from_heap`, inside it, serves even the
 largest blocks from the heap. Long-lived blocks (the sums of the windows) are allocated outside
-:func:`from_heap`, by ``mmap`` as usual, so that each window finds the same free heap: the peak then stays
-within about 0.15 GB of glibc's own. Leaving puts glibc's defaults back and returns the free memory to the
+:func:`from_heap`, by ``mmap`` as usual, so that each window finds the same free heap and the resident memory stops
+growing after the second window. The peak is still 0.1-0.25 GB above glibc's own, varying from run to run
+(holes the heap grows around). Leaving puts glibc's defaults back and returns the free memory to the
 system (``malloc_trim``). Elsewhere than on glibc both do nothing. One lasting effect: once the trim threshold
 has been set, glibc no longer moves its mmap threshold by itself for the rest of the process (it stays where it
 was).
