@@ -3,8 +3,9 @@
 glibc's ``malloc`` serves every block above 32 MB with its own ``mmap`` and gives it back with ``munmap`` when
 freed. A network's activations on a 96^3 window are 56-113 MB each, so every layer of every window gets fresh
 pages, which the kernel must fault in and zero: 1.7 GB a window for the default architecture. Measured on 8
-windows of 96^3 of the default architecture (2 threads): 14-16 s, 11-13 s of them in the kernel; 7.0-7.3 s and
-0.3-0.4 s with these settings. Transparent huge pages did not help (15.6 s). On a 512x512x300 CT, one target:
+windows of 96^3 of the default architecture (2 threads, ``Testing/benchmarks/bench_cpu_parts.py``): 14.8 s,
+11.5 s of them in the kernel; 8.3 s and 0.3 s with these settings. Transparent huge pages (a one-off trial) did
+not help. On a 512x512x300 CT, one target:
 98.7 s before, 48.0 s after (``Testing/benchmarks/bench_targets.py``).
 
 :func:`reused_memory` keeps the heap's free memory for the run; :func:`from_heap`, inside it, serves even the

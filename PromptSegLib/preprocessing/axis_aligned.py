@@ -4,8 +4,8 @@ When every axis of one grid runs along an axis of the other (a direction matrix 
 axial, sagittal or coronal series, flipped or not, against the identity model grid), trilinear interpolation is
 separable: each output voxel's continuous index along one source axis depends only on its index along one output
 axis. :func:`linear_on_axes` interpolates the first axis with two gathers and a blend, and the other two in
-one ``grid_sample`` per few planes. On a 512x512x300 CT at 0.78x0.78x1.5 mm from a 1.5 mm grid it took 0.35 s
-against SimpleITK's ``Resample`` 0.9-1.1 s (2 threads; ``exp15`` timing in the issue 15 note), with the same
+one ``grid_sample`` per few planes. On a 512x512x300 CT at 0.78x0.78x1.5 mm from a 1.5 mm grid it took 0.32 s
+against SimpleITK's ``Resample`` 0.76 s (2 threads, ``Testing/benchmarks/bench_cpu_parts.py``), with the same
 values but for one voxel in 10^5 a 1/255 step apart (rounding).
 
 The rules are ITK's linear interpolator's (as ``sitk.Resample`` applies them): a point counts as inside the

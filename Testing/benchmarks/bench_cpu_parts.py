@@ -1,0 +1,101 @@
+"""Three parts of a full-size CT request on the CPU, each against the way it was done before, in the same run:
+
+- the network on 96^3 windows of the default architecture: glibc's default memory settings against
+  ``PromptSegLib.heap`` (``reused_memory`` + ``from_heap``), wall and kernel seconds;
+- the CT intensity rule on the 512x512x300 CT: one float32 copy of the whole volume, clipped (the former
+  ``IntensityRule.fit``), against ``IntensityRule.fit`` a few planes at a time;
+- mapping one whole-body model-grid map (1.5 mm) back onto the CT in 1/255 steps: SimpleITK's ``Resample``
+  (the former path) against ``to_original_box``'s separable torch path, and how many voxels differ.
+
+Usage: python Testing/benchmarks/bench_cpu_parts.py [--threads N] [--windows N]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from common import FULL_SIZE, real_ct_on_grid
+from PromptSegLib.heap import from_heap, reused_memory
+from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
+from PromptSegLib.preprocessing.preprocess import CT_WINDOW_HU, IntensityRule, ModelInput, model_grid, to_original_box
+
+
+def timed(work) -> tuple[float, float, object]:
+    """(wall seconds, kernel seconds, result) of ``work()``."""
+    kernel, wall = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.perf_counter()
+    result = work()
+    return time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel, result
+
+
+def windows(count: int) -> None:
+    torch.manual_seed(0)
+    network = DuPLUSNet(NetworkConfig()).eval()
+    window, context = torch.randn(1, 1, 96, 96, 96), torch.zeros(384)
+
+    def run(unit) -> None:
+        with torch.inference_mode():
+            for _ in range(count):
+                with unit():
+                    network.backbone(window, "CT", context)
+
+    run(nullcontext)  # warm-up: the first window's pages are fresh either way
+    plain = timed(lambda: run(nullcontext))
+    with reused_memory():
+        kept = timed(lambda: run(from_heap))
+    print(f"network, {count} windows of 96^3: default {plain[0]:.1f} s ({plain[1]:.1f} s in the kernel), "
+          f"memory reused {kept[0]:.1f} s ({kept[1]:.1f} s in the kernel): {plain[0] / kept[0]:.2f}x")
+
+
+def intensity_rule(image: sitk.Image) -> None:
+    array = sitk.GetArrayViewFromImage(image)
+
+    def former() -> tuple[float, float]:
+        clipped = np.clip(np.asarray(array, dtype=np.float32).ravel(), *CT_WINDOW_HU)
+        return float(clipped.mean()), float(clipped.std())
+
+    old, new = timed(former), timed(lambda: IntensityRule.fit(array, "CT"))
+    print(f"CT intensity rule: whole float copy {old[0]:.2f} s, a few planes at a time {new[0]:.2f} s: "
+          f"{old[0] / new[0]:.2f}x (mean {old[2][0]:.3f} / {new[2].mean:.3f}, std {old[2][1]:.3f} / {new[2].std:.3f})")
+
+
+def map_back(image: sitk.Image) -> None:
+    grid = model_grid(image, 1.5)
+    prepared = ModelInput(np.zeros(1, np.float32), grid, image)
+    shape = grid.GetSize()[::-1]
+    torch.manual_seed(0)
+    coarse = torch.rand(1, 1, *(max(n // 8, 1) for n in shape))
+    block = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear")[0, 0].numpy() * 255 + 0.5
+
+    def former() -> np.ndarray:
+        moving = sitk.GetImageFromArray(block)
+        moving.CopyInformation(grid)
+        return sitk.GetArrayFromImage(sitk.Resample(moving, image, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                    sitk.sitkUInt8))
+
+    old, new = timed(former), timed(lambda: to_original_box(block, (0, 0, 0), prepared, sitk.sitkUInt8)[0])
+    steps = np.abs(old[2].astype(np.int16) - new[2])
+    print(f"mapping back one whole-body map: SimpleITK {old[0]:.2f} s, separable torch {new[0]:.2f} s: "
+          f"{old[0] / new[0]:.2f}x; voxels a 1/255 step apart {(steps > 0).mean():.1e}, at most {steps.max()} steps")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--windows", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    image = real_ct_on_grid(*FULL_SIZE)
+    print(f"CT {FULL_SIZE[0]} voxels at {FULL_SIZE[1]} mm, {args.threads} threads")
+    intensity_rule(image)
+    map_back(image)
+    windows(args.windows)
+
+
+if __name__ == "__main__":
+    main()
