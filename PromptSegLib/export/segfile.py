@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from PromptSegLib.errors import InputImageError, OutputError
+from PromptSegLib.export.gzip_parallel import write_gzip
 from PromptSegLib.io.imageio import same_geometry
 from PromptSegLib.io.outputs import atomic_path, check_writable, full_suffix
 from PromptSegLib.segment.inference import SegmentationResult
@@ -57,7 +58,11 @@ model gives. Slicer reads any level."""
 
 
 PLANES_PER_STEP = 16
-"""z planes handled at once when writing or measuring a segment (memory: this many planes per layer)."""
+"""z planes handled at once when measuring a segment or comparing two (memory: this many planes)."""
+
+WRITE_BYTES_PER_PART = 1 << 25
+"""Voxel bytes (all layers) of the z planes written as one part: each of the writing threads
+(:func:`~.gzip_parallel.write_gzip`) holds about twice this uncompressed."""
 
 
 def write_seg_nrrd(path: str | os.PathLike, result: SegmentationResult) -> Path:
@@ -65,8 +70,8 @@ def write_seg_nrrd(path: str | os.PathLike, result: SegmentationResult) -> Path:
     (Slicer's shared labelmaps: a target takes the first layer where it overlaps no earlier one).
 
     Nothing of the image's full size is made: layers are placed by comparing targets inside their common box,
-    and the voxels are built, gzip-compressed and written :data:`PLANES_PER_STEP` z planes at a time from the
-    result's compact probability maps. Memory beyond the result: those planes, once per layer.
+    and the voxels are built from the result's compact probability maps and gzip-compressed a few z planes
+    (:data:`WRITE_BYTES_PER_PART`) at a time, by several threads at once (:func:`~.gzip_parallel.write_gzip`).
     """
     shape = tuple(reversed(result.reference.GetSize()))  # (Z, Y, X)
     maps, threshold = result.maps, result.threshold
@@ -90,19 +95,21 @@ def write_seg_nrrd(path: str | os.PathLike, result: SegmentationResult) -> Path:
                     "masterRepresentation": "Binary labelmap"}
     count = max(len(layers), 1)
     sizes = ((count,) if count > 1 else ()) + shape[::-1]
+    step = max(1, WRITE_BYTES_PER_PART // (count * shape[1] * shape[2]))
+
+    def part(start: int) -> np.ndarray:
+        """The voxels of z planes ``start:start + step``, layers interleaved as NRRD orders them."""
+        stop = min(start + step, shape[0])
+        planes = np.zeros((count, stop - start, *shape[1:]), np.uint8)
+        for index, segment in enumerate(segments):
+            box, inside = maps[index].slab_at_least(start, stop, threshold)
+            target = planes[segment["layer"], box[0].start - start:box[0].stop - start, box[1], box[2]]
+            np.copyto(target, np.uint8(segment["labelValue"]), where=inside)
+        return planes[0] if count == 1 else np.ascontiguousarray(np.moveaxis(planes, 0, -1))  # layer fastest
+
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
         out.write(_seg_nrrd_header(segmentation, sizes))
-        compressor = zlib.compressobj(SEG_NRRD_COMPRESSION, zlib.DEFLATED, zlib.MAX_WBITS | 16)  # gzip
-        for start in range(0, shape[0], PLANES_PER_STEP):
-            stop = min(start + PLANES_PER_STEP, shape[0])
-            planes = np.zeros((count, stop - start, *shape[1:]), np.uint8)
-            for index, segment in enumerate(segments):
-                box, inside = maps[index].slab_at_least(start, stop, threshold)
-                target = planes[segment["layer"], box[0].start - start:box[0].stop - start, box[1], box[2]]
-                np.copyto(target, np.uint8(segment["labelValue"]), where=inside)
-            data = planes[0] if count == 1 else np.moveaxis(planes, 0, -1)  # NRRD: layer fastest, then i, j, k
-            out.write(compressor.compress(memoryview(np.ascontiguousarray(data)).cast("B")))  # no bytes copy
-        out.write(compressor.flush())
+        write_gzip(out, (partial(part, start) for start in range(0, shape[0], step)), SEG_NRRD_COMPRESSION)
     return Path(path)
 
 
