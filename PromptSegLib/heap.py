@@ -11,8 +11,12 @@ not help. On a 512x512x300 CT, one target:
 :func:`reused_memory` keeps the heap's free memory for the run; :func:`from_heap`, inside it, serves even the
 largest blocks from the heap. Long-lived blocks (the sums of the windows) are allocated outside
 :func:`from_heap`, by ``mmap`` as usual, so that each window finds the same free heap and the resident memory stops
-growing after the second window. The peak is still 0.1-0.25 GB above glibc's own, varying from run to run
-(holes the heap grows around). Leaving puts glibc's defaults back and returns the free memory to the
+growing after the second window. The caller runs its first unit outside :func:`from_heap`
+(``Segmenter._window_predictor``): what that unit leaves allocated for the rest of the run (0.11 GB after the
+first 96^3 window) then lies outside the free block the later units reuse; otherwise the heap grew around it and
+the peak varied by 0.25 GB from run to run. Giving every block of 1 MB or more made outside :func:`from_heap`
+pages of its own (mmap threshold 1 MB) was tried: 75 % more page faults (4 windows, 10 targets) and mapping back
+twice as slow after the windows. Leaving puts glibc's defaults back and returns the free memory to the
 system (``malloc_trim``). Elsewhere than on glibc both do nothing. One lasting effect: once the trim threshold
 has been set, glibc no longer moves its mmap threshold by itself for the rest of the process (it stays where it
 was).
