@@ -101,10 +101,15 @@ def write_gzip(out: BinaryIO, parts: Iterable[Part], level: int, workers: int | 
 
     out.write(_GZIP_HEADER)
     with ThreadPoolExecutor(threads) as pool:
-        for part in parts:  # taken one at a time: a few parts ahead of the writing, not all
-            pending.append(pool.submit(_deflated, part, level))
-            drain(2 * threads)
-        drain(0)
+        try:
+            for part in parts:  # taken one at a time: a few parts ahead of the writing, not all
+                pending.append(pool.submit(_deflated, part, level))
+                drain(2 * threads)
+            drain(0)
+        except BaseException:
+            for future in pending:  # parts not started yet are not made
+                future.cancel()
+            raise
     out.write(zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS).flush())  # the empty final block
     out.write(struct.pack("<II", crc, length & 0xFFFFFFFF))
     return length

@@ -38,5 +38,12 @@ def test_a_failing_part_stops_the_write():
     def broken() -> np.ndarray:
         raise MemoryError("no room for the part")
 
+    made = []
+
+    def part() -> np.ndarray:
+        made.append(1)
+        return np.zeros(10, np.uint8)
+
     with pytest.raises(MemoryError, match="no room"):
-        write_gzip(io.BytesIO(), [lambda: np.zeros(10, np.uint8), broken], level=1, workers=2)
+        write_gzip(io.BytesIO(), [part, broken] + [part] * 50, level=1, workers=1)
+    assert len(made) < 10  # the parts after it were not all made
