@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--series-uid", help="which DICOM series when the folder holds several")
     seg.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="the network's arithmetic: auto (float32 on the CPU, half on CUDA), float32, or bfloat16 "
-                     "(about twice as fast on CPUs with AVX512-BF16 or AMX; masks differ by a voxel or so at edges)")
+                     "(about twice as fast on CPUs with AVX512-BF16 or AMX; masks differ by a voxel or so at edges; float32 "
+                     "runs instead on CPUs without AVX512 or AMX)")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 

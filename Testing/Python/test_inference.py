@@ -163,6 +163,21 @@ def test_air_around_a_ct_is_background_and_costs_no_windows(tiny_segmenter, ches
     assert (probabilities[:, :, : pad[0] - 6] == 0).all() and (probabilities[:, :, -pad[0] + 6:] == 0).all()
 
 
+def test_bfloat16_on_a_cpu_without_its_kernels_runs_float32(monkeypatch):
+    """Where oneDNN has no bfloat16 kernels (no AVX512 or AMX) bfloat16 would run reference convolutions for many
+    minutes: float32 runs instead, with a warning."""
+    from PromptSegLib.segment.inference import check_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="running float32 instead"):
+        assert check_precision("bfloat16", torch.device("cpu")) == "float32"
+    assert check_precision("bfloat16") == "bfloat16"  # a request checked before a device is chosen
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert check_precision("bfloat16", torch.device("cpu")) == "bfloat16"
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="no bfloat16 kernels on this CPU (AVX512 or AMX): float32 would run instead")
 def test_bfloat16_runs_the_network_in_bfloat16_close_to_float32(chest_ct):
     """``precision="bfloat16"`` (the bundled starter on the middle of the real chest CT): the probabilities move,
     by little."""

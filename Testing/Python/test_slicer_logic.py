@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
+import torch
 import vtk
 
 import slicer_shim
@@ -194,7 +195,8 @@ def test_cancel_leaves_the_scene_as_it_was(scene, logic, tiny_model_folder, ches
     job = logic.startSegmentation(volume, None, modality="CT", region="thorax", targets=TARGETS,
                                   modelFolder=tiny_model_folder, allowUntrained=True, precision="bfloat16")
     assert job.wait(60) and job.result is not None
-    assert [s.precision for key, s in logic._segmenters.items() if key[-1] == "bfloat16"] == ["bfloat16"]
+    runs = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"  # no kernels: float32
+    assert [s.precision for key, s in logic._segmenters.items() if key[-1] == "bfloat16"] == [runs]
     job.cancel()
     with pytest.raises(Cancelled):
         logic.finishSegmentation(job, timeout=60)
@@ -526,8 +528,6 @@ def test_target_suggestions_follow_the_model_and_devices_say_what_was_found(logi
     assert "whole tumor" in starter and "whole tumor" not in tiny
     devices = dict(logic.availableDevices())
     assert list(devices)[:2] == ["auto", "cpu"] and "CPU cores" in devices["cpu"]
-    import torch
-
     assert ("no CUDA device found" in devices["auto"]) == (not torch.cuda.is_available())
     assert len(devices) == 2 + torch.cuda.device_count()
 
