@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from PromptSegLib.cpus import usable_cores
 from PromptSegLib.errors import PromptSegError
 
 JOBQUEUES = ("slurm", "pbs")
@@ -45,8 +45,7 @@ class EngineOptions:
 
 def default_workers(threads: int) -> int:
     """Local worker processes: the CPU cores this process may use, divided by torch threads per worker."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, threads))
+    return max(1, usable_cores() // max(1, threads))
 
 
 def jobqueue_cluster(options: EngineOptions, threads: int) -> Any:

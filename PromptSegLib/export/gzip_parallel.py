@@ -12,7 +12,6 @@ write's time on one core.
 """
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections import deque
@@ -21,6 +20,8 @@ from functools import lru_cache
 from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
+
+from PromptSegLib.cpus import usable_cores
 
 Part = Callable[[], np.ndarray]
 """Makes one part of the data: a C-contiguous array whose bytes are the part."""
@@ -80,8 +81,7 @@ def _deflated(part: Part, level: int) -> tuple[bytes, int, int]:
 
 def default_workers() -> int:
     """Threads for compressing: the CPUs this process may use, at most 4."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return max(1, min(4, len(cpus)))
+    return min(4, usable_cores())
 
 
 def write_gzip(out: BinaryIO, parts: Iterable[Part], level: int, workers: int | None = None) -> int:

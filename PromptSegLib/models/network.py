@@ -65,9 +65,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in place on fresh tensors (autograd allows it: the norms do not keep their outputs, LeakyReLU with a
-        # positive slope keeps its own): two full-size tensors fewer per block
-        # the shortcut first and each temporary dropped once used: the peak holds x, the shortcut and two
-        # full-size tensors of the block (at full resolution, two 56 MB tensors fewer on a 96^3 window)
+        # positive slope keeps its own), the shortcut first and each temporary dropped once used: the peak holds
+        # x, the shortcut and two full-size tensors of the block (at full resolution on a 96^3 window, 56 MB each)
         shortcut = self.skip(x)
         y = F.leaky_relu(self.norm1(self.conv1(x)), 0.01, inplace=True)
         y = self.conv2(y)

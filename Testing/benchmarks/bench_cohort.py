@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import SHARED
+
+from PromptSegLib.cpus import usable_cores
 
 STS = SHARED / "sts_pet_ct_mr" / "nifti"
 REQUEST = ["--modality", "CT", "--region", "extremity", "--target", "gross tumor volume"]
@@ -84,7 +85,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     try:
         cases = case_list(work)
-        figures: dict = {"cases": 20, "cores": len(os.sched_getaffinity(0)), "runs": {}}
+        figures: dict = {"cases": 20, "cores": usable_cores(), "runs": {}}
         loop_seconds = shell_loop(cases, work / "loop", args.loop_cases)
         loop_rate = args.loop_cases / loop_seconds * 60
         figures["shell_loop"] = {"cases": args.loop_cases, "seconds": round(loop_seconds, 1),
