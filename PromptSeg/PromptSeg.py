@@ -1,7 +1,7 @@
 """PromptSeg: text-prompted 3D segmentation in 3D Slicer.
 
 The widget only wires Qt to the logic. The logic (``PromptSegSlicer.PromptSegLogic``) has no Qt, runs
-PromptSegLib in a background thread and is tested on slicer-core (Testing/Python/test_slicer_logic.py).
+PromptSegLib in a background thread and is tested on slicer-core (Testing/Python/test_slicer_*.py).
 PromptSegLib and torch are imported lazily, so the module loads without them and can say what is missing.
 """
 import inspect

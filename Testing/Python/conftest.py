@@ -101,6 +101,17 @@ def tiny_segmenter(tiny_model_folder):
     return Segmenter(tiny_model_folder, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def logic():
+    """The module's logic on slicer-core, one instance per test module: its loaded model is reused."""
+    import slicer_shim
+
+    slicer_shim.setup()
+    from PromptSegSlicer import PromptSegLogic
+
+    return PromptSegLogic()
+
+
 @pytest.fixture
 def scene():
     """A fresh MRML scene of slicer-core, behind the ``slicer`` module shim; cleared after the test."""

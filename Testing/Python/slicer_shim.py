@@ -12,7 +12,9 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import slicer
+import vtk
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "PromptSeg"
@@ -91,3 +93,29 @@ def teardown() -> None:
     scene = getattr(slicer, "mrmlScene", None)
     if scene is not None:
         scene.Clear(1)
+
+
+def segment_array(segmentation_node, name: str, volume) -> np.ndarray:
+    """bool ``(k, j, i)`` voxels of the segment named ``name`` on ``volume``'s grid."""
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    assert segment_id, f"no segment named {name}"
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume).astype(bool)
+
+
+def set_segment(node, name: str, volume, array: np.ndarray) -> None:
+    """Replace the voxels of the segment named ``name`` by ``array`` on ``volume``'s grid (a user's edit)."""
+    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(array.astype(np.uint8), node, segment_id, volume)
+
+
+def segment_names(segmentation_node) -> list[str]:
+    """The segments' names, in order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def tag(segment, name: str) -> str:
+    """A segment's tag ``name`` ("" when unset)."""
+    value = vtk.mutable("")
+    segment.GetTag(name, value)
+    return str(value)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
 from test_module_widget import has_method, has_property, normalized, signals
-from test_slicer_logic import lung_with_one_drawn_slice, segment_array, set_segment, tag
+from test_slicer_logic import lung_with_one_drawn_slice
 
 import slicer_shim
+from slicer_shim import segment_array, set_segment, tag
 
 EFFECT = Path(__file__).resolve().parents[2] / "PromptSeg" / "PromptSegEffects" / "SegmentEditorFillWithPromptSeg.py"
 # qSlicerSegmentEditorAbstractEffect.h (Slicer Modules/Loadable/Segmentations/EditorEffects): what the effect uses

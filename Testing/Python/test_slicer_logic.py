@@ -5,11 +5,8 @@ to PromptSegLib's own output, re-runs, undo, cancel, files, errors), never segme
 """
 from __future__ import annotations
 
-import ast
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,19 +16,10 @@ import torch
 import vtk
 
 import slicer_shim
-from conftest import SHARED, needs_shared, zip_model
+from slicer_shim import segment_array, segment_names, set_segment, tag
+from conftest import zip_model
 
-REPO = Path(__file__).resolve().parents[2]
-MODULE_DIR = REPO / "PromptSeg"
 TARGETS = ["left lung", "liver"]
-
-
-@pytest.fixture(scope="module")
-def logic():
-    slicer_shim.setup()
-    from PromptSegSlicer import PromptSegLogic
-
-    return PromptSegLogic()  # one instance: its loaded model is reused across tests
 
 
 @pytest.fixture(scope="module")
@@ -50,23 +38,6 @@ def threshold(reference):
 def run(logic, volume, segmentation=None, folder=None, **kwargs):
     kwargs = {"modality": "CT", "region": "thorax", "targets": TARGETS, "allowUntrained": True, **kwargs}
     return logic.segment(volume, segmentation, modelFolder=folder, **kwargs)
-
-
-def segment_array(segmentation_node, name, volume):
-    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
-    assert segment_id, f"no segment named {name}"
-    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume).astype(bool)
-
-
-def segment_names(segmentation_node):
-    segmentation = segmentation_node.GetSegmentation()
-    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-
-
-def tag(segment, name):
-    value = vtk.mutable("")
-    segment.GetTag(name, value)
-    return str(value)
 
 
 def test_segments_have_names_colours_terminology_geometry_and_promptseglib_voxels(
@@ -308,85 +279,6 @@ def test_oblique_volume_comes_back_aligned(scene, logic, tiny_model_folder, tiny
         np.testing.assert_array_equal(segment_array(node, name, volume), expected)
 
 
-def test_module_imports_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, %r)\n"
-            "import PromptSegSlicer\n"
-            "assert 'torch>=2.2' in PromptSegSlicer.dependencies.missingDependencies()\n"
-            "assert not any(m.startswith('PromptSegLib') for m in sys.modules)\n"
-            "print('ok')" % str(MODULE_DIR))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
-    # PromptSeg.py and its panel mixins never import torch or PromptSegLib at the top level
-    for path in [MODULE_DIR / "PromptSeg.py", *(MODULE_DIR / "PromptSegWidgets").glob("*.py")]:
-        tree = ast.parse(path.read_text())
-        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
-        assert not [n for n in names if n.split(".")[0] in {"torch", "monai", "PromptSegLib"}], path.name
-
-
-def test_install_requirements_match_the_library_and_keep_slicers_packages(logic, tmp_path):
-    """The module installs what pyproject.toml says PromptSegLib needs, with Slicer's numpy and SimpleITK
-    pinned to the versions installed (pip may not move them)."""
-    import importlib.metadata
-    import tomllib
-
-    from PromptSegSlicer import dependencies as module
-
-    project = tomllib.loads((MODULE_DIR.parent / "pyproject.toml").read_text())["project"]
-    slicer_owned = {"numpy", "SimpleITK"}
-    expected = {r for r in project["dependencies"] if r.split(">")[0].split("=")[0] not in slicer_owned}
-    assert set(module.REQUIRED_PACKAGES.values()) == expected
-    arguments = module.pipInstallArguments(["monai>=1.4"], tmp_path / "constraints.txt")
-    assert arguments == ["monai>=1.4", "-c", str(tmp_path / "constraints.txt")]
-    pins = (tmp_path / "constraints.txt").read_text().split()
-    assert f"numpy=={importlib.metadata.version('numpy')}" in pins
-    assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in pins
-
-
-def test_cmake_lists_every_module_script():
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
-    for path in MODULE_DIR.rglob("*.py"):
-        if "__pycache__" not in path.parts:
-            relative = path.relative_to(MODULE_DIR).as_posix()
-            relative = "${MODULE_NAME}.py" if relative == "PromptSeg.py" else relative
-            assert relative in cmake, f"{relative} is not in PromptSeg/CMakeLists.txt"
-    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
-                     "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)"):
-        assert resource in cmake
-
-
-def _globbed(files: list[str], patterns: list[str]) -> set[str]:
-    """The ``files`` (paths relative to one folder) that a glob pattern picks, ``*`` not crossing a ``/`` (as
-    CMake's ``file(GLOB)`` and setuptools' package-data do)."""
-    import fnmatch
-
-    return {f for f in files for pattern in patterns
-            if fnmatch.fnmatchcase(f, pattern) and f.count("/") == pattern.count("/")}
-
-
-def test_cmake_installs_every_runtime_file_the_wheel_ships():
-    """What pyproject ships in the PromptSegLib wheel (every module, the package data), a built Slicer extension
-    installs too (a catalogue.json missing from the extension once listed no bundled model)."""
-    import re
-    import tomllib
-    from fnmatch import fnmatch
-
-    library = REPO / "PromptSegLib"
-    files = [p.relative_to(library).as_posix() for p in library.rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts]
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    shipped = {f for f in files if f.endswith(".py")}
-    shipped |= _globbed(files, pyproject["tool"]["setuptools"]["package-data"]["PromptSegLib"])
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()  # file(GLOB) of ${_lib_source_dir}/..., less EXCLUDE REGEX
-    excluded = [x.replace("\\\\", "\\") for x in re.findall(r'EXCLUDE REGEX "([^"]+)"', cmake)]
-    recursive = re.findall(r"GLOB_RECURSE .*?\$\{_lib_source_dir\}/(\S+?)\)", cmake)  # ``*`` crosses ``/`` there
-    globbed = [p for p in re.findall(r"\$\{_lib_source_dir\}/(\S+?)\)?\s", cmake) if p not in recursive]
-    installed = {f for f in _globbed(files, globbed) if not any(re.search(x, f) for x in excluded)}  # resources
-    installed |= {f for f in files for r in recursive if fnmatch(f, r)}  # scripts
-    assert {"models/catalogue.py", "text/modality.py", "data/vocabulary.json", "models/catalogue.json"} <= shipped
-    assert not shipped - installed, f"shipped in the wheel but not installed by CMake: {sorted(shipped - installed)}"
-
-
 def test_terminology_file_is_the_vocabulary_and_loads_in_slicer(scene):
     import json
 
@@ -554,11 +446,6 @@ def lung_with_one_drawn_slice(logic, chest_ct_path, chest_segmentation):
     return volume, node, truth, k
 
 
-def set_segment(node, name, volume, array):
-    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
-    slicer.util.updateSegmentBinaryLabelmapFromArray(array.astype(np.uint8), node, segment_id, volume)
-
-
 def test_propagate_a_segment_from_one_slice_then_from_a_corrected_one_each_one_undo(
         scene, logic, chest_ct_path, chest_segmentation):
     from PromptSegSlicer import InputError
@@ -644,176 +531,6 @@ def test_propagation_respects_the_range_runs_off_the_main_thread_and_cancels(
     np.testing.assert_array_equal(segment_array(node, "left lung", volume), painted)
     assert logic.undo(node)  # the previous step is the ranged propagation: the cancelled ones added none
     np.testing.assert_array_equal(segment_array(node, "left lung", volume), drawn)
-
-
-# ------------------------------------------------------------------ PET/CT tumour and prognosis
-
-STS = SHARED / "sts_pet_ct_mr"
-STS_026 = STS / "nifti" / "STS_026"  # a held-out patient of the bundled promptseg-sts-gtv model
-
-
-@needs_shared()
-def test_pet_ct_fused_segment_on_the_ct_geometry_with_terminology(scene, logic):
-    from PromptSegLib.metrics import dice
-    from PromptSegLib.segment.fusion import fuse, segment_pair
-    from PromptSegLib.segment.inference import Segmenter
-    from PromptSegLib.text.vocabulary import default_vocabulary
-
-    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
-    pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
-    assert logic.petCtTargets() == ["gross tumor volume"]
-
-    node, overlap = logic.segmentPetCt(ct, pet, device="cpu", threads=1)
-
-    assert segment_names(node) == ["gross tumor volume"] and overlap["ct_covered"] > 0.99
-    segment = node.GetSegmentation().GetSegment(node.GetSegmentation().GetSegmentIdBySegmentName("gross tumor volume"))
-    entry = slicer.vtkSlicerTerminologyEntry()
-    assert slicer.modules.terminologies.logic().DeserializeTerminologyEntry(
-        tag(segment, segment.GetTerminologyEntryTagName()), entry)
-    assert entry.GetTypeObject().GetCodeValue() == default_vocabulary().target("GTV").type[1]
-    assert tag(segment, "PromptSeg.Context") == ("A computed tomography of the extremity | A positron emission "
-                                                 "tomography of the extremity")
-    # Geometry: the CT's, exactly
-    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is ct
-    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-    expected = slicer.vtkSegmentationConverter.SerializeImageGeometry(
-        slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(ct))
-    assert node.GetSegmentation().GetConversionParameter(name) == expected
-    mask = segment_array(node, "gross tumor volume", ct)
-    assert mask.shape == slicer.util.arrayFromVolume(ct).shape
-    # Voxels: PromptSegLib's late fusion of the same files, and the model card's Dice for this patient (0.766)
-    ct_image, pet_image = (sitk.ReadImage(str(STS_026 / f"{m}_image.nii.gz")) for m in ("CT", "PET"))
-    first, second, _ = segment_pair(Segmenter("promptseg-sts-gtv", device="cpu"), ct_image, pet_image, ("CT", "PET"),
-                                    ("extremity", "extremity"), ["gross tumor volume"])
-    np.testing.assert_array_equal(mask, fuse([first.probabilities, second.probabilities])[0] >= 0.5)
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(STS_026 / "CT_mask.nii.gz"))) > 0
-    assert dice(mask, truth) > 0.7
-
-
-@needs_shared()
-def test_pet_ct_runs_off_the_main_thread_and_a_cancel_writes_nothing(scene, logic):
-    from PromptSegLib.errors import Cancelled
-
-    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
-    pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
-    count = scene.GetNumberOfNodes()
-    seen = []
-    job = logic.startPetCt(ct, pet, device="cpu", threads=1, onProgress=lambda f, m: seen.append(m))
-    job.cancel()
-    job.cancel()  # pressed twice
-    with pytest.raises(Cancelled):
-        logic.finishPetCt(job, timeout=120)
-    assert scene.GetNumberOfNodes() == count and job.message == "cancelled"
-    job = logic.startPetCt(ct, pet, device="cpu", threads=1, onProgress=lambda f, m: seen.append(m))
-    node, overlap = logic.finishPetCt(job, timeout=300)
-    assert segment_names(node) == ["gross tumor volume"] and "done in" in job.message
-    assert any(m.startswith("PET: window") for m in seen)  # progress came from the worker, both images
-
-
-@needs_shared()
-def test_pet_ct_refuses_non_overlapping_pet_activity_and_targets_the_model_lacks(scene, logic):
-    from PromptSegSlicer import InputError
-
-    from PromptSegLib.preprocessing.pet import NoOverlapError
-
-    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
-    pet = slicer_shim.load_volume(STS_026 / "PET_image.nii.gz", "PET")
-    count = scene.GetNumberOfNodes()
-    with pytest.raises(InputError, match=r"no primary tumor \(GTVp\), malignant lymph node \(GTVn\) target; it "
-                                         "segments: gross tumor volume"):
-        logic.segmentPetCt(ct, pet, targets=["GTVp", "GTVn"], device="cpu")
-    with pytest.raises(InputError, match="same volume"):
-        logic.segmentPetCt(ct, ct, device="cpu")
-    with pytest.raises(InputError, match="No PET volume"):
-        logic.segmentPetCt(ct, None, device="cpu")
-    with pytest.raises(InputError, match="no trained PET input"):
-        logic.segmentPetCt(ct, pet, modelFolder="promptseg-starter", device="cpu")
-    origin = np.array(pet.GetOrigin())
-    pet.SetOrigin(*(origin + [0.0, 0.0, 1000.0]))
-    with pytest.raises(NoOverlapError, match="do not overlap"):
-        logic.segmentPetCt(ct, pet, device="cpu")
-    pet.SetOrigin(*origin)
-    slicer.util.updateVolumeFromArray(pet, slicer.util.arrayFromVolume(pet) * 5000.0)  # Bq/ml, not SUV
-    with pytest.raises(InputError, match="not SUV"):
-        logic.segmentPetCt(ct, pet, device="cpu")
-    assert scene.GetNumberOfNodes() == count  # nothing was written
-
-
-class _DicomDatabase:
-    """Slicer's DICOM database as far as the logic uses it: instance UID -> file."""
-
-    def __init__(self, files):
-        import pydicom
-
-        self.files = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): str(f) for f in files}
-
-    def fileForInstance(self, uid):
-        return self.files.get(uid, "")
-
-
-@needs_shared()
-def test_pet_converted_to_suv_from_its_dicom_and_clinical_record_from_patient_tags(scene, logic, tmp_path,
-                                                                                     monkeypatch):
-    from PromptSegSlicer import InputError
-    from test_pet_fusion import _write_bqml
-
-    _write_bqml(tmp_path / "pet", "ADMIN", None)  # the real STS_002 PET series rewritten in Bq/ml
-    database = _DicomDatabase(sorted((tmp_path / "pet").glob("*.dcm")))
-    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
-    suv_file = STS / "nifti" / "STS_002" / "PET_image.nii.gz"
-    pet = slicer_shim.load_volume(suv_file, "PET")  # the series' grid; its voxels replaced by activity below
-    slicer.util.updateVolumeFromArray(pet, slicer.util.arrayFromVolume(pet) * 4000.0)
-    pet.SetAttribute("DICOM.instanceUIDs", " ".join(database.files))
-    assert not logic.petIsSuv(pet)
-
-    info = logic.convertPetToSuv(pet)
-
-    assert info.units == "BQML" and info.weight_kg == 99.0 and logic.petIsSuv(pet)
-    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(suv_file)))
-    assert np.abs(slicer.util.arrayFromVolume(pet) - expected).max() < 1e-4 * expected.max()
-    with pytest.raises(InputError, match="already in SUV"):
-        logic.convertPetToSuv(pet)
-    record = logic.clinicalRecordFromDicom(pet)
-    assert (record.patient_id, record.gender, record.age, record.weight) == ("STS_002", 1, 61.0, 99.0)
-    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
-    assert logic.clinicalRecordFromDicom(ct).gender is None  # not loaded from DICOM: all unknown
-    with pytest.raises(InputError, match="not loaded from DICOM"):
-        logic.convertPetToSuv(ct)
-
-
-@needs_shared()
-def test_predict_gives_risk_group_and_a_survival_curve_plot(scene, logic):
-    from PromptSegLib.prognosis.records import ClinicalDataError
-
-    ct = slicer_shim.load_volume(STS_026 / "CT_image.nii.gz", "CT")
-    sh = scene.GetSubjectHierarchyNode()
-    study = sh.CreateHierarchyItem(sh.GetSceneItemID(), "Study", slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy())
-    sh.CreateItem(study, ct)
-    record = {"patient_id": "P1", "gender": 1, "age": 62, "weight": 80, "Tobacco": 1, "HPV status (0=-, 1=+)": 0,
-              "T-stage": "T4", "N-stage": "N2", "M-stage": "M0"}
-
-    prediction, chart = logic.predictPrognosis(record, volumeNode=ct)
-
-    assert 0.0 <= prediction["risk_score"] <= 1.0 and prediction["risk_group"] in ("low", "intermediate", "high")
-    assert "a male patient, 62 years old" in prediction["prompt"]
-    time, survival = (np.array(prediction["survival_curve"][k]) for k in ("time", "survival"))
-    assert time[0] == 0.0 and survival[0] == 1.0 and (np.diff(time) > 0).all()
-    assert (np.diff(survival) <= 1e-12).all() and ((0.0 <= survival) & (survival <= 1.0)).all()
-    assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() == 1
-    series = chart.GetNthPlotSeriesNode(0)
-    table = series.GetTableNode()
-    assert (series.GetXColumnName(), series.GetYColumnName()) == ("time", "survival")
-    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "survival"), survival)
-    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "time"), time)
-    assert sh.GetItemParent(sh.GetItemByDataNode(chart)) == study
-    other, _ = logic.predictPrognosis({**record, "T-stage": "T1", "N-stage": "N0", "age": 40}, volumeNode=ct)
-    assert other["risk_score"] != prediction["risk_score"]  # the record reaches the model
-    with pytest.raises(ClinicalDataError, match="shoe size"):
-        logic.predictPrognosis({"shoe size": 44})
-    fields = logic.parseClinicalFields("HPV status: 1\n\nT-stage: T2 \n")
-    assert fields == {"HPV status": "1", "T-stage": "T2"}
-    with pytest.raises(Exception, match="line 2"):
-        logic.parseClinicalFields("HPV status: 1\nsmoker")
 
 
 def test_the_target_box_is_read_as_the_command_line_reads_targets(logic):
