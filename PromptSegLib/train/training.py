@@ -1,6 +1,7 @@
 """Training the dual-prompt model (DuPLUS recipe, sized for a CPU by default).
 
-Each step draws, per sample, a random crop (foreground-oversampled) of a training case, a paraphrase of
+Each step draws, per sample, a crop of a training case centred on one of its dataset's targets, each target
+equally often (``samples.CentreSampler``), or anywhere (``1 - foreground_ratio`` of the crops), a paraphrase of
 its context prompt, and a paraphrase of every target its dataset names, present in the crop or not (an
 absent target's truth is empty: the model learns to obey the prompt), plus a few targets certainly absent
 from its images: those of the other datasets that belong to body regions this dataset does not image ("the
@@ -35,7 +36,7 @@ from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import (DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spec, load_split,
                                          prepare_case)
 from PromptSegLib.train.loop import TrainingLoop, append_csv
-from PromptSegLib.train.samples import augment, crop
+from PromptSegLib.train.samples import CentreSampler, augment, crop
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ def train(config: TrainConfig) -> Path:
     for case in train_cases:
         by_dataset.setdefault(case.dataset.name, []).append(case)
     names = sorted(by_dataset)
+    samplers = {name: CentreSampler(cases, config.foreground_ratio) for name, cases in by_dataset.items()}
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     board = _tensorboard(config.work_dir) if rank == 0 else None
@@ -207,14 +209,14 @@ def train(config: TrainConfig) -> Path:
 
     def loss_of_step() -> tuple[torch.Tensor, dict]:
         """One batch of one dataset: crops, prompts (its targets and a few certainly absent), the loss."""
-        dataset_cases = by_dataset[names[rng.integers(len(names))]]
-        dataset = dataset_cases[0].dataset
+        sampler = samplers[names[rng.integers(len(names))]]
+        dataset = sampler.cases[0].dataset
         pool = bank.absent[dataset.name]
         absent = [pool[i] for i in rng.permutation(len(pool))[:config.absent_targets]]
         images, truths, known, contexts, prompts = [], [], [], [], []  # prompts: texts, (batch, targets)
         for _ in range(config.batch_size):
-            case = dataset_cases[rng.integers(len(dataset_cases))]
-            image, label = crop(case, config.patch_size, config.foreground_ratio, rng)
+            case, centre = sampler.draw(rng)
+            image, label = crop(case, config.patch_size, centre, rng)
             if config.augment:
                 image, label = augment(image, label, rng)
             images.append(image[None])

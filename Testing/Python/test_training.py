@@ -20,7 +20,7 @@ from PromptSegLib.text.vocabulary import default_vocabulary
 from PromptSegLib.train.card import train_command
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import load_spec, load_split, prepare_split
-from PromptSegLib.train.samples import crop, limit_field_of_view
+from PromptSegLib.train.samples import CentreSampler, crop, limit_field_of_view
 from PromptSegLib.train.training import absent_elsewhere, dice_bce_loss, train
 
 from conftest import SHARED, needs_shared
@@ -239,10 +239,37 @@ def test_foreground_oversampling_finds_the_tumour(tmp_path):
     spec = write_spec(tmp_path / "spec.json", [("STS_003", "train")])
     case = prepare_split(load_spec(spec), "train", 6.0)[0]
     rng = np.random.default_rng(0)
-    hits = [crop(case, (16, 16, 16), 1.0, rng)[1].any() for _ in range(10)]
+    sampler = CentreSampler([case], 1.0)
+    hits = [crop(case, (16, 16, 16), sampler.draw(rng)[1], rng)[1].any() for _ in range(10)]
     assert all(hits)
-    image, label = crop(case, (64, 64, 64), 0.0, rng)  # larger than the volume: padded
+    image, label = crop(case, (64, 64, 64), None, rng)  # larger than the volume: padded
     assert image.shape == label.shape == (64, 64, 64)
+
+
+@needs_shared("openkbp_hn_ct", "validation")
+def test_crops_are_centred_on_each_target_equally_often_however_few_patients_have_it():
+    """Eight OpenKBP patients, some organs contoured in only a few of them: each organ is still the centre of
+    a seventh of the crops, always in a patient that has it, and the crop holds it."""
+    from collections import Counter
+
+    dataset = load_spec(Path(__file__).resolve().parents[2] / "Resources" / "Training" / "hn_oars_test.json")[0]
+    dataset.cases = dataset.cases[:8]
+    cases = prepare_split([dataset], "test", 6.0)
+    targets = cases[0].dataset.targets
+    holding = {t: sum(len(c.points(t)) > 0 for c in cases) for t in targets}
+    assert min(holding.values()) <= 4 and max(holding.values()) == 8  # contoured in few and in all
+    rng = np.random.default_rng(0)
+    sampler = CentreSampler(cases, 1.0)
+    draws = [sampler.draw(rng) for _ in range(7000)]
+    counts = Counter(target for _, target in draws)
+    assert set(counts) == set(targets) and all(850 <= n <= 1150 for n in counts.values()), counts
+    assert all(len(case.points(target)) for case, target in draws)
+    for case, target in draws[:20]:
+        label = crop(case, (16, 16, 16), target, rng)[1]
+        assert np.isin(label, case.dataset.values_of(target)).any()
+    sampler = CentreSampler(cases, 0.0)
+    anywhere = [sampler.draw(rng) for _ in range(50)]
+    assert all(target is None for _, target in anywhere) and len({id(c) for c, _ in anywhere}) > 4
 
 
 def test_short_field_of_view_keeps_a_slab_and_repeats_its_end_slices():
