@@ -33,6 +33,9 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
               "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
               f"- time: {sessions_text(sessions or [])} on {hardware}",
+              f"- crops: {config.foreground_ratio:.0%} centred on a voxel of a target, each target of a dataset equally "
+              f"often (`train.samples.CentreSampler`), the rest anywhere; "
+              f"{'augmented' if config.augment else 'not augmented'}",
               f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})",
               *_init_lines(config.init), "",
               "## Validation Dice (measured at the end of this run on the validation cases, on the model grid, "

@@ -63,6 +63,7 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
     assert "promptseg train" in card and "--steps 3" in card
     assert "| gross tumor volume |" in card  # the validation Dice this run measured
     assert "case `STS_025`" in card and "validation" in card
+    assert "- crops: 67% centred on a voxel of a target, each target of a dataset equally often" in card
     rows = list(csv.DictReader(open(root / "model.work" / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
