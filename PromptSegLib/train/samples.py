@@ -22,17 +22,17 @@ class CentreSampler:
     def __init__(self, cases: list[PreparedCase], foreground_ratio: float):
         self.cases = cases
         self.foreground_ratio = foreground_ratio
+        dataset = cases[0].dataset
         values = [set(np.unique(case.label).tolist()) for case in cases]
-        holding = {t: [i for i, present in enumerate(values) if present & set(cases[0].dataset.values_of(t))]
-                   for t in cases[0].dataset.targets}
-        self.holding = {t: found for t, found in holding.items() if found}
+        holding = {t: [i for i, present in enumerate(values) if not present.isdisjoint(dataset.values_of(t))]
+                   for t in sorted(dataset.targets)}
+        self.holding = [(t, found) for t, found in holding.items() if found]
+        """(target, indices of the cases where it is present), for the targets present in any case."""
 
     def draw(self, rng: np.random.Generator) -> tuple[PreparedCase, str | None]:
         """``(case, target)``: the crop is centred on a voxel of ``target``, or anywhere when it is ``None``."""
         if self.holding and rng.random() < self.foreground_ratio:
-            targets = sorted(self.holding)
-            target = targets[rng.integers(len(targets))]
-            found = self.holding[target]
+            target, found = self.holding[rng.integers(len(self.holding))]
             return self.cases[found[rng.integers(len(found))]], target
         return self.cases[rng.integers(len(self.cases))], None
 
