@@ -143,13 +143,23 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None, *, as_writ
     ``ct.csv`` are skipped (with a log line): ``{"name": "openkbp", "layout": "openkbp", "folder": ...,
     "val": ["pt_3"], "test": ["pt_7"]}``. ``val`` and ``test`` lists work the same way for MSD folders.
 
+    A spec may start with the datasets of other specs, paths relative to it: ``{"include": ["propagation.json"],
+    "datasets": [...]}`` (a spec that needs a fetched source beside those every checkout has).
+
     Raises:
         PromptSegError: a malformed spec, an unknown target or region, a missing file.
     """
     path = Path(path)
     names = _Names(None if as_written else vocabulary or default_vocabulary())
     data = _read_structured(path)
+    includes = data.get("include", [])
+    if not isinstance(includes, list) or not all(isinstance(name, str) for name in includes):
+        raise PromptSegError(f"dataset spec {path}: 'include' must be a list of spec files")
     out = []
+    for name in includes:
+        if (path.parent / name).resolve() == path.resolve():
+            raise PromptSegError(f"dataset spec {path} includes itself")
+        out += load_spec(path.parent / name, vocabulary, as_written=as_written)
     entries = data.get("datasets", [])
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise PromptSegError(f"dataset spec {path}: 'datasets' must be a list of objects, one per dataset")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,32 @@ def test_bad_specs(tmp_path):
     with pytest.raises(PromptSegError, match="no foreground"):
         prepare_split(load_spec(write_spec(tmp_path / "c.json", [("STS_001", "train")], labels={"7": "liver"})),
                       "train", 6.0)
+
+
+@needs_shared()
+def test_a_spec_includes_the_datasets_of_another(tmp_path):
+    """``propagation_hn.json`` adds a fetched source to ``propagation.json`` by including it: the included
+    datasets come first, paths resolved beside the included file; a spec cannot include itself."""
+    (tmp_path / "sub").mkdir()
+    base = write_spec(tmp_path / "sub" / "base.json", [("STS_001", "train"), ("STS_002", "val")])
+    relative = json.loads(base.read_text())  # paths relative to the included spec, not to the including one
+    for case in relative["datasets"][0]["cases"]:
+        case["image"] = os.path.relpath(case["image"], base.parent)
+        case["label"] = os.path.relpath(case["label"], base.parent)
+    base.write_text(json.dumps(relative))
+    extra = json.loads(write_spec(tmp_path / "extra.json", [("STS_003", "train")]).read_text())["datasets"]
+    extra[0]["name"] = "extra"
+    (tmp_path / "top.json").write_text(json.dumps({"include": ["sub/base.json"], "datasets": extra}))
+    first, second = load_spec(tmp_path / "top.json")
+    assert [d.name for d in (first, second)] == [load_spec(base)[0].name, "extra"]
+    assert [(c.id, c.split) for c in first.cases] == [("STS_001", "train"), ("STS_002", "val")]
+    assert first.cases[0].image.resolve() == (STS / "STS_001" / "CT_image.nii.gz").resolve()
+    (tmp_path / "loop.json").write_text(json.dumps({"include": ["loop.json"], "datasets": []}))
+    with pytest.raises(PromptSegError, match="includes itself"):
+        load_spec(tmp_path / "loop.json")
+    (tmp_path / "odd.json").write_text(json.dumps({"include": "sub/base.json", "datasets": []}))
+    with pytest.raises(PromptSegError, match="'include' must be a list"):
+        load_spec(tmp_path / "odd.json")
 
 
 @needs_shared()
