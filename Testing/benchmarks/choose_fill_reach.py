@@ -2,8 +2,10 @@
 drawn slices, ``multislice.REACH`` (``--reach``: the fill's hard limit) or ``multislice.ENDS_BEYOND``
 (``--ends-beyond``: where the size profile expects the structure's ends), each in median drawn-slice spacings,
 ``none`` for no such rule; or whether the interpolation between drawn slices keeps the interpolated area
-(``--keep-area false true``: ``shape_prior.interpolated_distance``'s ``keep_area``). One is varied, the others
-kept at the library's value.
+(``--keep-area false true``: ``shape_prior.interpolated_distance``'s ``keep_area``); or which propagation model
+fills (``--models bundled DIR ...``, each at the library's settings); or whether the shape between drawn slices
+follows the structure's tracked centre (``--track false true``: ``multislice.TRACK``). One is varied, the others kept at the
+library's value.
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
 whose figures stay a held-out report):
@@ -23,7 +25,7 @@ affected), with the ITK peer for reference. Prints mean Dice per group and K; th
 over groups and K is chosen (each group weighs the same, so that 60 organs do not outvote a dozen tumours).
 
 Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2 |
-       --keep-area false true]
+       --keep-area false true | --track false true | --models bundled DIR] [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
 from __future__ import annotations
@@ -98,7 +100,10 @@ def hippocampus_structures():
 def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray], spacing: tuple[float, ...],
          keyword: str, value) -> np.ndarray:
     """The library's fill from ``drawn`` slices with one choice set to ``value``: a keyword of
-    ``fill_from_slices``, or ``keep_area`` of the interpolation it uses between drawn slices."""
+    ``fill_from_slices``, ``keep_area`` of the interpolation it uses between drawn slices, or ``model`` (the
+    ``propagator`` given is that model)."""
+    if keyword == "model":
+        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
     if keyword != "keep_area":
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, **{keyword: value}).mask
     multislice.interpolated_distance = partial(interpolated_distance, keep_area=value)
@@ -118,15 +123,21 @@ def main() -> None:
     chosen.add_argument("--reach", nargs="+")
     chosen.add_argument("--ends-beyond", nargs="+")
     chosen.add_argument("--keep-area", nargs="+", choices=["false", "true"])
+    chosen.add_argument("--models", nargs="+", help="propagation model folders ('bundled': the bundled model)")
+    parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
+    chosen.add_argument("--track", nargs="+", choices=["false", "true"])
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    keyword = "keep_area" if args.keep_area else "ends_beyond" if args.ends_beyond else "reach"
-    values = [v == "true" for v in args.keep_area] if args.keep_area else \
-        [None if v == "none" else float(v) for v in args.ends_beyond or args.reach or ["none", "1", "0.5"]]
+    keyword = ("keep_area" if args.keep_area else "track" if args.track else "ends_beyond" if args.ends_beyond
+               else "model" if args.models else "reach")
+    flags = args.keep_area or args.track
+    values = ([v == "true" for v in flags] if flags else list(args.models) if args.models else
+              [None if v == "none" else float(v) for v in args.ends_beyond or args.reach or ["none", "1", "0.5"]])
     counts = args.counts
-    propagator = Propagator(None, threads=args.threads)
+    propagators = {value: Propagator(None if value == "bundled" else value, threads=args.threads)
+                   for value in (values if keyword == "model" else [args.model])}
     groups = [g for g in args.groups if SOURCES[g][1].is_dir()]
     for group in sorted(set(args.groups) - set(groups)):
         print(f"left out: {group} ({SOURCES[group][1]} is absent)")
@@ -136,6 +147,7 @@ def main() -> None:
         for name, image, truth, spacing in SOURCES[group][0]():
             drawn = {k: drawn_indices(truth, k) for k in counts}
             for value in values:
+                propagator = propagators[value if keyword == "model" else args.model]
                 scores[group][str(value)].append([dice(fill(propagator, image, {j: truth[j] for j in drawn[k]},
                                                             spacing, keyword, value), truth) for k in counts])
             scores[group]["peer"].append([dice(fill_between_slices(truth, drawn[k]), truth) for k in counts])
@@ -143,7 +155,7 @@ def main() -> None:
                                                 for key, rows in scores[group].items()), flush=True)
     means = {g: {key: np.mean(np.array(rows), axis=0) for key, rows in by_key.items()} for g, by_key in scores.items()}
     print("\nValidation structures: " + ", ".join(f"{g} {len(scores[g]['peer'])}" for g in groups) + "\n")
-    unit = "" if keyword == "keep_area" else " (drawn-slice spacings)"
+    unit = "" if keyword in ("keep_area", "track", "model") else " (drawn-slice spacings)"
     print(f"| {keyword}{unit} | group | " + " | ".join(f"K={k}" for k in counts) + " | mean over K |")
     print("|---|---|" + "---|" * (len(counts) + 1))
     for key in keys:
