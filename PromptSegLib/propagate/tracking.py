@@ -108,17 +108,16 @@ def tracked_centres(image: np.ndarray, axis: int, a: int, mask_a: np.ndarray, b:
     extent = max(np.ptp(np.nonzero(m)[k]) + 1 for m in (mask_a, mask_b) for k in (0, 1))
     half = np.full(2, extent / 2.0 + min(max(MARGIN * extent, MIN_MARGIN), MAX_MARGIN))
     ca, cb = np.array(ndimage.center_of_mass(mask_a)), np.array(ndimage.center_of_mass(mask_b))
-    forward = _chain(image, axis, list(range(a, b + 1)), ca, half)
-    backward = _chain(image, axis, list(range(b, a - 1, -1)), cb, half)[::-1]
+    t = np.linspace(0.0, 1.0, b - a + 1)[:, None]  # slices a..b
+    forward = np.array(_chain(image, axis, list(range(a, b + 1)), ca, half))
+    backward = np.array(_chain(image, axis, list(range(b, a - 1, -1)), cb, half)[::-1])
     # each chain also reaches the other drawn slice: remove the part of its drift that shows there, linearly
-    forward = [c + (cb - forward[-1]) * (j / (b - a)) for j, c in enumerate(forward)]
-    backward = [c + (ca - backward[0]) * (1 - j / (b - a)) for j, c in enumerate(backward)]
-    width = b - a
-    t = np.arange(width + 1) / width
-    path = np.array([(1 - t[j]) * forward[j] + t[j] * backward[j] for j in range(width + 1)])
-    line = (1 - t)[:, None] * ca + t[:, None] * cb
+    forward += (cb - forward[-1]) * t
+    backward += (ca - backward[0]) * (1 - t)
+    path = (1 - t) * forward + t * backward
+    line = (1 - t) * ca + t * cb
     if BEND_TERMS:  # keep only a smooth bend off the line: each slice's registration error is noise
-        basis = np.stack([t * (1 - t) * (t - 0.5) ** k for k in range(BEND_TERMS)], axis=1)
+        basis = np.concatenate([t * (1 - t) * (t - 0.5) ** k for k in range(BEND_TERMS)], axis=1)
         coefficients = np.linalg.lstsq(basis, path - line, rcond=None)[0]
         path = line + basis @ coefficients
-    return {a + j: path[j] for j in range(1, width)}
+    return {a + j: path[j] for j in range(1, b - a)}

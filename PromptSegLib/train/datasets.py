@@ -121,7 +121,8 @@ def _evaluate(entry: dict) -> dict[str, tuple[int, ...]]:
                              f"values ({exc})") from exc
 
 
-def load_spec(path: str | Path, vocabulary: Vocabulary | None = None, *, as_written: bool = False) -> list[DatasetSpec]:
+def load_spec(path: str | Path, vocabulary: Vocabulary | None = None, *, as_written: bool = False,
+              _including: tuple[Path, ...] = ()) -> list[DatasetSpec]:
     """Read and check a dataset spec (JSON, or YAML when PyYAML is installed); target and region names are
     resolved through the vocabulary, or, with ``as_written`` (propagation), kept as written.
 
@@ -144,7 +145,8 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None, *, as_writ
     "val": ["pt_3"], "test": ["pt_7"]}``. ``val`` and ``test`` lists work the same way for MSD folders.
 
     A spec may start with the datasets of other specs, paths relative to it: ``{"include": ["propagation.json"],
-    "datasets": [...]}`` (a spec that needs a fetched source beside those every checkout has).
+    "datasets": [...]}`` (a spec that needs a fetched source beside those every checkout has). A spec that
+    includes itself, directly or through others, is refused.
 
     Raises:
         PromptSegError: a malformed spec, an unknown target or region, a missing file.
@@ -155,11 +157,12 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None, *, as_writ
     includes = data.get("include", [])
     if not isinstance(includes, list) or not all(isinstance(name, str) for name in includes):
         raise PromptSegError(f"dataset spec {path}: 'include' must be a list of spec files")
+    chain = _including + (path.resolve(),)
     out = []
     for name in includes:
-        if (path.parent / name).resolve() == path.resolve():
-            raise PromptSegError(f"dataset spec {path} includes itself")
-        out += load_spec(path.parent / name, vocabulary, as_written=as_written)
+        if (path.parent / name).resolve() in chain:
+            raise PromptSegError(f"dataset spec {path} includes itself (through {path.parent / name})")
+        out += load_spec(path.parent / name, vocabulary, as_written=as_written, _including=chain)
     entries = data.get("datasets", [])
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise PromptSegError(f"dataset spec {path}: 'datasets' must be a list of objects, one per dataset")

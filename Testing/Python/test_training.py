@@ -305,7 +305,8 @@ def test_bad_specs(tmp_path):
 @needs_shared()
 def test_a_spec_includes_the_datasets_of_another(tmp_path):
     """``propagation_hn.json`` adds a fetched source to ``propagation.json`` by including it: the included
-    datasets come first, paths resolved beside the included file; a spec cannot include itself."""
+    datasets come first, paths resolved beside the included file; a spec cannot include itself, directly or
+    through another."""
     (tmp_path / "sub").mkdir()
     base = write_spec(tmp_path / "sub" / "base.json", [("STS_001", "train"), ("STS_002", "val")])
     relative = json.loads(base.read_text())  # paths relative to the included spec, not to the including one
@@ -323,6 +324,10 @@ def test_a_spec_includes_the_datasets_of_another(tmp_path):
     (tmp_path / "loop.json").write_text(json.dumps({"include": ["loop.json"], "datasets": []}))
     with pytest.raises(PromptSegError, match="includes itself"):
         load_spec(tmp_path / "loop.json")
+    (tmp_path / "ring_a.json").write_text(json.dumps({"include": ["ring_b.json"], "datasets": []}))
+    (tmp_path / "ring_b.json").write_text(json.dumps({"include": ["ring_a.json"], "datasets": []}))
+    with pytest.raises(PromptSegError, match="includes itself"):  # through another spec
+        load_spec(tmp_path / "ring_a.json")
     (tmp_path / "odd.json").write_text(json.dumps({"include": "sub/base.json", "datasets": []}))
     with pytest.raises(PromptSegError, match="'include' must be a list"):
         load_spec(tmp_path / "odd.json")

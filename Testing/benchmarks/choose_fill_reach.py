@@ -4,8 +4,8 @@ drawn slices, ``multislice.REACH`` (``--reach``: the fill's hard limit) or ``mul
 ``none`` for no such rule; or whether the interpolation between drawn slices keeps the interpolated area
 (``--keep-area false true``: ``shape_prior.interpolated_distance``'s ``keep_area``); or which propagation model
 fills (``--models bundled DIR ...``, each at the library's settings); or whether the shape between drawn slices
-follows the structure's tracked centre (``--track false true``: ``multislice.TRACK``). One is varied, the others kept at the
-library's value.
+follows the structure's tracked centre (``--track false true``: ``multislice.TRACK``). One is varied, the
+others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
 whose figures stay a held-out report):
@@ -123,9 +123,9 @@ def main() -> None:
     chosen.add_argument("--reach", nargs="+")
     chosen.add_argument("--ends-beyond", nargs="+")
     chosen.add_argument("--keep-area", nargs="+", choices=["false", "true"])
+    chosen.add_argument("--track", nargs="+", choices=["false", "true"])
     chosen.add_argument("--models", nargs="+", help="propagation model folders ('bundled': the bundled model)")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
-    chosen.add_argument("--track", nargs="+", choices=["false", "true"])
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
     parser.add_argument("--threads", type=int, default=1)
