@@ -30,10 +30,10 @@ MAX_MARGIN = 16
 BEND_TERMS = 1
 """Terms of the smooth bend kept off the straight line (``t (1 - t) (t - 1/2)^k``, k < ``BEND_TERMS``; 0: the
 blended chains as they are). Centre error against the true centroids on the 12 OpenKBP validation patients of
-``hn_oars.json``, gaps of the fill protocol (K = 2..8): spinal-cord gaps of 24 slices or more, straight line 0.81
-pixels, chains as they are 0.74, one term 0.70, two 0.72; in shorter gaps and compact organs the line is as
-good or a little better (brain stem, gaps under 12 slices: 0.34 against 0.42). The Dice of the fill decided
-(``multislice.TRACK``)."""
+``hn_oars.json``, gaps of the fill protocol (K = 2..8), by ``Testing/benchmarks/choose_track_bend.py``:
+spinal-cord gaps of 24 slices or more, straight line 0.81 pixels, chains as they are 0.74, one term 0.70, two
+0.72; in shorter gaps and compact organs the line is as good or a little better (brain stem, gaps of 6-11
+slices: 0.34 against 0.42 with one term). The Dice of the fill decided (``multislice.TRACK``)."""
 SIDE = 48
 """A window wider than this many pixels is compared on every n-th row and column (n the smallest that brings it
 under ``SIDE``): a large structure's shift is measured as well on fewer pixels, and the cost stays flat."""
