@@ -13,7 +13,7 @@ Default: the clinical 512x512x300 CT at 0.78x0.78x1.5 mm of ``bench_targets.py``
 256x256x200 CT at 1.5 mm. Prints the DuPLUS phase table (read, resample, windows, map back, write), the peers'
 times and peak RSS, and the ratios measured in the same run.
 Usage: python Testing/benchmarks/bench_whole_volume.py [--small] [--threads N] [--counts 1 5 10 20]
-       [--precision auto|float32|bfloat16]
+       [--precision auto|float32|bfloat16] [--peers unet nnunet starter starter-single]
 """
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--precision", default="auto", help="of the DuPLUS requests (promptseg segment --precision)")
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS, help="the peers to run (default all)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # IMAGE:KIND, KIND a peer or a target count
     args = parser.parse_args()
     if args.case:
@@ -91,7 +92,7 @@ def main() -> None:
         print(json.dumps(run))
         return
     size, spacing = SMALL if args.small else FULL_SIZE
-    peers = [p for p in PEERS if p != "nnunet" or importlib.util.find_spec("dynamic_network_architectures")]
+    peers = [p for p in args.peers if p != "nnunet" or importlib.util.find_spec("dynamic_network_architectures")]
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "ct.nii.gz")
         sitk.WriteImage(real_ct_on_grid(size, spacing), path, True)
@@ -101,7 +102,7 @@ def main() -> None:
     print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process; DuPLUS in "
           f"precision {args.precision}, the peers in float32")
     print(phase_table([runs[str(n)] for n in args.counts]))
-    if "nnunet" not in peers:
+    if "nnunet" in args.peers and "nnunet" not in peers:
         print("nnU-Net peer skipped: dynamic-network-architectures is not installed "
               "(pip install --no-deps dynamic-network-architectures einops)")
     segment = {n: sum(runs[str(n)]["seconds"][p] for p in ("resample", "windows", "map back")) for n in args.counts}
@@ -110,9 +111,10 @@ def main() -> None:
         ratios = ", ".join(f"{n} targets {segment[n] / r['seconds']:.2f}x" for n in args.counts)
         print(f"{kind:15s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_gb']:.2f} GB  (the segment call, DuPLUS / "
               f"this: {ratios})")
-    print(f"starter, 1 target: 2 windows per call {runs['starter']['seconds']:.1f} s, 1 per call "
-          f"{runs['starter-single']['seconds']:.1f} s: speed-up "
-          f"{runs['starter-single']['seconds'] / runs['starter']['seconds']:.2f}x")
+    if "starter" in peers and "starter-single" in peers:
+        print(f"starter, 1 target: 2 windows per call {runs['starter']['seconds']:.1f} s, 1 per call "
+              f"{runs['starter-single']['seconds']:.1f} s: speed-up "
+              f"{runs['starter-single']['seconds'] / runs['starter']['seconds']:.2f}x")
 
 
 if __name__ == "__main__":
