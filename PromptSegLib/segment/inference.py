@@ -1,5 +1,5 @@
-"""Whole-volume inference: sliding windows (MONAI, Gaussian blending), one backbone pass per window for
-the context, all requested targets' generated heads applied at once.
+"""Whole-volume inference: sliding windows (MONAI's positions and Gaussian blending, computed without MONAI), one
+backbone pass per window for the context, all requested targets' generated heads applied at once.
 """
 from __future__ import annotations
 
