@@ -25,9 +25,10 @@ ORGANS = {"brain stem": "Brainstem", "spinal cord": "SpinalCord", "right parotid
 
 
 def card_test_dice() -> dict[str, float]:
-    """Per organ, the test Dice the bundled model's card states (its ``evaluate --card`` table)."""
+    """Per organ, the test Dice the bundled model's card states (its own ``evaluate --card`` table: the last
+    top-level one; an averaged model's card quotes its sources' cards one heading level down)."""
     card = (route_model("CT", "head and neck", list(ORGANS)) / "README.md").read_text(encoding="utf-8")
-    table = card[card.index("## Evaluation: split `test`"):]
+    table = card[card.rindex("\n## Evaluation: split `test`"):]
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| openkbp_test |")]
     return {cells[2].strip(): float(cells[4]) for cells in rows}
 
