@@ -69,6 +69,8 @@ class ModelConfig:
             removed (chosen on validation cases).
         widest_body_cm2: CT targets -> the widest body cross-section (cm²) on the middle slice of its training
             truth; a mask in a far wider body is emptied with a warning (see ``postprocess``).
+        most_air_cm2: CT targets -> the most air enclosed by the body (cm²) on the middle slice of its training
+            truth; a mask where far more is enclosed (lungs) is emptied with a warning (see ``postprocess``).
     """
 
     name: str
@@ -87,6 +89,7 @@ class ModelConfig:
     plausible_ml: dict[str, float] = field(default_factory=dict)
     own_side: list[str] = field(default_factory=list)
     widest_body_cm2: dict[str, float] = field(default_factory=dict)
+    most_air_cm2: dict[str, float] = field(default_factory=dict)
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
         """The fixed intensity rule for ``modality`` (CT: the training data's statistics in the CT window), or
@@ -108,7 +111,8 @@ class ModelConfig:
                 **({"largest_component": self.largest_component} if self.largest_component else {}),
                 **({"plausible_ml": self.plausible_ml} if self.plausible_ml else {}),
                 **({"own_side": self.own_side} if self.own_side else {}),
-                **({"widest_body_cm2": self.widest_body_cm2} if self.widest_body_cm2 else {})}
+                **({"widest_body_cm2": self.widest_body_cm2} if self.widest_body_cm2 else {}),
+                **({"most_air_cm2": self.most_air_cm2} if self.most_air_cm2 else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -128,7 +132,8 @@ class ModelConfig:
                          largest_component=list(data.get("largest_component", [])),
                          plausible_ml={t: float(v) for t, v in data.get("plausible_ml", {}).items()},
                          own_side=list(data.get("own_side", [])),
-                         widest_body_cm2={t: float(v) for t, v in data.get("widest_body_cm2", {}).items()})
+                         widest_body_cm2={t: float(v) for t, v in data.get("widest_body_cm2", {}).items()},
+                         most_air_cm2={t: float(v) for t, v in data.get("most_air_cm2", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
         if config.padding not in PADDINGS:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from PromptSegLib.errors import InputImageError
 from PromptSegLib.preprocessing.axis_aligned import linear_on_axes, signed_permutation
@@ -135,6 +136,21 @@ def body_areas_cm2(image: sitk.Image) -> np.ndarray:
     array = sitk.GetArrayViewFromImage(image)
     pixel_cm2 = float(image.GetSpacing()[0] * image.GetSpacing()[1]) / 100.0
     return (array > BODY_HU).sum(axis=(1, 2)) * pixel_cm2
+
+
+def enclosed_air_cm2(image: sitk.Image) -> np.ndarray:
+    """The air inside the body on each slice of a CT: ``(Z,)`` float64, cm², the area of the voxels at or below
+    :data:`BODY_HU` enclosed by the body's outline on each slice of the array's first axis (lungs, bowel gas, the
+    airway; not the air around the body, nor air the slice's outline leaves open, as in a scan cropped
+    through the body)."""
+    array = sitk.GetArrayViewFromImage(image)
+    pixel_cm2 = float(image.GetSpacing()[0] * image.GetSpacing()[1]) / 100.0
+    areas = np.zeros(array.shape[0])
+    for index, plane in enumerate(array):
+        body = plane > BODY_HU
+        if body.any():
+            areas[index] = float((ndimage.binary_fill_holes(body) & ~body).sum()) * pixel_cm2
+    return areas
 
 
 def model_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:

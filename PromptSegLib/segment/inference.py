@@ -17,8 +17,8 @@ from PromptSegLib.heap import from_heap, reused_memory
 from PromptSegLib.io.imageio import validate_volume
 from PromptSegLib.models.catalogue import resolve_model
 from PromptSegLib.models.folder import Model, ModelConfig, load_model
-from PromptSegLib.preprocessing.preprocess import (IntensityRule, ModelInput, body_areas_cm2, bounding_box, prepare,
-                                                   to_original_box)
+from PromptSegLib.preprocessing.preprocess import (IntensityRule, ModelInput, body_areas_cm2, bounding_box,
+                                                   enclosed_air_cm2, prepare, to_original_box)
 from PromptSegLib.segment.postprocess import midline_x, postprocess
 from PromptSegLib.segment.probability import FLOOR, ProbabilityMap, level
 from PromptSegLib.segment.windows import sliding_windows, window_slices
@@ -297,6 +297,7 @@ class Segmenter:
         sides = {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)}
         midline = midline_x(image) if sides else None
         body_cm2 = body_areas_cm2(image) if modality == "CT" and config.widest_body_cm2 else None
+        air_cm2 = enclosed_air_cm2(image) if modality == "CT" and config.most_air_cm2 else None
         shape = sitk.GetArrayViewFromImage(image).shape
         maps = []
         for index, query in enumerate(queries):
@@ -305,7 +306,8 @@ class Segmenter:
             del channel
             postprocess(values[None], [query.name], level(config.threshold),
                         float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component, config.plausible_ml,
-                        sides, image, config.widest_body_cm2, body_cm2, tuple(s.start for s in box_on_input), midline)
+                        sides, image, config.widest_body_cm2, body_cm2, tuple(s.start for s in box_on_input), midline,
+                        config.most_air_cm2, air_cm2)
             maps.append(ProbabilityMap(shape, box_on_input, values))
         report(1.0, "done")
         return SegmentationResult(queries, context, maps, image, config.threshold)

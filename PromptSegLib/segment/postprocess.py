@@ -15,6 +15,10 @@
   another body region (a parotid found in the shoulders, or asked on an abdominal CT, whose cross-section is two
   to three times a head's) and is removed; a mask removed whole comes with a warning. Only the upper bound is
   checked: a scan cropped to a small field of view keeps its organs.
+- **Air inside the body** (``ModelConfig.most_air_cm2``, CT only, applied with the body region: per target, the
+  most air enclosed by the body's outline, ``preprocess.enclosed_air_cm2``, on the middle slice of its training
+  truth): a piece whose middle slice encloses far more air (:func:`air_limit_cm2`: the lungs of a chest CT under
+  a parotid found there) lies in another body region and is removed, with a warning when the whole mask goes.
 """
 from __future__ import annotations
 
@@ -29,6 +33,14 @@ MIN_VOLUME_FRACTION = 0.2
 BODY_AREA_FACTOR = 1.25
 """A piece of a mask whose middle slice cuts a body more than this times wider than its target's widest in
 training is taken as lying in another body region."""
+
+
+AIR_FACTOR = 2.0
+"""A piece whose middle slice encloses more than this times the most air its target had in training (and at
+least :data:`AIR_MARGIN_CM2` more) is taken as lying in another body region."""
+AIR_MARGIN_CM2 = 50.0
+"""The least excess of enclosed air (cm²) over the most in training that removes a piece: an open mouth or a
+wide airway adds a few cm², a lung adds a hundred or more."""
 
 
 class ImplausibleResultWarning(UserWarning):
@@ -80,12 +92,13 @@ def own_side(mask: np.ndarray, image: sitk.Image, side: str, midline: float | No
 
 
 def middle_slice_area(mask: np.ndarray, body_cm2: np.ndarray) -> float | None:
-    """The body cross-section (cm²) on the middle slice of ``mask`` (the median first-axis index of its voxels);
+    """A per-slice area (cm²) on the middle slice of ``mask`` (the median first-axis index of its voxels);
     None for an empty mask.
 
     Args:
         mask: bool ``(Z, Y, X)``.
-        body_cm2: ``(Z,)`` the body's cross-section per slice (``preprocess.body_areas_cm2``).
+        body_cm2: ``(Z,)`` an area per slice: the body's cross-section (``preprocess.body_areas_cm2``) or the
+            air it encloses (``preprocess.enclosed_air_cm2``).
     """
     z = np.nonzero(mask.any(axis=(1, 2)))[0]
     if not len(z):
@@ -95,21 +108,48 @@ def middle_slice_area(mask: np.ndarray, body_cm2: np.ndarray) -> float | None:
     return float(body_cm2[middle])
 
 
-def wide_body_pieces(mask: np.ndarray, body_cm2: np.ndarray, widest_cm2: float) -> np.ndarray:
-    """The 26-connected pieces of ``mask`` whose middle slice (:func:`middle_slice_area`) cuts a body more than
-    :data:`BODY_AREA_FACTOR` times ``widest_cm2``: bool, the shape of ``mask``.
+def air_limit_cm2(most_cm2: float) -> float:
+    """The enclosed air (cm²) on a piece's middle slice above which it lies in another body region, for a target
+    whose training truth had at most ``most_cm2``: :data:`AIR_FACTOR` times that, and at least
+    :data:`AIR_MARGIN_CM2` more."""
+    return max(AIR_FACTOR * most_cm2, most_cm2 + AIR_MARGIN_CM2)
+
+
+def pieces_above(mask: np.ndarray, per_slice_cm2: np.ndarray, limit_cm2: float) -> np.ndarray:
+    """The 26-connected pieces of ``mask`` whose middle slice (:func:`middle_slice_area`) has more than
+    ``limit_cm2`` of ``per_slice_cm2``: bool, the shape of ``mask``.
 
     Args:
         mask: bool ``(Z, Y, X)``.
-        body_cm2: ``(Z,)`` the body's cross-section per slice of ``mask``'s first axis.
-        widest_cm2: the widest body cross-section (cm²) the target lay in during training.
+        per_slice_cm2: ``(Z,)`` an area per slice of ``mask``'s first axis (body cross-section, enclosed air).
+        limit_cm2: the largest area a piece may lie in.
     """
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     out = np.zeros_like(mask, dtype=bool)
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         piece = labels[box] == index
-        if middle_slice_area(piece, body_cm2[box[0]]) > BODY_AREA_FACTOR * widest_cm2:
+        if middle_slice_area(piece, per_slice_cm2[box[0]]) > limit_cm2:
             out[box] |= piece
+    return out
+
+
+def out_of_region_pieces(mask: np.ndarray, name: str, widest_body_cm2: dict[str, float] | None,
+                         body_cm2: np.ndarray | None, most_air_cm2: dict[str, float] | None = None,
+                         air_cm2: np.ndarray | None = None) -> np.ndarray | None:
+    """The pieces of target ``name``'s ``mask`` ``(Z, Y, X)`` that lie in another body region: a body more than
+    :data:`BODY_AREA_FACTOR` times wider than its widest in training, or far more enclosed air than its most
+    (:func:`air_limit_cm2`); bool like ``mask``, or None when neither bound applies (not CT, no bound for
+    ``name``). ``body_cm2`` and ``air_cm2``: ``(Z,)`` per slice of ``mask``'s first axis."""
+    widest = (widest_body_cm2 or {}).get(name)
+    most = (most_air_cm2 or {}).get(name)
+    checks = [(body_cm2, BODY_AREA_FACTOR * widest) if widest and body_cm2 is not None else None,
+              (air_cm2, air_limit_cm2(most)) if most is not None and air_cm2 is not None else None]
+    checks = [c for c in checks if c is not None]
+    if not checks:
+        return None
+    out = np.zeros_like(mask, dtype=bool)
+    for per_slice, limit in checks:
+        out |= pieces_above(mask, per_slice, limit)
     return out
 
 
@@ -117,7 +157,8 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
                 largest: list[str] | tuple[str, ...] = (), plausible_ml: dict[str, float] | None = None,
                 sides: dict[str, str] | None = None, image: sitk.Image | None = None,
                 widest_body_cm2: dict[str, float] | None = None, body_cm2: np.ndarray | None = None,
-                origin: tuple[int, int, int] = (0, 0, 0), midline: float | None = None) -> np.ndarray:
+                origin: tuple[int, int, int] = (0, 0, 0), midline: float | None = None,
+                most_air_cm2: dict[str, float] | None = None, air_cm2: np.ndarray | None = None) -> np.ndarray:
     """Apply the model's post-processing in place.
 
     Args:
@@ -132,9 +173,11 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         sides: target -> ``left`` or ``right``: pieces on the other side of ``image``'s midline are removed.
         image: the input image (for ``sides``).
         widest_body_cm2: target -> the widest body cross-section (cm²) on its middle slice in training.
-        body_cm2: ``(Z,)`` the input's body cross-section per slice (CT; None skips the region check).
+        body_cm2: ``(Z,)`` the input's body cross-section per slice (CT; None skips the body-width check).
         origin: the input-grid index ``(z, y, x)`` of the first voxel of ``probabilities``.
         midline: the body's midline (LPS x, mm) for ``sides``; default :func:`midline_x` of ``image``.
+        most_air_cm2: target -> the most air enclosed by the body on its middle slice in training (cm²).
+        air_cm2: ``(Z,)`` the input's enclosed air per slice (CT; None skips the air check).
 
     Returns:
         ``probabilities`` (changed in place).
@@ -142,19 +185,17 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
     if midline is None and sides and image is not None:
         midline = midline_x(image)
     body_cm2 = None if body_cm2 is None else body_cm2[origin[0]:]
+    air_cm2 = None if air_cm2 is None else air_cm2[origin[0]:]
     for channel, name in zip(probabilities, names):
         mask = channel >= threshold
-        widest = (widest_body_cm2 or {}).get(name)
-        if widest and body_cm2 is not None and mask.any():
-            wide = wide_body_pieces(mask, body_cm2, widest)
-            if wide.any():
-                area = middle_slice_area(mask, body_cm2)
-                channel[wide] = 0.0
-                mask = channel >= threshold
-                if not mask.any():
-                    warnings.warn(f"{name}: found where the body's cross-section is {area:.0f} cm², "
-                                  f"{area / widest:.1f} times the widest it had in training ({widest:.0f} cm²): most "
-                                  "likely a scan of another body region; left empty", ImplausibleResultWarning)
+        outside = out_of_region_pieces(mask, name, widest_body_cm2, body_cm2, most_air_cm2, air_cm2) if mask.any() \
+            else None
+        if outside is not None and outside.any():
+            channel[outside] = 0.0
+            if not (channel >= threshold).any():
+                warnings.warn(_region_message(name, mask, widest_body_cm2, body_cm2, most_air_cm2, air_cm2),
+                              ImplausibleResultWarning)
+            mask = channel >= threshold
         if sides and name in sides and midline is not None and mask.any():
             channel[mask & ~own_side(mask, image, sides[name], midline, origin)] = 0.0
             mask = channel >= threshold
@@ -168,3 +209,18 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
             warnings.warn(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
                           f"({smallest:.1f} mL): most likely not in this scan; left empty", ImplausibleResultWarning)
     return probabilities
+
+
+def _region_message(name: str, mask: np.ndarray, widest_body_cm2: dict[str, float] | None,
+                    body_cm2: np.ndarray | None, most_air_cm2: dict[str, float] | None,
+                    air_cm2: np.ndarray | None) -> str:
+    """Why a target's whole ``mask`` was taken as lying in another body region (the bound its middle slice
+    exceeds: the body's width first, else the enclosed air)."""
+    widest, most = (widest_body_cm2 or {}).get(name), (most_air_cm2 or {}).get(name)
+    area = middle_slice_area(mask, body_cm2) if widest and body_cm2 is not None else None
+    if area is not None and (area > BODY_AREA_FACTOR * widest or most is None or air_cm2 is None):
+        return (f"{name}: found where the body's cross-section is {area:.0f} cm², {area / widest:.1f} times the "
+                f"widest it had in training ({widest:.0f} cm²): most likely a scan of another body region; left empty")
+    air = middle_slice_area(mask, air_cm2)
+    return (f"{name}: found where the body encloses {air:.0f} cm² of air (the lungs?), against at most {most:.0f} cm² "
+            "in training: most likely a scan of another body region; left empty")

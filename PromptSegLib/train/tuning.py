@@ -4,8 +4,9 @@ For each target the model segments, the validation Dice of the raw mask is compa
 with that of its largest connected component and, for a target of one side (the left parotid), with the mask
 kept on its own side of the body's midline, and with both; each target gets the option with the highest mean
 (ties: the simpler one). The smallest volume (mL) each target's truth has in the training cases becomes its plausible
-minimum, and on CT the widest body cross-section (cm²) on the middle slice of its truth its plausible maximum
-(``postprocess``: a far smaller mask is emptied, pieces in a far wider body are removed first). The region check
+minimum, and on CT the widest body cross-section (cm²) and the most air the body encloses (cm²) on the middle slice
+of its truth its plausible maxima (``postprocess``: a far smaller mask is emptied, pieces in a far wider body or
+over far more enclosed air, such as the lungs, are removed first). The region check (both maxima together)
 is kept for a target where, applied before the chosen option, it does not lower the mean validation Dice (ties
 keep it: it guards scans of other regions, which validation does not hold). Nothing here looks at test cases.
 """
@@ -20,10 +21,11 @@ import SimpleITK as sitk
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
 from PromptSegLib.models.folder import CONFIG, append_to_card, read_config, replace_file
-from PromptSegLib.preprocessing.preprocess import body_areas_cm2
+from PromptSegLib.preprocessing.preprocess import body_areas_cm2, enclosed_air_cm2
 from PromptSegLib.segment.inference import Segmenter
-from PromptSegLib.segment.postprocess import (BODY_AREA_FACTOR, MIN_VOLUME_FRACTION, largest_component,
-                                              middle_slice_area, midline_x, own_side, wide_body_pieces)
+from PromptSegLib.segment.postprocess import (AIR_FACTOR, AIR_MARGIN_CM2, BODY_AREA_FACTOR, MIN_VOLUME_FRACTION,
+                                              largest_component, middle_slice_area, midline_x, out_of_region_pieces,
+                                              own_side)
 from PromptSegLib.text.vocabulary import side_of
 from PromptSegLib.train.datasets import DatasetSpec, LabelledCase, load_case, read_label_file
 
@@ -40,6 +42,7 @@ class Tuning:
             targets of one side).
         plausible_ml: target -> smallest training truth volume in mL.
         widest_body_cm2: CT target -> widest body cross-section (cm²) on its truth's middle slice in training.
+        most_air_cm2: CT target -> the most air enclosed by the body (cm²) on its truth's middle slice in training.
         region_scores: option -> target -> per-case validation Dice with the region check applied first (CT
             targets with a widest body only).
     """
@@ -47,6 +50,7 @@ class Tuning:
     scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
     plausible_ml: dict[str, float] = field(default_factory=dict)
     widest_body_cm2: dict[str, float] = field(default_factory=dict)
+    most_air_cm2: dict[str, float] = field(default_factory=dict)
     region_scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
 
     def choice(self, target: str) -> str:
@@ -72,35 +76,39 @@ class Tuning:
     def markdown(self) -> str:
         """The card section: per target, cases, mean validation Dice of each option, the choice."""
         lines = ["| target | validation cases | " + " | ".join(f"Dice, {o}" for o in OPTIONS)
-                 + " | chosen | smallest in training (mL) | widest body in training (cm²) | Dice, chosen after the "
-                 "region check | region check |",
-                 "|---|---|" + "---|" * (len(OPTIONS) + 5)]
+                 + " | chosen | smallest in training (mL) | widest body in training (cm²) | most enclosed air in "
+                 "training (cm²) | Dice, chosen after the region check | region check |",
+                 "|---|---|" + "---|" * (len(OPTIONS) + 6)]
         for target in sorted(self.scores["all"]):
             smallest, widest = self.plausible_ml.get(target), self.widest_body_cm2.get(target)
+            air = self.most_air_cm2.get(target)
             region = self.region_scores[self.choice(target)].get(target)
             region_dice = f"{np.mean(region):.3f}" if region else "-"
             cells = [f"{np.mean(self.scores[o][target]):.3f}" if target in self.scores[o] else "-" for o in OPTIONS]
             lines.append(f"| {target} | {len(self.scores['all'][target])} | {' | '.join(cells)} | {self.choice(target)} | "
                          f"{f'{smallest:.1f}' if smallest is not None else '-'} | "
-                         f"{f'{widest:.0f}' if widest is not None else '-'} | {region_dice} | "
+                         f"{f'{widest:.0f}' if widest is not None else '-'} | "
+                         f"{f'{air:.1f}' if air is not None else '-'} | {region_dice} | "
                          f"{'yes' if target in self.region_checked else 'no'} |")
         return "\n".join(lines) + "\n"
 
 
-def truth_extremes(datasets: list[DatasetSpec], split: str = "train") -> tuple[dict[str, float], dict[str, float]]:
+def truth_extremes(datasets: list[DatasetSpec], split: str = "train"
+                   ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """From the ``split`` cases where a target is delineated and present: target -> the smallest volume (mL) of
-    its truth, and for CT datasets target -> the widest body cross-section (cm², ``body_areas_cm2``) on the
-    middle slice of its truth. Only the label files are read, and the images of CT datasets (the label then on
-    the image's grid)."""
+    its truth, and for CT datasets target -> the widest body cross-section (cm², ``body_areas_cm2``) and target
+    -> the most air the body encloses (cm², ``enclosed_air_cm2``), each on the middle slice of its truth. Only
+    the label files are read, and the images of CT datasets (the label then on the image's grid)."""
     smallest: dict[str, float] = {}
     widest: dict[str, float] = {}
+    most_air: dict[str, float] = {}
     for dataset in datasets:
         for case in (c for c in dataset.cases if c.split == split):
             if dataset.modality == "CT":  # the truth on the image's grid, to measure the body beside it
                 read = load_case(dataset, case)
-                labels, body = read.label, body_areas_cm2(read.image)
+                labels, body, air = read.label, body_areas_cm2(read.image), enclosed_air_cm2(read.image)
             else:
-                labels, body = read_label_file(case), None
+                labels, body, air = read_label_file(case), None, None
             label = sitk.GetArrayFromImage(labels)
             voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
             for target in dataset.targets:
@@ -112,14 +120,16 @@ def truth_extremes(datasets: list[DatasetSpec], split: str = "train") -> tuple[d
                     smallest[target] = min(smallest.get(target, volume), volume)
                     if body is not None:
                         widest[target] = max(widest.get(target, 0.0), middle_slice_area(truth, body))
-    return smallest, widest
+                        most_air[target] = max(most_air.get(target, 0.0), middle_slice_area(truth, air))
+    return smallest, widest, most_air
 
 
 def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], plausible_ml: dict[str, float],
-                          widest_body_cm2: dict[str, float] | None = None) -> Tuning:
+                          widest_body_cm2: dict[str, float] | None = None,
+                          most_air_cm2: dict[str, float] | None = None) -> Tuning:
     """Measure the raw and largest-component Dice of every target on ``validation`` (the model's own
-    post-processing switched off for the measurement); ``plausible_ml`` and ``widest_body_cm2`` (see
-    :func:`truth_extremes`) are kept, and the body cross-section on each raw mask's middle slice is recorded.
+    post-processing switched off for the measurement); ``plausible_ml``, ``widest_body_cm2`` and ``most_air_cm2``
+    (see :func:`truth_extremes`) are kept, and each option's Dice is measured again with the region check first.
 
     Raises:
         PromptSegError: no validation case, or a model already carrying post-processing.
@@ -127,9 +137,11 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
     config = segmenter.model.config
     if not validation:
         raise PromptSegError("no validation case to choose the post-processing on")
-    if config.largest_component or config.plausible_ml or config.own_side or config.widest_body_cm2:
+    if (config.largest_component or config.plausible_ml or config.own_side or config.widest_body_cm2
+            or config.most_air_cm2):
         raise PromptSegError(f"model {config.name} already has post-processing in its config; tune an untuned copy")
-    tuning = Tuning(plausible_ml=dict(plausible_ml), widest_body_cm2=dict(widest_body_cm2 or {}))
+    tuning = Tuning(plausible_ml=dict(plausible_ml), widest_body_cm2=dict(widest_body_cm2 or {}),
+                    most_air_cm2=dict(most_air_cm2 or {}))
     for case in validation:
         present = [t for t in case.dataset.targets if t in config.targets and t not in case.case.unlabelled]
         label = sitk.GetArrayFromImage(case.label)
@@ -138,12 +150,13 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
             continue
         result = segmenter.segment(case.image, case.dataset.modality, case.dataset.regions[0], present)
         midline = midline_x(case.image)
-        body = body_areas_cm2(case.image) if case.dataset.modality == "CT" else None
+        ct = case.dataset.modality == "CT"
+        body, air = (body_areas_cm2(case.image), enclosed_air_cm2(case.image)) if ct else (None, None)
         for i, query in enumerate(result.queries):
             truth = np.isin(label, case.dataset.values_of(query.name))
             masks = {"all": result.mask(i)}
-            widest = tuning.widest_body_cm2.get(query.name)
-            wide = wide_body_pieces(masks["all"], body, widest) if body is not None and widest else None
+            wide = out_of_region_pieces(masks["all"], query.name, tuning.widest_body_cm2, body, tuning.most_air_cm2,
+                                        air)
             side = side_of(query.target)
             for option in OPTIONS[1:] if side else OPTIONS[1:2]:
                 masks[option] = _option_mask(masks["all"], option, case.image, side, midline)
@@ -166,11 +179,16 @@ def apply_tuning(folder, tuning: Tuning, command: str) -> None:
     """Write the chosen post-processing into the model folder's config and its card (manifest updated)."""
     config = replace(read_config(folder), largest_component=tuning.largest_component, own_side=tuning.own_side,
                      plausible_ml={t: round(v, 2) for t, v in sorted(tuning.plausible_ml.items())},
-                     widest_body_cm2={t: round(tuning.widest_body_cm2[t], 1) for t in tuning.region_checked})
+                     widest_body_cm2={t: round(tuning.widest_body_cm2[t], 1) for t in tuning.region_checked
+                                      if t in tuning.widest_body_cm2},
+                     most_air_cm2={t: round(tuning.most_air_cm2[t], 1) for t in tuning.region_checked
+                                   if t in tuning.most_air_cm2})
     replace_file(folder, CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
     append_to_card(folder, "## Post-processing (chosen on the validation cases)\n\n"
                    f"```\n{command}\n```\n\n{tuning.markdown()}\nA mask smaller than {MIN_VOLUME_FRACTION:g} x its target's "
                    "smallest training volume is emptied with a warning (an organ asked on a scan of another body "
                    f"region); on CT, pieces whose middle slice cuts a body more than {BODY_AREA_FACTOR:g} x wider than "
-                   "their target's widest in training are removed first (a mask removed whole comes with a warning), "
+                   "their target's widest in training, or that encloses more air than "
+                   f"max({AIR_FACTOR:g} x, {AIR_MARGIN_CM2:g} cm² more than) the most in training, are removed first "
+                   "(a mask removed whole comes with a warning), "
                    "for the targets where that region check does not lower the validation Dice (last column).")

@@ -1,7 +1,8 @@
 """The bundled head-and-neck organ model on patients it never saw (the OpenKBP validation split in
 ../shared/data, held out as this model's test split), asked as a new user would, without naming a model:
 Dice floors a little below the card's test figures, left and right never swapped, and head organs asked on an
-abdominal CT left empty with a warning (the region check: the abdomen is far wider than any head they lay in)."""
+abdominal CT or a chest CT left empty with a warning (the region check: the abdomen is far wider than any head
+they lay in; the chest encloses the lungs)."""
 from __future__ import annotations
 
 import json
@@ -93,3 +94,14 @@ def test_head_organs_asked_on_an_abdominal_ct_come_back_empty_with_a_warning(seg
     for i, name in enumerate(head):
         assert not result.mask(i).any(), name
         assert any(str(w.message).startswith(f"{name}: found where the body's cross-section is") for w in warned), name
+
+
+def test_head_organs_asked_on_a_chest_ct_come_back_empty_with_a_warning(segmenter, chest_ct):
+    """slicerio's chest CT (39 cm across, no wider than some necks with shoulders): the lungs the body encloses
+    under each piece, far more air than these organs ever lay over in training, empty them."""
+    head = ["left parotid", "right parotid", "brain stem", "mandible", "spinal cord"]
+    with pytest.warns(ImplausibleResultWarning) as warned:
+        result = segmenter.segment(chest_ct, "CT", "head and neck", head)
+    for i, name in enumerate(head):
+        assert not result.mask(i).any(), name
+        assert any(str(w.message).startswith(f"{name}: found where the body encloses") for w in warned), name

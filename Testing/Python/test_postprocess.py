@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from PromptSegLib.segment.postprocess import ImplausibleResultWarning, largest_component, own_side, postprocess
+from PromptSegLib.segment.postprocess import (AIR_FACTOR, AIR_MARGIN_CM2, ImplausibleResultWarning, air_limit_cm2,
+                                              largest_component, own_side, postprocess)
 
 from conftest import SHARED, needs_shared
 
@@ -58,6 +59,28 @@ def test_pieces_in_a_far_wider_body_than_their_organ_ever_had_are_removed():
     postprocess(p[:, 2:], ["left parotid"], 0.5, voxel_ml=1.0, widest_body_cm2={"left parotid": 300.0},
                 body_cm2=np.r_[np.full(4, 250.0), np.full(6, 700.0), np.full(14, 250.0)], origin=(4, 0, 0))
     assert (p[0] >= 0.5).sum() == 8  # the box's slices 0-5 are the input's 4-9: the big piece is in the wide body
+
+
+def test_pieces_over_far_more_enclosed_air_than_their_organ_ever_had_are_removed():
+    """The lungs under a parotid: a piece whose middle slice encloses more air than the air bound
+    (twice the most in training, and at least 50 cm² more) is removed; the airway's few cm² are not."""
+    assert air_limit_cm2(10.0) == 10.0 + AIR_MARGIN_CM2 and air_limit_cm2(200.0) == AIR_FACTOR * 200.0
+    air = np.full(20, 5.0)
+    p = blobs()
+    postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, most_air_cm2={"left parotid": 20.0}, air_cm2=air)
+    assert (p[0] >= 0.5).sum() == 224  # a neck's airway: both pieces kept
+    air[2:8] = 69.0  # just below the bound (70 cm²): kept
+    postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, most_air_cm2={"left parotid": 20.0}, air_cm2=air)
+    assert (p[0] >= 0.5).sum() == 224
+    air[2:8] = 250.0  # lungs under the big piece: removed, the small one kept
+    postprocess(p, ["left parotid", "liver"], 0.5, voxel_ml=1.0, most_air_cm2={"left parotid": 20.0}, air_cm2=air)
+    assert (p[0] >= 0.5).sum() == 8 and (p[1] >= 0.5).sum() == 224  # the liver has no such bound
+    p = blobs()
+    air[:] = 250.0  # every piece over the lungs: emptied, and the warning says why
+    with pytest.warns(ImplausibleResultWarning, match="left parotid: found where the body encloses 250 cm² of air"):
+        postprocess(p, ["left parotid"], 0.5, voxel_ml=1.0, most_air_cm2={"left parotid": 20.0}, air_cm2=air,
+                    widest_body_cm2={"left parotid": 300.0}, body_cm2=np.full(20, 250.0))
+    assert not (p[0] >= 0.5).any()
 
 
 @needs_shared("openkbp_hn_ct", "validation", "pt_201")

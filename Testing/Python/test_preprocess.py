@@ -7,8 +7,8 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import InputImageError
 from PromptSegLib.metrics import dice
-from PromptSegLib.preprocessing.preprocess import (BODY_HU, BODY_MARGIN_MM, IntensityRule, model_grid, prepare,
-                                                   to_original_box)
+from PromptSegLib.preprocessing.preprocess import (BODY_HU, BODY_MARGIN_MM, IntensityRule, enclosed_air_cm2,
+                                                   model_grid, prepare, to_original_box)
 from PromptSegLib.text.modality import canonical_modality
 
 from conftest import segment_mask
@@ -116,6 +116,21 @@ def test_ct_body_box_holds_every_body_voxel_and_leaves_the_air_out(chest_ct, mni
         assert (cut.start, cut.stop) == (hits[:, axis].min() - margin, hits[:, axis].max() + margin + 1)
     assert inside.sum() < 0.7 * inside.size
     assert prepare(sitk.ReadImage(str(mni_t1_path)), "MR", 3.0).body is None
+
+
+def test_the_air_the_body_encloses_is_the_lungs_on_a_chest_ct(chest_ct, chest_segmentation):
+    """Per axial slice of the chest CT, the enclosed air (cm²) is the area of slicerio's hand-made lung segments
+    within 5 % wherever the lungs cover 100 cm² or more; above the lungs it is a few cm² (the airway); the air
+    around the body, here 60 mm of padding, is not counted."""
+    air = enclosed_air_cm2(chest_ct)
+    lungs = segment_mask(chest_segmentation, "left lung") | segment_mask(chest_segmentation, "right lung")
+    lung_cm2 = lungs.sum(axis=(1, 2)) * chest_ct.GetSpacing()[0] * chest_ct.GetSpacing()[1] / 100.0
+    big = lung_cm2 >= 100.0
+    assert big.sum() >= 20
+    assert np.all(np.abs(air[big] / lung_cm2[big] - 1.0) < 0.05)
+    assert air[lung_cm2 == 0].max() < 20.0
+    pad = [int(round(60 / s)) for s in chest_ct.GetSpacing()[:2]] + [0]
+    np.testing.assert_allclose(enclosed_air_cm2(sitk.ConstantPad(chest_ct, pad, pad, -1000.0)), air)
 
 
 def _sagittal(image: sitk.Image) -> sitk.Image:

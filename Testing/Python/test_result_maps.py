@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PromptSegLib.metrics import dice
-from PromptSegLib.preprocessing.preprocess import body_areas_cm2, prepare, resample_to
+from PromptSegLib.preprocessing.preprocess import body_areas_cm2, enclosed_air_cm2, prepare, resample_to
 from PromptSegLib.segment.inference import Segmenter
 from PromptSegLib.segment.postprocess import ImplausibleResultWarning, postprocess
 from PromptSegLib.segment.probability import ProbabilityMap
@@ -41,7 +41,8 @@ def whole_grid_path(segmenter: Segmenter, image: sitk.Image, region: str,
         postprocess(probabilities, [q.name for q in queries], config.threshold,
                     float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component, config.plausible_ml,
                     {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)},
-                    image, config.widest_body_cm2, body_areas_cm2(image) if config.widest_body_cm2 else None)
+                    image, config.widest_body_cm2, body_areas_cm2(image) if config.widest_body_cm2 else None, (0, 0, 0),
+                    None, config.most_air_cm2, enclosed_air_cm2(image) if config.most_air_cm2 else None)
     return probabilities, sorted(str(w.message) for w in caught if w.category is ImplausibleResultWarning)
 
 

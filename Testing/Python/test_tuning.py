@@ -12,6 +12,7 @@ import torch
 from PromptSegLib.cli.main import main
 from PromptSegLib.models.folder import ModelConfig, load_model, save_model
 from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
+from PromptSegLib.preprocessing.preprocess import enclosed_air_cm2
 
 from conftest import SHARED, needs_shared
 
@@ -49,10 +50,15 @@ def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_
     body = (sitk.GetArrayFromImage(ct) > -500).sum(axis=(1, 2)) * ct.GetSpacing()[0] * ct.GetSpacing()[1] / 100
     z = np.nonzero(sitk.GetArrayFromImage(label) == 1)[0]
     row = next(line for line in out.splitlines() if line.startswith("| brain stem |")).split(" | ")
-    assert float(row[-3]) == pytest.approx(body[int(np.median(z))], abs=0.5) and 150 < float(row[-3]) < 350
+    assert float(row[-4]) == pytest.approx(body[int(np.median(z))], abs=0.5) and 150 < float(row[-4]) < 350
+    # the air the head encloses on that slice (the airway, sinuses): a few cm², far below a chest's lungs
+    air = enclosed_air_cm2(ct)[int(np.median(z))]
+    assert float(row[-3]) == pytest.approx(air, abs=0.05) and float(row[-3]) < 30
     # kept in the config exactly where the chosen option does as well with the region check first
-    chosen = float(row[2 + ["all", "largest component"].index(row[-5])])
-    assert ("brain stem" in model.config.widest_body_cm2) == (row[-1] == "yes |") == (float(row[-2]) >= chosen)
+    chosen = float(row[2 + ["all", "largest component"].index(row[-6])])
+    checked = (row[-1] == "yes |")
+    assert ("brain stem" in model.config.widest_body_cm2) == checked == (float(row[-2]) >= chosen)
+    assert ("brain stem" in model.config.most_air_cm2) == checked
     assert set(model.config.largest_component) <= {"brain stem", "mandible"} and model.config.own_side == []
     assert "## Post-processing (chosen on the validation cases)" in (tiny_hn_model / "README.md").read_text()
     assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu"]) == 2  # already tuned
