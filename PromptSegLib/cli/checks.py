@@ -17,7 +17,7 @@ def check_common(args: argparse.Namespace) -> None:
     Raises:
         PromptSegError: fewer than 1 thread, an unknown device or a CUDA device this machine lacks.
     """
-    from PromptSegLib.segment.inference import check_threads, parse_device
+    from PromptSegLib.models.device import check_threads, parse_device
 
     check_threads(getattr(args, "threads", None))
     if getattr(args, "device", None):

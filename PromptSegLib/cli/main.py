@@ -14,6 +14,7 @@ from typing import Sequence
 from PromptSegLib.cli.checks import add_roi_names_argument
 from PromptSegLib.cli.cohort import add_subcommands as add_cohort_subcommands
 from PromptSegLib.cli.dicom import add_subcommands as add_dicom_subcommands
+from PromptSegLib.cli.pack import add_subcommands as add_pack_subcommands
 from PromptSegLib.cli.petct import add_subcommands as add_petct_subcommands
 from PromptSegLib.cli.prognosis import add_subcommands as add_prognosis_subcommands
 from PromptSegLib.cli.progress import progress_bar
@@ -21,6 +22,7 @@ from PromptSegLib.cli.propagation import add_subcommands as add_propagation_subc
 from PromptSegLib.cli.tune import add_subcommands as add_tune_subcommands
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.segment.inference import PRECISIONS
+from PromptSegLib.train.config import add_training_arguments
 from PromptSegLib.workflows.segment_request import add_request_arguments
 
 
@@ -166,15 +168,11 @@ def cmd_vocabulary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from PromptSegLib.train.config import TrainConfig
+    from PromptSegLib.train.config import config_from_args
     from PromptSegLib.train.training import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    for key in ("widths", "patch_size"):
-        if key in options:
-            options[key] = tuple(options[key])
-    folder = train(TrainConfig(**options))
+    folder = train(config_from_args(args))
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the model
         print(f"wrote model {folder}")
     return 0
@@ -277,34 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train or fine-tune a model on a dataset spec (JSON)")
     tr.add_argument("spec", help="dataset spec JSON (see PromptSegLib/train/datasets.py)")
-    tr.add_argument("-o", "--output", required=True, help="model folder to write")
-    tr.add_argument("--name")
-    tr.add_argument("--version")
-    tr.add_argument("--widths", type=int, nargs="+", help="channels per level, e.g. 16 32 64 128")
-    tr.add_argument("--patch-size", type=int, nargs=3)
+    add_training_arguments(tr)
     tr.add_argument("--spacing-mm", type=float)
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--foreground-ratio", type=float)
-    tr.add_argument("--absent-targets", type=int,
-                    help="targets of other body regions prompted per step with an empty truth (default 2)")
     tr.add_argument("--lora-rank", type=int,
                     help="tune the text encoder with LoRA adapters of this rank (default 0: frozen)")
     tr.add_argument("--lora-lr", type=float, help="learning rate of the LoRA adapters (default 5e-4)")
     tr.add_argument("--validate-every", type=int)
-    tr.add_argument("--checkpoint-every", type=int)
-    tr.add_argument("--init", help="model folder to fine-tune from")
     tr.add_argument("--freeze-backbone", action="store_true", default=None)
-    tr.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     tr.add_argument("--text-encoder")
-    tr.add_argument("--device")
-    tr.add_argument("--threads", type=int)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--resume", action="store_true", default=None,
-                    help="continue from the checkpoint in the checkpoint folder")
-    tr.add_argument("--checkpoints", help="folder for the checkpoint, logs and validation tables (default OUTPUT.work); "
-                    "keep it outside the repository so that a run can be resumed in a later session")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="Dice and HD95 per case and target on a dataset spec's split")
@@ -349,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_propagation_subcommands(sub)
     add_cohort_subcommands(sub)
     add_tune_subcommands(sub)
+    add_pack_subcommands(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ import torch
 
 from PromptSegLib.errors import ModelError, OutputError
 from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
-from PromptSegLib.preprocessing.preprocess import IntensityRule
+from PromptSegLib.preprocessing.intensity import IntensityRule
 from PromptSegLib.text.modality import canonical_modality
 
 FORMAT = "promptseg-model"
@@ -35,7 +35,7 @@ TEXT_LORA = "text_lora.safetensors"
 PADDINGS = ("replicate", "constant")
 FORMAT1_CT_WINDOW_HU: tuple[float, float] = (-990.0, 500.0)
 """The HU window of models that store only ``[mean, std]`` for CT (kept here, apart from the default of new
-models, ``preprocess.CT_WINDOW_HU``: changing that default must not change a trained model)."""
+models, ``intensity.CT_WINDOW_HU``: changing that default must not change a trained model)."""
 BUNDLED_MODELS = Path(__file__).resolve().parent
 """The bundled model folders and ``catalogue.json`` live beside this package's code."""
 DEFAULT_MODEL_NAME = "promptseg-starter"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from PromptSegLib.preprocessing.preprocess import IntensityRule
+from PromptSegLib.preprocessing.intensity import IntensityRule
 from PromptSegLib.segment.inference import CancelFlag, SegmentationResult, Segmenter
 
 

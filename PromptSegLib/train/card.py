@@ -5,30 +5,31 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from PromptSegLib.models.folder import ModelConfig
 from PromptSegLib.train.config import TrainConfig
-from PromptSegLib.train.datasets import PreparedCase
 from PromptSegLib.train.loop import sessions_text
 
+if TYPE_CHECKING:  # reading a model card's inputs needs no image I/O (a pack trains without SimpleITK)
+    from PromptSegLib.train.datasets import PreparedCase
 
-def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list[PreparedCase],
-               val_cases: list[PreparedCase], validation: dict[str, float], device: torch.device,
-               parameters: int, sessions: list[dict] | None = None) -> str:
-    """The model card: command, data, split, time, hardware and the validation Dice this run measured."""
+
+def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], validation: dict[str, float],
+               device: torch.device, parameters: int, sessions: list[dict] | None = None,
+               command: str | None = None, trainer: str = "promptseg train") -> str:
+    """The model card: the ``command`` that ran ``trainer`` (default: the ``promptseg train`` command of
+    ``config``), ``data`` (markdown list lines: the cases and their split, see :func:`case_lines`), time,
+    hardware and the validation Dice this run measured (empty: none was)."""
     import platform
 
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    command = command or "promptseg " + shlex.join(train_command(config))
     lines = [f"# {config.name} {config.version}", "",
-             "Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `promptseg train`.", "",
-             "## Command", "", "```", "promptseg " + shlex.join(train_command(config)), "```", "",
-             "## Data and split (by patient)", ""]
-    for split, cases in (("train", train_cases), ("validation", val_cases)):
-        for case in cases:
-            lines.append(f"- {split}: dataset `{case.dataset.name}` ({case.dataset.modality}, "
-                         f"{', '.join(case.dataset.regions)}), case `{case.case.id}`: `{case.case.image.name}`")
+             f"Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `{trainer}`.", "",
+             "## Command", "", "```", command, "```", "", "## Data and split (by patient)", "", *data]
     lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
               "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
@@ -43,8 +44,16 @@ def model_card(config: TrainConfig, model_config: ModelConfig, train_cases: list
     if validation:
         lines += ["| target | Dice |", "|---|---|"] + [f"| {t} | {v:.3f} |" for t, v in sorted(validation.items())]
     else:
-        lines.append("No validation cases.")
+        lines.append("Not measured in this run: no validation cases (`promptseg tune` and `promptseg evaluate` "
+                     "measure a model folder afterwards).")
     return "\n".join(lines) + "\n"
+
+
+def case_lines(train_cases: list[PreparedCase], val_cases: list[PreparedCase]) -> list[str]:
+    """The card's data lines of a ``promptseg train`` run: each case, its split, dataset and image file."""
+    return [f"- {split}: dataset `{case.dataset.name}` ({case.dataset.modality}, {', '.join(case.dataset.regions)}), "
+            f"case `{case.case.id}`: `{case.case.image.name}`"
+            for split, cases in (("train", train_cases), ("validation", val_cases)) for case in cases]
 
 
 def _init_lines(init: str | None) -> list[str]:

@@ -1,6 +1,8 @@
-"""The settings of one ``promptseg train`` run."""
+"""The settings of one ``promptseg train`` run, and the command-line options they come from (shared by
+``promptseg train`` and the training of packs)."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ class TrainConfig:
     spacing_mm: float = 1.5
     batch_size: int = 2
     steps: int = 1000
+    minutes: float | None = None
     lr: float = 2e-3
     weight_decay: float = 1e-5
     foreground_ratio: float = 0.67
@@ -42,3 +45,39 @@ class TrainConfig:
         """Checkpoint, logs and validation tables: ``checkpoints`` or, by default, ``OUTPUT.work`` (keep it
         outside a repository checkout, so that a run resumed in a later session finds it)."""
         return Path(self.checkpoints or f"{self.output}.work")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every trainer takes (``-o``, the network, the steps and the crops, where it runs)."""
+    parser.add_argument("-o", "--output", required=True, help="model folder to write")
+    parser.add_argument("--name")
+    parser.add_argument("--version")
+    parser.add_argument("--widths", type=int, nargs="+", help="channels per level, e.g. 16 32 64 128")
+    parser.add_argument("--patch-size", type=int, nargs=3)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--minutes", type=float,
+                        help="wall-time budget: the cosine schedule ends at the steps or the budget, whichever first")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--foreground-ratio", type=float)
+    parser.add_argument("--absent-targets", type=int,
+                        help="targets of other body regions prompted per step with an empty truth (default 2)")
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--init", help="model folder to fine-tune from")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    parser.add_argument("--device")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="continue from the checkpoint in the checkpoint folder")
+    parser.add_argument("--checkpoints", help="folder for the checkpoint and logs (default OUTPUT.work); keep it "
+                        "outside the repository so that a run can be resumed in a later session")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed options (those not given keep their defaults)."""
+    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    for key in ("widths", "patch_size"):
+        if key in options:
+            options[key] = tuple(options[key])
+    return TrainConfig(**options)

@@ -29,7 +29,8 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import InputImageError, PromptSegError
 from PromptSegLib.io.imageio import read_image, same_geometry
-from PromptSegLib.preprocessing.preprocess import IntensityRule, ModelInput, prepare, resample_to
+from PromptSegLib.preprocessing.intensity import IntensityRule
+from PromptSegLib.preprocessing.preprocess import ModelInput, prepare, resample_to
 from PromptSegLib.text.modality import canonical_modality
 from PromptSegLib.text.vocabulary import Vocabulary, default_vocabulary
 from PromptSegLib.train import openkbp

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from PromptSegLib.train.augmentation import jitter_intensity, limit_field_of_view
 from PromptSegLib.train.datasets import PreparedCase
 
 
@@ -59,18 +60,6 @@ def crop(case: PreparedCase, patch: tuple[int, int, int], target: str | None,
             np.pad(case.label[src], pad, mode="edge"))
 
 
-def limit_field_of_view(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                        min_slices: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """A scan cut short: keep a random slab of ``min_slices`` to half the crop's slices along z (axis 0) and
-    repeat its edge slices to the crop's size, image and label alike (what inference sees on a short series)."""
-    depth = image.shape[0]
-    keep = int(rng.integers(min(min_slices, depth), max(depth // 2, min_slices) + 1))
-    start = int(rng.integers(0, depth - keep + 1))
-    pad = [(start, depth - start - keep), (0, 0), (0, 0)]
-    return (np.pad(image[start:start + keep], pad, mode="edge"),
-            np.pad(label[start:start + keep], pad, mode="edge"))
-
-
 def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A short field of view (``limit_field_of_view``) with probability 0.2; rotation (+-15 deg) and scaling
     (+-15%) with probability 0.3; brightness, contrast and gamma.
@@ -88,10 +77,5 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> t
         affine.randomize()
         image = affine(image[None], mode="bilinear", randomize=False)[0].numpy()
         label = affine(label[None].astype(np.float32), mode="nearest", randomize=False)[0].numpy().astype(label.dtype)
-    if rng.random() < 0.5:
-        image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
-    if rng.random() < 0.3:
-        low, high = image.min(), image.max()
-        unit = (image - low) / max(high - low, 1e-6)
-        image = unit ** rng.uniform(0.7, 1.5) * (high - low) + low
+    image = jitter_intensity(image, rng)
     return np.ascontiguousarray(image, dtype=np.float32), label

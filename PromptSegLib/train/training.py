@@ -20,50 +20,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from PromptSegLib.errors import PromptSegError
+from PromptSegLib.models.device import select_device
 from PromptSegLib.models.folder import Model, ModelConfig, load_model, save_model
-from PromptSegLib.models.network import DuPLUSNet, NetworkConfig, count_parameters
-from PromptSegLib.preprocessing.preprocess import IntensityRule
-from PromptSegLib.segment.inference import Segmenter, select_device
+from PromptSegLib.models.network import DuPLUSNet, count_parameters
+from PromptSegLib.preprocessing.intensity import IntensityRule
+from PromptSegLib.segment.inference import Segmenter
 from PromptSegLib.text.encoder import LoraSettings, TextEncoder
-from PromptSegLib.text.modality import MODALITIES
 from PromptSegLib.text.prompts import paraphrases
 from PromptSegLib.text.vocabulary import Vocabulary, default_vocabulary
-from PromptSegLib.train.card import model_card
+from PromptSegLib.train.card import case_lines, model_card
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import (DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spec, load_split,
                                          prepare_case)
 from PromptSegLib.train.loop import TrainingLoop, append_csv
+from PromptSegLib.train.loss import dice_bce_loss
 from PromptSegLib.train.samples import CentreSampler, augment, crop
+from PromptSegLib.train.start import build_network, merged_regions
 
 log = logging.getLogger(__name__)
-
-
-def dice_bce_loss(logits: torch.Tensor, truth: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft Dice over the (sample, target) pairs whose truth is not empty, + BCE over every voxel of every
-    target (which alone pushes an absent target towards empty).
-
-    Args:
-        logits, truth: ``(B, T, D, H, W)``.
-        known: ``(B, T)``, 0 for a (sample, target) pair whose truth is unknown (an organ not delineated for
-            that patient): it adds nothing to either term. Default: every pair known.
-
-    Why not Dice on empty truths too: there it is ``1 - 1 / (sum p + 1)``, a pull to exactly zero as strong as
-    a present target's whole Dice. A target absent from most crops (an organ smaller than the liver) then
-    collapsed to probability 0.00 everywhere, even on its training image."""
-    probabilities = torch.sigmoid(logits)
-    dims = tuple(range(2, logits.dim()))
-    intersection = (probabilities * truth).sum(dims)
-    sizes = truth.sum(dims)
-    soft_dice = (2 * intersection + 1.0) / (probabilities.sum(dims) + sizes + 1.0)
-    known = torch.ones_like(sizes) if known is None else known.to(sizes.dtype)
-    present = (sizes > 0) & (known > 0)
-    dice_term = (1 - soft_dice)[present].mean() if present.any() else logits.new_zeros(())
-    bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none").mean(dims)
-    bce_term = (bce * known).sum() / known.sum().clamp(min=1.0)
-    return dice_term + bce_term
 
 
 def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:
@@ -121,22 +97,6 @@ def _distributed() -> tuple[int, int]:
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
-def build_network(config: TrainConfig, modalities: list[str], text_dim: int, base: Model | None) -> DuPLUSNet:
-    """A new network, or one started from ``base`` (the ``config.init`` model) with input blocks added for new
-    modalities."""
-    if base is None:
-        ordered = tuple(m for m in MODALITIES if m in modalities)
-        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim))
-    net_config = base.config.network
-    if net_config.text_dim != text_dim:
-        raise PromptSegError(f"model {config.init} uses {net_config.text_dim}-d text embeddings, the encoder gives {text_dim}")
-    added = [m for m in modalities if m not in net_config.modalities]
-    net_config = NetworkConfig(**{**net_config.__dict__, "modalities": tuple(net_config.modalities) + tuple(added)})
-    network = DuPLUSNet(net_config)
-    network.load_state_dict(base.network.state_dict(), strict=False)
-    return network
-
-
 def text_encoder(config: TrainConfig, base: Model | None) -> TextEncoder:
     """The frozen text encoder; with the ``config.init`` model's LoRA adapters when it has them, else with new
     rank-``config.lora_rank`` adapters when that is set."""
@@ -157,7 +117,7 @@ def train(config: TrainConfig) -> Path:
     datasets = load_spec(config.spec)
     loaded = load_split(datasets, "train")
     base = load_model(config.init) if config.init else None
-    rules = _intensity_rules(base, loaded)
+    rules = intensity_rules(base, loaded)
     train_cases = [prepare_case(case, config.spacing_mm, rules) for case in loaded]
     val_cases = ([prepare_case(case, config.spacing_mm, rules) for case in load_split(datasets, "val")]
                  if rank == 0 else [])  # scored on the model grid
@@ -168,7 +128,7 @@ def train(config: TrainConfig) -> Path:
     targets = sorted({t for c in train_cases for t in c.dataset.targets} | set(base_config.targets if base_config else []))
     model_config = ModelConfig(
         config.name, config.version, network.config, tuple(config.patch_size), config.spacing_mm, encoder.encoder_id,
-        targets, _regions(train_cases, base_config),
+        targets, merged_regions([(c.dataset.modality, c.dataset.regions) for c in train_cases], base_config),
         intensity={m: [rule.low, rule.high, rule.mean, rule.std] for m, rule in rules.items()},
         text_lora=encoder.lora.to_dict() if encoder.lora else None, padding="replicate")
     if config.freeze_backbone:
@@ -183,8 +143,9 @@ def train(config: TrainConfig) -> Path:
                                                          if lora_params else [])
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     config.work_dir.mkdir(parents=True, exist_ok=True)
-    loop = TrainingLoop(optimizer, config.steps, floor=0.01, clip=12.0, work_dir=config.work_dir,
-                        checkpoint_every=config.checkpoint_every, saved={"network": network}, main=rank == 0)
+    loop = TrainingLoop(optimizer, config.steps, floor=0.01, minutes=config.minutes, clip=12.0,
+                        work_dir=config.work_dir, checkpoint_every=config.checkpoint_every, saved={"network": network},
+                        main=rank == 0)
     resumed = loop.resume(device) if config.resume else None
     if resumed is not None:
         if lora_params:
@@ -266,7 +227,7 @@ def train(config: TrainConfig) -> Path:
     if rank == 0:
         if val_cases and not validation:
             validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, loop.step)
-        card = model_card(config, model_config, train_cases, val_cases, validation, device,
+        card = model_card(config, model_config, case_lines(train_cases, val_cases), validation, device,
                           count_parameters(network), loop.sessions)
         save_model(config.output, network.cpu(), model_config, card, encoder.lora_state() or None)
     if world > 1:
@@ -283,19 +244,11 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder / "tensorboard"))
 
 
-def _intensity_rules(base: Model | None, cases: list[LabelledCase]) -> dict[str, IntensityRule]:
+def intensity_rules(base: Model | None, cases: list[LabelledCase]) -> dict[str, IntensityRule]:
     """CT's shared z-score statistics: those of ``base`` (the model fine-tuned from), else those of the
     training CTs."""
     rule = (base.config.intensity_rule("CT") if base else None) or ct_rule(cases)
     return {"CT": rule} if rule else {}
-
-
-def _regions(cases: list[PreparedCase], base: ModelConfig | None) -> dict[str, list[str]]:
-    regions = {m: list(r) for m, r in (base.regions.items() if base else [])}
-    for case in cases:
-        known = regions.setdefault(case.dataset.modality, [])
-        known += [r for r in case.dataset.regions if r not in known]
-    return regions
 
 
 def _validate(network: DuPLUSNet, model_config: ModelConfig, encoder: TextEncoder, cases: list[PreparedCase],

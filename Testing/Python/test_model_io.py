@@ -88,9 +88,9 @@ def test_padding_defaults_to_constant_for_older_configs_and_is_checked(folder):
 def test_a_model_keeps_its_own_ct_window_whatever_the_code_default(folder, monkeypatch):
     """A model stores its CT window with the statistics; one that stores only ``[mean, std]`` (format 1, the
     bundled models) keeps the window it was trained with when the code's default for new models changes."""
-    import PromptSegLib.preprocessing.preprocess as preprocess
+    import PromptSegLib.preprocessing.intensity as intensity
 
-    monkeypatch.setattr(preprocess, "CT_WINDOW_HU", (-200.0, 300.0))
+    monkeypatch.setattr(intensity, "CT_WINDOW_HU", (-200.0, 300.0))
     _rewrite_config(folder, lambda c: c.update(intensity={"CT": [-1000.0, 800.0, -300.0, 400.0]}))
     rule = read_config(folder).intensity_rule("CT")
     assert (rule.low, rule.high, rule.mean, rule.std) == (-1000.0, 800.0, -300.0, 400.0)

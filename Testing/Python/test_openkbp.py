@@ -13,7 +13,7 @@ import torch
 from PromptSegLib.text.vocabulary import default_vocabulary
 from PromptSegLib.train import openkbp
 from PromptSegLib.train.datasets import load_case, load_spec
-from PromptSegLib.train.training import dice_bce_loss
+from PromptSegLib.train.loss import dice_bce_loss
 
 from conftest import REPO, SHARED, needs_shared
 

@@ -7,7 +7,8 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import InputImageError
 from PromptSegLib.metrics import dice
-from PromptSegLib.preprocessing.preprocess import (BODY_HU, BODY_MARGIN_MM, IntensityRule, enclosed_air_cm2,
+from PromptSegLib.preprocessing.intensity import IntensityRule
+from PromptSegLib.preprocessing.preprocess import (BODY_HU, BODY_MARGIN_MM, enclosed_air_cm2,
                                                    model_grid, prepare, to_original_box)
 from PromptSegLib.text.modality import canonical_modality
 

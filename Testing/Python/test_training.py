@@ -18,11 +18,13 @@ from PromptSegLib.cli.main import main
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.models.folder import load_model
 from PromptSegLib.text.vocabulary import default_vocabulary
+from PromptSegLib.train.augmentation import limit_field_of_view
 from PromptSegLib.train.card import train_command
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import load_spec, load_split, prepare_split
-from PromptSegLib.train.samples import CentreSampler, crop, limit_field_of_view
-from PromptSegLib.train.training import absent_elsewhere, dice_bce_loss, train
+from PromptSegLib.train.loss import dice_bce_loss
+from PromptSegLib.train.samples import CentreSampler, crop
+from PromptSegLib.train.training import absent_elsewhere, train
 
 from conftest import SHARED, needs_shared
 
@@ -54,7 +56,7 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
     root, config = trained
     model = load_model(config.output)
     assert model.config.targets == ["gross tumor volume"]
-    from PromptSegLib.preprocessing.preprocess import IntensityRule
+    from PromptSegLib.preprocessing.intensity import IntensityRule
 
     shared = IntensityRule.fit_many([sitk.GetArrayFromImage(sitk.ReadImage(str(STS / c / "CT_image.nii.gz")))
                                      for c in ("STS_001", "STS_002")], "CT")

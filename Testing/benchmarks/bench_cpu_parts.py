@@ -23,7 +23,8 @@ import torch
 from common import FULL_SIZE, real_ct_on_grid
 from PromptSegLib.heap import from_heap, reused_memory
 from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
-from PromptSegLib.preprocessing.preprocess import CT_WINDOW_HU, IntensityRule, ModelInput, model_grid, to_original_box
+from PromptSegLib.preprocessing.intensity import CT_WINDOW_HU, IntensityRule
+from PromptSegLib.preprocessing.preprocess import ModelInput, model_grid, to_original_box
 
 
 def timed(work) -> tuple[float, float, object]:

@@ -13,7 +13,7 @@ import torch
 
 from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
 from PromptSegLib.preprocessing.preprocess import prepare
-from PromptSegLib.train.training import dice_bce_loss
+from PromptSegLib.train.loss import dice_bce_loss
 
 from common import real_ct_on_grid
 

@@ -24,7 +24,9 @@ from PromptSegLib.models.folder import load_model
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import load_spec, load_split, prepare_case
 from PromptSegLib.train.samples import CentreSampler, augment, crop
-from PromptSegLib.train.training import PromptBank, _intensity_rules, build_network, dice_bce_loss, text_encoder
+from PromptSegLib.train.loss import dice_bce_loss
+from PromptSegLib.train.start import build_network
+from PromptSegLib.train.training import PromptBank, intensity_rules, text_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ("crop", "augment", "truth and prompts", "forward", "loss", "backward", "optimiser step")
@@ -62,7 +64,7 @@ def main() -> None:
     datasets[0].cases = [c for c in datasets[0].cases if c.split == "train"][:args.cases]
     base = load_model(args.model)
     loaded = load_split(datasets[:1], "train")
-    cases = [prepare_case(c, base.config.spacing_mm, _intensity_rules(base, loaded)) for c in loaded]
+    cases = [prepare_case(c, base.config.spacing_mm, intensity_rules(base, loaded)) for c in loaded]
     config = TrainConfig(spec=args.spec, output="unused")
     encoder = text_encoder(config, base)
     bank = PromptBank(encoder, cases)

@@ -1,0 +1,36 @@
+"""Where a training run starts, for both trainers (dataset specs and packs): a new network or the ``--init``
+model's, and the body regions the new model knows."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from PromptSegLib.errors import PromptSegError
+from PromptSegLib.models.folder import Model, ModelConfig
+from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
+from PromptSegLib.text.modality import MODALITIES
+from PromptSegLib.train.config import TrainConfig
+
+
+def build_network(config: TrainConfig, modalities: list[str], text_dim: int, base: Model | None) -> DuPLUSNet:
+    """A new network, or one started from ``base`` (the ``config.init`` model) with input blocks added for new
+    modalities."""
+    if base is None:
+        ordered = tuple(m for m in MODALITIES if m in modalities)
+        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim))
+    net_config = base.config.network
+    if net_config.text_dim != text_dim:
+        raise PromptSegError(f"model {config.init} uses {net_config.text_dim}-d text embeddings, the encoder gives {text_dim}")
+    added = [m for m in modalities if m not in net_config.modalities]
+    net_config = NetworkConfig(**{**net_config.__dict__, "modalities": tuple(net_config.modalities) + tuple(added)})
+    network = DuPLUSNet(net_config)
+    network.load_state_dict(base.network.state_dict(), strict=False)
+    return network
+
+
+def merged_regions(seen: Iterable[tuple[str, list[str]]], base: ModelConfig | None) -> dict[str, list[str]]:
+    """Body regions per modality: ``base``'s, then those of each ``(modality, regions)`` trained on."""
+    regions = {m: list(r) for m, r in (base.regions.items() if base else [])}
+    for modality, names in seen:
+        known = regions.setdefault(modality, [])
+        known += [r for r in names if r not in known]
+    return regions

@@ -1,0 +1,144 @@
+"""Training packs: the prepared training cases carried to a GPU machine, and training on them without
+SimpleITK or the text encoder (real sarcoma CTs from shared/)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from PromptSegLib.errors import OutputError
+from PromptSegLib.models.folder import load_model
+from PromptSegLib.text.encoder import TextEncoder
+from PromptSegLib.text.prompts import paraphrases
+from PromptSegLib.text.vocabulary import default_vocabulary
+from PromptSegLib.train.config import TrainConfig
+from PromptSegLib.train.datasets import load_spec, load_split, prepare_case
+from PromptSegLib.train.pack import POINTS, read_pack, write_pack
+from PromptSegLib.train.pack_crops import PackSampler, crop, random_affine
+from PromptSegLib.train.pack_training import train_on_pack
+from PromptSegLib.train.training import intensity_rules
+
+from conftest import needs_shared
+from test_training import write_spec
+
+pytestmark = needs_shared()
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack")
+    spec = write_spec(root / "spec.json", [("STS_001", "train"), ("STS_002", "train"), ("STS_025", "val")])
+    return spec, write_pack(spec, root / "pack", 6.0)
+
+
+def test_a_pack_holds_the_training_cases_as_promptseg_train_prepares_them(packed):
+    spec, folder = packed
+    pack = read_pack(folder)
+    loaded = load_split(load_spec(spec), "train")
+    rules = intensity_rules(None, loaded)
+    assert [c.id for c in pack.cases] == ["STS_001", "STS_002"]  # the training split only
+    assert pack.intensity["CT"] == pytest.approx([rules["CT"].low, rules["CT"].high, rules["CT"].mean, rules["CT"].std])
+    half_step = (rules["CT"].high - rules["CT"].low) / 255 / 2 / rules["CT"].std
+    for case, stored in zip(loaded, pack.cases):
+        prepared = prepare_case(case, 6.0, rules)
+        box = prepared.input.body
+        assert stored.image.shape == prepared.label[box].shape
+        assert np.abs(stored.image - prepared.input.array[box]).max() <= half_step * 1.001
+        assert np.array_equal(stored.label, prepared.label[box])
+        points = stored.points["gross tumor volume"]
+        assert 0 < len(points) <= POINTS and (stored.label[tuple(points.T)] == 1).all()
+    dataset = pack.datasets["sts_tiny"]
+    texts = json.loads((folder / "pack.json").read_text())["texts"]
+    assert pack.prompts.shape == (len(texts), 384)
+    vocabulary = default_vocabulary()
+    assert [texts[row] for row in dataset.contexts] == paraphrases("CT", "extremity",
+                                                                    vocabulary.region("extremity").synonyms)
+    assert [texts[row] for row in dataset.prompts["gross tumor volume"]] == paraphrases(
+        "CT", "gross tumor volume", vocabulary.target("gross tumor volume").synonyms)
+    assert np.allclose(pack.prompts, TextEncoder().encode(texts).numpy(), atol=1e-5)
+    assert not list(folder.parent.glob("*.partial"))
+
+
+def test_a_pack_is_never_written_over(packed):
+    spec, folder = packed
+    before = (folder / "arrays.npz").read_bytes()
+    with pytest.raises(OutputError, match="not empty"):
+        write_pack(spec, folder, 6.0)
+    assert (folder / "arrays.npz").read_bytes() == before
+
+
+def test_an_unrotated_crop_is_the_volume_block_and_a_quarter_turn_moves_the_right_voxels(packed):
+    """Crop voxel j samples ``centre + A (j - patch // 2)``, edge voxels repeated beyond the volume: checked for
+    the identity and for a quarter turn in the axial plane (exact sample positions), near and at the edges."""
+    pack = read_pack(packed[1])
+    case = pack.cases[0]
+    volume, label = torch.from_numpy(case.image), torch.from_numpy(case.label)
+    patch = (8, 10, 12)
+    quarter = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], float)
+    shape = np.array(case.label.shape)
+    for centre in (case.points["gross tumor volume"][0], np.array([0, 1, 2]), shape - 1):
+        for affine in (np.eye(3), quarter):
+            image, values = crop(volume, label, centre, patch, affine)
+            offsets = np.stack(np.meshgrid(*[np.arange(n) - n // 2 for n in patch], indexing="ij"), -1)
+            source = np.clip(centre + offsets @ affine.T.astype(int), 0, shape - 1)
+            index = tuple(np.moveaxis(source, -1, 0))
+            assert np.allclose(image.numpy(), case.image[index], atol=1e-4)
+            assert np.array_equal(values.numpy(), case.label[index])
+
+
+def test_crops_centre_on_each_target_equally_often(packed):
+    pack = read_pack(packed[1])
+    sampler = PackSampler(pack.cases, ["gross tumor volume"], foreground_ratio=1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        index, centre = sampler.draw(rng)
+        assert pack.cases[index].label[tuple(centre)] == 1
+    turns = [random_affine(rng, True) for _ in range(200)]
+    identity = sum(np.allclose(a, np.eye(3)) for a in turns)
+    assert 110 < identity < 170  # rotated and scaled with probability 0.3
+    assert all(np.allclose(random_affine(rng, False), np.eye(3)) for _ in range(10))
+
+
+def test_training_on_a_pack_writes_a_model_and_its_card(packed, tmp_path):
+    spec, folder = packed
+    config = TrainConfig(spec=str(folder), output=str(tmp_path / "model"), name="tiny", widths=(4, 8),
+                         patch_size=(32, 32, 32), batch_size=2, steps=3, checkpoint_every=2, threads=1, device="cpu")
+    train_on_pack(config, "promptseg train-pack PACK -o MODEL", "promptseg train-pack")
+    model = load_model(config.output)
+    assert model.config.targets == ["gross tumor volume"] and model.config.spacing_mm == 6.0
+    assert model.config.intensity == read_pack(folder).intensity
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "trained by `promptseg train-pack`" in card and "case `STS_002`" in card and "STS_025" not in card
+    rows = list(csv.DictReader(open(tmp_path / "model.work" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_a_pack_trains_where_neither_simpleitk_nor_the_text_encoder_can_be_imported(packed, tmp_path):
+    """What a lent GPU machine has: torch, numpy, safetensors; the entry point beside the API runs there."""
+    code = ("import sys; sys.modules['SimpleITK'] = None; sys.modules['transformers'] = None; "
+            "from PromptSegLib.train.pack_training import main; "
+            f"sys.exit(main([{str(packed[1])!r}, '-o', {str(tmp_path / 'model')!r}, '--widths', '4', '8', "
+            "'--patch-size', '16', '16', '16', '--batch-size', '1', '--steps', '1', '--threads', '1', "
+            "'--device', 'cpu']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert load_model(tmp_path / "model").config.targets == ["gross tumor volume"]
+
+
+def test_device_crops_are_augmented_as_cpu_crops_are(packed):
+    """One augmentation code for NumPy (``promptseg train``) and torch (packs): same draws, same voxels."""
+    from PromptSegLib.train.augmentation import jitter_intensity, limit_field_of_view
+
+    case = read_pack(packed[1]).cases[0]
+    image, label = case.image[:32, :20, :20], case.label[:32, :20, :20]
+    for seed in range(8):
+        on_cpu = limit_field_of_view(image, label, np.random.default_rng(seed))
+        on_device = limit_field_of_view(torch.from_numpy(image), torch.from_numpy(label), np.random.default_rng(seed))
+        assert np.array_equal(on_cpu[0], on_device[0].numpy()) and np.array_equal(on_cpu[1], on_device[1].numpy())
+        assert np.allclose(jitter_intensity(image, np.random.default_rng(seed)),
+                           jitter_intensity(torch.from_numpy(image), np.random.default_rng(seed)).numpy(), atol=1e-5)
