@@ -81,12 +81,12 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
         name = names[rng.integers(len(names))]
         dataset, sampler = pack.datasets[name], samplers[name]
         absent = [dataset.absent[i] for i in rng.permutation(len(dataset.absent))[:config.absent_targets]]
-        values = [torch.tensor(dataset.labels[t], device=device) for t in dataset.targets]
+        values = [torch.tensor(dataset.labels[t], dtype=torch.uint8, device=device) for t in dataset.targets]
         images, truths, known, rows = [], [], [], []
         for _ in range(config.batch_size):
             picked, centre = sampler.draw(rng)
-            case = pack.cases[members[name][picked]]
             index = members[name][picked]
+            case = pack.cases[index]
             image, label = crop(volumes[index], labels[index], centre, config.patch_size,
                                 random_affine(rng, config.augment))
             if config.augment:
@@ -95,7 +95,7 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
             truths.append(torch.stack([torch.isin(label, v) for v in values]
                                       + [torch.zeros_like(label, dtype=torch.bool)] * len(absent)))
             known.append(np.concatenate([case.labelled, np.ones(len(absent), np.float32)]))
-            rows.append([dataset.contexts[rng.integers(len(dataset.contexts))]]
+            rows.append([_pick(dataset.contexts, rng)]
                         + [_pick(dataset.prompts[t], rng) for t in dataset.targets + absent])
         rows_tensor = torch.as_tensor(rows, device=device)
         network.train()
