@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import lzma
 import os
-import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,17 +154,21 @@ def write_pack(spec: str | Path, output: str | Path, spacing_mm: float, init: st
     meta = {"format": PACK_FORMAT, "spacing_mm": spacing_mm, "text_encoder": encoder.encoder_id, "init": init,
             "spec": str(spec), "intensity": {m: [r.low, r.high, r.mean, r.std] for m, r in rules.items()},
             "datasets": datasets, "cases": cases, "texts": texts}
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    written = [output / "arrays.npz", output / "pack.json"]  # pack.json last: without it there is no pack
     try:
-        np.savez(partial / "arrays.npz", **arrays)
-        (partial / "pack.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if output.exists():
-            output.rmdir()
-        os.replace(partial, output)
+        with open(written[0].with_suffix(".partial"), "wb") as handle:
+            np.savez(handle, **arrays)
+        written[1].with_suffix(".partial").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        for path in written:
+            os.replace(path.with_suffix(".partial"), path)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        for path in written:
+            for stale in (path, path.with_suffix(".partial")):
+                stale.unlink(missing_ok=True)
+        if created:
+            output.rmdir()
         raise
     return output
 
@@ -178,23 +182,25 @@ def read_pack(folder: str | Path) -> Pack:
     folder = Path(folder)
     try:
         meta = json.loads((folder / "pack.json").read_text(encoding="utf-8"))
+        if meta.get("format") != PACK_FORMAT:
+            raise PromptSegError(f"{folder}/pack.json is not a {PACK_FORMAT} file")
         stored = np.load(folder / "arrays.npz")
-    except (OSError, ValueError) as exc:
-        raise PromptSegError(f"{folder} is not a readable training pack: {exc}") from exc
-    if meta.get("format") != PACK_FORMAT:
-        raise PromptSegError(f"{folder}/pack.json is not a {PACK_FORMAT} file")
-    cases = []
-    for index, case in enumerate(meta["cases"]):
-        shape = tuple(case["shape"])
-        steps = _decompressed(stored[f"image_{index}"], shape)
-        cases.append(PackCase(case["id"], case["dataset"], dequantize(steps, IntensityRule(*case["rule"])),
-                              _decompressed(stored[f"label_{index}"], shape),
-                              np.asarray(case["labelled"], np.float32),
-                              {t: stored[f"points_{index}_{i}"].astype(np.int64) for t, i in case["points"].items()}))
+        cases = []
+        for index, case in enumerate(meta["cases"]):
+            shape = tuple(case["shape"])
+            steps = _decompressed(stored[f"image_{index}"], shape)
+            cases.append(PackCase(case["id"], case["dataset"], dequantize(steps, IntensityRule(*case["rule"])),
+                                  _decompressed(stored[f"label_{index}"], shape),
+                                  np.asarray(case["labelled"], np.float32),
+                                  {t: stored[f"points_{index}_{i}"].astype(np.int64) for t, i in case["points"].items()}))
+        prompts = stored["prompts"].astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
+        raise PromptSegError(f"{folder} is not a complete training pack ({type(exc).__name__}: {exc}); "
+                             "make it again with promptseg pack") from exc
     datasets = {name: PackDataset(name, d["modality"], d["regions"], d["labels"], d["absent"], d["contexts"],
                                   d["prompts"]) for name, d in meta["datasets"].items()}
     return Pack(folder, float(meta["spacing_mm"]), meta["text_encoder"], meta["init"], meta["spec"],
-                meta["intensity"], datasets, cases, stored["prompts"].astype(np.float32))
+                meta["intensity"], datasets, cases, prompts)
 
 
 def _compressed(array: np.ndarray) -> np.ndarray:

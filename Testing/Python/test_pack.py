@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from PromptSegLib.errors import OutputError
+from PromptSegLib.errors import OutputError, PromptSegError
 from PromptSegLib.models.folder import load_model
 from PromptSegLib.text.encoder import TextEncoder
 from PromptSegLib.text.prompts import paraphrases
@@ -61,15 +62,30 @@ def test_a_pack_holds_the_training_cases_as_promptseg_train_prepares_them(packed
     assert [texts[row] for row in dataset.prompts["gross tumor volume"]] == paraphrases(
         "CT", "gross tumor volume", vocabulary.target("gross tumor volume").synonyms)
     assert np.allclose(pack.prompts, TextEncoder().encode(texts).numpy(), atol=1e-5)
-    assert not list(folder.parent.glob("*.partial"))
+    assert sorted(p.name for p in folder.iterdir()) == ["arrays.npz", "pack.json"]
 
 
-def test_a_pack_is_never_written_over(packed):
+def test_a_pack_is_never_written_over_and_a_broken_one_is_refused(packed, tmp_path, monkeypatch):
     spec, folder = packed
     before = (folder / "arrays.npz").read_bytes()
     with pytest.raises(OutputError, match="not empty"):
         write_pack(spec, folder, 6.0)
     assert (folder / "arrays.npz").read_bytes() == before
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "arrays.npz").write_bytes(before[:len(before) // 2])  # truncated
+    with pytest.raises(PromptSegError, match="not a complete training pack"):
+        read_pack(broken)
+    with pytest.raises(PromptSegError, match="not a complete training pack"):
+        read_pack(tmp_path / "nowhere")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_pack(spec, tmp_path / "cancelled", 6.0)
+    assert not (tmp_path / "cancelled").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
 
 
 def test_an_unrotated_crop_is_the_volume_block_and_a_quarter_turn_moves_the_right_voxels(packed):
