@@ -46,7 +46,7 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
     else:
         lines.append("Not measured in this run: no validation cases (`promptseg tune` and `promptseg evaluate` "
                      "measure a model folder afterwards).")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + init_card_section(config.init)) + "\n"
 
 
 def case_lines(train_cases: list[PreparedCase], val_cases: list[PreparedCase]) -> list[str]:
@@ -75,7 +75,23 @@ def _init_lines(init: str | None) -> list[str]:
     end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
     lines += [f"  {line}" for line in text[start + 1:end]
               if line.startswith(("- steps:", "- time:", "- started from", "  - "))]
-    return lines if len(lines) > 1 else lines + ["  - (its card has no training record)"]
+    if len(lines) > 1:
+        return lines
+    return lines + ["  - its card holds no single training record (a mean of runs' weights, say): it follows in full "
+                    "below"]
+
+
+def init_card_section(init: str | None) -> list[str]:
+    """The whole card of the ``--init`` model, its headings one level down, when its training record cannot be
+    copied line by line (see :func:`_init_lines`); else nothing."""
+    if not init or len(_init_lines(init)) > 2 or not (Path(init) / "README.md").exists():
+        return []
+    from PromptSegLib.models.folder import read_config
+
+    base = read_config(init)
+    card = (Path(init) / "README.md").read_text(encoding="utf-8").splitlines()
+    return ["", f"## Started from: {base.name} {base.version} (its card)", "",
+            *[("#" + line) if line.startswith("#") else line for line in card]]
 
 
 def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:

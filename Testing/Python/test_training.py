@@ -489,3 +489,18 @@ def test_one_spec_reader_serves_propagation_with_names_as_written(tmp_path):
     bad.write_text(json.dumps({"datasets": [dict(json.loads(spec.read_text())["datasets"][1], evaluate=["blob"])]}))
     with pytest.raises(PromptSegError, match="'evaluate' must map names"):
         load_spec(bad, as_written=True)
+
+
+@needs_shared()
+def test_a_run_from_an_averaged_model_keeps_its_whole_card(trained, tmp_path):
+    """A mean of runs' weights has no single training record to copy line by line: the card of a run started
+    from it carries that model's card in full, so no step of the history is lost."""
+    from PromptSegLib.models.average import average_models
+    from PromptSegLib.train.card import init_card_section
+
+    root, config = trained
+    assert init_card_section(config.output) == []  # a trained model's record is copied line by line instead
+    averaged = average_models([config.output, config.output], tmp_path / "averaged", "0.2.0")
+    section = "\n".join(init_card_section(str(averaged)))
+    assert section.startswith("\n## Started from: tiny 0.2.0 (its card)")
+    assert "--steps 3" in section and "### Source 1: tiny 0.1.0" in section
