@@ -503,4 +503,4 @@ def test_a_run_from_an_averaged_model_keeps_its_whole_card(trained, tmp_path):
     averaged = average_models([config.output, config.output], tmp_path / "averaged", "0.2.0")
     section = "\n".join(init_card_section(str(averaged)))
     assert section.startswith("\n## Started from: tiny 0.2.0 (its card)")
-    assert "--steps 3" in section and "### Source 1: tiny 0.1.0" in section
+    assert "### Source 1: tiny 0.1.0" in section and "promptseg train " in section  # the source run's command
