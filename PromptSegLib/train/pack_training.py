@@ -66,6 +66,8 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
     members = {n: [i for i, c in enumerate(pack.cases) if c.dataset == n] for n in names}
     samplers = {n: PackSampler([pack.cases[i] for i in members[n]], pack.datasets[n].targets, config.foreground_ratio)
                 for n in names}
+    label_values = {n: [torch.tensor(d.labels[t], dtype=torch.uint8, device=device) for t in d.targets]
+                    for n, d in pack.datasets.items()}  # per dataset, its targets' label values, made once
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loop = TrainingLoop(optimizer, config.steps, floor=0.01, minutes=config.minutes, clip=12.0,
                         work_dir=config.work_dir, checkpoint_every=config.checkpoint_every, saved={"network": network})
@@ -81,7 +83,7 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
         name = names[rng.integers(len(names))]
         dataset, sampler = pack.datasets[name], samplers[name]
         absent = [dataset.absent[i] for i in rng.permutation(len(dataset.absent))[:config.absent_targets]]
-        values = [torch.tensor(dataset.labels[t], dtype=torch.uint8, device=device) for t in dataset.targets]
+        values = label_values[name]
         images, truths, known, rows = [], [], [], []
         for _ in range(config.batch_size):
             picked, centre = sampler.draw(rng)
