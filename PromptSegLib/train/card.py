@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from PromptSegLib.models.folder import ModelConfig
+from PromptSegLib.models.folder import ModelConfig, read_config
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.loop import sessions_text
 
@@ -56,17 +56,17 @@ def case_lines(train_cases: list[PreparedCase], val_cases: list[PreparedCase]) -
             for split, cases in (("train", train_cases), ("validation", val_cases)) for case in cases]
 
 
-def _init_lines(init: str | None) -> list[str]:
-    """Card lines for the model a run was fine-tuned from: its name, version and, copied from its own card,
-    the command and training lines (so that the whole training history stays in the newest card)."""
-    if not init:
-        return []
-    from PromptSegLib.models.folder import read_config
-
-    base = read_config(init)
-    lines = [f"- started from {base.name} {base.version} (`--init`), itself trained as its card says:"]
+def _read_init(init: str) -> tuple[ModelConfig, list[str]]:
+    """The ``--init`` model's config and its card's lines (none when it has no card)."""
     card = Path(init) / "README.md"
-    text = card.read_text(encoding="utf-8").splitlines() if card.exists() else []
+    return read_config(init), card.read_text(encoding="utf-8").splitlines() if card.exists() else []
+
+
+def _record_lines(base: ModelConfig, text: list[str]) -> list[str]:
+    """Card lines for the model a run was fine-tuned from (``base``, its card ``text``): its name, version and,
+    copied from its card, the command and training lines (so that the whole training history stays in the
+    newest card)."""
+    lines = [f"- started from {base.name} {base.version} (`--init`), itself trained as its card says:"]
     command = next((text[i + 1] for i, line in enumerate(text[:-1]) if line.startswith("```") and i > 0
                     and text[i - 2].startswith("## Command")), None)
     if command:
@@ -81,15 +81,19 @@ def _init_lines(init: str | None) -> list[str]:
                     "below"]
 
 
+def _init_lines(init: str | None) -> list[str]:
+    """:func:`_record_lines` of the ``--init`` model; none without one."""
+    return _record_lines(*_read_init(init)) if init else []
+
+
 def init_card_section(init: str | None) -> list[str]:
     """The whole card of the ``--init`` model, its headings one level down, when its training record cannot be
-    copied line by line (see :func:`_init_lines`); else nothing."""
-    if not init or len(_init_lines(init)) > 2 or not (Path(init) / "README.md").exists():
+    copied line by line (see :func:`_record_lines`); else nothing."""
+    if not init:
         return []
-    from PromptSegLib.models.folder import read_config
-
-    base = read_config(init)
-    card = (Path(init) / "README.md").read_text(encoding="utf-8").splitlines()
+    base, card = _read_init(init)
+    if not card or len(_record_lines(base, card)) > 2:
+        return []
     return ["", f"## Started from: {base.name} {base.version} (its card)", "",
             *[("#" + line) if line.startswith("#") else line for line in card]]
 

@@ -9,6 +9,8 @@ Beyond the volume, crops repeat its edge voxels. Arrays are ``(z, y, x)`` on the
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -56,6 +58,13 @@ def random_affine(rng: np.random.Generator, augment: bool) -> np.ndarray:
     return matrix
 
 
+@functools.lru_cache(maxsize=4)
+def _offsets(patch: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """``(prod(patch), 3)`` float32: each crop voxel's index minus the patch centre (``patch // 2``), C order."""
+    return torch.stack(torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) - n // 2
+                                        for n in patch], indexing="ij"), dim=-1).reshape(-1, 3)
+
+
 def crop(volume: torch.Tensor, label: torch.Tensor, centre: np.ndarray, patch: tuple[int, int, int],
          affine: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``patch``-sized crop of ``volume`` (float32) and ``label`` (uint8), both ``(Z, Y, X)`` on one device:
@@ -63,9 +72,7 @@ def crop(volume: torch.Tensor, label: torch.Tensor, centre: np.ndarray, patch: t
     nearest for the label; edge voxels repeated beyond the volume). With the identity, exactly
     ``volume[centre - patch // 2:][:patch]``."""
     device = volume.device
-    offsets = torch.stack(torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) - n // 2
-                                           for n in patch], indexing="ij"), dim=-1).reshape(-1, 3)
-    positions = offsets @ torch.as_tensor(affine.T, dtype=torch.float32, device=device) \
+    positions = _offsets(tuple(patch), device) @ torch.as_tensor(affine.T, dtype=torch.float32, device=device) \
         + torch.as_tensor(centre, dtype=torch.float32, device=device)
     size = torch.tensor([max(n - 1, 1) for n in volume.shape], dtype=torch.float32, device=device)
     grid = (positions * (2.0 / size) - 1.0).flip(-1).reshape(1, *patch, 3)  # grid_sample takes (x, y, z)

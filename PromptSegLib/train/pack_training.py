@@ -34,7 +34,7 @@ from PromptSegLib.train.loop import TrainingLoop
 from PromptSegLib.train.loss import dice_bce_loss
 from PromptSegLib.train.pack import Pack, read_pack
 from PromptSegLib.train.pack_crops import PackSampler, augment_crop, crop, random_affine
-from PromptSegLib.train.start import build_network, merged_regions
+from PromptSegLib.train.start import build_network, merged_regions, mixed_precision
 
 log = logging.getLogger(__name__)
 COMMAND = "python3 -m PromptSegLib.train.pack_training"
@@ -73,8 +73,7 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
                         work_dir=config.work_dir, checkpoint_every=config.checkpoint_every, saved={"network": network})
     if config.resume and loop.resume(device) is not None:
         rng = np.random.default_rng(config.seed + loop.step)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = mixed_precision(device)
     torch.backends.cudnn.benchmark = True  # one patch size throughout
     log.info("training %s on pack %s: %d parameters, %d cases, %s", config.name, pack.folder,
              count_parameters(network), len(pack.cases), device)

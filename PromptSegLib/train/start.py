@@ -1,8 +1,11 @@
 """Where a training run starts, for both trainers (dataset specs and packs): a new network or the ``--init``
-model's, and the body regions the new model knows."""
+model's, the body regions the new model knows, and the precision a step runs in."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
+
+import torch
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.models.folder import Model, ModelConfig
@@ -34,3 +37,9 @@ def merged_regions(seen: Iterable[tuple[str, list[str]]], base: ModelConfig | No
         known = regions.setdefault(modality, [])
         known += [r for r in names if r not in known]
     return regions
+
+
+def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a training step's forward pass runs in: bfloat16 autocast on CUDA, float32 elsewhere (CPUs
+    here lack bfloat16 kernels)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

@@ -37,7 +37,7 @@ from PromptSegLib.train.datasets import (DatasetSpec, LabelledCase, PreparedCase
 from PromptSegLib.train.loop import TrainingLoop, append_csv
 from PromptSegLib.train.loss import dice_bce_loss
 from PromptSegLib.train.samples import CentreSampler, augment, crop
-from PromptSegLib.train.start import build_network, merged_regions
+from PromptSegLib.train.start import build_network, merged_regions, mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,7 @@ def train(config: TrainConfig) -> Path:
         by_dataset.setdefault(case.dataset.name, []).append(case)
     names = sorted(by_dataset)
     samplers = {name: CentreSampler(cases, config.foreground_ratio) for name, cases in by_dataset.items()}
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = mixed_precision(device)
     board = _tensorboard(config.work_dir) if rank == 0 else None
     validation: dict[str, float] = {}
 
