@@ -7,6 +7,7 @@ import argparse
 import shlex
 
 from PromptSegLib.errors import PromptSegError
+from PromptSegLib.models.folder import DEFAULT_OVERLAP
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -20,11 +21,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     datasets = load_spec(args.spec)
     folder = resolve_model(args.model)
     segmenter = Segmenter(folder, device=args.device, threads=args.threads)
-    tuning = choose_postprocessing(segmenter, load_split(datasets, args.split), *truth_extremes(datasets, "train"))
+    if args.again:  # measured as trained; every choice written below replaces the old one
+        segmenter.model.config = segmenter.model.config.untuned()
+    tuning = choose_postprocessing(segmenter, load_split(datasets, args.split), *truth_extremes(datasets, "train"),
+                                   overlaps=args.overlaps)
     print(tuning.markdown(), end="")
     apply_tuning(folder, tuning, "promptseg " + shlex.join(args.argv))
     print(f"largest component kept for: {', '.join(tuning.largest_component) or 'none'}; own side for: "
-          f"{', '.join(tuning.own_side) or 'none'}; wrote {folder}")
+          f"{', '.join(tuning.own_side) or 'none'}; overlap {tuning.overlap:g}; wrote {folder}")
     return 0
 
 
@@ -45,6 +49,11 @@ def add_subcommands(sub) -> None:
     tu.add_argument("spec", help="dataset spec (its validation split is scored, its training split gives volumes)")
     tu.add_argument("--model", required=True, help="model folder to tune (changed in place)")
     tu.add_argument("--split", default="val", help="the split to choose on (default val; never a test split)")
+    tu.add_argument("--overlaps", type=float, nargs="+", default=[DEFAULT_OVERLAP], metavar="FRACTION",
+                    help="sliding-window overlaps to measure; the best on validation is kept (default: "
+                    f"{DEFAULT_OVERLAP:g} only; each one more costs a pass over the validation cases)")
+    tu.add_argument("--again", action="store_true",
+                    help="tune a model already tuned: its earlier choices are set aside and replaced")
     tu.add_argument("--device", default="auto")
     tu.add_argument("--threads", type=int)
     tu.set_defaults(func=cmd_tune)

@@ -52,9 +52,8 @@ def average_models(folders: Sequence[str | Path], output: str | Path, version: s
     network.load_state_dict(mean)
     modalities = {m for c in configs for m in c.regions}
     regions = {m: sorted({r for c in configs for r in c.regions.get(m, [])}) for m in sorted(modalities)}
-    config = dataclasses.replace(configs[0], name=name or configs[0].name, version=version, regions=regions,
-                                 largest_component=[], plausible_ml={}, own_side=[], widest_body_cm2={},
-                                 most_air_cm2={})
+    config = dataclasses.replace(configs[0].untuned(), name=name or configs[0].name, version=version,
+                                 regions=regions)
     return save_model(output, network, config, _card(config, models, command))
 
 

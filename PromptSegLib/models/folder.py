@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,8 @@ KINDS = {FORMAT: ("segmentation", WEIGHTS), PROPAGATION_FORMAT: ("propagation", 
 model in a catalogue. All share this module's folder writer, checksums and card."""
 TEXT_LORA = "text_lora.safetensors"
 PADDINGS = ("replicate", "constant")
+DEFAULT_OVERLAP = 0.25
+"""Sliding-window overlap of a model whose config names none."""
 FORMAT1_CT_WINDOW_HU: tuple[float, float] = (-990.0, 500.0)
 """The HU window of models that store only ``[mean, std]`` for CT (kept here, apart from the default of new
 models, ``intensity.CT_WINDOW_HU``: changing that default must not change a trained model)."""
@@ -71,6 +73,8 @@ class ModelConfig:
             truth; a mask in a far wider body is emptied with a warning (see ``postprocess``).
         most_air_cm2: CT targets -> the most air enclosed by the body (cm²) on the middle slice of its training
             truth; a mask where far more is enclosed (lungs) is emptied with a warning (see ``postprocess``).
+        overlap: the fraction of a sliding window its neighbour shares (chosen on validation cases by ``promptseg
+            tune``; more overlap puts fewer voxels near a window's edge, at the cost of more windows).
     """
 
     name: str
@@ -90,6 +94,7 @@ class ModelConfig:
     own_side: list[str] = field(default_factory=list)
     widest_body_cm2: dict[str, float] = field(default_factory=dict)
     most_air_cm2: dict[str, float] = field(default_factory=dict)
+    overlap: float = DEFAULT_OVERLAP
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
         """The fixed intensity rule for ``modality`` (CT: the training data's statistics in the CT window), or
@@ -98,6 +103,11 @@ class ModelConfig:
         if not stats:
             return None
         return IntensityRule(*stats) if len(stats) == 4 else IntensityRule(*FORMAT1_CT_WINDOW_HU, *stats)
+
+    def untuned(self) -> "ModelConfig":
+        """This config without what ``promptseg tune`` chooses: post-processing and window overlap."""
+        return replace(self, largest_component=[], plausible_ml={}, own_side=[], widest_body_cm2={},
+                       most_air_cm2={}, overlap=DEFAULT_OVERLAP)
 
     def to_dict(self) -> dict:
         encoder = {"id": self.text_encoder, "dim": self.network.text_dim}
@@ -112,7 +122,8 @@ class ModelConfig:
                 **({"plausible_ml": self.plausible_ml} if self.plausible_ml else {}),
                 **({"own_side": self.own_side} if self.own_side else {}),
                 **({"widest_body_cm2": self.widest_body_cm2} if self.widest_body_cm2 else {}),
-                **({"most_air_cm2": self.most_air_cm2} if self.most_air_cm2 else {})}
+                **({"most_air_cm2": self.most_air_cm2} if self.most_air_cm2 else {}),
+                **({"overlap": self.overlap} if self.overlap != DEFAULT_OVERLAP else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -133,9 +144,12 @@ class ModelConfig:
                          plausible_ml={t: float(v) for t, v in data.get("plausible_ml", {}).items()},
                          own_side=list(data.get("own_side", [])),
                          widest_body_cm2={t: float(v) for t, v in data.get("widest_body_cm2", {}).items()},
-                         most_air_cm2={t: float(v) for t, v in data.get("most_air_cm2", {}).items()})
+                         most_air_cm2={t: float(v) for t, v in data.get("most_air_cm2", {}).items()},
+                         overlap=float(data.get("overlap", DEFAULT_OVERLAP)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
+        if not 0.0 <= config.overlap < 1.0:
+            raise ModelError(f"overlap {config.overlap} is not in [0, 1)")
         if config.padding not in PADDINGS:
             raise ModelError(f"padding {config.padding!r} is not one of {', '.join(PADDINGS)}")
         if any(p % network.divisor for p in config.patch_size):

@@ -227,7 +227,7 @@ class Segmenter:
 
     def segment(self, image: sitk.Image, modality: str, region: str | None = None,
                 targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
-                allow_untrained: bool = False, overlap: float = 0.25, sw_batch_size: int | None = None,
+                allow_untrained: bool = False, overlap: float | None = None, sw_batch_size: int | None = None,
                 spacing_mm: float | None = None, intensity: IntensityRule | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> SegmentationResult:
         """Segment every requested target in ``image``.
@@ -240,7 +240,7 @@ class Segmenter:
             target_texts: raw T2 sentences.
             context_text: a raw T1 sentence instead of ``region``.
             allow_untrained: accept vocabulary targets the model was not trained on.
-            overlap: sliding-window overlap fraction.
+            overlap: sliding-window overlap fraction; default the model's (``ModelConfig.overlap``).
             sw_batch_size: windows per network call; default :meth:`windows_per_call`.
             spacing_mm: work at this spacing instead of the model's (closer look).
             intensity: intensity rule to use instead of one fitted on ``image`` (for crops).
@@ -303,7 +303,7 @@ class Segmenter:
         return to_original_box(block.numpy(), tuple(low), prepared, sitk.sitkUInt8)
 
     def predict_on_model_grid(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
-                              overlap: float = 0.25, sw_batch_size: int | None = None,
+                              overlap: float | None = None, sw_batch_size: int | None = None,
                               progress: ProgressCallback | None = None,
                               cancel: CancelFlag | None = None) -> torch.Tensor:
         """Probabilities ``(T, Z, Y, X)`` float32 on the whole model grid of an already prepared volume (see
@@ -320,7 +320,7 @@ class Segmenter:
         return whole
 
     def predict_in_box(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
-                       overlap: float = 0.25, sw_batch_size: int | None = None,
+                       overlap: float | None = None, sw_batch_size: int | None = None,
                        progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                        half: bool = False) -> tuple[list[torch.Tensor], tuple[slice, slice, slice]]:
         """Per query, probabilities ``(z, y, x)`` float32 on the model grid of an already prepared volume, only
@@ -328,12 +328,14 @@ class Segmenter:
         that box (index slices of ``prepared.array``): ``prepared.body`` when set (CT: the body and its margin,
         the air around it is background), else the whole array. Each query's map is a tensor of its own
         (:func:`~.windows.sliding_windows`), so a caller can free them one at a time. With ``half`` they are
-        float16, summed in float16 (half the memory; a probability moves by about 0.003 at most).
+        float16, summed in float16 (half the memory; a probability moves by about 0.003 at most). ``overlap``:
+        the windows' overlap fraction, default the model's (``ModelConfig.overlap``).
 
         Raises:
             Cancelled: ``cancel`` was set.
         """
         report = progress or (lambda fraction, message: None)
+        overlap = self.model.config.overlap if overlap is None else overlap
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
         box = prepared.body or tuple(slice(0, n) for n in prepared.array.shape)
         array = prepared.array[box]

@@ -8,11 +8,14 @@ minimum, and on CT the widest body cross-section (cm²) and the most air the bod
 of its truth its plausible maxima (``postprocess``: a far smaller mask is emptied, pieces in a far wider body or
 over far more enclosed air, such as the lungs, are removed first). The region check (both maxima together)
 is kept for a target where, applied before the chosen option, it does not lower the mean validation Dice (ties
-keep it: it guards scans of other regions, which validation does not hold). Nothing here looks at test cases.
+keep it: it guards scans of other regions, which validation does not hold). Given several sliding-window
+overlaps, all of this is measured at each and the overlap with the highest mean validation Dice after its chosen
+post-processing is kept (ties: the smaller, fewer windows). Nothing here looks at test cases.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -20,7 +23,7 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
-from PromptSegLib.models.folder import CONFIG, append_to_card, read_config, replace_file
+from PromptSegLib.models.folder import CONFIG, DEFAULT_OVERLAP, append_to_card, read_config, replace_file
 from PromptSegLib.preprocessing.preprocess import body_areas_cm2, enclosed_air_cm2
 from PromptSegLib.segment.inference import Segmenter
 from PromptSegLib.segment.postprocess import (AIR_FACTOR, AIR_MARGIN_CM2, BODY_AREA_FACTOR, MIN_VOLUME_FRACTION,
@@ -45,6 +48,8 @@ class Tuning:
         most_air_cm2: CT target -> the most air enclosed by the body (cm²) on its truth's middle slice in training.
         region_scores: option -> target -> per-case validation Dice with the region check applied first (CT
             targets with a widest body only).
+        overlap: the sliding-window overlap all of this was measured at.
+        overlap_means: each overlap tried -> :meth:`chosen_mean` at it (filled by ``choose_postprocessing``).
     """
 
     scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
@@ -52,6 +57,8 @@ class Tuning:
     widest_body_cm2: dict[str, float] = field(default_factory=dict)
     most_air_cm2: dict[str, float] = field(default_factory=dict)
     region_scores: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {o: {} for o in OPTIONS})
+    overlap: float = DEFAULT_OVERLAP
+    overlap_means: dict[float, float] = field(default_factory=dict)
 
     def choice(self, target: str) -> str:
         """The option with the highest mean validation Dice for ``target`` (ties: the simpler one)."""
@@ -73,8 +80,16 @@ class Tuning:
         return sorted(t for t in self.scores["all"] if t in self.region_scores[self.choice(t)] and np.mean(
             self.region_scores[self.choice(t)][t]) >= np.mean(self.scores[self.choice(t)][t]))
 
+    def chosen_mean(self) -> float:
+        """The mean over targets of the validation Dice with each target's chosen post-processing (after the
+        region check where it is kept)."""
+        checked = self.region_checked
+        return float(np.mean([np.mean((self.region_scores if t in checked else self.scores)[self.choice(t)][t])
+                              for t in self.scores["all"]]))
+
     def markdown(self) -> str:
-        """The card section: per target, cases, mean validation Dice of each option, the choice."""
+        """The card section: per target, cases, mean validation Dice of each option, the choice; then the
+        overlaps tried, when more than one."""
         lines = ["| target | validation cases | " + " | ".join(f"Dice, {o}" for o in OPTIONS)
                  + " | chosen | smallest in training (mL) | widest body in training (cm²) | most enclosed air in "
                  "training (cm²) | Dice, chosen after the region check | region check |",
@@ -90,6 +105,11 @@ class Tuning:
                          f"{f'{widest:.0f}' if widest is not None else '-'} | "
                          f"{f'{air:.1f}' if air is not None else '-'} | {region_dice} | "
                          f"{'yes' if target in self.region_checked else 'no'} |")
+        if len(self.overlap_means) > 1:
+            lines += ["", f"Measured at sliding-window overlap {self.overlap:g}, chosen among "
+                      f"{len(self.overlap_means)} (mean validation Dice after each overlap's chosen post-processing):",
+                      "", "| overlap | mean Dice |", "|---|---|",
+                      *[f"| {o:g} | {m:.3f} |" for o, m in sorted(self.overlap_means.items())]]
         return "\n".join(lines) + "\n"
 
 
@@ -126,29 +146,46 @@ def truth_extremes(datasets: list[DatasetSpec], split: str = "train"
 
 def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], plausible_ml: dict[str, float],
                           widest_body_cm2: dict[str, float] | None = None,
-                          most_air_cm2: dict[str, float] | None = None) -> Tuning:
+                          most_air_cm2: dict[str, float] | None = None,
+                          overlaps: Sequence[float] = (DEFAULT_OVERLAP,)) -> Tuning:
     """Measure the raw and largest-component Dice of every target on ``validation`` (the model's own
     post-processing switched off for the measurement); ``plausible_ml``, ``widest_body_cm2`` and ``most_air_cm2``
     (see :func:`truth_extremes`) are kept, and each option's Dice is measured again with the region check first.
+    All of it at each sliding-window overlap of ``overlaps``; the Tuning of the overlap with the highest
+    :meth:`Tuning.chosen_mean` is returned (ties: the smaller overlap).
 
     Raises:
-        PromptSegError: no validation case, or a model already carrying post-processing.
+        PromptSegError: no validation case, no overlap in [0, 1), or a model already tuned.
     """
     config = segmenter.model.config
     if not validation:
         raise PromptSegError("no validation case to choose the post-processing on")
-    if (config.largest_component or config.plausible_ml or config.own_side or config.widest_body_cm2
-            or config.most_air_cm2):
-        raise PromptSegError(f"model {config.name} already has post-processing in its config; tune an untuned copy")
-    tuning = Tuning(plausible_ml=dict(plausible_ml), widest_body_cm2=dict(widest_body_cm2 or {}),
-                    most_air_cm2=dict(most_air_cm2 or {}))
+    if not overlaps or any(not 0.0 <= o < 1.0 for o in overlaps):
+        raise PromptSegError(f"overlaps must be fractions in [0, 1), got {list(overlaps)}")
+    if config != config.untuned():
+        raise PromptSegError(f"model {config.name} already has post-processing or an overlap in its config; tune "
+                             "an untuned copy (promptseg tune --again)")
+    tunings = [_measure(segmenter, validation, Tuning(plausible_ml=dict(plausible_ml),
+                                                      widest_body_cm2=dict(widest_body_cm2 or {}),
+                                                      most_air_cm2=dict(most_air_cm2 or {}), overlap=overlap))
+               for overlap in sorted(set(overlaps))]
+    means = {t.overlap: t.chosen_mean() for t in tunings}
+    best = max(tunings, key=lambda t: (means[t.overlap], -t.overlap))
+    best.overlap_means = means
+    return best
+
+
+def _measure(segmenter: Segmenter, validation: list[LabelledCase], tuning: Tuning) -> Tuning:
+    """Fill ``tuning``'s scores: every option's Dice per target and case, at ``tuning.overlap``."""
+    config = segmenter.model.config
     for case in validation:
         present = [t for t in case.dataset.targets if t in config.targets and t not in case.case.unlabelled]
         label = sitk.GetArrayFromImage(case.label)
         present = [t for t in present if np.isin(label, case.dataset.values_of(t)).any()]
         if not present:
             continue
-        result = segmenter.segment(case.image, case.dataset.modality, case.dataset.regions[0], present)
+        result = segmenter.segment(case.image, case.dataset.modality, case.dataset.regions[0], present,
+                                   overlap=tuning.overlap)
         midline = midline_x(case.image)
         ct = case.dataset.modality == "CT"
         body, air = (body_areas_cm2(case.image), enclosed_air_cm2(case.image)) if ct else (None, None)
@@ -182,7 +219,7 @@ def apply_tuning(folder, tuning: Tuning, command: str) -> None:
                      widest_body_cm2={t: round(tuning.widest_body_cm2[t], 1) for t in tuning.region_checked
                                       if t in tuning.widest_body_cm2},
                      most_air_cm2={t: round(tuning.most_air_cm2[t], 1) for t in tuning.region_checked
-                                   if t in tuning.most_air_cm2})
+                                   if t in tuning.most_air_cm2}, overlap=tuning.overlap)
     replace_file(folder, CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
     append_to_card(folder, "## Post-processing (chosen on the validation cases)\n\n"
                    f"```\n{command}\n```\n\n{tuning.markdown()}\nA mask smaller than {MIN_VOLUME_FRACTION:g} x its target's "

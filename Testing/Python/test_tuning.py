@@ -31,12 +31,18 @@ def tiny_hn_model(tmp_path):
     return save_model(tmp_path / "tiny-hn", network, config, "# tiny untrained test model\n")
 
 
-def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_hn_model, tmp_path, capsys):
-    spec = tmp_path / "spec.json"
+def _spec(folder) -> str:
+    """A spec of two OpenKBP patients: pt_201 for training (volumes and extremes), pt_202 for validation."""
+    spec = folder / "spec.json"
     cases = [{"id": p, "split": s, "image": str(KBP / p / "ct.nii.gz"), "label": str(KBP / p / "oars.nii.gz")}
              for p, s in (("pt_201", "train"), ("pt_202", "val"))]
     spec.write_text(json.dumps({"datasets": [{"name": "kbp", "modality": "CT", "regions": ["head and neck"],
                                               "labels": LABELS, "cases": cases}]}))
+    return str(spec)
+
+
+def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_hn_model, tmp_path, capsys):
+    spec = _spec(tmp_path)
     assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--split", "test"]) == 2
     assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 0
     out = capsys.readouterr().out
@@ -62,3 +68,44 @@ def test_tune_writes_the_choice_and_the_volumes_and_refuses_the_test_split(tiny_
     assert set(model.config.largest_component) <= {"brain stem", "mandible"} and model.config.own_side == []
     assert "## Post-processing (chosen on the validation cases)" in (tiny_hn_model / "README.md").read_text()
     assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu"]) == 2  # already tuned
+
+
+def test_tune_again_chooses_the_window_overlap_on_validation_and_segmenting_uses_it(tiny_hn_model, tmp_path,
+                                                                                   capsys):
+    spec = _spec(tmp_path)
+    assert main(["tune", spec, "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 0
+    assert load_model(tiny_hn_model).config.overlap == 0.25  # the default, not written
+    assert "overlap" not in json.loads((tiny_hn_model / "config.json").read_text())
+    assert main(["tune", spec, "--model", str(tiny_hn_model), "--overlaps", "0.75", "0.5", "--again",
+                 "--device", "cpu", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    means = {float(o): float(m) for o, m in (line.strip("| ").split(" | ") for line in out.splitlines()
+                                             if line.startswith(("| 0.5 |", "| 0.75 |")))}
+    assert set(means) == {0.5, 0.75}
+    chosen = max(means, key=lambda o: (means[o], -o))
+    model = load_model(tiny_hn_model)  # the manifest still verifies
+    assert model.config.overlap == chosen == json.loads((tiny_hn_model / "config.json").read_text())["overlap"]
+    assert "chosen among 2" in (tiny_hn_model / "README.md").read_text()
+    # segmenting without an overlap uses the model's: the same maps as asking for it, not as the default's
+    # (its post-processing set aside, which may empty an untrained model's masks; windows of 16^3, as the 32^3
+    # windows cover this body box in one)
+    from dataclasses import replace
+
+    from PromptSegLib.segment.inference import Segmenter
+
+    segmenter = Segmenter(tiny_hn_model, device="cpu", threads=1)
+    segmenter.model.config = replace(segmenter.model.config.untuned(), overlap=chosen, patch_size=(16, 16, 16))
+    ct = sitk.ReadImage(str(KBP / "pt_202" / "ct.nii.gz"))
+    maps = [segmenter.segment(ct, "CT", "head and neck", ["brain stem"], overlap=o).probability(0)
+            for o in (None, chosen, 0.25)]
+    assert np.array_equal(maps[0], maps[1]) and not np.array_equal(maps[0], maps[2])
+
+
+def test_a_model_config_keeps_its_overlap_and_refuses_one_outside_zero_to_one():
+    from PromptSegLib.errors import ModelError
+
+    config = ModelConfig("m", "1", NetworkConfig(modalities=("CT",), widths=(4, 8)), overlap=0.5)
+    assert ModelConfig.from_dict(config.to_dict()).overlap == 0.5
+    assert config.untuned().overlap == 0.25
+    with pytest.raises(ModelError, match="overlap"):
+        ModelConfig.from_dict({**config.to_dict(), "overlap": 1.0})
