@@ -155,7 +155,8 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
     :meth:`Tuning.chosen_mean` is returned (ties: the smaller overlap).
 
     Raises:
-        PromptSegError: no validation case, no overlap in [0, 1), or a model already tuned.
+        PromptSegError: no validation case (or none with a target of the model), no overlap in [0, 1), or a
+            model already tuned.
     """
     config = segmenter.model.config
     if not validation:
@@ -169,6 +170,8 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
                                                       widest_body_cm2=dict(widest_body_cm2 or {}),
                                                       most_air_cm2=dict(most_air_cm2 or {}), overlap=overlap))
                for overlap in sorted(set(overlaps))]
+    if not tunings[0].scores["all"]:
+        raise PromptSegError(f"no validation case holds a target of model {config.name} to choose on")
     means = {t.overlap: t.chosen_mean() for t in tunings}
     best = max(tunings, key=lambda t: (means[t.overlap], -t.overlap))
     best.overlap_means = means

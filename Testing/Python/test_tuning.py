@@ -109,3 +109,14 @@ def test_a_model_config_keeps_its_overlap_and_refuses_one_outside_zero_to_one():
     assert config.untuned().overlap == 0.25
     with pytest.raises(ModelError, match="overlap"):
         ModelConfig.from_dict({**config.to_dict(), "overlap": 1.0})
+
+
+def test_tune_refuses_validation_cases_without_any_target_of_the_model(tiny_hn_model, tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    cases = [{"id": p, "split": s, "image": str(KBP / p / "ct.nii.gz"), "label": str(KBP / p / "oars.nii.gz")}
+             for p, s in (("pt_201", "train"), ("pt_202", "val"))]
+    spec.write_text(json.dumps({"datasets": [{"name": "kbp", "modality": "CT", "regions": ["head and neck"],
+                                              "labels": {"6": "larynx"}, "cases": cases}]}))
+    assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 2
+    assert "no validation case holds a target of model tiny-hn" in capsys.readouterr().err
+    assert load_model(tiny_hn_model).config.plausible_ml == {}  # nothing written
