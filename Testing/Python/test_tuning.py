@@ -31,13 +31,13 @@ def tiny_hn_model(tmp_path):
     return save_model(tmp_path / "tiny-hn", network, config, "# tiny untrained test model\n")
 
 
-def _spec(folder) -> str:
+def _spec(folder, labels: dict[str, str] = LABELS) -> str:
     """A spec of two OpenKBP patients: pt_201 for training (volumes and extremes), pt_202 for validation."""
     spec = folder / "spec.json"
     cases = [{"id": p, "split": s, "image": str(KBP / p / "ct.nii.gz"), "label": str(KBP / p / "oars.nii.gz")}
              for p, s in (("pt_201", "train"), ("pt_202", "val"))]
     spec.write_text(json.dumps({"datasets": [{"name": "kbp", "modality": "CT", "regions": ["head and neck"],
-                                              "labels": LABELS, "cases": cases}]}))
+                                              "labels": labels, "cases": cases}]}))
     return str(spec)
 
 
@@ -112,11 +112,7 @@ def test_a_model_config_keeps_its_overlap_and_refuses_one_outside_zero_to_one():
 
 
 def test_tune_refuses_validation_cases_without_any_target_of_the_model(tiny_hn_model, tmp_path, capsys):
-    spec = tmp_path / "spec.json"
-    cases = [{"id": p, "split": s, "image": str(KBP / p / "ct.nii.gz"), "label": str(KBP / p / "oars.nii.gz")}
-             for p, s in (("pt_201", "train"), ("pt_202", "val"))]
-    spec.write_text(json.dumps({"datasets": [{"name": "kbp", "modality": "CT", "regions": ["head and neck"],
-                                              "labels": {"6": "larynx"}, "cases": cases}]}))
-    assert main(["tune", str(spec), "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 2
+    spec = _spec(tmp_path, {"6": "larynx"})
+    assert main(["tune", spec, "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 2
     assert "no validation case holds a target of model tiny-hn" in capsys.readouterr().err
     assert load_model(tiny_hn_model).config.plausible_ml == {}  # nothing written
