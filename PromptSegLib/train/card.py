@@ -27,6 +27,7 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
 
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     command = command or "promptseg " + shlex.join(train_command(config))
+    init_record, init_card = _init_parts(config.init)
     lines = [f"# {config.name} {config.version}", "",
              f"Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `{trainer}`.", "",
              "## Command", "", "```", command, "```", "", "## Data and split (by patient)", "", *data]
@@ -38,7 +39,7 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
               f"often (`train.samples.CentreSampler`), the rest anywhere; "
               f"{'augmented' if config.augment else 'not augmented'}",
               f"- text encoder: {model_config.text_encoder} (frozen{_lora_note(config, model_config)})",
-              *_init_lines(config.init), "",
+              *init_record, "",
               "## Validation Dice (measured at the end of this run on the validation cases, on the model grid, "
               "targets present in each case)", ""]
     if validation:
@@ -46,7 +47,7 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
     else:
         lines.append("Not measured in this run: no validation cases (`promptseg tune` and `promptseg evaluate` "
                      "measure a model folder afterwards).")
-    return "\n".join(lines + init_card_section(config.init)) + "\n"
+    return "\n".join(lines + init_card) + "\n"
 
 
 def case_lines(train_cases: list[PreparedCase], val_cases: list[PreparedCase]) -> list[str]:
@@ -54,12 +55,6 @@ def case_lines(train_cases: list[PreparedCase], val_cases: list[PreparedCase]) -
     return [f"- {split}: dataset `{case.dataset.name}` ({case.dataset.modality}, {', '.join(case.dataset.regions)}), "
             f"case `{case.case.id}`: `{case.case.image.name}`"
             for split, cases in (("train", train_cases), ("validation", val_cases)) for case in cases]
-
-
-def _read_init(init: str) -> tuple[ModelConfig, list[str]]:
-    """The ``--init`` model's config and its card's lines (none when it has no card)."""
-    card = Path(init) / "README.md"
-    return read_config(init), card.read_text(encoding="utf-8").splitlines() if card.exists() else []
 
 
 def _record_lines(base: ModelConfig, text: list[str]) -> list[str]:
@@ -81,21 +76,26 @@ def _record_lines(base: ModelConfig, text: list[str]) -> list[str]:
                     "below"]
 
 
-def _init_lines(init: str | None) -> list[str]:
-    """:func:`_record_lines` of the ``--init`` model; none without one."""
-    return _record_lines(*_read_init(init)) if init else []
+def _init_parts(init: str | None) -> tuple[list[str], list[str]]:
+    """What a card says of the ``--init`` model, from one reading of its config and card: the
+    :func:`_record_lines`, and its whole card with headings one level down when that record could not be
+    copied line by line (else no lines). Both empty without an ``--init`` model."""
+    if not init:
+        return [], []
+    card_file = Path(init) / "README.md"
+    base = read_config(init)
+    card = card_file.read_text(encoding="utf-8").splitlines() if card_file.exists() else []
+    record = _record_lines(base, card)
+    if not card or len(record) > 2:
+        return record, []
+    return record, ["", f"## Started from: {base.name} {base.version} (its card)", "",
+                    *[("#" + line) if line.startswith("#") else line for line in card]]
 
 
 def init_card_section(init: str | None) -> list[str]:
     """The whole card of the ``--init`` model, its headings one level down, when its training record cannot be
     copied line by line (see :func:`_record_lines`); else nothing."""
-    if not init:
-        return []
-    base, card = _read_init(init)
-    if not card or len(_record_lines(base, card)) > 2:
-        return []
-    return ["", f"## Started from: {base.name} {base.version} (its card)", "",
-            *[("#" + line) if line.startswith("#") else line for line in card]]
+    return _init_parts(init)[1]
 
 
 def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:
