@@ -14,7 +14,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from PromptSegLib.models.catalogue import resolve_model
     from PromptSegLib.segment.inference import Segmenter
     from PromptSegLib.train.datasets import load_spec, load_split
-    from PromptSegLib.train.tuning import apply_tuning, choose_postprocessing, truth_extremes
+    from PromptSegLib.train.tuning import apply_tuning, check_tunable, choose_postprocessing, truth_extremes
 
     if args.split == "test":
         raise PromptSegError("post-processing is chosen on validation cases, never on the test split")
@@ -23,6 +23,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     segmenter = Segmenter(folder, device=args.device, threads=args.threads)
     if args.again:  # measured as trained; every choice written below replaces the old one
         segmenter.model.config = segmenter.model.config.untuned()
+    check_tunable(segmenter.model.config, args.overlaps)  # before reading the training cases' volumes
     tuning = choose_postprocessing(segmenter, load_split(datasets, args.split), *truth_extremes(datasets, "train"),
                                    overlaps=args.overlaps)
     print(tuning.markdown(), end="")

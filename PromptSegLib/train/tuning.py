@@ -23,7 +23,8 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
-from PromptSegLib.models.folder import CONFIG, DEFAULT_OVERLAP, append_to_card, read_config, replace_file
+from PromptSegLib.models.folder import (CONFIG, DEFAULT_OVERLAP, ModelConfig, append_to_card, check_overlap,
+                                        read_config, replace_file)
 from PromptSegLib.preprocessing.preprocess import body_areas_cm2, enclosed_air_cm2
 from PromptSegLib.segment.inference import Segmenter
 from PromptSegLib.segment.postprocess import (AIR_FACTOR, AIR_MARGIN_CM2, BODY_AREA_FACTOR, MIN_VOLUME_FRACTION,
@@ -144,6 +145,21 @@ def truth_extremes(datasets: list[DatasetSpec], split: str = "train"
     return smallest, widest, most_air
 
 
+def check_tunable(config: ModelConfig, overlaps: Sequence[float]) -> None:
+    """Refuse, before any measurement, a model already tuned or overlaps that are not fractions in [0, 1).
+
+    Raises:
+        PromptSegError: either.
+    """
+    if not overlaps:
+        raise PromptSegError("no sliding-window overlap to measure")
+    for overlap in overlaps:
+        check_overlap(overlap)
+    if config != config.untuned():
+        raise PromptSegError(f"model {config.name} already has post-processing or an overlap in its config; tune "
+                             "an untuned copy (promptseg tune --again)")
+
+
 def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], plausible_ml: dict[str, float],
                           widest_body_cm2: dict[str, float] | None = None,
                           most_air_cm2: dict[str, float] | None = None,
@@ -161,11 +177,7 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
     config = segmenter.model.config
     if not validation:
         raise PromptSegError("no validation case to choose the post-processing on")
-    if not overlaps or any(not 0.0 <= o < 1.0 for o in overlaps):
-        raise PromptSegError(f"overlaps must be fractions in [0, 1), got {list(overlaps)}")
-    if config != config.untuned():
-        raise PromptSegError(f"model {config.name} already has post-processing or an overlap in its config; tune "
-                             "an untuned copy (promptseg tune --again)")
+    check_tunable(config, overlaps)
     tunings = [_measure(segmenter, validation, Tuning(plausible_ml=dict(plausible_ml),
                                                       widest_body_cm2=dict(widest_body_cm2 or {}),
                                                       most_air_cm2=dict(most_air_cm2 or {}), overlap=overlap))

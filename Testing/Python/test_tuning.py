@@ -76,6 +76,8 @@ def test_tune_again_chooses_the_window_overlap_on_validation_and_segmenting_uses
     assert main(["tune", spec, "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 0
     assert load_model(tiny_hn_model).config.overlap == 0.25  # the default, not written
     assert "overlap" not in json.loads((tiny_hn_model / "config.json").read_text())
+    assert main(["tune", spec, "--model", str(tiny_hn_model), "--overlaps", "1.0", "--again", "--device", "cpu"]) == 2
+    assert "overlap 1.0 is not in [0, 1)" in capsys.readouterr().err
     assert main(["tune", spec, "--model", str(tiny_hn_model), "--overlaps", "0.75", "0.5", "--again",
                  "--device", "cpu", "--threads", "1"]) == 0
     out = capsys.readouterr().out
