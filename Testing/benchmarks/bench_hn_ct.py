@@ -37,7 +37,8 @@ def run_once(ct: Path, organs: list[str], threads: int, overlap: float | None) -
     result = segmenter.segment(image, "CT", "head and neck", organs, overlap=overlap)
     done = time.perf_counter()
     volumes = {q.name: float(result.mask(i).sum()) for i, q in enumerate(result.queries)}
-    return {"model": segmenter.model.config.name, "overlap": segmenter.model.config.overlap if overlap is None else overlap,
+    used = segmenter.model.config.overlap if overlap is None else overlap
+    return {"model": segmenter.model.config.name, "overlap": used,
             "load_s": loaded - start, "read_s": read - loaded,
             "segment_s": done - read, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "voxels": volumes}
