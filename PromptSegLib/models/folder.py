@@ -43,15 +43,14 @@ BUNDLED_MODELS = Path(__file__).resolve().parent
 DEFAULT_MODEL_NAME = "promptseg-starter"
 
 
-def check_overlap(overlap: float) -> float:
-    """``overlap`` if it is a sliding-window overlap fraction, in [0, 1).
+def check_window_overlap(overlap: float) -> None:
+    """Refuse a sliding-window overlap that is not a fraction in [0, 1).
 
     Raises:
         ModelError: it is not.
     """
     if not 0.0 <= overlap < 1.0:
         raise ModelError(f"overlap {overlap} is not in [0, 1)")
-    return overlap
 
 
 @dataclass
@@ -159,7 +158,7 @@ class ModelConfig:
                          overlap=float(data.get("overlap", DEFAULT_OVERLAP)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
-        check_overlap(config.overlap)
+        check_window_overlap(config.overlap)
         if config.padding not in PADDINGS:
             raise ModelError(f"padding {config.padding!r} is not one of {', '.join(PADDINGS)}")
         if any(p % network.divisor for p in config.patch_size):

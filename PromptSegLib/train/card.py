@@ -27,7 +27,7 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
 
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     command = command or "promptseg " + shlex.join(train_command(config))
-    init_record, init_card = _init_parts(config.init)
+    init_record, init_card = init_parts(config.init)
     lines = [f"# {config.name} {config.version}", "",
              f"Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `{trainer}`.", "",
              "## Command", "", "```", command, "```", "", "## Data and split (by patient)", "", *data]
@@ -76,7 +76,7 @@ def _record_lines(base: ModelConfig, text: list[str]) -> list[str]:
                     "below"]
 
 
-def _init_parts(init: str | None) -> tuple[list[str], list[str]]:
+def init_parts(init: str | None) -> tuple[list[str], list[str]]:
     """What a card says of the ``--init`` model, from one reading of its config and card: the
     :func:`_record_lines`, and its whole card with headings one level down when that record could not be
     copied line by line (else no lines). Both empty without an ``--init`` model."""
@@ -90,12 +90,6 @@ def _init_parts(init: str | None) -> tuple[list[str], list[str]]:
         return record, []
     return record, ["", f"## Started from: {base.name} {base.version} (its card)", "",
                     *[("#" + line) if line.startswith("#") else line for line in card]]
-
-
-def init_card_section(init: str | None) -> list[str]:
-    """The whole card of the ``--init`` model, its headings one level down, when its training record cannot be
-    copied line by line (see :func:`_record_lines`); else nothing."""
-    return _init_parts(init)[1]
 
 
 def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:

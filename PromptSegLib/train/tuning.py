@@ -23,8 +23,8 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
-from PromptSegLib.models.folder import (CONFIG, DEFAULT_OVERLAP, ModelConfig, append_to_card, check_overlap,
-                                        read_config, replace_file)
+from PromptSegLib.models.folder import (CONFIG, DEFAULT_OVERLAP, ModelConfig, append_to_card,
+                                        check_window_overlap, read_config, replace_file)
 from PromptSegLib.preprocessing.preprocess import body_areas_cm2, enclosed_air_cm2
 from PromptSegLib.segment.inference import Segmenter
 from PromptSegLib.segment.postprocess import (AIR_FACTOR, AIR_MARGIN_CM2, BODY_AREA_FACTOR, MIN_VOLUME_FRACTION,
@@ -154,7 +154,7 @@ def check_tunable(config: ModelConfig, overlaps: Sequence[float]) -> None:
     if not overlaps:
         raise PromptSegError("no sliding-window overlap to measure")
     for overlap in overlaps:
-        check_overlap(overlap)
+        check_window_overlap(overlap)
     if config != config.untuned():
         raise PromptSegError(f"model {config.name} already has post-processing or an overlap in its config; tune "
                              "an untuned copy (promptseg tune --again)")

@@ -496,11 +496,11 @@ def test_a_run_from_an_averaged_model_keeps_its_whole_card(trained, tmp_path):
     """A mean of runs' weights has no single training record to copy line by line: the card of a run started
     from it carries that model's card in full, so no step of the history is lost."""
     from PromptSegLib.models.average import average_models
-    from PromptSegLib.train.card import init_card_section
+    from PromptSegLib.train.card import init_parts
 
     root, config = trained
-    assert init_card_section(config.output) == []  # a trained model's record is copied line by line instead
+    assert init_parts(config.output)[1] == []  # a trained model's record is copied line by line instead
     averaged = average_models([config.output, config.output], tmp_path / "averaged", "0.2.0")
-    section = "\n".join(init_card_section(str(averaged)))
+    section = "\n".join(init_parts(str(averaged))[1])
     assert section.startswith("\n## Started from: tiny 0.2.0 (its card)")
     assert "### Source 1: tiny 0.1.0" in section and "promptseg train " in section  # the source run's command
