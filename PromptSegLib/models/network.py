@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from PromptSegLib.models.cpu_routes import conv3d, upsample2
+
 
 @dataclass
 class NetworkConfig:
@@ -67,9 +69,9 @@ class ResBlock(nn.Module):
         # in place on fresh tensors (autograd allows it: the norms do not keep their outputs, LeakyReLU with a
         # positive slope keeps its own), the shortcut first and each temporary dropped once used: the peak holds
         # x, the shortcut and two full-size tensors of the block (at full resolution on a 96^3 window, 56 MB each)
-        shortcut = self.skip(x)
-        y = F.leaky_relu(self.norm1(self.conv1(x)), 0.01, inplace=True)
-        y = self.conv2(y)
+        shortcut = x if isinstance(self.skip, nn.Identity) else self.skip[1](conv3d(x, self.skip[0]))
+        y = F.leaky_relu(self.norm1(conv3d(x, self.conv1)), 0.01, inplace=True)
+        y = conv3d(y, self.conv2)
         out = self.norm2(y)
         del y
         out += shortcut
@@ -166,7 +168,7 @@ class DuPLUSNet(nn.Module):
         dense = x.mean(dim=(2, 3, 4))
         skips.pop()  # the bottleneck itself
         for up, merge, film in zip(self.up, self.merge, self.film_dec):
-            x = film(merge(torch.cat([up(x), skips.pop()], dim=1)), context)  # each skip freed once joined
+            x = film(merge(torch.cat([upsample2(x, up), skips.pop()], dim=1)), context)  # each skip freed once joined
         return x, dense
 
     def predict(self, features: torch.Tensor, dense: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

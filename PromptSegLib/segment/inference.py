@@ -227,7 +227,7 @@ class Segmenter:
 
     def segment(self, image: sitk.Image, modality: str, region: str | None = None,
                 targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
-                allow_untrained: bool = False, overlap: float | None = None, sw_batch_size: int | None = None,
+                allow_untrained: bool = False, overlap: float | None = None, sw_batch_size: int = 1,
                 spacing_mm: float | None = None, intensity: IntensityRule | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> SegmentationResult:
         """Segment every requested target in ``image``.
@@ -241,7 +241,11 @@ class Segmenter:
             context_text: a raw T1 sentence instead of ``region``.
             allow_untrained: accept vocabulary targets the model was not trained on.
             overlap: sliding-window overlap fraction; default the model's (``ModelConfig.overlap``).
-            sw_batch_size: windows per network call; default :meth:`windows_per_call`.
+            sw_batch_size: windows per network call. One takes the least memory, and with the network's
+                ``cpu_routes`` two are no faster on the CPU (2 threads: ``promptseg-hn-oars``, 7 organs on an
+                OpenKBP CT, 11.7-11.8 s with two, 11.7-12.1 s with one; the default architecture's 48^3 windows
+                0.27 s for two in one call, 0.22-0.24 s one at a time). Before the routes PyTorch sent a lone
+                small window to its slow reference convolutions, and two per call were the default there.
             spacing_mm: work at this spacing instead of the model's (closer look).
             intensity: intensity rule to use instead of one fitted on ``image`` (for crops).
             progress: called as windows complete.
@@ -303,7 +307,7 @@ class Segmenter:
         return to_original_box(block.numpy(), tuple(low), prepared, sitk.sitkUInt8)
 
     def predict_on_model_grid(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
-                              overlap: float | None = None, sw_batch_size: int | None = None,
+                              overlap: float | None = None, sw_batch_size: int = 1,
                               progress: ProgressCallback | None = None,
                               cancel: CancelFlag | None = None) -> torch.Tensor:
         """Probabilities ``(T, Z, Y, X)`` float32 on the whole model grid of an already prepared volume (see
@@ -320,7 +324,7 @@ class Segmenter:
         return whole
 
     def predict_in_box(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
-                       overlap: float | None = None, sw_batch_size: int | None = None,
+                       overlap: float | None = None, sw_batch_size: int = 1,
                        progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                        half: bool = False) -> tuple[list[torch.Tensor], tuple[slice, slice, slice]]:
         """Per query, probabilities ``(z, y, x)`` float32 on the model grid of an already prepared volume, only
@@ -344,24 +348,12 @@ class Segmenter:
             predict = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape, overlap, report,
                                              cancel)
             maps = sliding_windows(torch.from_numpy(array), self.model.config.patch_size,
-                                   overlap, predict, len(queries), sw_batch_size or self.windows_per_call(),
+                                   overlap, predict, len(queries), sw_batch_size,
                                    padding, float(prepared.array.min()), torch.float16 if half else torch.float32,
                                    self.device)
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
         return maps, box
-
-    def windows_per_call(self) -> int:
-        """Sliding windows per network call: 2 on the CPU for windows of at most 64^3 voxels, else 1.
-
-        Why: for one small 3D window PyTorch sends some layers to its slow reference convolution (its
-        oneDNN heuristic counts batch x channels x depth x height, e.g. 32 channels at 24^3 falls short), for a
-        batch of two always to oneDNN. Measured by Testing/benchmarks/bench_whole_volume.py (CPU, 2 threads, a
-        256x256x200 CT): the starter model (48^3 windows) takes 7.8 s with 2 per call, 13.6 s with 1; with 96^3
-        windows the heuristic already picks oneDNN and two per call were slower (57.5 s vs 51.8 s).
-        """
-        small = int(np.prod(self.model.config.patch_size)) <= 64 ** 3
-        return 2 if self.device.type == "cpu" and small else 1
 
     def _window_predictor(self, modality: str, context: torch.Tensor, targets: torch.Tensor, shape: Sequence[int],
                           overlap: float, report: ProgressCallback, cancel: CancelFlag | None):

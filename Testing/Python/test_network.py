@@ -65,3 +65,40 @@ def test_config_round_trip():
     assert NetworkConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown network settings: depth"):
         NetworkConfig.from_dict({**config.to_dict(), "depth": 3})
+
+
+@pytest.mark.parametrize("module", [
+    torch.nn.Conv3d(5, 3, 1, bias=False), torch.nn.Conv3d(5, 3, 1, stride=2, bias=False), torch.nn.Conv3d(1, 4, 1),
+    torch.nn.Conv3d(1, 4, 3, padding=1, bias=False), torch.nn.Conv3d(6, 3, 3, stride=2, padding=1),
+    torch.nn.ConvTranspose3d(6, 3, 2, stride=2)], ids=str)
+def test_cpu_routes_give_the_modules_numbers_and_gradients(module):
+    from PromptSegLib.models.cpu_routes import conv3d, upsample2
+
+    torch.manual_seed(1)
+    route = upsample2 if isinstance(module, torch.nn.ConvTranspose3d) else conv3d
+    x = torch.randn(2, module.in_channels, 6, 8, 10, requires_grad=True)
+    expected = module(x)
+    expected.square().sum().backward()
+    grads = [x.grad.clone(), module.weight.grad.clone()]
+    x.grad, module.weight.grad = None, None
+    got = route(x, module)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close([x.grad, module.weight.grad], grads, rtol=1e-4, atol=1e-4)
+
+
+def test_network_with_and_without_cpu_routes(net):
+    from PromptSegLib.models.cpu_routes import modules_only, on_cpu_float32
+
+    x, context, targets = torch.randn(1, 1, 16, 16, 16), torch.randn(384), torch.randn(2, 384)
+    with torch.no_grad():
+        routed = net(x, "CT", context, targets)
+        with modules_only():
+            own = net(x, "CT", context, targets)
+    torch.testing.assert_close(routed, own, rtol=1e-4, atol=1e-5)
+    assert on_cpu_float32(x)
+    assert not on_cpu_float32(x.double())
+    with modules_only():
+        assert not on_cpu_float32(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16: the modules' own autocast path
+        assert not on_cpu_float32(x)

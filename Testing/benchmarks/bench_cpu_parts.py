@@ -1,4 +1,4 @@
-"""Three parts of a full-size CT request on the CPU, each against the way it was done before, in the same run:
+"""Four parts of a full-size CT request on the CPU, each against the way it was done before, in the same run:
 
 - the network on 96^3 windows of the default architecture: glibc's default memory settings against
   ``PromptSegLib.heap`` (``reused_memory`` + ``from_heap``), wall and kernel seconds;
@@ -6,6 +6,10 @@
   ``IntensityRule.fit``), against ``IntensityRule.fit`` a few planes at a time;
 - mapping one whole-body model-grid map (1.5 mm) back onto the CT in 1/255 steps: SimpleITK's ``Resample``
   (the former path) against ``to_original_box``'s separable torch path, and how many voxels differ.
+
+- the network's convolutions through ``PromptSegLib.models.cpu_routes`` against PyTorch's own choice
+  (``modules_only``), on 96^3 windows one per call (the default architecture's) and 48^3 windows two per call
+  (the bundled models'), in turns, and the largest difference of the decoder's features.
 
 Usage: python Testing/benchmarks/bench_cpu_parts.py [--threads N] [--windows N]
 """
@@ -22,6 +26,7 @@ import torch
 
 from common import FULL_SIZE, real_ct_on_grid
 from PromptSegLib.heap import from_heap, reused_memory
+from PromptSegLib.models.cpu_routes import modules_only
 from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
 from PromptSegLib.preprocessing.intensity import CT_WINDOW_HU, IntensityRule
 from PromptSegLib.preprocessing.preprocess import ModelInput, model_grid, to_original_box
@@ -51,6 +56,30 @@ def windows(count: int) -> None:
         kept = timed(lambda: run(from_heap))
     print(f"network, {count} windows of 96^3: default {plain[0]:.1f} s ({plain[1]:.1f} s in the kernel), "
           f"memory reused {kept[0]:.1f} s ({kept[1]:.1f} s in the kernel): {plain[0] / kept[0]:.2f}x")
+
+
+def routes(count: int) -> None:
+    torch.manual_seed(0)
+    network = DuPLUSNet(NetworkConfig()).eval()
+    context = torch.zeros(384)
+    for shape in ((1, 1, 96, 96, 96), (2, 1, 48, 48, 48)):
+        window = torch.randn(shape)
+        seconds: dict[str, float] = {"modules": 0.0, "routes": 0.0}
+        features: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for unit in (modules_only, nullcontext):  # warm-up, each route's first call untimed
+                with unit():
+                    network.backbone(window, "CT", context)
+            for _ in range(count):  # in turns, so that the machine's drift falls on both
+                for name, unit in (("modules", modules_only), ("routes", nullcontext)):
+                    with unit():
+                        start = time.perf_counter()
+                        features[name] = network.backbone(window, "CT", context)[0]
+                        seconds[name] += time.perf_counter() - start
+        difference = (features["modules"] - features["routes"]).abs().max().item()
+        print(f"convolution routes, {count} x {shape[0]} window(s) of {shape[2]}^3: PyTorch's own "
+              f"{seconds['modules']:.1f} s, cpu_routes {seconds['routes']:.1f} s: "
+              f"{seconds['modules'] / seconds['routes']:.2f}x; features differ by at most {difference:.1e}")
 
 
 def intensity_rule(image: sitk.Image) -> None:
@@ -96,6 +125,7 @@ def main() -> None:
     intensity_rule(image)
     map_back(image)
     windows(args.windows)
+    routes(args.windows)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ same MONAI sliding-window inferer on the same CT, every measurement in its own p
   overlap 0.5, softmax, labels by argmax sent back to the input grid (nearest neighbour). Skipped with a note
   when the package is not installed (``pip install --no-deps dynamic-network-architectures einops``: with
   its dependencies, timm's torchvision would replace torch).
-- the bundled starter (48^3 windows at 2 mm), 1 target, with its default 2 windows per call and with 1.
+- the bundled starter (48^3 windows at 2 mm), 1 target.
 
 Default: the clinical 512x512x300 CT at 0.78x0.78x1.5 mm of ``bench_targets.py``; ``--small``: the former
 256x256x200 CT at 1.5 mm. Prints the DuPLUS phase table (read, resample, windows, map back, write), the peers'
 times and peak RSS, and the ratios measured in the same run.
 Usage: python Testing/benchmarks/bench_whole_volume.py [--small] [--threads N] [--counts 1 5 10 20]
-       [--precision auto|float32|bfloat16] [--peers unet nnunet starter starter-single]
+       [--precision auto|float32|bfloat16] [--peers unet nnunet starter]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from common import (FULL_SIZE, TWENTY_TARGETS, peak_rss_gb, phase_table, real_ct
                     timed_request)
 
 SMALL = ((256, 256, 200), (1.5, 1.5, 1.5))
-PEERS = ("unet", "nnunet", "starter", "starter-single")
+PEERS = ("unet", "nnunet", "starter")
 
 
 def nnunet_default(classes: int):
@@ -71,8 +71,7 @@ def run_peer(kind: str, image_path: str, threads: int) -> dict:
             labels.CopyInformation(prepared.grid)
             resample_to(labels, image, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     else:
-        Segmenter(None, device="cpu").segment(image, "CT", "abdomen", ["liver"],
-                                              sw_batch_size=1 if kind == "starter-single" else None)
+        Segmenter(None, device="cpu").segment(image, "CT", "abdomen", ["liver"])
     return {"kind": kind, "seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb()}
 
 
@@ -111,10 +110,6 @@ def main() -> None:
         ratios = ", ".join(f"{n} targets {segment[n] / r['seconds']:.2f}x" for n in args.counts)
         print(f"{kind:15s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_gb']:.2f} GB  (the segment call, DuPLUS / "
               f"this: {ratios})")
-    if "starter" in peers and "starter-single" in peers:
-        print(f"starter, 1 target: 2 windows per call {runs['starter']['seconds']:.1f} s, 1 per call "
-              f"{runs['starter-single']['seconds']:.1f} s: speed-up "
-              f"{runs['starter-single']['seconds'] / runs['starter']['seconds']:.2f}x")
 
 
 if __name__ == "__main__":
