@@ -57,7 +57,7 @@ def conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
             weight = conv.weight.view(1, conv.out_channels, c).expand(b, -1, -1)
             y = torch.bmm(weight, x.reshape(b, c, -1)).view(b, conv.out_channels, *spatial)
         return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1, 1)
-    if torch.backends.mkldnn.is_available() and isinstance(conv.padding, tuple):
+    if torch.backends.mkldnn.is_available() and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros":
         return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
                                         conv.groups)
     return conv(x)

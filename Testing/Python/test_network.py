@@ -102,3 +102,12 @@ def test_network_with_and_without_cpu_routes(net):
         assert not on_cpu_float32(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16: the modules' own autocast path
         assert not on_cpu_float32(x)
+
+
+def test_cpu_routes_leave_other_padding_modes_to_the_module():
+    from PromptSegLib.models.cpu_routes import conv3d
+
+    torch.manual_seed(2)
+    module = torch.nn.Conv3d(2, 3, 3, padding=1, padding_mode="replicate")
+    x = torch.randn(1, 2, 5, 6, 7)
+    torch.testing.assert_close(conv3d(x, module), module(x))

@@ -5,11 +5,11 @@
 - the CT intensity rule on the 512x512x300 CT: one float32 copy of the whole volume, clipped (the former
   ``IntensityRule.fit``), against ``IntensityRule.fit`` a few planes at a time;
 - mapping one whole-body model-grid map (1.5 mm) back onto the CT in 1/255 steps: SimpleITK's ``Resample``
-  (the former path) against ``to_original_box``'s separable torch path, and how many voxels differ.
-
+  (the former path) against ``to_original_box``'s separable torch path, and how many voxels differ;
 - the network's convolutions through ``PromptSegLib.models.cpu_routes`` against PyTorch's own choice
-  (``modules_only``), on 96^3 windows one per call (the default architecture's) and 48^3 windows two per call
-  (the bundled models'), in turns, and the largest difference of the decoder's features.
+  (``modules_only``), on 96^3 windows one per call (the default architecture's size) and 48^3 windows two per
+  call (the bundled models' size; two per call was their CPU default before the routes), in turns, and the
+  largest difference of the decoder's features.
 
 Usage: python Testing/benchmarks/bench_cpu_parts.py [--threads N] [--windows N]
 """
