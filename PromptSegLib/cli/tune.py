@@ -1,6 +1,6 @@
 """``promptseg tune``: choose a model's post-processing on a dataset spec's validation cases and write it into
-the model's config and card; ``promptseg average-models``: the weight mean of runs of one model, to be tuned.
-Registered into the main parser by :func:`add_subcommands`."""
+the model's config and card; ``promptseg average-models``: the weight mean of runs of one model, to be tuned;
+``promptseg widen``: the same model with more channels per level, to train on. Registered into the main parser by :func:`add_subcommands`."""
 from __future__ import annotations
 
 import argparse
@@ -43,8 +43,18 @@ def cmd_average_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_widen(args: argparse.Namespace) -> int:
+    from PromptSegLib.models.catalogue import resolve_model
+    from PromptSegLib.models.widen import widen_model
+
+    folder = widen_model(resolve_model(args.model), args.output, args.widths, args.version, args.seed,
+                         "promptseg " + shlex.join(args.argv))
+    print(f"wrote {folder} (the same function with more channels: train it with promptseg train --init)")
+    return 0
+
+
 def add_subcommands(sub) -> None:
-    """Register ``tune`` and ``average-models`` on the main parser's subparsers."""
+    """Register ``tune``, ``average-models`` and ``widen`` on the main parser's subparsers."""
     tu = sub.add_parser("tune", help="choose a model's post-processing on a spec's validation cases and write it "
                         "into the model's config and card")
     tu.add_argument("spec", help="dataset spec (its validation split is scored, its training split gives volumes)")
@@ -65,3 +75,12 @@ def add_subcommands(sub) -> None:
     av.add_argument("--version", required=True)
     av.add_argument("--name", help="default: the first model's name")
     av.set_defaults(func=cmd_average_models)
+    wi = sub.add_parser("widen", help="write a model with more channels per level that computes the same (to go on "
+                        "training with more capacity: promptseg train --init)")
+    wi.add_argument("model", help="model folder or name")
+    wi.add_argument("-o", "--output", required=True, help="model folder to write")
+    wi.add_argument("--widths", type=int, nargs="+", required=True, help="channels per level, none fewer than the "
+                    "model's, e.g. 16 48 96 192")
+    wi.add_argument("--version", required=True)
+    wi.add_argument("--seed", type=int, default=0, help="which old channels the new ones copy, and the splits")
+    wi.set_defaults(func=cmd_widen)
