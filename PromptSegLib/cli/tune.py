@@ -1,6 +1,7 @@
 """``promptseg tune``: choose a model's post-processing on a dataset spec's validation cases and write it into
 the model's config and card; ``promptseg average-models``: the weight mean of runs of one model, to be tuned;
-``promptseg widen``: the same model with more channels per level, to train on. Registered into the main parser by :func:`add_subcommands`."""
+``promptseg widen``: the same model with more channels per level, to train on. Registered into the main parser
+by :func:`add_subcommands`."""
 from __future__ import annotations
 
 import argparse

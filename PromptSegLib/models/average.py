@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from PromptSegLib.errors import ModelError
-from PromptSegLib.models.folder import CARD, ModelConfig, load_model, save_model
+from PromptSegLib.models.folder import ModelConfig, card_lines, load_model, quoted, save_model
 from PromptSegLib.models.network import DuPLUSNet
 
 SHARED_FIELDS = ("network", "patch_size", "spacing_mm", "text_encoder", "targets", "intensity", "padding", "threshold")
@@ -65,8 +65,7 @@ def _card(config: ModelConfig, models, command: str) -> str:
              "`promptseg average-models`. Its post-processing is chosen again on validation cases "
              "(`promptseg tune`, below when done).", "", "```", command or "(from Python)", "```", ""]
     for index, model in enumerate(models, 1):
-        card = (model.folder / CARD).read_text(encoding="utf-8") if (model.folder / CARD).exists() else ""
         lines += [f"## Source {index}: {model.config.name} {model.config.version}, folder `{model.folder.name}` "
                   "(its card)", ""]
-        lines += [("#" + line) if line.startswith("#") else line for line in card.splitlines()] + [""]
+        lines += quoted(card_lines(model.folder)) + [""]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -291,6 +291,17 @@ def replace_card(folder: str | os.PathLike, card: str) -> None:
     replace_file(folder, CARD, card)
 
 
+def card_lines(folder: str | os.PathLike | None) -> list[str]:
+    """The lines of a model folder's card (none when the folder or its card is absent)."""
+    card = Path(folder) / CARD if folder is not None else None
+    return card.read_text(encoding="utf-8").splitlines() if card is not None and card.exists() else []
+
+
+def quoted(card: list[str]) -> list[str]:
+    """Card lines with every heading one level down, to quote one card under a heading of another."""
+    return [("#" + line) if line.startswith("#") else line for line in card]
+
+
 def append_to_card(folder: str | os.PathLike, text: str) -> None:
     """Append a section to a verified model folder's card (manifest updated)."""
     card = (Path(folder) / CARD).read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.strip("\n") + "\n"

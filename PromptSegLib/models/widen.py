@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from PromptSegLib.errors import ModelError
-from PromptSegLib.models.folder import CARD, Model, load_model, save_model
+from PromptSegLib.models.folder import Model, card_lines, load_model, quoted, save_model
 from PromptSegLib.models.network import DuPLUSNet, ResBlock
 
 
@@ -98,7 +98,8 @@ def _head(old, new, text_dim: int, dense: ChannelMap, features: ChannelMap, old_
     """MLP_pred reads ``[E_T2; F_dense]`` (the dense part split) and writes the kernels, whose first one reads
     the full-resolution features (``(h, C)``: its weights split, as any reader's)."""
     first_old, first_new = old.mlp[0], new.mlp[0]
-    first_new.weight.copy_(torch.cat([first_old.weight[:, :text_dim], _split(first_old.weight[:, text_dim:], dense)], 1))
+    text_part, dense_part = first_old.weight[:, :text_dim], first_old.weight[:, text_dim:]
+    first_new.weight.copy_(torch.cat([text_part, _split(dense_part, dense)], 1))
     first_new.bias.copy_(first_old.bias)
     h = old.shapes[0][0]
     rows = (features.source[None, :] + old_features * torch.arange(h)[:, None]).reshape(-1)  # w1[k, j] rows
@@ -158,8 +159,6 @@ def widen_model(folder: str | Path, output: str | Path, widths: Sequence[int], v
 
 
 def _card(model: Model, config, command: str, change: float, seed: int) -> str:
-    source = model.folder / CARD if model.folder else None
-    card = source.read_text(encoding="utf-8") if source and source.exists() else ""
     lines = [f"# {config.name} {config.version}", "",
              f"{model.config.name} {model.config.version} widened from widths {list(model.config.network.widths)} "
              f"to {list(config.network.widths)} by `promptseg widen` (Net2WiderNet: new channels copy old ones, "
@@ -167,5 +166,5 @@ def _card(model: Model, config, command: str, change: float, seed: int) -> str:
              f"random 32^3 window: {change:.2e} (float32, before the weights were stored in float16). Its "
              "post-processing is its source's.", "", "```", command or "(from Python)", "```", "",
              f"## Source: {model.config.name} {model.config.version} (its card)", ""]
-    lines += [("#" + line) if line.startswith("#") else line for line in card.splitlines()]
+    lines += quoted(card_lines(model.folder))
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from PromptSegLib.models.folder import ModelConfig, read_config
+from PromptSegLib.models.folder import ModelConfig, card_lines, quoted, read_config
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.loop import sessions_text
 
@@ -82,14 +81,13 @@ def init_parts(init: str | None) -> tuple[list[str], list[str]]:
     copied line by line (else no lines). Both empty without an ``--init`` model."""
     if not init:
         return [], []
-    card_file = Path(init) / "README.md"
     base = read_config(init)
-    card = card_file.read_text(encoding="utf-8").splitlines() if card_file.exists() else []
+    card = card_lines(init)
     record = _record_lines(base, card)
     if not card or len(record) > 2:
         return record, []
     return record, ["", f"## Started from: {base.name} {base.version} (its card)", "",
-                    *[("#" + line) if line.startswith("#") else line for line in card]]
+                    *quoted(card)]
 
 
 def _lora_note(config: TrainConfig, model_config: ModelConfig) -> str:
