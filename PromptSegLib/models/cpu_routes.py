@@ -14,7 +14,10 @@ on 2 threads of an AVX2 CPU (AMD EPYC), tensors of one 96^3 window:
 
 A whole 96^3 window's backbone, in turns with PyTorch's own choice (:func:`modules_only`): 1.15x faster in
 ``Testing/benchmarks/bench_cpu_parts.py`` (8 windows, 11.8 s against 13.5 s), 1.23x in a one-off script (1.43 s
-against 1.75 s a window); two 48^3 windows in one call 1.06x. Autograd follows every route.
+against 1.75 s a window); two 48^3 windows in one call 1.06x. Autograd follows every route; a 3x3x3
+convolution's weight gradient is one more oneDNN convolution (:class:`_OneDNNConv3d`): a training step of the
+head-and-neck model (batch 2 of 48^3, 2 threads) takes 0.89 s, 1.25x faster than through the modules
+(``Testing/benchmarks/bench_training_step.py --against-modules``; 1.01x with oneDNN's own weight gradient).
 """
 from __future__ import annotations
 
@@ -57,10 +60,42 @@ def conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
             weight = conv.weight.view(1, conv.out_channels, c).expand(b, -1, -1)
             y = torch.bmm(weight, x.reshape(b, c, -1)).view(b, conv.out_channels, *spatial)
         return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1, 1)
-    if torch.backends.mkldnn.is_available() and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros":
-        return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
-                                        conv.groups)
+    if (torch.backends.mkldnn.is_available() and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
+            and conv.dilation == (1, 1, 1) and conv.groups == 1):
+        return _OneDNNConv3d.apply(x, conv.weight, conv.bias, conv.padding, conv.stride)
     return conv(x)
+
+
+class _OneDNNConv3d(torch.autograd.Function):
+    """oneDNN's 3D convolution (no dilation, one group) called directly, with its weight gradient computed as
+    one more convolution: the input, batch and channels swapped, convolved with the output's gradient as the
+    kernel (dilated by the stride), which oneDNN's own weight gradient takes 1.6-2.5x as long as (one-off
+    timings, 2 threads of an AVX2 CPU, batch 2: 72 against 45 ms at 16 -> 16 channels and 48^3, 25 against 12 ms
+    at 32 -> 32 and 24^3). Same numbers to float rounding (``test_network.py``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                padding: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = padding, stride, bias is not None
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, (1, 1, 1), 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        padding, stride, has_bias = ctx.geometry
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, (1, 1, 1), False,
+                                                         (0, 0, 0), 1, (True, False, False))[0]
+        if ctx.needs_input_grad[1]:  # (C_in, C_out, >= k, ...), cut to the kernel
+            swapped = torch.mkldnn_convolution(x.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous(),
+                                               None, padding, (1, 1, 1), stride, 1)
+            grad_weight = swapped[(slice(None), slice(None), *(slice(0, k) for k in weight.shape[2:]))]
+            grad_weight = grad_weight.transpose(0, 1).contiguous()
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3, 4))
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 def upsample2(x: torch.Tensor, up: nn.ConvTranspose3d) -> torch.Tensor:

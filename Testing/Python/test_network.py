@@ -76,15 +76,17 @@ def test_cpu_routes_give_the_modules_numbers_and_gradients(module):
 
     torch.manual_seed(1)
     route = upsample2 if isinstance(module, torch.nn.ConvTranspose3d) else conv3d
-    x = torch.randn(2, module.in_channels, 6, 8, 10, requires_grad=True)
+    x = torch.randn(2, module.in_channels, 7, 8, 9, requires_grad=True)  # odd and even sizes under a stride
+    parameters = [p for p in (module.weight, module.bias) if p is not None]
     expected = module(x)
     expected.square().sum().backward()
-    grads = [x.grad.clone(), module.weight.grad.clone()]
-    x.grad, module.weight.grad = None, None
+    grads = [t.grad.clone() for t in (x, *parameters)]
+    for t in (x, *parameters):
+        t.grad = None
     got = route(x, module)
     got.square().sum().backward()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close([x.grad, module.weight.grad], grads, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close([t.grad for t in (x, *parameters)], grads, rtol=1e-4, atol=1e-4)
 
 
 def test_network_with_and_without_cpu_routes(net):

@@ -5,21 +5,24 @@ loss, the backward pass and the AdamW step. Real training patients of the model'
 Default: ``promptseg-hn-oars`` on 6 OpenKBP training patients of ``Resources/Training/hn_oars.json`` (needs the
 OpenKBP checkout beside the project, as that spec says), batch 2, the model's crop size, 1 thread.
 ``--channels-last`` runs the network on channels-last 3D tensors, ``--flush-denormal`` flushes denormal floats:
-two ways tried to make the step faster (compare the printed phases with a plain run).
+two ways tried to make the step faster (compare the printed phases with a plain run). ``--against-modules``
+alternates the steps between the CPU routes of ``PromptSegLib.models.cpu_routes`` (what training runs) and
+PyTorch's own modules for every convolution (``modules_only``), and prints both and their ratio.
 Usage: python Testing/benchmarks/bench_training_step.py [--steps N] [--threads N] [--channels-last]
-       [--flush-denormal]
+       [--flush-denormal] [--against-modules]
 """
 from __future__ import annotations
 
 import argparse
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from PromptSegLib.models.cpu_routes import modules_only
 from PromptSegLib.models.folder import load_model
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import load_spec, load_split, prepare_case
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--flush-denormal", action="store_true")
+    parser.add_argument("--against-modules", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.flush_denormal and not torch.set_flush_denormal(True):
@@ -76,10 +80,12 @@ def main() -> None:
     dataset = cases[0].dataset
     names = dataset.targets + bank.absent[dataset.name][:config.absent_targets]
     rng = np.random.default_rng(0)
-    seconds = dict.fromkeys(PHASES, 0.0)
+    variants = ("routes", "modules") if args.against_modules else ("routes",)
+    seconds = {v: dict.fromkeys(PHASES, 0.0) for v in variants}
     absent = len(names) - len(dataset.targets)
-    for step in range(args.steps + 2):
-        clock = Clock(seconds if step >= 2 else None)  # the first two steps warm up
+    for step in range((args.steps + 2) * len(variants)):
+        variant = variants[step % len(variants)]
+        clock = Clock(seconds[variant] if step >= 2 * len(variants) else None)  # two steps of each warm up
         images, truths, known, texts = [], [], [], []
         for _ in range(args.batch):
             with clock("crop"):
@@ -95,25 +101,30 @@ def main() -> None:
                 texts.append([bank.context(dataset.name, rng)] + [bank.target(dataset.modality, t, rng) for t in names])
         embedded = encoder.encode([row[0] for row in texts] + [t for row in texts for t in row[1:]])
         batch = torch.from_numpy(np.stack(images)).to(memory_format=layout)
-        with clock("forward"):
-            logits = network(batch, dataset.modality, embedded[:args.batch],
-                             embedded[args.batch:].view(args.batch, len(names), -1))
-        with clock("loss"):
-            loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)), torch.from_numpy(np.stack(known)))
-        optimizer.zero_grad()
-        with clock("backward"):
-            loss.backward()
+        with modules_only() if variant == "modules" else nullcontext():
+            with clock("forward"):
+                logits = network(batch, dataset.modality, embedded[:args.batch],
+                                 embedded[args.batch:].view(args.batch, len(names), -1))
+            with clock("loss"):
+                loss = dice_bce_loss(logits.float(), torch.from_numpy(np.stack(truths)),
+                                     torch.from_numpy(np.stack(known)))
+            optimizer.zero_grad()
+            with clock("backward"):
+                loss.backward()
         with clock("optimiser step"):
             optimizer.step()
-    total = sum(seconds.values()) / args.steps
-    print(f"{base.config.name} {base.config.version}, batch {args.batch} of {list(base.config.patch_size)} at "
-          f"{base.config.spacing_mm} mm, {len(names)} prompts, {args.threads} thread(s)"
-          f"{', channels-last' if args.channels_last else ''}{', denormals flushed' if args.flush_denormal else ''}: "
-          f"{total:.2f} s a step")
-    for phase in PHASES:
-        share = seconds[phase] / args.steps
-        print(f"  {phase:18s} {share * 1000:7.0f} ms  {share / total:5.1%}")
-
+    totals = {v: sum(seconds[v].values()) / args.steps for v in variants}
+    for variant in variants:
+        print(f"{base.config.name} {base.config.version}, batch {args.batch} of {list(base.config.patch_size)} at "
+              f"{base.config.spacing_mm} mm, {len(names)} prompts, {args.threads} thread(s)"
+              f"{', channels-last' if args.channels_last else ''}"
+              f"{', denormals flushed' if args.flush_denormal else ''}, "
+              f"{'CPU routes' if variant == 'routes' else 'PyTorch modules'}: {totals[variant]:.2f} s a step")
+        for phase in PHASES:
+            share = seconds[variant][phase] / args.steps
+            print(f"  {phase:18s} {share * 1000:7.0f} ms  {share / totals[variant]:5.1%}")
+    if args.against_modules:
+        print(f"PyTorch modules / CPU routes: {totals['modules'] / totals['routes']:.2f}x the time of a step")
 
 if __name__ == "__main__":
     main()
