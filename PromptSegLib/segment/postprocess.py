@@ -133,6 +133,18 @@ def pieces_above(mask: np.ndarray, per_slice_cm2: np.ndarray, limit_cm2: float) 
     return out
 
 
+def region_checks(name: str, widest_body_cm2: dict[str, float] | None, body_cm2: np.ndarray | None,
+                  most_air_cm2: dict[str, float] | None = None,
+                  air_cm2: np.ndarray | None = None) -> list[tuple[np.ndarray, float]]:
+    """The body-region bounds that apply to target ``name``: ``(per-slice areas (Z,), limit cm²)`` pairs for
+    :func:`pieces_above`, none when the model has no bound for ``name`` or the areas are not given (not CT)."""
+    widest = (widest_body_cm2 or {}).get(name)
+    most = (most_air_cm2 or {}).get(name)
+    checks = [(body_cm2, BODY_AREA_FACTOR * widest) if widest and body_cm2 is not None else None,
+              (air_cm2, air_limit_cm2(most)) if most is not None and air_cm2 is not None else None]
+    return [c for c in checks if c is not None]
+
+
 def out_of_region_pieces(mask: np.ndarray, name: str, widest_body_cm2: dict[str, float] | None,
                          body_cm2: np.ndarray | None, most_air_cm2: dict[str, float] | None = None,
                          air_cm2: np.ndarray | None = None) -> np.ndarray | None:
@@ -140,11 +152,7 @@ def out_of_region_pieces(mask: np.ndarray, name: str, widest_body_cm2: dict[str,
     :data:`BODY_AREA_FACTOR` times wider than its widest in training, or far more enclosed air than its most
     (:func:`air_limit_cm2`); bool like ``mask``, or None when neither bound applies (not CT, no bound for
     ``name``). ``body_cm2`` and ``air_cm2``: ``(Z,)`` per slice of ``mask``'s first axis."""
-    widest = (widest_body_cm2 or {}).get(name)
-    most = (most_air_cm2 or {}).get(name)
-    checks = [(body_cm2, BODY_AREA_FACTOR * widest) if widest and body_cm2 is not None else None,
-              (air_cm2, air_limit_cm2(most)) if most is not None and air_cm2 is not None else None]
-    checks = [c for c in checks if c is not None]
+    checks = region_checks(name, widest_body_cm2, body_cm2, most_air_cm2, air_cm2)
     if not checks:
         return None
     out = np.zeros_like(mask, dtype=bool)
@@ -187,6 +195,10 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
     body_cm2 = None if body_cm2 is None else body_cm2[origin[0]:]
     air_cm2 = None if air_cm2 is None else air_cm2[origin[0]:]
     for channel, name in zip(probabilities, names):
+        smallest = (plausible_ml or {}).get(name)
+        if not (region_checks(name, widest_body_cm2, body_cm2, most_air_cm2, air_cm2) or name in largest or smallest
+                or (sides and name in sides and midline is not None)):
+            continue  # no rule for this target: its map is left as it is, unread (78 MB on a 512x512x300 CT)
         mask = channel >= threshold
         outside = out_of_region_pieces(mask, name, widest_body_cm2, body_cm2, most_air_cm2, air_cm2) if mask.any() \
             else None
@@ -202,8 +214,7 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         if name in largest and mask.any():
             channel[mask & ~largest_component(mask)] = 0.0
             mask = channel >= threshold
-        smallest = (plausible_ml or {}).get(name)
-        volume = float(mask.sum()) * voxel_ml
+        volume = float(mask.sum()) * voxel_ml if smallest else 0.0
         if smallest and 0 < volume < MIN_VOLUME_FRACTION * smallest:
             channel[mask] = 0.0
             warnings.warn(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
