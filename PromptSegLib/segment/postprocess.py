@@ -214,11 +214,13 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         if name in largest and mask.any():
             channel[mask & ~largest_component(mask)] = 0.0
             mask = channel >= threshold
-        volume = float(mask.sum()) * voxel_ml if smallest else 0.0
-        if smallest and 0 < volume < MIN_VOLUME_FRACTION * smallest:
-            channel[mask] = 0.0
-            warnings.warn(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
-                          f"({smallest:.1f} mL): most likely not in this scan; left empty", ImplausibleResultWarning)
+        if smallest:
+            volume = float(mask.sum()) * voxel_ml
+            if 0 < volume < MIN_VOLUME_FRACTION * smallest:
+                channel[mask] = 0.0
+                warnings.warn(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
+                              f"({smallest:.1f} mL): most likely not in this scan; left empty",
+                              ImplausibleResultWarning)
     return probabilities
 
 
