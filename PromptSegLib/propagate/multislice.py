@@ -63,7 +63,12 @@ Chosen by ``Testing/benchmarks/choose_fill_reach.py --reach 0 0.25 0.5 0.75 --th
 groups of ``ENDS_BEYOND`` (61 OpenKBP organs, 12 glioblastomas, 11 hippocampi, each group weighing the same),
 mean Dice over K = 2, 3, 4, 6, 8 and the groups: 0 (no fill beyond) 0.791, 0.25 0.814, 0.5 0.810, 0.75 0.803;
 organs alone 0.770, 0.816, 0.820, 0.807 (an earlier choice on the organs alone, K = 2, 4, 8: no limit 0.749,
-1 spacing 0.788, 0.5 spacing 0.804). With one drawn slice there is no spacing and the limit does not apply."""
+1 spacing 0.788, 0.5 spacing 0.804). Checked again on 2026-12-05, with ``TRACK`` (``--reach 0.25 0.5 1``): 0.825,
+0.822, 0.811; at K = 2 the organs gain from 0.5 (0.712 -> 0.730: brain stem +0.039, larynx +0.035, mandible
++0.031, spinal cord +0.009) and the glioblastomas and hippocampi lose (-0.018, -0.017), and no measure of the
+drawn slices (their span over the largest drawn radius, the outer radii over it, the spacing over it) picked the
+structures that gain (mean gain within 0.01 in every range of each). With one drawn slice there is no spacing and
+the limit does not apply."""
 ENDS_BEYOND = 0.5
 """With two or more drawn slices, where the size profile expects the structure's ends: at least this many median
 drawn-slice spacings beyond the outermost ones (:func:`~PromptSegLib.propagate.shape_prior.drawn_aspect`).
