@@ -136,6 +136,15 @@ def side_of(target: Target | None) -> str | None:
     return SIDES.get(target.modifier[1]) if target is not None and target.modifier else None
 
 
+def other_side(name: str) -> str | None:
+    """The vocabulary name of the same structure on the other side (``left parotid`` -> ``right parotid``), or
+    None for a name that starts with no side."""
+    for side, other in (("left ", "right "), ("right ", "left ")):
+        if name.startswith(side):
+            return other + name[len(side):]
+    return None
+
+
 @lru_cache(maxsize=4)
 def default_vocabulary() -> Vocabulary:
     """The vocabulary shipped with PromptSegLib (loaded once)."""
