@@ -39,6 +39,7 @@ class SegmentationJob:
         self.message = "starting"
         self.result = None
         self.error: BaseException | None = None
+        self.notes: list[str] = []  # what the run told its user beside its result (PromptSegLib.notes)
         self.finished = False  # its finish call (finishSegmentation/finishPropagation/finishPetCt) has run
         self.startTime = time.monotonic()
         self._cancel = threading.Event()

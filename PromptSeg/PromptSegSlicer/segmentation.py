@@ -139,12 +139,16 @@ class SegmentationMixin:
 
     def _segmentationWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
+        from PromptSegLib.notes import collecting_notes
+
         request = job.request
         segmenter = self._jobSegmenter(job, report, "segmentation")
-        job.result = segmenter.segment(
-            request.image, request.modality, request.region, request.targets,
-            target_texts=request.targetTexts, context_text=request.contextText,
-            allow_untrained=request.allowUntrained, progress=report, cancel=job._cancel)
+        with collecting_notes() as notes:
+            job.result = segmenter.segment(
+                request.image, request.modality, request.region, request.targets,
+                target_texts=request.targetTexts, context_text=request.contextText,
+                allow_untrained=request.allowUntrained, progress=report, cancel=job._cancel)
+        job.notes = notes
 
     def finishSegmentation(self, job: SegmentationJob, timeout: float | None = None):
         """Main thread: wait for the worker, then write the segments. Returns the segmentation node.
@@ -156,7 +160,7 @@ class SegmentationMixin:
         """
         self._finishJob(job, timeout, "segmentation")
         node = self.writeResult(job.result, job.volumeNode, job.outputNode, job.request.threshold, job.ijkToRas)
-        job.message = f"done in {time.monotonic() - job.startTime:.1f} s"
+        job.message = "; ".join([f"done in {time.monotonic() - job.startTime:.1f} s"] + job.notes)
         return node
 
     def segment(self, inputVolume, outputSegmentation=None, **kwargs):

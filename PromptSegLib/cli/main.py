@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -336,6 +337,19 @@ def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _warning_printer():
+    """A ``warnings.showwarning`` that prints each message once, as one line on standard error like the errors
+    (not Python's file:line form): a request is checked before the image is read and again when it runs."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"promptseg: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from PromptSegLib.cli.checks import check_common
 
@@ -346,8 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        check_common(args)
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = _warning_printer()
+            check_common(args)
+            return args.func(args)
     except PromptSegError as exc:
         print(f"promptseg: error: {exc}", file=sys.stderr)
         return 2

@@ -22,11 +22,12 @@
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
+from PromptSegLib.notes import note
 
 MIN_VOLUME_FRACTION = 0.2
 """A mask below this fraction of the smallest training volume of its target is taken as not found."""
@@ -205,8 +206,8 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         if outside is not None and outside.any():
             channel[outside] = 0.0
             if not (channel >= threshold).any():
-                warnings.warn(_region_message(name, mask, widest_body_cm2, body_cm2, most_air_cm2, air_cm2),
-                              ImplausibleResultWarning)
+                note(_region_message(name, mask, widest_body_cm2, body_cm2, most_air_cm2, air_cm2),
+                     ImplausibleResultWarning)
             mask = channel >= threshold
         if sides and name in sides and midline is not None and mask.any():
             channel[mask & ~own_side(mask, image, sides[name], midline, origin)] = 0.0
@@ -218,9 +219,8 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
             volume = float(mask.sum()) * voxel_ml
             if 0 < volume < MIN_VOLUME_FRACTION * smallest:
                 channel[mask] = 0.0
-                warnings.warn(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
-                              f"({smallest:.1f} mL): most likely not in this scan; left empty",
-                              ImplausibleResultWarning)
+                note(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
+                     f"({smallest:.1f} mL): most likely not in this scan; left empty", ImplausibleResultWarning)
     return probabilities
 
 

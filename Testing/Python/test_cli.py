@@ -72,6 +72,17 @@ def test_nifti_labelmap_with_labels_json(tiny_model_folder, chest_ct_path, chest
     assert set(np.unique(sitk.GetArrayViewFromImage(image))) <= {0, 1, 2}
 
 
+def test_a_warning_is_one_line_printed_once(tiny_model_folder, chest_ct_path, tmp_path, capsys):
+    """The request is checked before the image is read and again when it runs; its warning (here: a side that
+    the untrained test model keeps no mask to) comes once, as one line like the errors."""
+    assert main(["segment", str(chest_ct_path), "--modality", "CT", "--region", "thorax", "--target", "left lung",
+                 "--target", "aorta", "--model", str(tiny_model_folder), "-o", str(tmp_path / "o.seg.nrrd"),
+                 "-q"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("promptseg: warning: model tiny-untrained keeps no mask to its "
+                                                   "own side of the body for: left lung "), lines
+
+
 @pytest.mark.parametrize("args, reason", [
     (["--target", "livr"], "unknown target 'livr'; nearest known: liver"),
     (["--target", "liver", "--modality", "PET"], "no PET input"),

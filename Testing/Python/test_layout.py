@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parents[2] / "PromptSegLib"
-LEAVES = ("cpus", "errors", "heap", "metrics")
+LEAVES = ("cpus", "errors", "heap", "metrics", "notes")
 """Top-level modules that import nothing of the library; every stage may use them."""
 STAGES = ("io", "text", "preprocessing", "models", "segment", "export", "dicom", "workflows", "train", "propagate",
           "prognosis", "cohort", "cli")

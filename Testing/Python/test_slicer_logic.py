@@ -174,6 +174,24 @@ def test_cancel_leaves_the_scene_as_it_was(scene, logic, tiny_model_folder, ches
     assert scene.GetNumberOfNodes() == count and scene_state(scene) == before
 
 
+def test_what_a_run_tells_its_user_ends_in_the_jobs_message(scene, logic, tiny_model_folder, chest_ct_path,
+                                                              threshold):
+    """The library's notes of a run in the worker thread (here: a side that the untrained test model keeps no mask
+    to) reach the status line the panel shows, and only that run's."""
+    volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
+    messages = []
+    for targets in (TARGETS, ["liver"]):
+        job = logic.startSegmentation(volume, None, modality="CT", region="thorax", targets=targets,
+                                      modelFolder=tiny_model_folder, allowUntrained=True, threshold=threshold)
+        logic.finishSegmentation(job, timeout=60)
+        messages.append(job.message)
+    assert messages[0].startswith("done in ") and messages[0].endswith(
+        "; model tiny-untrained keeps no mask to its own side of the body for: left lung (no validation patient "
+        "chose that rule for it), and its network may give the same mask for the left and the right structure: "
+        "check the side"), messages[0]
+    assert messages[1].startswith("done in ") and ";" not in messages[1], messages[1]
+
+
 def test_seg_nrrd_written_by_the_logic_reloads_with_names(scene, logic, tiny_model_folder, chest_ct_path,
                                                           reference, threshold, tmp_path):
     import slicerio
