@@ -86,7 +86,10 @@ class JobRunnerMixin:
 
         def run():
             try:
-                work(job, report)
+                from PromptSegLib.notes import collecting_notes
+
+                with collecting_notes() as job.notes:  # what the library tells the user, for the finish's message
+                    work(job, report)
             except BaseException as exc:  # reported to the main thread by the finish call
                 job.error = exc
 

@@ -173,7 +173,7 @@ class PetCtMixin:
         fused, overlap = job.result
         logging.info("PromptSeg PET/CT: %s", overlap["message"])
         node = self.writeResult(fused, job.volumeNode, job.outputNode, job.request.threshold)
-        job.message = f"{overlap['message']}; done in {time.monotonic() - job.startTime:.1f} s"
+        job.message = "; ".join([overlap["message"], f"done in {time.monotonic() - job.startTime:.1f} s"] + job.notes)
         return node, overlap
 
     def segmentPetCt(self, ctVolume, petVolume, segmentationNode=None, **kwargs):

@@ -139,16 +139,12 @@ class SegmentationMixin:
 
     def _segmentationWork(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
-        from PromptSegLib.notes import collecting_notes
-
         request = job.request
         segmenter = self._jobSegmenter(job, report, "segmentation")
-        with collecting_notes() as notes:
-            job.result = segmenter.segment(
-                request.image, request.modality, request.region, request.targets,
-                target_texts=request.targetTexts, context_text=request.contextText,
-                allow_untrained=request.allowUntrained, progress=report, cancel=job._cancel)
-        job.notes = notes
+        job.result = segmenter.segment(
+            request.image, request.modality, request.region, request.targets,
+            target_texts=request.targetTexts, context_text=request.contextText,
+            allow_untrained=request.allowUntrained, progress=report, cancel=job._cancel)
 
     def finishSegmentation(self, job: SegmentationJob, timeout: float | None = None):
         """Main thread: wait for the worker, then write the segments. Returns the segmentation node.
