@@ -337,13 +337,17 @@ def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _warning_printer():
-    """A ``warnings.showwarning`` that prints each message once, as one line on standard error like the errors
-    (not Python's file:line form): a request is checked before the image is read and again when it runs."""
+def _warning_printer(other):
+    """A ``warnings.showwarning`` that prints each of PromptSeg's own warnings once, as one line on standard error
+    like the errors (not Python's file:line form; a request is checked before the image is read and again when it
+    runs); ``other`` shows the rest (other packages' warnings) as before."""
+    library = str(Path(__file__).resolve().parents[1])
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if str(message) not in shown:
+        if not str(Path(filename).resolve()).startswith(library):
+            other(message, category, filename, lineno, file, line)
+        elif str(message) not in shown:
             shown.add(str(message))
             print(f"promptseg: warning: {message}", file=sys.stderr)
 
@@ -361,8 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("always", UserWarning)
-            warnings.showwarning = _warning_printer()
+            warnings.filterwarnings("always", module="PromptSegLib")  # each shown once by the printer
+            warnings.showwarning = _warning_printer(warnings.showwarning)
             check_common(args)
             return args.func(args)
     except PromptSegError as exc:
