@@ -63,7 +63,7 @@ def model_queries(config: ModelConfig, vocabulary: Vocabulary, modality: str, ta
     A target of one side (the left kidney) whose other side the model also learnt, and which the model's
     post-processing does not keep on its own side of the body (``ModelConfig.own_side``), is named in an
     :class:`UnsidedTargetWarning`: the networks here were seen to give the same mask for both sides (the starter's
-    left and right kidney masks overlap at Dice 0.92, ``Testing/benchmarks/check_laterality.py``)."""
+    left and right kidney masks overlap at Dice 0.93 on its training CT, ``Testing/benchmarks/check_laterality.py``)."""
     modality = canonical_modality(modality)
     out = [target_query(modality, t, vocabulary) for t in targets]
     out += [raw_target_query(t, vocabulary) for t in target_texts]

@@ -22,7 +22,6 @@
 """
 from __future__ import annotations
 
-
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
