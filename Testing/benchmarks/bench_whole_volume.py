@@ -12,8 +12,11 @@ same MONAI sliding-window inferer on the same CT, every measurement in its own p
 Default: the clinical 512x512x300 CT at 0.78x0.78x1.5 mm of ``bench_targets.py``; ``--small``: the former
 256x256x200 CT at 1.5 mm. Prints the DuPLUS phase table (read, resample, windows, map back, write), the peers'
 times and peak RSS, and the ratios measured in the same run.
+With ``--repeats N`` every run is made N times, in rounds whose order alternates (a machine that slows down or
+speeds up during the benchmark then weighs on every kind alike); each round's ratios are printed, and the tables
+take each kind's fastest run (the run least disturbed by the rest of the machine).
 Usage: python Testing/benchmarks/bench_whole_volume.py [--small] [--threads N] [--counts 1 5 10 20]
-       [--precision auto|float32|bfloat16] [--peers unet nnunet starter]
+       [--precision auto|float32|bfloat16] [--peers unet nnunet starter] [--repeats N]
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from common import (FULL_SIZE, TWENTY_TARGETS, peak_rss_gb, phase_table, real_ct_on_grid, run_in_subprocess,
+from common import (FULL_SIZE, TWENTY_TARGETS, interleaved_runs, peak_rss_gb, phase_table, real_ct_on_grid,
                     timed_request)
 
 SMALL = ((256, 256, 200), (1.5, 1.5, 1.5))
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--precision", default="auto", help="of the DuPLUS requests (promptseg segment --precision)")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS, help="the peers to run (default all)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every run (odd ones in reverse order); the tables take each kind's fastest")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # IMAGE:KIND, KIND a peer or a target count
     args = parser.parse_args()
     if args.case:
@@ -92,25 +97,48 @@ def main() -> None:
         return
     size, spacing = SMALL if args.small else FULL_SIZE
     peers = [p for p in args.peers if p != "nnunet" or importlib.util.find_spec("dynamic_network_architectures")]
+    kinds = [*map(str, args.counts), *peers]
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "ct.nii.gz")
         sitk.WriteImage(real_ct_on_grid(size, spacing), path, True)
-        runs = {kind: run_in_subprocess(__file__, ["--case", f"{path}:{kind}", "--threads", str(args.threads),
-                                                   "--precision", args.precision])
-                for kind in [*map(str, args.counts), *peers]}
+        rounds = interleaved_runs(__file__, [f"{path}:{kind}" for kind in kinds],
+                                  ["--threads", str(args.threads), "--precision", args.precision], args.repeats)
+    rounds = {kind: rounds[f"{path}:{kind}"] for kind in kinds}
     print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process; DuPLUS in "
           f"precision {args.precision}, the peers in float32")
+    if args.repeats > 1:
+        print(f"{args.repeats} rounds, odd ones in reverse order; the tables and ratios below take each kind's "
+              "fastest run. Each round on its own:")
+        for index in range(args.repeats):
+            runs = {kind: rounds[kind][index] for kind in kinds}
+            print(f"- round {index + 1}: " + ratio_line(runs, args.counts, peers))
+    runs = {kind: min(rounds[kind], key=lambda r: r["total"] if "total" in r else r["seconds"]) for kind in kinds}
     print(phase_table([runs[str(n)] for n in args.counts]))
     if "nnunet" in args.peers and "nnunet" not in peers:
         print("nnU-Net peer skipped: dynamic-network-architectures is not installed "
               "(pip install --no-deps dynamic-network-architectures einops)")
-    segment = {n: sum(runs[str(n)]["seconds"][p] for p in ("resample", "windows", "map back")) for n in args.counts}
+    segment = {n: segment_seconds(runs[str(n)]) for n in args.counts}
     for kind in peers:
         r = runs[kind]
         ratios = ", ".join(f"{n} targets {segment[n] / r['seconds']:.2f}x" for n in args.counts)
         print(f"{kind:15s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_gb']:.2f} GB  (the segment call, DuPLUS / "
               f"this: {ratios})")
 
+
+def segment_seconds(run: dict) -> float:
+    """The ``segment`` call of a DuPLUS run: resampling, windows and mapping back (no reading, no writing)."""
+    return sum(run["seconds"][p] for p in ("resample", "windows", "map back"))
+
+
+def ratio_line(runs: dict[str, dict], counts: list[int], peers: list[str]) -> str:
+    """One round's totals, each count's ratio to the first count's, and each peer's time with the second count's
+    ``segment`` call as a share of it."""
+    first = runs[str(counts[0])]["total"]
+    parts = [f"{n} targets {runs[str(n)]['total']:.1f} s ({runs[str(n)]['total'] / first:.2f}x)" for n in counts]
+    second = counts[min(1, len(counts) - 1)]
+    parts += [f"{kind} {runs[kind]['seconds']:.1f} s ({second} targets "
+              f"{segment_seconds(runs[str(second)]) / runs[kind]['seconds']:.2f}x)" for kind in peers]
+    return ", ".join(parts)
 
 if __name__ == "__main__":
     main()

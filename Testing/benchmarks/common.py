@@ -94,6 +94,17 @@ def run_in_subprocess(script: str, arguments: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def interleaved_runs(script: str, kinds: list[str], arguments: list[str], repeats: int) -> dict[str, list[dict]]:
+    """Each kind's runs of ``script --case IMAGE:KIND ...`` (``kinds`` as ``IMAGE:KIND`` cases, ``arguments`` added)
+    over ``repeats`` rounds, every run in its own process; odd rounds go through the kinds in reverse order, so
+    that a machine growing slower or faster over the rounds weighs on every kind alike."""
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for round_ in range(repeats):
+        for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
+            runs[kind].append(run_in_subprocess(script, ["--case", kind, *arguments]))
+    return runs
+
+
 def phase_table(runs: list[dict]) -> str:
     """A Markdown table of :func:`timed_request` results with each run's time and RSS as ratios to the first."""
     lines = ["| targets | " + " | ".join(PHASES) + " | total s | x first | peak RSS GB | x first |",
