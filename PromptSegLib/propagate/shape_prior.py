@@ -28,7 +28,7 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
 
 
 def interpolated_distance(a: np.ndarray, b: np.ndarray, t: float, keep_area: bool = True,
-                          centre: np.ndarray | None = None) -> np.ndarray:
+                          centre: np.ndarray | None = None, extra_area: float = 0.0) -> np.ndarray:
     """Shape-based interpolation of two non-empty 2D masks at ``t`` in ``[0, 1]`` (0 gives ``a``), area kept.
 
     The two shapes are moved onto their common centroid, their signed distances blended ``(1 - t) * a + t * b``,
@@ -44,7 +44,9 @@ def interpolated_distance(a: np.ndarray, b: np.ndarray, t: float, keep_area: boo
     glioblastomas at K = 2: 0.274 / 0.365 (ITK 0.394).
 
     ``centre``: where to put the shape's centroid, ``(row, column)`` pixels (default: the interpolated centroid;
-    :func:`~PromptSegLib.propagate.tracking.tracked_centres` gives one that follows the image).
+    :func:`~PromptSegLib.propagate.tracking.tracked_centres` gives one that follows the image). ``extra_area``:
+    pixels added to the interpolated area where it is kept (a size profile's bulge between the two slices,
+    :meth:`SizeProfile.excess_area`; negative: fewer).
 
     Returns:
         the interpolated shape's signed distance ``(H, W)`` in pixels (the mask is where it is negative).
@@ -54,7 +56,7 @@ def interpolated_distance(a: np.ndarray, b: np.ndarray, t: float, keep_area: boo
     da = ndimage.shift(signed_distance(a), middle - ca, order=1, mode="nearest")
     db = ndimage.shift(signed_distance(b), middle - cb, order=1, mode="nearest")
     blend = (1.0 - t) * da + t * db
-    area = int(round((1.0 - t) * np.count_nonzero(a) + t * np.count_nonzero(b)))
+    area = int(round((1.0 - t) * np.count_nonzero(a) + t * np.count_nonzero(b) + extra_area))
     if not keep_area or not 0 < area < blend.size:
         return blend
     lowest = np.partition(blend.ravel(), (area - 1, area))[area - 1:area + 1]
@@ -80,6 +82,14 @@ class SizeProfile:
         u = (z - self.origin) / self.scale
         a, b, c = self.coefficients
         return self.scale * math.sqrt(max(a + b * u + c * u * u, 0.0))
+
+    def excess_area(self, start: float, stop: float, z: float) -> float:
+        """How much larger (mm^2) the profile's cross-section at ``z`` is than the straight line between its
+        cross-sections at ``start`` and ``stop`` (mm, ``start < z < stop``): positive where it bulges between
+        them (an ellipsoid), negative where it narrows."""
+        t = (z - start) / (stop - start)
+        area = [math.pi * self.radius(p) ** 2 for p in (start, z, stop)]
+        return area[1] - (1.0 - t) * area[0] - t * area[2]
 
 
 def drawn_aspect(positions: Sequence[float], radii: Sequence[float], ends_beyond: float | None) -> float:

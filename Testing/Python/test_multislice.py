@@ -63,6 +63,21 @@ def test_more_drawn_slices_fill_better_and_are_kept(sarcoma, propagator):
 
 
 @needs_shared()
+def test_two_drawn_slices_fill_a_rounded_tumour_with_its_bulge(sarcoma, propagator):
+    # the protocol's two drawn slices cut STS_025's GTV a quarter from each end: a straight line between their
+    # areas leaves out the tumour's wider middle, the size profile's bulge between them puts it back
+    image, truth, spacing = sarcoma
+    a, b = protocol_slices(truth, 2)
+    drawn = {a: truth[a], b: truth[b]}
+    straight = fill_from_slices(propagator, image, drawn, spacing=spacing, bulge=0.0).mask
+    bulged = fill_from_slices(propagator, image, drawn, spacing=spacing).mask
+    gap = slice(a + 1, b)
+    assert straight[gap].sum() < bulged[gap].sum() <= truth[gap].sum() * 1.1
+    # measured 0.842 and 0.897
+    assert dice(bulged, truth) > dice(straight, truth) + 0.03
+
+
+@needs_shared()
 def test_the_fill_ends_near_the_outermost_drawn_slices(brain_stem, propagator):
     """OpenKBP pt_211's brain stem (a held-out patient; the propagation model never trained on OpenKBP), six
     drawn slices: without a reach the fill ran on down the spinal cord (Dice 0.35 in the benchmark)."""
@@ -184,6 +199,13 @@ def test_shape_priors():
     assert drawn_aspect([0.0, 4.0], [10.0, 10.0], 1.0) == ASPECT  # a compact structure keeps the default
     assert fit_profile([0.0, 90.0], [5.0, 5.0], aspect=drawn_aspect([0.0, 90.0], [5.0, 5.0], 1.0)).radius(-60.0) > 0
     assert fit_profile([0.0, 90.0], [5.0, 5.0]).radius(-5.0) == 0.0
+    # between two drawn slices the ellipsoid bulges past the straight line between their areas, a tube does not
+    assert pair.excess_area(0.0, 10.0, 5.0) == pytest.approx(math.pi * (pair.radius(5.0) ** 2 - 25.0))
+    assert pair.excess_area(0.0, 10.0, 5.0) > 0.1 * math.pi * 25.0
+    assert abs(tube.excess_area(-60.0, 0.0, -30.0)) < 0.05 * math.pi * 25.0
+    grown = interpolated_distance(disc(8), disc(8), 0.5, extra_area=60.0) < 0
+    # (a disc's distances tie in rings: 48 pixels more, measured)
+    assert disc(8).sum() + 40 <= grown.sum() <= disc(8).sum() + 80 and dice(grown, disc(8)) > 0.85
     # shrinking keeps the innermost pixels, down to the requested equivalent radius
     shrunk = shrink_to_radius(disc(12), 6.0, 1.0)
     assert shrunk.sum() == int(math.pi * 36) and dice(shrunk, disc(6)) > 0.9

@@ -6,7 +6,8 @@ drawn slices, ``multislice.REACH`` (``--reach``: the fill's hard limit) or ``mul
 fills (``--models bundled DIR ...``, each at the library's settings); or whether the shape between drawn slices
 follows the structure's tracked centre (``--track false true``: ``multislice.TRACK``); or the interpolated shape's
 share of a slice's probability between drawn slices, the rest the network's (``--interpolation-weight 0.5 0.75 1``:
-``multislice.INTERPOLATION_WEIGHT``). One is varied, the
+``multislice.INTERPOLATION_WEIGHT``); or the share of the size profile's bulge added to the area interpolated
+between drawn slices (``--bulge 0 0.5 1``: ``multislice.BULGE``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -27,7 +28,8 @@ affected), with the ITK peer for reference. Prints mean Dice per group and K; th
 over groups and K is chosen (each group weighs the same, so that 60 organs do not outvote a dozen tumours).
 
 Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2 |
-       --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --models bundled DIR]
+       --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
+       --models bundled DIR]
        [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
@@ -128,6 +130,7 @@ def main() -> None:
     chosen.add_argument("--keep-area", nargs="+", choices=["false", "true"])
     chosen.add_argument("--track", nargs="+", choices=["false", "true"])
     chosen.add_argument("--interpolation-weight", nargs="+", type=float)
+    chosen.add_argument("--bulge", nargs="+", type=float)
     chosen.add_argument("--models", nargs="+", help="propagation model folders ('bundled': the bundled model)")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
@@ -135,10 +138,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     keyword = ("keep_area" if args.keep_area else "track" if args.track else "ends_beyond" if args.ends_beyond
-               else "model" if args.models else "interpolation_weight" if args.interpolation_weight else "reach")
+               else "model" if args.models else "interpolation_weight" if args.interpolation_weight
+               else "bulge" if args.bulge else "reach")
     flags = args.keep_area or args.track
     values = ([v == "true" for v in flags] if flags else list(args.models) if args.models else
-              list(args.interpolation_weight) if args.interpolation_weight else
+              list(args.interpolation_weight) if args.interpolation_weight else list(args.bulge) if args.bulge else
               [None if v == "none" else float(v) for v in args.ends_beyond or args.reach or ["none", "1", "0.5"]])
     counts = args.counts
     propagators = {value: Propagator(None if value == "bundled" else value, threads=args.threads)
@@ -160,7 +164,8 @@ def main() -> None:
                                                 for key, rows in scores[group].items()), flush=True)
     means = {g: {key: np.mean(np.array(rows), axis=0) for key, rows in by_key.items()} for g, by_key in scores.items()}
     print("\nValidation structures: " + ", ".join(f"{g} {len(scores[g]['peer'])}" for g in groups) + "\n")
-    unit = "" if keyword in ("keep_area", "track", "model", "interpolation_weight") else " (drawn-slice spacings)"
+    unit = "" if keyword in ("keep_area", "track", "model", "interpolation_weight", "bulge") else \
+        " (drawn-slice spacings)"
     print(f"| {keyword}{unit} | group | " + " | ".join(f"K={k}" for k in counts) + " | mean over K |")
     print("|---|---|" + "---|" * (len(counts) + 1))
     for key in keys:
