@@ -43,7 +43,9 @@ validation groups of ``ENDS_BEYOND`` by ``Testing/benchmarks/choose_fill_reach.p
 --threads 2`` (mean Dice over K = 2, 3, 4, 6, 8 and the groups): 0.5 0.825, 0.75 0.825 (higher by under 0.001),
 1 (interpolation alone) 0.820. The network's share helps most where the drawn slices lie far apart: at K = 2
 0.666 / 0.661 / 0.654, at K = 8 0.939 / 0.944 / 0.942. Interpolation alone fails where a shape changes its
-pieces: one patient's mandible (pt_21), whose two rami join into an arch, at K = 8 0.879 / 0.854 / 0.744."""
+pieces: one patient's mandible (pt_21), whose two rami join into an arch, at K = 8 0.879 / 0.854 / 0.744. Checked
+again with ``BULGE`` at 1.5 (``--interpolation-weight 0.5 0.625``, 0.75 from the ``BULGE`` run): 0.8294, 0.8307,
+0.8306; kept, as 0.625 is higher by under 0.001."""
 TRACK = True
 """Between two drawn slices, place the interpolated shape on the structure's centre tracked through the image
 (:func:`~PromptSegLib.propagate.tracking.tracked_centres`) rather than on the line between the drawn centroids.
