@@ -84,8 +84,10 @@ organs alone 0.770, 0.816, 0.820, 0.807 (an earlier choice on the organs alone, 
 0.822, 0.811; at K = 2 the organs gain from 0.5 (0.712 -> 0.730: brain stem +0.039, larynx +0.035, mandible
 +0.031, spinal cord +0.009) and the glioblastomas and hippocampi lose (-0.018, -0.017), and no measure of the
 drawn slices (their span over the largest drawn radius, the outer radii over it, the spacing over it) picked the
-structures that gain (mean gain within 0.01 in every range of each). With one drawn slice there is no spacing and
-the limit does not apply."""
+structures that gain (mean gain within 0.01 in every range of each). Checked again with ``BULGE`` at 1.5
+(``--reach 0.375 0.45``, 0.25 from the ``BULGE`` run): 0.8306, 0.8299, 0.8294; the organs gain (0.8222 -> 0.8292,
+0.8299; at K = 2 0.710 -> 0.727, 0.728), the glioblastomas (0.8210 -> 0.8154) and hippocampi (0.8486 -> 0.8450,
+0.8431) lose. With one drawn slice there is no spacing and the limit does not apply."""
 ENDS_BEYOND = 0.5
 """With two or more drawn slices, where the size profile expects the structure's ends: at least this many median
 drawn-slice spacings beyond the outermost ones (:func:`~PromptSegLib.propagate.shape_prior.drawn_aspect`).
