@@ -140,5 +140,6 @@ def ratio_line(runs: dict[str, dict], counts: list[int], peers: list[str]) -> st
               f"{segment_seconds(runs[str(second)]) / runs[kind]['seconds']:.2f}x)" for kind in peers]
     return ", ".join(parts)
 
+
 if __name__ == "__main__":
     main()

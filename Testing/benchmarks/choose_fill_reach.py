@@ -118,6 +118,18 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
         multislice.interpolated_distance = interpolated_distance
 
 
+def spacings(value: str) -> float | None:
+    """A ``--reach`` or ``--ends-beyond`` value: drawn-slice spacings, ``none`` for no such rule."""
+    return None if value == "none" else float(value)
+
+
+CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings),
+           "keep_area": ("keep_area", lambda v: v == "true"), "track": ("track", lambda v: v == "true"),
+           "interpolation_weight": ("interpolation_weight", float), "bulge": ("bulge", float),
+           "models": ("model", str)}
+"""Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
+
+
 SOURCES = {"openkbp": (openkbp_structures, ROOT.parent / "open-kbp"), "pgbm": (pgbm_structures, PGBM),
            "hippocampus": (hippocampus_structures, HIPPOCAMPUS)}
 
@@ -137,13 +149,9 @@ def main() -> None:
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    keyword = ("keep_area" if args.keep_area else "track" if args.track else "ends_beyond" if args.ends_beyond
-               else "model" if args.models else "interpolation_weight" if args.interpolation_weight
-               else "bulge" if args.bulge else "reach")
-    flags = args.keep_area or args.track
-    values = ([v == "true" for v in flags] if flags else list(args.models) if args.models else
-              list(args.interpolation_weight) if args.interpolation_weight else list(args.bulge) if args.bulge else
-              [None if v == "none" else float(v) for v in args.ends_beyond or args.reach or ["none", "1", "0.5"]])
+    option = next((name for name in CHOICES if getattr(args, name)), "reach")
+    keyword, read = CHOICES[option]
+    values = [read(v) for v in getattr(args, option) or ["none", "1", "0.5"]]
     counts = args.counts
     propagators = {value: Propagator(None if value == "bundled" else value, threads=args.threads)
                    for value in (values if keyword == "model" else [args.model])}
@@ -164,8 +172,7 @@ def main() -> None:
                                                 for key, rows in scores[group].items()), flush=True)
     means = {g: {key: np.mean(np.array(rows), axis=0) for key, rows in by_key.items()} for g, by_key in scores.items()}
     print("\nValidation structures: " + ", ".join(f"{g} {len(scores[g]['peer'])}" for g in groups) + "\n")
-    unit = "" if keyword in ("keep_area", "track", "model", "interpolation_weight", "bulge") else \
-        " (drawn-slice spacings)"
+    unit = " (drawn-slice spacings)" if read is spacings else ""
     print(f"| {keyword}{unit} | group | " + " | ".join(f"K={k}" for k in counts) + " | mean over K |")
     print("|---|---|" + "---|" * (len(counts) + 1))
     for key in keys:
