@@ -58,7 +58,7 @@ BULGE = 1.5
 the area interpolated between two drawn slices. A straight line between the drawn areas cuts the middle of a
 rounded structure: in the gap between the protocol's two drawn slices (K = 2) the true volume was, as a median,
 1.51x the straight line's for 12 glioblastomas, 1.35x for 11 hippocampi and 1.02x for 61 OpenKBP organs
-(validation groups of ``ENDS_BEYOND``; an ad hoc count, no network). With two drawn slices the profile is the
+(validation groups of ``ENDS_BEYOND``; ``Testing/benchmarks/fill_gap_errors.py``). With two drawn slices the profile is the
 ellipsoid whose ends lie ``ENDS_BEYOND`` spacings beyond them; with more, its curvature follows the drawn sizes (a
 tube's stays near none). Above 1 the share makes up for the network's part of each slice, which pulls the
 boundary back. Chosen by ``Testing/benchmarks/choose_fill_reach.py --bulge 0 0.5 1`` and ``--bulge 1.5 2``
