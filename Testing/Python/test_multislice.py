@@ -138,6 +138,25 @@ def test_the_shape_between_two_drawn_slices_follows_a_curved_spinal_cord():
     assert max(np.linalg.norm(still[j] - line[j]) for j in still) < 1e-6
 
 
+
+@needs_shared()
+def test_a_spinal_cord_drawn_with_3_pixels_is_carried_past_the_drawn_slices(propagator):
+    """OpenKBP pt_201's spinal cord (held out) drawn on the protocol's two slices, 3 pixels each: with a fixed
+    4-pixel limit both directions stopped as 'vanished' on the first slice beyond (Dice 0.459); the limit
+    follows the drawn size (``VANISHED``), and the fill goes on (measured 0.511)."""
+    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_201"
+    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    image, spacing = sitk.GetArrayFromImage(ct).astype(np.float32), tuple(reversed(ct.GetSpacing()))
+    cord = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 2
+    a, b = protocol_slices(cord, 2)
+    assert cord[a].sum() < 4 and cord[b].sum() < 4
+    drawn = {a: cord[a], b: cord[b]}
+    fixed = fill_from_slices(propagator, image, drawn, spacing=spacing, min_pixels=4)
+    assert a - 1 not in fixed.written and b + 1 not in fixed.written
+    assert all(reason.startswith("the mask vanished") for reason in fixed.stopped.values())
+    result = fill_from_slices(propagator, image, drawn, spacing=spacing)
+    assert {a - 1, b + 1} <= set(result.written)
+    assert dice(result.mask, cord) > dice(fixed.mask, cord) + 0.03
 @needs_shared()
 def test_an_empty_drawn_slice_bounds_the_fill(sarcoma, propagator):
     image, truth, spacing = sarcoma
