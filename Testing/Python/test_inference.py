@@ -44,18 +44,27 @@ def test_target_prompt_switches_the_output(tiny_segmenter, chest_ct):
     assert (result.probability(0) != result.probability(1)).mean() > 0.1
 
 
+def assert_same_steps(a: np.ndarray, b: np.ndarray) -> None:
+    """Probabilities kept in 1/255 steps agree: equal, but for a voxel one step off where the network's float
+    sums, added in another order, fall on the other side of a step's boundary (at most 1e-5 of the voxels; once 1
+    of 557056, on the 2-core AMD EPYC)."""
+    difference = np.abs(a - b)
+    assert difference.max() <= 1 / 255 + 1e-6
+    assert (difference > 1e-5).mean() <= 1e-5
+
+
 def test_targets_do_not_change_each_other(tiny_segmenter, chest_ct):
     alone = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["aorta"]).probabilities[0]
     many = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver", "aorta", "spleen"]).probabilities[1]
-    np.testing.assert_allclose(alone, many, atol=1e-5)
+    assert_same_steps(alone, many)
 
 
 def test_windows_batched_or_one_by_one_give_the_same_probabilities(tiny_segmenter, chest_ct):
     one = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver"], sw_batch_size=1).probabilities
     two = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver"]).probabilities  # default: 2 per call
     three = tiny_segmenter.segment(chest_ct, "CT", "thorax", ["liver"], sw_batch_size=3).probabilities
-    np.testing.assert_allclose(one, two, atol=1e-5)
-    np.testing.assert_allclose(one, three, atol=1e-5)
+    assert_same_steps(one, two)
+    assert_same_steps(one, three)
 
 
 def test_progress_is_reported_and_cancel_stops(tiny_segmenter, chest_ct):
