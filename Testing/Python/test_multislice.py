@@ -1,5 +1,6 @@
 """Filling a structure from several drawn slices (PromptSegLib.propagate.multislice,
-PromptSegLib.propagate.shape_prior) with the bundled propagation model, on a held-out real sarcoma CT (STS_025: the model never trained on it)."""
+PromptSegLib.propagate.shape_prior) with the bundled propagation model, on held-out real images (the sarcoma CT
+STS_025, OpenKBP validation patients: the model never trained on them)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
-from PromptSegLib.propagate.multislice import REACH, fill_from_slices
+from PromptSegLib.propagate.multislice import INTENSITY_RANGE, REACH, drawn_range, fill_from_slices
 from PromptSegLib.propagate.propagator import Propagator
 from PromptSegLib.propagate.shape_prior import (ASPECT, drawn_aspect, fit_profile, interpolated_distance,
                                                shrink_to_radius)
@@ -58,7 +59,7 @@ def test_more_drawn_slices_fill_better_and_are_kept(sarcoma, propagator):
         np.testing.assert_array_equal(result.mask[indices], truth[indices])
         assert not set(result.written) & set(indices)
         scores[k] = dice(result.mask, truth)
-    # measured 0.864 and 0.926 (the peer, ITK contour interpolation: 0.182 and 0.859)
+    # measured 0.856 and 0.934 (the peer, ITK contour interpolation: 0.182 and 0.859)
     assert scores[1] >= 0.8 and scores[3] >= 0.9 and scores[3] > scores[1]
 
 
@@ -73,8 +74,31 @@ def test_two_drawn_slices_fill_a_rounded_tumour_with_its_bulge(sarcoma, propagat
     bulged = fill_from_slices(propagator, image, drawn, spacing=spacing).mask
     gap = slice(a + 1, b)
     assert straight[gap].sum() < bulged[gap].sum() <= truth[gap].sum() * 1.1
-    # measured 0.842 and 0.897
+    # measured 0.841 and 0.899
     assert dice(bulged, truth) > dice(straight, truth) + 0.03
+
+
+@needs_shared()
+def test_nothing_is_filled_outside_the_drawn_intensities(sarcoma, propagator):
+    # STS_025's GTV drawn on the protocol's two slices: without the range the fill takes in pixels darker or
+    # brighter than anything the user drew (fat, bone); with it (the default) every filled pixel lies in the drawn
+    # pixels' 1st-99th percentiles, widened by a tenth of that width on each side
+    image, truth, spacing = sarcoma
+    a, b = protocol_slices(truth, 2)
+    drawn = {a: truth[a], b: truth[b]}
+    lo, hi = drawn_range(image, 0, drawn, *INTENSITY_RANGE)
+    values = np.percentile(image[[a, b]][truth[[a, b]]], [1, 99])
+    assert lo == pytest.approx(values[0] - 0.1 * (values[1] - values[0]))
+    free = fill_from_slices(propagator, image, drawn, spacing=spacing, intensity_range=None).mask
+    ranged = fill_from_slices(propagator, image, drawn, spacing=spacing).mask
+    filled = ranged.copy()
+    filled[[a, b]] = False
+    assert filled.any() and lo <= image[filled].min() and image[filled].max() <= hi
+    outside = free & ((image < lo) | (image > hi))
+    outside[[a, b]] = False  # drawn pixels are kept whatever their intensity
+    assert outside.sum() > 20 and not (ranged & outside).any()
+    np.testing.assert_array_equal(ranged[[a, b]], truth[[a, b]])
+    assert (ranged & ~free).sum() == 0  # the range only removes pixels
 
 
 @needs_shared()
@@ -91,7 +115,7 @@ def test_the_fill_ends_near_the_outermost_drawn_slices(brain_stem, propagator):
     assert filled[0] >= indices[0] - beyond and filled[-1] <= indices[-1] + beyond
     runs_on = np.nonzero(unlimited.mask.any(axis=(1, 2)))[0]
     assert runs_on[0] < indices[0] - beyond or runs_on[-1] > indices[-1] + beyond
-    # measured 0.873 and 0.352 (0.947 with the reach at half a spacing)
+    # measured 0.864 and 0.347 (0.947 with the reach at half a spacing, before the drawn intensity range)
     assert dice(limited.mask, truth) > 0.85 > dice(unlimited.mask, truth) + 0.3
 
 
@@ -102,7 +126,9 @@ def test_two_drawn_slices_far_apart_fill_past_them(brain_stem, propagator):
     now expects the ends half a drawn-slice spacing out (measured 0.762, 31-41). The reach is set to half a
     spacing in both, so that it does not hide the difference (at the default quarter both stop at slice 32).
     Those figures are with the straight-line interpolation; with the tracked centre (the default) 0.693 and
-    0.743: on this short gap the tracked centre costs 0.02, on long ones it gains (see ``multislice.TRACK``)."""
+    0.743: on this short gap the tracked centre costs 0.02, on long ones it gains (see ``multislice.TRACK``); with
+    the bulge 0.667 and 0.736, then with the drawn intensity range (``multislice.INTENSITY_RANGE``, which costs this
+    brain stem 0.04) 0.628 and 0.693."""
     array, truth, spacing = brain_stem
     indices = protocol_slices(truth, 2)
     drawn = {j: truth[j] for j in indices}
@@ -111,7 +137,7 @@ def test_two_drawn_slices_far_apart_fill_past_them(brain_stem, propagator):
     filled = np.nonzero(spanned.mask.any(axis=(1, 2)))[0]
     shorter = np.nonzero(compact.mask.any(axis=(1, 2)))[0]
     assert filled[0] < shorter[0] and filled[-1] >= shorter[-1]
-    assert dice(spanned.mask, truth) > 0.73 > dice(compact.mask, truth) + 0.03
+    assert dice(spanned.mask, truth) > 0.67 > dice(compact.mask, truth) + 0.03
 
 
 @needs_shared()
@@ -142,8 +168,9 @@ def test_the_shape_between_two_drawn_slices_follows_a_curved_spinal_cord():
 @needs_shared()
 def test_a_spinal_cord_drawn_with_3_pixels_is_carried_past_the_drawn_slices(propagator):
     """OpenKBP pt_201's spinal cord (held out) drawn on the protocol's two slices, 3 pixels each: with a fixed
-    4-pixel limit both directions stopped as 'vanished' on the first slice beyond (Dice 0.459); the limit
-    follows the drawn size (``VANISHED``), and the fill goes on (measured 0.511)."""
+    4-pixel limit both directions stopped as 'vanished' on the first slice beyond (Dice 0.459; 0.344 with the
+    drawn intensity range, whose 6 drawn pixels make it narrow); the limit follows the drawn size (``VANISHED``),
+    and the fill goes on (measured 0.511; 0.410)."""
     folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_201"
     ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
     image, spacing = sitk.GetArrayFromImage(ct).astype(np.float32), tuple(reversed(ct.GetSpacing()))

@@ -9,7 +9,8 @@ share of a slice's probability between drawn slices, the rest the network's (``-
 ``multislice.INTERPOLATION_WEIGHT``); or the share of the size profile's bulge added to the area interpolated
 between drawn slices (``--bulge 0 0.5 1``: ``multislice.BULGE``); or the size under which a mask beyond the drawn
 slices has vanished (``--min-pixels 4 drawn``: a fixed count of pixels, or ``multislice.VANISHED`` of the smallest
-drawn slice's). One is varied, the
+drawn slice's); or the drawn pixels' intensity range outside which nothing is filled (``--intensity-range none
+2:0.1``: percentile and margin, ``multislice.INTENSITY_RANGE``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -26,12 +27,13 @@ whose figures stay a held-out report):
 
 A group whose folder is absent is left out (said on the output). Protocol as in ``bench_propagation.py`` (K drawn
 axial slices at (i + 0.5) / K of the extent); each value is run for K = 2..8 or ``--counts`` (K = 1 is affected
-by ``--min-pixels`` alone), with the ITK peer for reference. Prints mean Dice per group and K; the value with the
-highest mean over groups and K is chosen (each group weighs the same, so that 60 organs do not outvote a dozen tumours).
+by ``--min-pixels`` and ``--intensity-range`` alone), with the ITK peer for reference. Prints mean Dice per group
+and K; the value with the highest mean over groups and K is chosen (each group weighs the same, so that 60 organs
+do not outvote a dozen tumours).
 
 Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2 |
        --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
-       --min-pixels 4 drawn | --models bundled DIR]
+       --min-pixels 4 drawn | --intensity-range none 2:0.1 | --models bundled DIR]
        [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
@@ -129,6 +131,8 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
            "keep_area": ("keep_area", lambda v: v == "true"), "track": ("track", lambda v: v == "true"),
            "interpolation_weight": ("interpolation_weight", float), "bulge": ("bulge", float),
            "min_pixels": ("min_pixels", lambda v: None if v == "drawn" else int(v)),
+           "intensity_range": ("intensity_range",
+                               lambda v: None if v == "none" else tuple(float(x) for x in v.split(":"))),
            "models": ("model", str)}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
@@ -147,6 +151,7 @@ def main() -> None:
     chosen.add_argument("--interpolation-weight", nargs="+", type=float)
     chosen.add_argument("--bulge", nargs="+", type=float)
     chosen.add_argument("--min-pixels", nargs="+")
+    chosen.add_argument("--intensity-range", nargs="+", help="PERCENTILE:MARGIN, or none")
     chosen.add_argument("--models", nargs="+", help="propagation model folders ('bundled': the bundled model)")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
