@@ -26,15 +26,13 @@ Arrays are ``(Z, Y, X)``; ``axis`` 0/1/2 as in :mod:`PromptSegLib.propagate.prop
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from PromptSegLib.errors import Cancelled, InputImageError, PromptSegError
 from PromptSegLib.propagate.geometry import box_to_slice, set_slice, take_slice
 from PromptSegLib.propagate.propagator import (FADE_CONTRAST, ProgressCallback, PropagationResult, Propagator,
-                                               propagate, resolve_axis)
+                                               propagate, resolve_axis, vanishing_pixels)
 from PromptSegLib.propagate.shape_prior import (drawn_aspect, equivalent_radius, fit_profile, interpolated_distance,
                                                shrink_to_radius)
 from PromptSegLib.propagate.shape_prior import signed_distance as signed_distance_of
@@ -71,15 +69,6 @@ boundary back. Chosen by ``Testing/benchmarks/choose_fill_reach.py --bulge 0 0.5
 best: from 1 on the organs lose (0.8228, 0.8222, 0.8206) while the glioblastomas (0.8146 at 0 -> 0.8210 at 1.5) and
 hippocampi (0.8378 -> 0.8486) gain; at K = 2 the glioblastomas rise from 0.578 to 0.605, past ITK's Fill between
 slices (0.583)."""
-VANISHED = 0.5
-"""Beyond the outermost drawn slices a direction stops when its mask has fewer pixels than this share of the
-smallest drawn slice's (at least 1, at most :func:`~PromptSegLib.propagate.propagator.propagate`'s 4). A spinal cord
-drawn with 3 pixels of 4.7 mm (OpenKBP) was taken for vanished on the next slice when the limit was 4 pixels.
-Chosen by ``Testing/benchmarks/choose_fill_reach.py --min-pixels drawn --threads 2`` against 4 pixels (the
-``BULGE`` run) on its validation groups, mean Dice over K = 2, 3, 4, 6, 8 and the groups: 0.8309 against
-0.8306; spinal cords at K = 2 up to +0.065 (7 of 11 higher), an esophagus +0.033, no structure lower at any K by
-more than 0.001; the glioblastomas and hippocampi unchanged. From one drawn slice (``--counts 1``): 0.492 against
-0.491, spinal cords and an esophagus +0.009 to +0.039, nothing lower."""
 INTENSITY_RANGE: tuple[float, float] | None = (1.0, 0.1)
 """``(percentile, margin)``: a filled pixel is kept only where the image lies within the drawn pixels' intensity
 range, from their ``percentile`` to their ``100 - percentile`` percentile, widened on each side by ``margin`` times
@@ -223,8 +212,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
             (``INTERPOLATION_WEIGHT``; the rest: the network's refinement).
         bulge: between drawn slices, the share of the size profile's bulge added to the interpolated area
             (``BULGE``).
-        min_pixels: beyond the outermost drawn slices, a mask of fewer pixels has vanished (``None``: ``VANISHED``
-            of the smallest drawn slice's pixels, 1 to 4).
+        min_pixels: beyond the outermost drawn slices, a mask of fewer pixels has vanished (``None``:
+            :func:`~PromptSegLib.propagate.propagator.vanishing_pixels` of the drawn slices).
         intensity_range: ``(percentile, margin)`` of the drawn pixels' intensities outside which no pixel is
             filled (``INTENSITY_RANGE``; ``None``: any intensity).
         progress: ``(fraction, message)`` callback; cancel: object with ``is_set()``.
@@ -266,7 +255,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
     positions, radii = [k * step_mm for k in full], [equivalent_radius(drawn[k], pixel_area) for k in full]
     profile = fit_profile(positions, radii, aspect=drawn_aspect(positions, radii, ends_beyond))
     if min_pixels is None:
-        min_pixels = min(4, max(1, math.ceil(VANISHED * min(int(np.count_nonzero(drawn[k])) for k in full))))
+        min_pixels = vanishing_pixels(int(np.count_nonzero(drawn[k])) for k in full)
 
     def limit(j: int, predicted: np.ndarray) -> np.ndarray:
         return shrink_to_radius(predicted, profile.radius(j * step_mm), pixel_area)

@@ -8,7 +8,7 @@ follows the structure's tracked centre (``--track false true``: ``multislice.TRA
 share of a slice's probability between drawn slices, the rest the network's (``--interpolation-weight 0.5 0.75 1``:
 ``multislice.INTERPOLATION_WEIGHT``); or the share of the size profile's bulge added to the area interpolated
 between drawn slices (``--bulge 0 0.5 1``: ``multislice.BULGE``); or the size under which a mask beyond the drawn
-slices has vanished (``--min-pixels 4 drawn``: a fixed count of pixels, or ``multislice.VANISHED`` of the smallest
+slices has vanished (``--min-pixels 4 drawn``: a fixed count of pixels, or ``propagator.VANISHED`` of the smallest
 drawn slice's); or the drawn pixels' intensity range outside which nothing is filled (``--intensity-range none
 2:0.1``: percentile and margin, ``multislice.INTENSITY_RANGE``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
