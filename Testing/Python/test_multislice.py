@@ -164,7 +164,6 @@ def test_the_shape_between_two_drawn_slices_follows_a_curved_spinal_cord():
     assert max(np.linalg.norm(still[j] - line[j]) for j in still) < 1e-6
 
 
-
 @needs_shared()
 def test_a_spinal_cord_drawn_with_3_pixels_is_carried_past_the_drawn_slices(propagator):
     """OpenKBP pt_201's spinal cord (held out) drawn on the protocol's two slices, 3 pixels each: with a fixed
@@ -184,6 +183,8 @@ def test_a_spinal_cord_drawn_with_3_pixels_is_carried_past_the_drawn_slices(prop
     result = fill_from_slices(propagator, image, drawn, spacing=spacing)
     assert {a - 1, b + 1} <= set(result.written)
     assert dice(result.mask, cord) > dice(fixed.mask, cord) + 0.03
+
+
 @needs_shared()
 def test_an_empty_drawn_slice_bounds_the_fill(sarcoma, propagator):
     image, truth, spacing = sarcoma
