@@ -15,8 +15,14 @@ times and peak RSS, and the ratios measured in the same run.
 With ``--repeats N`` every run is made N times, in rounds whose order alternates (a machine that slows down or
 speeds up during the benchmark then weighs on every kind alike); each round's ratios are printed, and the tables
 take each kind's fastest run (the run least disturbed by the rest of the machine).
+On a GPU (``--device cuda``) the DuPLUS requests run there; ``--warm-up`` runs each request once, untimed, in its
+process before the timed run (as Slicer is after its first request: the first one also loads the GPU's kernels);
+the table then adds each run's peak GPU memory. A lent GPU machine has neither SimpleITK, the text encoder nor
+``../shared``: ``device_kit.py`` packs what the run needs and says how to start it there.
+
 Usage: python Testing/benchmarks/bench_whole_volume.py [--small] [--threads N] [--counts 1 5 10 20]
-       [--precision auto|float32|bfloat16] [--peers unet nnunet starter] [--repeats N]
+       [--precision auto|float32|bfloat16] [--peers [unet nnunet starter]] [--repeats N]
+       [--device cpu|cuda] [--embeddings TABLE] [--warm-up]
 """
 from __future__ import annotations
 
@@ -84,15 +90,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--precision", default="auto", help="of the DuPLUS requests (promptseg segment --precision)")
-    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS, help="the peers to run (default all)")
+    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
+                        help="the peers to run (default all; none when given alone)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds of every run (odd ones in reverse order); the tables take each kind's fastest")
+    parser.add_argument("--device", default="cpu", help="of the DuPLUS requests (the peers run on the CPU)")
+    parser.add_argument("--embeddings", help="an embedding table (device_kit.py) instead of the text encoder")
+    parser.add_argument("--warm-up", action="store_true", help="each DuPLUS request once, untimed, before its run")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # IMAGE:KIND, KIND a peer or a target count
     args = parser.parse_args()
     if args.case:
         path, kind = args.case.rsplit(":", 1)
         run = run_peer(kind, path, args.threads) if kind in PEERS else timed_request(
-            path, TWENTY_TARGETS[:int(kind)], args.threads, precision=args.precision)
+            path, TWENTY_TARGETS[:int(kind)], args.threads, precision=args.precision, device=args.device,
+            embeddings=args.embeddings, warm_up=args.warm_up)
         print(json.dumps(run))
         return
     size, spacing = SMALL if args.small else FULL_SIZE
@@ -101,11 +112,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "ct.nii.gz")
         sitk.WriteImage(real_ct_on_grid(size, spacing), path, True)
-        rounds = interleaved_runs(__file__, [f"{path}:{kind}" for kind in kinds],
-                                  ["--threads", str(args.threads), "--precision", args.precision], args.repeats)
+        options = ["--threads", str(args.threads), "--precision", args.precision, "--device", args.device]
+        options += ["--embeddings", args.embeddings] if args.embeddings else []
+        options += ["--warm-up"] if args.warm_up else []
+        rounds = interleaved_runs(__file__, [f"{path}:{kind}" for kind in kinds], options, args.repeats)
     rounds = {kind: rounds[f"{path}:{kind}"] for kind in kinds}
-    print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process; DuPLUS in "
-          f"precision {args.precision}, the peers in float32")
+    device = rounds[str(args.counts[0])][0]["device"]
+    print(f"CT {size} voxels at {spacing} mm, {args.threads} threads, each run in its own process; DuPLUS on "
+          f"{device} in precision {args.precision}{', after an untimed warm-up run' if args.warm_up else ''}, the "
+          "peers on the CPU in float32")
     if args.repeats > 1:
         print(f"{args.repeats} rounds, odd ones in reverse order; the tables and ratios below take each kind's "
               "fastest run. Each round on its own:")
