@@ -9,6 +9,9 @@ drawn slice, and blends the two chains by distance, so that the path starts and 
 exactly and each chain's drift weighs least where it is largest; of the path's departure from the straight line
 only a smooth bend is kept (``BEND_TERMS``), as each registration step's error is noise.
 
+Beyond the outermost drawn slice of a tube there is no second drawn slice to end on: :func:`carried_shape` moves
+the drawn mask along one chain, slice by slice.
+
 Arrays are ``(Z, Y, X)``; ``axis`` 0/1/2 as in :mod:`PromptSegLib.propagate.propagator`; centres are
 ``(row, column)`` in pixels of the slice.
 """
@@ -97,6 +100,12 @@ def _chain(image: np.ndarray, axis: int, order: list[int], start: np.ndarray, ha
     return centres
 
 
+def _half_window(*masks: np.ndarray) -> np.ndarray:
+    """Half-sizes (pixels) of the registration window for a structure drawn as ``masks`` (non-empty 2D)."""
+    extent = max(np.ptp(np.nonzero(m)[k]) + 1 for m in masks for k in (0, 1))
+    return np.full(2, extent / 2.0 + min(max(MARGIN * extent, MIN_MARGIN), MAX_MARGIN))
+
+
 def tracked_centres(image: np.ndarray, axis: int, a: int, mask_a: np.ndarray, b: int, mask_b: np.ndarray
                     ) -> dict[int, np.ndarray]:
     """Centres ``(row, column)`` of the structure on the slices strictly between drawn slices ``a < b``
@@ -105,8 +114,7 @@ def tracked_centres(image: np.ndarray, axis: int, a: int, mask_a: np.ndarray, b:
     Returns:
         slice index -> centre in pixels, for every slice in ``a + 1 .. b - 1``.
     """
-    extent = max(np.ptp(np.nonzero(m)[k]) + 1 for m in (mask_a, mask_b) for k in (0, 1))
-    half = np.full(2, extent / 2.0 + min(max(MARGIN * extent, MIN_MARGIN), MAX_MARGIN))
+    half = _half_window(mask_a, mask_b)
     ca, cb = np.array(ndimage.center_of_mass(mask_a)), np.array(ndimage.center_of_mass(mask_b))
     t = np.linspace(0.0, 1.0, b - a + 1)[:, None]  # slices a..b
     forward = np.array(_chain(image, axis, list(range(a, b + 1)), ca, half))
@@ -121,3 +129,18 @@ def tracked_centres(image: np.ndarray, axis: int, a: int, mask_a: np.ndarray, b:
         coefficients = np.linalg.lstsq(basis, path - line, rcond=None)[0]
         path = line + basis @ coefficients
     return {a + j: path[j] for j in range(1, b - a)}
+
+
+def carried_shape(image: np.ndarray, axis: int, source: int, mask: np.ndarray, order: list[int]
+                  ) -> dict[int, np.ndarray]:
+    """The drawn ``mask`` (non-empty 2D) of slice ``source`` moved along one chain of registrations through the
+    slices ``order`` (neighbours, outwards from ``source``): each slice gets the mask shifted by the chained
+    centre's offset (linear interpolation, kept at 0.5).
+
+    Returns:
+        slice index -> bool 2D mask, for every slice in ``order``.
+    """
+    centre = np.array(ndimage.center_of_mass(mask))
+    centres = _chain(image, axis, [source] + list(order), centre, _half_window(mask))
+    weights = mask.astype(np.float32)
+    return {index: ndimage.shift(weights, c - centre, order=1) >= 0.5 for index, c in zip(order, centres[1:])}
