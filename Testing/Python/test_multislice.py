@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.metrics import dice
-from PromptSegLib.propagate.multislice import INTENSITY_RANGE, REACH, drawn_range, fill_from_slices
+from PromptSegLib.propagate.multislice import INTENSITY_RANGE, REACH, TUBE_REACH, drawn_range, fill_from_slices
 from PromptSegLib.propagate.propagator import Propagator
 from PromptSegLib.propagate.shape_prior import (ASPECT, drawn_aspect, fit_profile, interpolated_distance,
                                                shrink_to_radius)
@@ -206,9 +206,9 @@ def test_a_drawn_shape_is_carried_along_the_anatomy():
 @needs_shared()
 def test_a_spinal_cord_is_carried_beyond_the_drawn_slices_as_a_tube(propagator):
     """OpenKBP pt_202's spinal cord (held out) drawn on the protocol's two slices: a tube (``TUBE_ASPECT``), so
-    beyond them its drawn shape is moved along the anatomy, up to the fill's reach; the network alone loses a
-    structure a few pixels wide within a few slices (measured on the slices beyond: Dice 0.440 against 0.160; the
-    whole cord 0.656 against 0.577)."""
+    beyond them its drawn shape is moved along the anatomy, half a spacing (``TUBE_REACH``); the network alone
+    loses a structure a few pixels wide within a few slices (measured on the slices beyond: Dice 0.590 against
+    0.160; the whole cord 0.708 against 0.577)."""
     folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_202"
     ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
     image, spacing = sitk.GetArrayFromImage(ct).astype(np.float32), tuple(reversed(ct.GetSpacing()))
@@ -217,12 +217,12 @@ def test_a_spinal_cord_is_carried_beyond_the_drawn_slices_as_a_tube(propagator):
     drawn = {a: cord[a], b: cord[b]}
     tube = fill_from_slices(propagator, image, drawn, spacing=spacing)
     network = fill_from_slices(propagator, image, drawn, spacing=spacing, tube_aspect=None)
-    beyond = round(REACH * (b - a))
+    beyond = round(TUBE_REACH * (b - a))
     outside = np.zeros_like(cord)
     outside[:a], outside[b + 1:] = True, True
-    assert set(range(a - beyond, a)) | set(range(b + 1, b + beyond + 1)) <= set(tube.written)
+    assert set(range(a - beyond, a)) | set(range(b + 1, min(b + beyond + 1, len(cord)))) <= set(tube.written)
     assert all("a tube" in reason for reason in tube.stopped.values())
-    assert dice(tube.mask & outside, cord & outside) > dice(network.mask & outside, cord & outside) + 0.1
+    assert dice(tube.mask & outside, cord & outside) > dice(network.mask & outside, cord & outside) + 0.3
     assert (tube.mask[a + 1:b] == network.mask[a + 1:b]).all()  # between the drawn slices nothing changes
 
 
