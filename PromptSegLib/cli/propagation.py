@@ -236,6 +236,7 @@ def add_subcommands(sub) -> None:
     fi.add_argument("--min-contrast", type=float, help="stopping rule beyond the drawn slices, as for propagate")
     fi.add_argument("--reach", type=_reach, default="default", metavar="SPACINGS|none",
                     help="with two or more drawn slices, fill at most this many median drawn-slice spacings beyond "
-                         "the outermost ones (default: the library's REACH); none: as far as the image shows")
+                         "the outermost ones (default: the library's REACH; a tube at least TUBE_REACH); none: as "
+                         "far as the image shows (a tube: to --start/--stop)")
     _output_arguments(fi)
     fi.set_defaults(func=cmd_fill)

@@ -109,7 +109,7 @@ TUBE_ASPECT: float | None = 5.0
 """With two or more drawn slices, a structure whose :func:`~PromptSegLib.propagate.shape_prior.drawn_aspect` (half
 the length the drawn slices imply over their largest radius) is at least this is a tube: beyond the outermost
 drawn slices its drawn shape is moved along the anatomy (:func:`~PromptSegLib.propagate.tracking.carried_shape`)
-instead of being propagated by the network, up to the fill's range limits (``REACH``); ``None``: never. From one
+instead of being propagated by the network, up to the fill's range limits (``TUBE_REACH``); ``None``: never. From one
 drawn slice in the middle of 11 validation spinal cords (a few pixels wide), the network kept Dice 0.52 with the
 truth 3-5 slices away and 0.33 6-8 slices away, one chain of registrations 0.64 (4-6) and 0.53 (7-9) (ad hoc).
 Chosen by ``Testing/benchmarks/choose_fill_reach.py --tube-aspect 3 5 --threads 2`` on the validation groups of
@@ -118,12 +118,13 @@ groups: none 0.840, 3 0.841, 5 0.841 (5 higher by under 0.001; organs 0.824, 0.8
 cords changed (all 11 higher at K = 2, on average +0.075 at K = 2, +0.009 at K = 8) and the esophagi (within
 0.004); at 3 a mandible was carried as a tube too (pt_78: 0.539 -> 0.494 at K = 2)."""
 TUBE_REACH: float | None = 0.5
-"""How far the fill carries a tube (``TUBE_ASPECT``) beyond the outermost drawn slices, in median drawn-slice
-spacings, instead of ``REACH`` (``None``: ``REACH``): a tube drawn on slices along it runs on past them as it ran
-between them, where a rounded structure narrows. Chosen by ``Testing/benchmarks/choose_fill_reach.py --tube-reach
-0.5 0.75 --threads 2`` on the validation groups of ``ENDS_BEYOND``, against ``REACH`` (0.25, the ``TUBE_ASPECT``
-run), mean Dice over K = 2, 3, 4, 6, 8 and the groups: 0.841, 0.843, 0.842; at 0.5 all 11 spinal cords higher at
-K = 2 (+0.052 on average), the esophagi within 0.017, nothing else changed."""
+"""How far the fill carries a tube (``TUBE_ASPECT``) beyond the outermost drawn slices at least, in median
+drawn-slice spacings, where ``REACH`` (or a caller's ``reach``) is shorter (``None``: as ``REACH``): a tube drawn
+on slices along it runs on past them as it ran between them, where a rounded structure narrows. Chosen by
+``Testing/benchmarks/choose_fill_reach.py --tube-reach 0.5 0.75 --threads 2`` on the validation groups of
+``ENDS_BEYOND``, against ``REACH`` (0.25, the ``TUBE_ASPECT`` run), mean Dice over K = 2, 3, 4, 6, 8 and the
+groups: 0.841, 0.843, 0.842; at 0.5 all 11 spinal cords higher at K = 2 (+0.052 on average), the esophagi within
+0.017, nothing else changed."""
 ENDS_BEYOND = 0.5
 """With two or more drawn slices, where the size profile expects the structure's ends: at least this many median
 drawn-slice spacings beyond the outermost ones (:func:`~PromptSegLib.propagate.shape_prior.drawn_aspect`).
@@ -241,7 +242,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
             filled (``INTENSITY_RANGE``; ``None``: any intensity).
         tube_aspect: with two or more non-empty drawn slices, a structure drawn at least this elongated is
             carried beyond the outermost ones along the anatomy, not by the network (``TUBE_ASPECT``; ``None``:
-            never), at most ``tube_reach`` median drawn-slice spacings (``TUBE_REACH``; ``None``: ``reach``).
+            never), then up to ``tube_reach`` median drawn-slice spacings where ``reach`` is shorter
+            (``TUBE_REACH``; ``None``: ``reach``).
         progress: ``(fraction, message)`` callback; cancel: object with ``is_set()``.
 
     Returns:
@@ -279,7 +281,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
     aspect = drawn_aspect(positions, radii, ends_beyond)
     profile = fit_profile(positions, radii, aspect=aspect)
     tube = tube_aspect is not None and len(full) >= 2 and aspect >= tube_aspect
-    reach = tube_reach if tube and tube_reach is not None else reach
+    if tube and tube_reach is not None and reach is not None:
+        reach = max(reach, tube_reach)
     if reach is not None and len(full) >= 2:
         beyond = int(round(reach * float(np.median(np.diff(full)))))
         lo, hi = max(lo, full[0] - beyond), min(hi, full[-1] + beyond)
