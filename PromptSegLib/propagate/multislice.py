@@ -152,6 +152,12 @@ def drawn_range(image: np.ndarray, axis: int, drawn: dict[int, np.ndarray], perc
     return float(lo - margin * (hi - lo)), float(hi + margin * (hi - lo))
 
 
+def _check_cancel(cancel) -> None:
+    """Raise :class:`Cancelled` when ``cancel`` (an object with ``is_set()``, or ``None``) is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("fill cancelled; the segment is left as it was")
+
+
 def _predict_batch(propagator: Propagator, queries: list[np.ndarray], prompts: list[tuple[np.ndarray, np.ndarray]]
                 ) -> list[np.ndarray]:
     """One network call for several (query slice, (prompt slice, prompt mask)) pairs: their probabilities,
@@ -193,8 +199,7 @@ def bridge(propagator: Propagator, image: np.ndarray, axis: int, a: int, mask_a:
     prompts = [(take_slice(image, axis, k).astype(np.float32), shapes[k] < 0) for k in neighbours]
     out = {}
     for start in range(0, len(targets), BATCH):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("fill cancelled; the segment is left as it was")
+        _check_cancel(cancel)
         chunk = slice(start, start + BATCH)
         usable = [i for i in range(len(targets))[chunk] if prompts[i][1].any()]
         refined = dict(zip(usable, _predict_batch(propagator, [queries[i] for i in usable],
@@ -320,8 +325,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
                 continue
             direction = +1 if source == a else -1
             if tube:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("fill cancelled; the segment is left as it was")
+                _check_cancel(cancel)
                 outwards = range(source + 1, last + 1) if direction > 0 else range(source - 1, first - 1, -1)
                 for j, m in carried_shape(image, axis, source, drawn[source], list(outwards)).items():
                     set_slice(out, axis, j, m)
@@ -340,9 +344,9 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
                     result.stopped[direction] = span.stopped[direction]
         progress(min(len(result.written) / total, 1.0), f"filled {len(result.written) - done} slices")
     if intensity_range is not None:
-        lo, hi = drawn_range(image, axis, {k: drawn[k] for k in full}, *intensity_range)
+        low, high = drawn_range(image, axis, {k: drawn[k] for k in full}, *intensity_range)
         for j in set(result.written):
             values = take_slice(image, axis, j)
-            set_slice(out, axis, j, take_slice(out, axis, j) & (values >= lo) & (values <= hi))
+            set_slice(out, axis, j, take_slice(out, axis, j) & (values >= low) & (values <= high))
     progress(1.0, f"filled {len(result.written)} slices from {len(full)} drawn")
     return result

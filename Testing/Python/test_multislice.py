@@ -35,13 +35,19 @@ def propagator():
     return Propagator(None, threads=1)
 
 
+def openkbp_organ(patient: str, label: int):
+    """An OpenKBP validation patient's CT (HU) and one organ (``oars.nii.gz`` label) ``(Z, Y, X)``, and the voxel
+    size (mm, Z Y X)."""
+    folder = SHARED / "openkbp_hn_ct" / "validation" / patient
+    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == label
+    return sitk.GetArrayFromImage(image).astype(np.float32), truth, tuple(reversed(image.GetSpacing()))
+
+
 @pytest.fixture(scope="module")
 def brain_stem():
     """OpenKBP pt_211's CT (HU) and brain stem ``(Z, Y, X)``, and the voxel size (mm, Z Y X)."""
-    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_211"
-    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 1
-    return sitk.GetArrayFromImage(image).astype(np.float32), truth, tuple(reversed(image.GetSpacing()))
+    return openkbp_organ("pt_211", 1)
 
 
 def protocol_slices(truth, k):
@@ -146,9 +152,7 @@ def test_the_shape_between_two_drawn_slices_follows_a_curved_spinal_cord():
     its width between them, off the straight line from one drawn centroid to the other (mean 1.43 pixels, at
     worst 2.82); the centre tracked through the CT stays on it (measured mean 0.49, at worst 1.39) and meets
     the drawn centroids at both ends."""
-    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_202"
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "ct.nii.gz"))).astype(np.float32)
-    cord = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 2
+    image, cord, _ = openkbp_organ("pt_202", 2)
     present = np.nonzero(cord.any(axis=(1, 2)))[0]
     a, b = int(present[0] + len(present) // 4), int(present[0] + 3 * len(present) // 4)
     centres = tracked_centres(image, 0, a, cord[a], b, cord[b])
@@ -170,10 +174,7 @@ def test_a_spinal_cord_drawn_with_3_pixels_is_carried_past_the_drawn_slices(prop
     network (no tube rule): with a fixed 4-pixel limit both directions stopped as 'vanished' on the first slice
     beyond (Dice 0.459; 0.344 with the drawn intensity range, whose 6 drawn pixels make it narrow); the limit
     follows the drawn size (``VANISHED``), and the fill goes on (measured 0.511; 0.410)."""
-    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_201"
-    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
-    image, spacing = sitk.GetArrayFromImage(ct).astype(np.float32), tuple(reversed(ct.GetSpacing()))
-    cord = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 2
+    image, cord, spacing = openkbp_organ("pt_201", 2)
     a, b = protocol_slices(cord, 2)
     assert cord[a].sum() < 4 and cord[b].sum() < 4
     drawn = {a: cord[a], b: cord[b]}
@@ -209,10 +210,7 @@ def test_a_spinal_cord_is_carried_beyond_the_drawn_slices_as_a_tube(propagator):
     beyond them its drawn shape is moved along the anatomy, half a spacing (``TUBE_REACH``); the network alone
     loses a structure a few pixels wide within a few slices (measured on the slices beyond: Dice 0.590 against
     0.160; the whole cord 0.708 against 0.577)."""
-    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_202"
-    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
-    image, spacing = sitk.GetArrayFromImage(ct).astype(np.float32), tuple(reversed(ct.GetSpacing()))
-    cord = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == 2
+    image, cord, spacing = openkbp_organ("pt_202", 2)
     a, b = protocol_slices(cord, 2)
     drawn = {a: cord[a], b: cord[b]}
     tube = fill_from_slices(propagator, image, drawn, spacing=spacing)
