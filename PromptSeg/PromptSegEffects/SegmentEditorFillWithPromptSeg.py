@@ -49,9 +49,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def helpText(self):
         return ("<html>Fill the selected segment from the slices you drew.<p>Draw the structure on one or more "
                 "slices of a slice view (Paint, Draw, Scissors...), choose that view and click Apply: between two "
-                "drawn slices the shape is interpolated and refined by PromptSeg's propagation network, beyond them "
-                "the structure is propagated until it ends (a long, thin one, such as the spinal cord, is carried "
-                "along the anatomy). Nothing is filled where the image is clearly darker or "
+                "drawn slices the shape is interpolated and refined by PromptSeg's propagation network; beyond the "
+                "first and last drawn slices the structure is propagated a quarter of their spacing, no larger than "
+                "the drawn slice next to it (a long, thin one, such as the spinal cord, is carried half a spacing "
+                "along the anatomy), so draw those slices near the structure's ends. From a single drawn slice it "
+                "is propagated until it ends. Nothing is filled where the image is clearly darker or "
                 "brighter than what you drew. Drawn slices are never changed. A slice you correct "
                 "after a fill counts as drawn at the next Apply; an erased slice stops the fill. Undo reverts the "
                 "whole fill.</html>")

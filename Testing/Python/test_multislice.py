@@ -138,12 +138,30 @@ def test_two_drawn_slices_far_apart_fill_past_them(brain_stem, propagator):
     array, truth, spacing = brain_stem
     indices = protocol_slices(truth, 2)
     drawn = {j: truth[j] for j in indices}
-    spanned = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=0.5)
-    compact = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=0.5, ends_beyond=None)
+    spanned = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=0.5, cap="profile")
+    compact = fill_from_slices(propagator, array, drawn, spacing=spacing, reach=0.5, ends_beyond=None, cap="profile")
     filled = np.nonzero(spanned.mask.any(axis=(1, 2)))[0]
     shorter = np.nonzero(compact.mask.any(axis=(1, 2)))[0]
     assert filled[0] < shorter[0] and filled[-1] >= shorter[-1]
     assert dice(spanned.mask, truth) > 0.67 > dice(compact.mask, truth) + 0.03
+
+
+@needs_shared()
+def test_beyond_two_drawn_slices_a_brain_stem_keeps_its_drawn_size(brain_stem, propagator):
+    """pt_211's brain stem (held out) from the protocol's two drawn slices: it is contoured up to a cut, so past
+    the drawn slices its true area stays near theirs (19, 18 | 11, 11, 12 pixels against 15 and 10 drawn). The
+    size profile's ellipsoid shrank the slices beyond (10, 12 | 5, 0; Dice 0.664); capped at the nearest drawn
+    slice's size they keep it (15, 15 | 9, 9; measured 0.739), and do not grow past it."""
+    array, truth, spacing = brain_stem
+    indices = protocol_slices(truth, 2)
+    drawn = {j: truth[j] for j in indices}
+    kept = fill_from_slices(propagator, array, drawn, spacing=spacing).mask
+    tapered = fill_from_slices(propagator, array, drawn, spacing=spacing, cap="profile").mask
+    assert dice(kept, truth) > 0.7 > dice(tapered, truth) + 0.03
+    for j in [j for j in range(len(truth)) if j < indices[0] or j > indices[-1]]:
+        assert kept[j].sum() <= truth[min(indices, key=lambda k: abs(k - j))].sum()
+    with pytest.raises(PromptSegError, match="unknown cap"):
+        fill_from_slices(propagator, array, drawn, spacing=spacing, cap="largest")
 
 
 @needs_shared()
