@@ -13,7 +13,8 @@ drawn slice's); or the drawn pixels' intensity range outside which nothing is fi
 2:0.1``: percentile and margin, ``multislice.INTENSITY_RANGE``); or from which drawn aspect a structure is carried
 beyond the drawn slices as a tube (``--tube-aspect none 3 5``: ``multislice.TUBE_ASPECT``), and how far
 (``--tube-reach 0.25 0.5``: ``multislice.TUBE_REACH``); or how large a slice beyond the outermost drawn slices
-may be where the reach ends the fill (``--cap profile drawn``: ``multislice.CAP``). One is varied, the
+may be where the reach ends the fill (``--cap profile drawn``: ``multislice.CAP``), and how the drawn size tapers
+there (``--taper 2 4 8``: ``multislice.TAPER``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -37,7 +38,7 @@ do not outvote a dozen tumours).
 Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2 |
        --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
        --min-pixels 4 drawn | --intensity-range none 2:0.1 | --tube-aspect none 3 5 | --tube-reach 0.25 0.5 |
-       --cap profile drawn | --models bundled DIR]
+       --cap profile drawn | --taper 2 4 8 | --models bundled DIR]
        [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
@@ -139,7 +140,7 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
            "intensity_range": ("intensity_range",
                                lambda v: None if v == "none" else tuple(float(x) for x in v.split(":"))),
            "tube_aspect": ("tube_aspect", spacings), "tube_reach": ("tube_reach", spacings), "cap": ("cap", str),
-           "models": ("model", str)}
+           "taper": ("taper", float), "models": ("model", str)}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
 
@@ -161,6 +162,7 @@ def main() -> None:
     chosen.add_argument("--tube-aspect", nargs="+", help="drawn aspect from which a structure is a tube, or none")
     chosen.add_argument("--tube-reach", nargs="+", help="drawn-slice spacings a tube is carried beyond, or none")
     chosen.add_argument("--cap", nargs="+", choices=["profile", "drawn"], help="size cap beyond the drawn slices")
+    chosen.add_argument("--taper", nargs="+", type=float, help="exponent of the drawn-size cap's taper")
     chosen.add_argument("--models", nargs="+", help="propagation model folders ('bundled': the bundled model)")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
