@@ -156,9 +156,9 @@ slice got the drawn size); with the taper it gains (``REACH``)."""
 TAPER = 4.0
 """Exponent of the drawn-size cap's taper (``CAP``): 2 is an ellipse's end, larger is flatter. Chosen with
 ``REACH`` at half a spacing (where the taper ends) on the validation groups of ``ENDS_BEYOND``, mean Dice over
-K = 2, 3, 4, 6, 8 and the groups: 2 0.8461, 4 0.8470, 8 0.8469 (ad hoc runs that patched the cap as ``--taper``
-now sets it; 4 again by the script: 0.8470); at K = 2 the organs 0.757, 0.766, 0.768, the glioblastomas 0.630, 0.626,
-0.625."""
+K = 2, 3, 4, 6, 8 and the groups: 2 0.8461, 4 0.8470, 8 0.8469 (``choose_fill_reach.py --taper 2 8 --threads 1``, 4
+from its ``--reach 0.25 0.5`` run; first found by ad hoc runs that gave the same figures); at K = 2 the organs
+0.757, 0.766, 0.768, the glioblastomas 0.630, 0.626, 0.625."""
 ENDS_BEYOND = 0.5
 """With two or more drawn slices, where the size profile expects the structure's ends: at least this many median
 drawn-slice spacings beyond the outermost ones (:func:`~PromptSegLib.propagate.shape_prior.drawn_aspect`).
