@@ -336,6 +336,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
 
     if cap not in ("drawn", "profile"):
         raise PromptSegError(f"unknown cap {cap!r}: 'drawn' or 'profile'")
+    if not taper > 0:
+        raise PromptSegError(f"taper must be > 0, not {taper}")
     # the expected end, in slices beyond the nearest drawn one (a drawn-size cap needs one: a reach and ends)
     end = (ends_beyond * float(np.median(np.diff(full)))
            if cap == "drawn" and reach is not None and ends_beyond is not None and len(full) >= 2 else None)
@@ -345,7 +347,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
             radius = profile.radius(j * step_mm)
         else:
             nearest = int(np.argmin([abs(k - j) for k in full]))
-            radius = radii[nearest] * math.sqrt(max(0.0, 1.0 - (abs(j - full[nearest]) / end) ** taper))
+            distance = abs(j - full[nearest])
+            radius = radii[nearest] * math.sqrt(1.0 - (distance / end) ** taper) if distance < end else 0.0
         return shrink_to_radius(predicted, radius, pixel_area)
 
     out = np.zeros(image.shape, bool)

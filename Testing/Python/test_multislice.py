@@ -165,6 +165,11 @@ def test_beyond_two_drawn_slices_a_brain_stem_keeps_its_drawn_size(brain_stem, p
         assert kept[j].sum() <= truth[min(indices, key=lambda k: abs(k - j))].sum()
     with pytest.raises(PromptSegError, match="unknown cap"):
         fill_from_slices(propagator, array, drawn, spacing=spacing, cap="largest")
+    with pytest.raises(PromptSegError, match="taper"):
+        fill_from_slices(propagator, array, drawn, spacing=spacing, taper=0)
+    # an end expected at the drawn slices leaves nothing beyond them
+    none_beyond = fill_from_slices(propagator, array, drawn, spacing=spacing, ends_beyond=0.0).mask
+    assert not none_beyond[:indices[0]].any() and not none_beyond[indices[-1] + 1:].any()
 
 
 @needs_shared()
