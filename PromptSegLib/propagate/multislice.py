@@ -316,6 +316,10 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
     full = [k for k in order if drawn[k].any()]
     if not full:
         raise PromptSegError("no drawn slice holds the structure: draw it on at least one slice")
+    if cap not in ("drawn", "profile"):
+        raise PromptSegError(f"unknown cap {cap!r}: 'drawn' or 'profile'")
+    if not taper > 0:
+        raise PromptSegError(f"taper must be > 0, not {taper}")
     propagator = model if isinstance(model, Propagator) else Propagator(model)
     threshold = propagator.config.threshold if threshold is None else float(threshold)
     progress = progress or (lambda fraction, message: None)
@@ -328,19 +332,15 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
     tube = tube_aspect is not None and len(full) >= 2 and aspect >= tube_aspect
     if tube and tube_reach is not None and reach is not None:
         reach = max(reach, tube_reach)
-    if reach is not None and len(full) >= 2:
-        beyond = int(round(reach * float(np.median(np.diff(full)))))
+    drawn_spacing = float(np.median(np.diff(full))) if len(full) >= 2 else None  # slices
+    if reach is not None and drawn_spacing is not None:
+        beyond = int(round(reach * drawn_spacing))
         lo, hi = max(lo, full[0] - beyond), min(hi, full[-1] + beyond)
     if min_pixels is None:
         min_pixels = vanishing_pixels(int(np.count_nonzero(drawn[k])) for k in full)
-
-    if cap not in ("drawn", "profile"):
-        raise PromptSegError(f"unknown cap {cap!r}: 'drawn' or 'profile'")
-    if not taper > 0:
-        raise PromptSegError(f"taper must be > 0, not {taper}")
     # the expected end, in slices beyond the nearest drawn one (a drawn-size cap needs one: a reach and ends)
-    end = (ends_beyond * float(np.median(np.diff(full)))
-           if cap == "drawn" and reach is not None and ends_beyond is not None and len(full) >= 2 else None)
+    end = (ends_beyond * drawn_spacing
+           if cap == "drawn" and reach is not None and ends_beyond is not None and drawn_spacing is not None else None)
 
     def limit(j: int, predicted: np.ndarray) -> np.ndarray:
         if end is None:
