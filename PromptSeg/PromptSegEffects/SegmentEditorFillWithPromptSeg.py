@@ -54,7 +54,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 "drawn slice next to it and narrowing towards that end (a long, thin one, such as the spinal cord, "
                 "is carried along the anatomy), so draw those slices near the structure's ends. From a single "
                 "drawn slice it is propagated until it ends. Nothing is filled where the image is clearly darker or "
-                "brighter than what you drew. Drawn slices are never changed. A slice you correct "
+                "brighter than what you drew. On a CT, where the drawn slices are 2 cm or more apart and the "
+                "bundled head-and-neck organ model finds an organ that matches them (brain stem, spinal cord, "
+                "parotids, esophagus, larynx, mandible), that model's 3D shape guides the fill between and beyond "
+                "them (untick 'Organ model on CT' to fill without it). Drawn slices are never changed. A slice you "
+                "correct "
                 "after a fill counts as drawn at the next Apply; an erased slice stops the fill. Undo reverts the "
                 "whole fill.</html>")
 
@@ -63,6 +67,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.viewComboBox.addItems(list(SLICE_VIEWS))
         self.viewComboBox.toolTip = "The slice view you drew in: drawn slices are found along its axis"
         self.scriptedEffect.addLabeledOptionsWidget("Drawn in view:", self.viewComboBox)
+        self.organPriorCheckBox = qt.QCheckBox("Organ model on CT")
+        self.organPriorCheckBox.checked = True
+        self.organPriorCheckBox.toolTip = ("On a CT, let the bundled head-and-neck organ model guide the fill where "
+                                           "it finds an organ matching the drawn slices")
+        self.scriptedEffect.addOptionsWidget(self.organPriorCheckBox)
         self.progressBar = qt.QProgressBar()
         self.progressBar.setRange(0, 100)
         self.progressBar.visible = False
@@ -93,7 +102,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 self.fill = FillFromSlicesLogic()
             axis = axisOfSliceView(slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
                                    slicer.util.arrayFromVTKMatrix(self._ijkToRas(volumeNode)))
-            self.job = self.fill.start(segmentationNode, segmentId, volumeNode, axis)
+            self.job = self.fill.start(segmentationNode, segmentId, volumeNode, axis,
+                                       organPrior=self.organPriorCheckBox.checked)
         except Exception as exc:  # shown to the user, nothing changed
             self.statusLabel.text = str(exc)
             logging.error(f"Fill with PromptSeg: {exc}")

@@ -2,7 +2,8 @@
 
 The user draws some slices of a segment (Paint, Draw, Scissors...) in one slice view; the effect fills the
 segment from them with :func:`PromptSegLib.propagate.multislice.fill_from_slices`, in a background thread, as one undo
-step, and never changes a drawn slice.
+step, and never changes a drawn slice. On a CT (the volume shows air in HU) the bundled head-and-neck organ model
+guides the fill where it agrees with the drawn slices (:mod:`PromptSegLib.propagate.organ_prior`).
 
 Which slices are drawn: the slices along the view's axis that hold the segment, except those the last fill
 wrote and nobody has changed since. The slices a fill writes are remembered in the segment's tag
@@ -25,8 +26,8 @@ import vtk
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import SegmentationJob
 from .logic import PromptSegLogic
-from .nodes import InputError, validateVolumeNode
-from .requests import FillRequest
+from .nodes import InputError, validateVolumeNode, volumeNodeToSimpleITK
+from .requests import FillRequest, ModelChoice
 
 FILLED_TAG = "PromptSeg.Filled.{axis}"
 AXIS_NAMES = ("axial", "coronal", "sagittal")  # array axis 0, 1, 2 of a [k, j, i] array
@@ -91,9 +92,9 @@ class FillFromSlicesLogic:
         self.logic = logic if logic is not None else PromptSegLogic()
 
     def start(self, segmentationNode, segmentId: str, volumeNode, axis: int,
-              onProgress: Callable[[float, str], None] | None = None) -> SegmentationJob:
+              onProgress: Callable[[float, str], None] | None = None, organPrior: bool = True) -> SegmentationJob:
         """Find the drawn slices of segment ``segmentId`` along array ``axis`` and start filling it. Nothing in
-        the scene changes here.
+        the scene changes here. ``organPrior``: on a CT, let the head-and-neck organ model guide the fill.
 
         Raises:
             InputError: no/unsuitable volume, no such segment, no drawn slice.
@@ -114,18 +115,29 @@ class FillFromSlicesLogic:
         ensureLibraryImportable()
         spacing = tuple(float(s) for s in reversed(volumeNode.GetSpacing()))  # (k, j, i)
         image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
-        request = FillRequest(image, mask, segmentId, segment.GetName(), axis, drawn, spacing)
+        from PromptSegLib.propagate.organ_prior import shows_air
+
+        reference = volumeNodeToSimpleITK(volumeNode) if organPrior and shows_air(image) else None
+        request = FillRequest(image, mask, segmentId, segment.GetName(), axis, drawn, spacing, reference)
         job = SegmentationJob(request, volumeNode, segmentationNode)
         return self.logic._startJob(job, self._work, onProgress)
 
     def _work(self, job: SegmentationJob, report) -> None:
         """Worker thread: PromptSegLib only, never the scene."""
+        from PromptSegLib.models.catalogue import resolve_model
         from PromptSegLib.propagate.multislice import fill_from_slices
+        from PromptSegLib.propagate.organ_prior import MODEL, organ_prior
 
         request = job.request
+        prior = None
+        if request.reference is not None:
+            report(0.0, "loading the organ model")
+            segmenter = self.logic._segmenter(ModelChoice(resolve_model(MODEL)))
+            report(0.0, "asking the organ model what was drawn")
+            prior = organ_prior(segmenter, request.reference, request.drawn, request.axis, cancel=job._cancel)
         report(0.0, "loading the propagation model")
         job.result = fill_from_slices(self.logic._propagator(), request.volume, request.drawn, request.axis,
-                                      spacing=request.spacing, progress=report, cancel=job._cancel)
+                                      spacing=request.spacing, prior=prior, progress=report, cancel=job._cancel)
 
     def finish(self, job: SegmentationJob, saveStateForUndo: Callable[[], None] | None = None,
                timeout: float | None = None):
@@ -154,6 +166,8 @@ class FillFromSlicesLogic:
         segment.SetTag(FILLED_TAG.format(axis=AXIS_NAMES[axis]), " ".join(
             f"{j}:{sliceChecksum(np.take(result.mask, j, axis=axis))}" for j in written))
         drawn = sorted(request.drawn)
-        job.message = (f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))}) in "
-                       f"{time.monotonic() - job.startTime:.1f} s")
+        guide = (f", guided by the organ model's {result.prior.target} (Dice {result.prior.agreement:.2f} with the "
+                 "drawn slices)" if result.prior is not None else "")
+        job.message = (f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))}){guide} "
+                       f"in {time.monotonic() - job.startTime:.1f} s")
         return result

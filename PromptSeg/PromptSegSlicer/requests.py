@@ -67,7 +67,8 @@ class PropagationRequest:
 @dataclass(frozen=True)
 class FillRequest:
     """Fill segment ``segmentName`` of ``volume`` (float32) from its ``drawn`` slices (index -> 2D bool) along
-    ``axis``; ``spacing`` in mm ``(k, j, i)``; ``mask`` is the segment when the job started."""
+    ``axis``; ``spacing`` in mm ``(k, j, i)``; ``mask`` is the segment when the job started; ``reference``: the
+    volume as a SimpleITK image for the organ prior (``None``: no prior)."""
 
     volume: np.ndarray
     mask: np.ndarray
@@ -76,6 +77,7 @@ class FillRequest:
     axis: str
     drawn: dict[int, np.ndarray]
     spacing: tuple[float, float, float]
+    reference: object | None = None
 
 
 @dataclass(frozen=True)

@@ -140,22 +140,29 @@ def cmd_fill(args: argparse.Namespace) -> int:
     from PromptSegLib.cli.progress import progress_bar
     from PromptSegLib.propagate.geometry import take_slice
     from PromptSegLib.propagate.multislice import REACH, drawn_slices, fill_from_slices
+    from PromptSegLib.propagate.organ_prior import MODEL, organ_prior, shows_air
     from PromptSegLib.propagate.propagator import FADE_CONTRAST, Propagator, resolve_axis
+    from PromptSegLib.segment.inference import Segmenter
 
     output, image, mask, name = _read_inputs(args)
     axis = resolve_axis(args.axis)
+    array = sitk.GetArrayViewFromImage(image)
     drawn = {j: take_slice(mask, axis, j) for j in drawn_slices(mask, axis)}
     drawn.update({j: np.zeros_like(take_slice(mask, axis, 0)) for j in args.empty or ()})
     update, close = progress_bar(not args.quiet)
     try:
-        result = fill_from_slices(Propagator(args.model, threads=args.threads), sitk.GetArrayViewFromImage(image),
+        prior = (organ_prior(Segmenter(MODEL, threads=args.threads), image, drawn, axis)
+                 if args.organ_prior == "auto" and shows_air(array) else None)
+        result = fill_from_slices(Propagator(args.model, threads=args.threads), array,
                                   drawn, axis, spacing=tuple(reversed(image.GetSpacing())), start=args.start,
                                   stop=args.stop, threshold=args.threshold, progress=update,
                                   min_contrast=FADE_CONTRAST if args.min_contrast is None else args.min_contrast,
-                                  reach=REACH if args.reach == "default" else args.reach)
+                                  reach=REACH if args.reach == "default" else args.reach, prior=prior)
     finally:
         close()
-    print(f"{name}: {len(result.written)} slices filled from {sum(v.any() for v in drawn.values())} drawn; "
+    guide = (f"; guided by the organ model's {prior.target} (Dice {prior.agreement:.2f} with the drawn slices)"
+             if prior is not None else "")
+    print(f"{name}: {len(result.written)} slices filled from {sum(v.any() for v in drawn.values())} drawn{guide}; "
           f"{_stops(result)}")
     _write_mask(output, image, name, result.mask)
     return 0
@@ -238,5 +245,9 @@ def add_subcommands(sub) -> None:
                     help="with two or more drawn slices, fill at most this many median drawn-slice spacings beyond "
                          "the outermost ones (default: the library's REACH; a tube at least TUBE_REACH); none: as "
                          "far as the image shows (a tube: to --start/--stop)")
+    fi.add_argument("--organ-prior", choices=["auto", "off"], default="auto",
+                    help="auto: on a CT (air in HU), where the drawn slices are 2 cm or more apart and the bundled "
+                         "head-and-neck organ model finds an organ matching them, its 3D shape guides the fill; "
+                         "off: never")
     _output_arguments(fi)
     fi.set_defaults(func=cmd_fill)

@@ -25,6 +25,8 @@ rest and never changes a drawn slice.
 - A drawn *empty* slice (the user erased a slice) bounds the fill: nothing is filled past it from either side.
 - Nothing is filled where the image lies outside the drawn pixels' intensities (``INTENSITY_RANGE``,
   :func:`drawn_range`).
+- Given an organ prior (:mod:`~PromptSegLib.propagate.organ_prior`: a 3D model that knows the drawn organ), the
+  prior and the fill vote on each voxel off the drawn slices.
 
 Arrays are ``(Z, Y, X)``; ``axis`` 0/1/2 as in :mod:`PromptSegLib.propagate.propagator`.
 """
@@ -37,6 +39,7 @@ import torch
 
 from PromptSegLib.errors import Cancelled, InputImageError, PromptSegError
 from PromptSegLib.propagate.geometry import box_to_slice, set_slice, take_slice
+from PromptSegLib.propagate.organ_prior import WEIGHT, OrganPrior, apply_prior, check_weight
 from PromptSegLib.propagate.propagator import (FADE_CONTRAST, ProgressCallback, PropagationResult, Propagator,
                                                propagate, resolve_axis, vanishing_pixels)
 from PromptSegLib.propagate.shape_prior import (drawn_aspect, equivalent_radius, fit_profile, interpolated_distance,
@@ -256,7 +259,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
                      interpolation_weight: float = INTERPOLATION_WEIGHT, bulge: float = BULGE,
                      min_pixels: int | None = None, intensity_range: tuple[float, float] | None = INTENSITY_RANGE,
                      tube_aspect: float | None = TUBE_ASPECT, tube_reach: float | None = TUBE_REACH,
-                     cap: str = CAP, taper: float = TAPER, progress: ProgressCallback | None = None,
+                     cap: str = CAP, taper: float = TAPER, prior: OrganPrior | None = None,
+                     prior_weight: float = WEIGHT, progress: ProgressCallback | None = None,
                      cancel=None) -> PropagationResult:
     """Fill a structure from the slices the user drew (see the module docstring).
 
@@ -289,6 +293,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
             (``TUBE_REACH``; ``None``: ``reach``).
         cap: ``"drawn"`` or ``"profile"``, the size cap beyond the outermost drawn slices where a reach bounds the
             fill (``CAP``); taper: the drawn-size cap's exponent (``TAPER``).
+        prior: an organ prior for these drawn slices (:func:`~PromptSegLib.propagate.organ_prior.organ_prior`), or
+            ``None``; prior_weight: its share of each voxel's vote (:func:`~.organ_prior.apply_prior`).
         progress: ``(fraction, message)`` callback; cancel: object with ``is_set()``.
 
     Returns:
@@ -320,6 +326,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
         raise PromptSegError(f"unknown cap {cap!r}: 'drawn' or 'profile'")
     if not taper > 0:
         raise PromptSegError(f"taper must be > 0, not {taper}")
+    if prior is not None:
+        check_weight(prior_weight)
     propagator = model if isinstance(model, Propagator) else Propagator(model)
     threshold = propagator.config.threshold if threshold is None else float(threshold)
     progress = progress or (lambda fraction, message: None)
@@ -402,5 +410,11 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
         for j in set(result.written):
             values = take_slice(image, axis, j)
             set_slice(out, axis, j, take_slice(out, axis, j) & (values >= low) & (values <= high))
+    if prior is not None:
+        out[...] = apply_prior(out, prior, drawn, axis, prior_weight)
+        result.prior = prior
+        written = set(result.written)
+        result.written += [j for j in np.nonzero(out.any(axis=tuple(i for i in range(3) if i != axis)))[0].tolist()
+                           if j not in written and j not in drawn]
     progress(1.0, f"filled {len(result.written)} slices from {len(full)} drawn")
     return result

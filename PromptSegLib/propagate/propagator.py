@@ -117,6 +117,7 @@ class PropagationResult:
         reprompts: slices where the SSIM check re-chose the prompt from the buffer.
         stopped: per direction (``+1``/``-1``) why propagation stopped.
         max_slices_held: most 2D slices held at once by the propagation loop (independent of volume length).
+        prior: the :class:`~PromptSegLib.propagate.organ_prior.OrganPrior` a fill from drawn slices took, or ``None``.
     """
 
     mask: np.ndarray
@@ -124,6 +125,7 @@ class PropagationResult:
     reprompts: list[int] = field(default_factory=list)
     stopped: dict[int, str] = field(default_factory=dict)
     max_slices_held: int = 0
+    prior: object | None = None
 
 
 def resolve_axis(axis: int | str) -> int:

@@ -245,7 +245,8 @@ class Segmenter:
                 targets: Sequence[str] = (), *, target_texts: Sequence[str] = (), context_text: str | None = None,
                 allow_untrained: bool = False, overlap: float | None = None, sw_batch_size: int = 1,
                 spacing_mm: float | None = None, intensity: IntensityRule | None = None,
-                progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> SegmentationResult:
+                postprocessing: bool = True, progress: ProgressCallback | None = None,
+                cancel: CancelFlag | None = None) -> SegmentationResult:
         """Segment every requested target in ``image``.
 
         Args:
@@ -264,6 +265,8 @@ class Segmenter:
                 small window to its slow reference convolutions, and two per call were the default there.
             spacing_mm: work at this spacing instead of the model's (closer look).
             intensity: intensity rule to use instead of one fitted on ``image`` (for crops).
+            postprocessing: the model's post-processing (largest component, own side, region checks); off: the
+                network's probabilities as they are (for a crop, whose midline and body are not the patient's).
             progress: called as windows complete.
             cancel: checked before each window; when set, ``Cancelled`` is raised.
 
@@ -281,20 +284,22 @@ class Segmenter:
                                             report, cancel, half=True)
         report(0.95, "mapping back to the input grid")
         config = self.model.config
-        sides = {q.name: side_of(q.target) for q in queries if q.name in config.own_side and side_of(q.target)}
+        sides = {q.name: side_of(q.target) for q in queries
+                 if postprocessing and q.name in config.own_side and side_of(q.target)}
         midline = midline_x(image) if sides else None
-        body_cm2 = body_areas_cm2(image) if modality == "CT" and config.widest_body_cm2 else None
-        air_cm2 = enclosed_air_cm2(image) if modality == "CT" and config.most_air_cm2 else None
+        body_cm2 = body_areas_cm2(image) if postprocessing and modality == "CT" and config.widest_body_cm2 else None
+        air_cm2 = enclosed_air_cm2(image) if postprocessing and modality == "CT" and config.most_air_cm2 else None
         shape = sitk.GetArrayViewFromImage(image).shape
         maps = []
         for index, query in enumerate(queries):
             channel, channels[index] = channels[index], None  # its memory goes once mapped back
             values, box_on_input = self._to_input_grid(channel, box, prepared)
             del channel
-            postprocess(values[None], [query.name], level(config.threshold),
-                        float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component, config.plausible_ml,
-                        sides, image, config.widest_body_cm2, body_cm2, tuple(s.start for s in box_on_input), midline,
-                        config.most_air_cm2, air_cm2)
+            if postprocessing:
+                postprocess(values[None], [query.name], level(config.threshold),
+                            float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component,
+                            config.plausible_ml, sides, image, config.widest_body_cm2, body_cm2,
+                            tuple(s.start for s in box_on_input), midline, config.most_air_cm2, air_cm2)
             maps.append(ProbabilityMap(shape, box_on_input, values))
         report(1.0, "done")
         return SegmentationResult(queries, context, maps, image, config.threshold)

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import slicer  # slicer-core, a test requirement: a missing install must fail, not skip
 from test_module_widget import has_method, has_property, normalized, signals
 from test_slicer_logic import lung_with_one_drawn_slice
+
+from conftest import SHARED, needs_shared
 
 import slicer_shim
 from slicer_shim import segment_array, set_segment, tag
@@ -75,6 +78,47 @@ def test_fill_uses_every_drawn_slice_keeps_them_and_is_one_undo_step(scene, fill
     np.testing.assert_array_equal(segment_array(node, "left lung", volume), before)
     assert fill.logic.redo(node)
     np.testing.assert_array_equal(segment_array(node, "left lung", volume), filled)
+
+
+@needs_shared("openkbp_hn_ct")
+def test_on_a_ct_the_organ_model_guides_the_fill_as_in_the_library(scene, fill):
+    """OpenKBP pt_212 (held out), its right parotid drawn on two axial slices 30 mm apart: the effect's fill takes
+    the head-and-neck organ model's prior on the volume node, as the library does on that volume; unticked, it
+    fills without it. (Slicer reads this NIfTI file with its slices in the opposite order to SimpleITK's.)"""
+    from PromptSegSlicer.nodes import volumeNodeToSimpleITK
+
+    from PromptSegLib.propagate.multislice import fill_from_slices
+    from PromptSegLib.propagate.organ_prior import MODEL, organ_prior
+    from PromptSegLib.segment.inference import Segmenter
+
+    folder = SHARED / "openkbp_hn_ct" / "validation" / "pt_212"
+    volume = slicer_shim.load_volume(folder / "ct.nii.gz", "pt_212")
+    labels = slicer_shim.load_volume(folder / "oars.nii.gz", "pt_212 organs", labelmap=True)
+    truth = slicer.util.arrayFromVolume(labels) == 3
+    present = np.nonzero(truth.any(axis=(1, 2)))[0]
+    indices = [int(present[0] + np.floor((i + 0.5) * len(present) / 2)) for i in range(2)]
+    drawn = np.zeros_like(truth)
+    drawn[indices] = truth[indices]
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    node.GetSegmentation().AddEmptySegment("", "right parotid")
+    set_segment(node, "right parotid", volume, drawn)
+    job = fill.start(node, segment_id(node, "right parotid"), volume, 0)
+    guided = fill.finish(job, timeout=900)
+    assert guided.prior is not None and guided.prior.target.endswith("parotid")
+    assert "guided by the organ model's" in job.message
+    image = volumeNodeToSimpleITK(volume)
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    spacing = tuple(reversed(image.GetSpacing()))
+    prior = organ_prior(Segmenter(MODEL, device="cpu"), image, {j: truth[j] for j in indices})
+    library = fill_from_slices(fill.logic._propagator(), array, {j: truth[j] for j in indices}, spacing=spacing,
+                               prior=prior).mask
+    np.testing.assert_array_equal(segment_array(node, "right parotid", volume), library)
+    off = fill.start(node, segment_id(node, "right parotid"), volume, 0, organPrior=False)
+    assert off.request.reference is None
+    plain = fill.finish(off, timeout=900)
+    assert plain.prior is None and "guided" not in off.message
+    np.testing.assert_array_equal(plain.mask[indices], truth[indices])
 
 
 def test_a_corrected_slice_is_a_drawn_slice_and_an_erased_one_stops_the_fill(

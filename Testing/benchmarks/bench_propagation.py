@@ -8,8 +8,10 @@ Protocol "drawn slices" (axial, held-out structures; the propagation model never
   the interpolated shape refined by the network, beyond them propagation with the size profile);
 - the peer is ITK morphological contour interpolation (PyPI ``itk-morphologicalcontourinterpolation``, the
   filter behind Slicer's "Fill between slices") given the same slices (with one slice it returns that slice);
-- whole-structure Dice per group and K, and PromptSeg's time per filled slice (one CPU thread unless
-  ``--threads``).
+- on CT (``--prior-groups``) the fill takes the organ prior (``PromptSegLib.propagate.organ_prior``: the bundled
+  head-and-neck organ model, where it agrees with the drawn slices), as the Segment Editor effect does on CT;
+- whole-structure Dice per group and K, and PromptSeg's time per filled slice, the organ prior's included (one
+  CPU thread unless ``--threads``).
 - groups: sarcoma GTV on CT and on T1 MR (STS_025..STS_030, the spec's ``val`` cases), BRATS pat0006 (FLAIR
   and T1c; whole tumour and tumour core), and the organs of the OpenKBP validation patients in
   ``shared/data/openkbp_hn_ct/validation`` (not in the propagation spec; every ``--openkbp-every``-th patient).
@@ -43,11 +45,15 @@ from PromptSegLib.propagate.evaluation import (evaluate_volumes, evaluation_targ
                                                summary_table)
 from PromptSegLib.propagate.model import BUNDLED_PROPAGATION_MODEL  # noqa: E402
 from PromptSegLib.propagate.multislice import fill_from_slices  # noqa: E402
+from PromptSegLib.propagate.organ_prior import MODEL as PRIOR_MODEL, organ_prior  # noqa: E402
 from PromptSegLib.propagate.propagator import FADE_CONTRAST, Propagator, propagate  # noqa: E402
+from PromptSegLib.segment.inference import Segmenter  # noqa: E402
 
 COUNTS = (1, 2, 3, 4, 6, 8)
 OPENKBP = ROOT.parent / "shared" / "data" / "openkbp_hn_ct" / "validation"
 OPENKBP_ORGANS = ("brainstem", "spinal cord", "right parotid", "left parotid", "esophagus", "larynx", "mandible")
+PRIOR_GROUPS = ("sts_ct", "openkbp")
+"""The CT groups: there the fill takes the organ prior, as the Segment Editor effect does on a CT."""
 GROUPS = {"sts_ct": "sarcoma GTV, CT", "sts_mr_t1": "sarcoma GTV, T1 MR", "brats": "BRATS pat0006 (FLAIR, T1c)",
           "openkbp": "OpenKBP validation organs, CT"}
 
@@ -76,12 +82,22 @@ def fill_between_slices(truth: np.ndarray, indices: list[int]) -> np.ndarray:
     return itk.GetArrayFromImage(interpolator.GetOutput()).astype(bool)
 
 
-def spacing_zyx(path: str | Path) -> tuple[float, float, float]:
-    """Voxel size (mm) of an image file along the array axes ``(Z, Y, X)``, from its header."""
+def header_geometry(path: str | Path) -> tuple[tuple[float, float, float], tuple[float, ...]]:
+    """Voxel size (mm) of an image file along the array axes ``(Z, Y, X)``, and its direction matrix (row-major,
+    as ``sitk.Image.GetDirection``), from its header."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    return tuple(float(v) for v in reversed(reader.GetSpacing()))
+    return tuple(float(v) for v in reversed(reader.GetSpacing())), tuple(reader.GetDirection())
+
+
+def image_of(array: np.ndarray, spacing: tuple[float, float, float], direction: tuple[float, ...]) -> sitk.Image:
+    """A ``(Z, Y, X)`` array as a SimpleITK image with its spacing (mm, ``(Z, Y, X)``) and direction: what the
+    organ prior's model needs to see the patient the right way up."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(spacing)))
+    image.SetDirection(direction)
+    return image
 
 
 def openkbp_organs(organs: np.ndarray):
@@ -95,7 +111,7 @@ def openkbp_organs(organs: np.ndarray):
 
 def held_out_structures(spec: list[DatasetSpec], openkbp_every: int, groups=tuple(GROUPS), done=lambda name: False,
                         stop=lambda: False):
-    """Yield ``(group, name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for every held-out
+    """Yield ``(group, name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X), direction)`` for every held-out
     structure of ``groups`` (the spec's ``val`` cases; OpenKBP validation patients), skipping those ``done``
     names; nothing more is read once ``stop()`` is true."""
     from PromptSegLib.propagate.data import load_volume
@@ -113,7 +129,7 @@ def held_out_structures(spec: list[DatasetSpec], openkbp_every: int, groups=tupl
             volume = load_volume(dataset, case)
             for name, truth in evaluation_targets(volume, scored(dataset)).items():
                 if not done(f"{volume.name}/{name}"):
-                    yield group, f"{volume.name}/{name}", volume.image, truth, spacing_zyx(case.image)
+                    yield group, f"{volume.name}/{name}", volume.image, truth, *header_geometry(case.image)
     if "openkbp" not in groups:
         return
     for folder in sorted(OPENKBP.glob("pt_*"))[::openkbp_every]:
@@ -125,21 +141,28 @@ def held_out_structures(spec: list[DatasetSpec], openkbp_every: int, groups=tupl
         for organ, truth in openkbp_organs(organs):
             name = f"openkbp/{folder.name}/{organ}"
             if not done(name):
-                yield "openkbp", name, array, truth, tuple(reversed(image.GetSpacing()))
+                yield "openkbp", name, array, truth, tuple(reversed(image.GetSpacing())), image.GetDirection()
 
 
 def drawn_slices_protocol(propagator: Propagator, image: np.ndarray, truth: np.ndarray,
-                          spacing: tuple[float, float, float], counts=COUNTS) -> dict[str, float]:
-    """Whole-structure Dice of PromptSeg and of the peer for each K; PromptSeg's filled slices and seconds."""
+                          spacing: tuple[float, float, float], counts=COUNTS,
+                          direction: tuple[float, ...] | None = None, segmenter=None) -> dict[str, float]:
+    """Whole-structure Dice of PromptSeg and of the peer for each K; PromptSeg's filled slices and seconds. With a
+    ``segmenter`` (and the image's ``direction``) the fill takes the organ prior it gives, timed with it; the
+    row says which target it used (``prior K=k``, empty where none)."""
     row = {"filled": 0, "seconds": 0.0}
+    reference = image_of(image, spacing, direction) if segmenter is not None else None
     for k in counts:
         indices = drawn_indices(truth, k)
+        drawn = {j: truth[j] for j in indices}
         start = time.perf_counter()
-        result = fill_from_slices(propagator, image, {j: truth[j] for j in indices}, spacing=spacing)
+        prior = organ_prior(segmenter, reference, drawn) if segmenter is not None else None
+        result = fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior)
         row["seconds"] += time.perf_counter() - start
         row["filled"] += len(result.written)
         row[f"promptseg K={k}"] = dice(result.mask, truth)
         row[f"peer K={k}"] = dice(fill_between_slices(truth, indices), truth)
+        row[f"prior K={k}"] = prior.target if prior is not None else ""
     return row
 
 
@@ -155,6 +178,16 @@ def drawn_slices_table(rows: list[dict], counts=COUNTS) -> str:
         ms = 1000 * sum(r["seconds"] for r in chosen) / max(sum(r["filled"] for r in chosen), 1)
         lines.append(f"| {GROUPS.get(group, group)} | {len(chosen)} | " + " | ".join(cells) + f" | {ms:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def prior_use(rows: list[dict], counts=COUNTS) -> str:
+    """Markdown: per group with an organ prior, how many structures took one at each K."""
+    lines = []
+    for group in dict.fromkeys(r["group"] for r in rows if any(f"prior K={k}" in r for k in counts)):
+        chosen = [r for r in rows if r["group"] == group]
+        used = ", ".join(f"K={k} {sum(bool(r.get(f'prior K={k}')) for r in chosen)}" for k in counts)
+        lines.append(f"- {GROUPS[group]}: organ prior taken by {used} of {len(chosen)} structures")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def done_checks(rows: list[dict], counts=COUNTS) -> list[str]:
@@ -273,27 +306,31 @@ def main() -> None:
                         help="JSON files of measured structures: those in them are not run again (their rows are "
                              "reported); each new one is added to the first file as soon as it is measured")
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument("--prior-groups", nargs="*", default=list(PRIOR_GROUPS), choices=list(GROUPS),
+                        help="groups (CT) whose fills take the organ prior; none: no prior")
     parser.add_argument("--minutes", type=float, help="start no new volume after this much time (the table "
                                                       "counts the structures measured per group)")
     args = parser.parse_args()
     propagator = Propagator(args.model, threads=args.threads)
+    segmenter = Segmenter(PRIOR_MODEL, device="cpu", threads=args.threads) if args.prior_groups else None
     spec = load_spec(args.spec, as_written=True)
 
     measured = {r["structure"]: r for path in args.rows if Path(path).is_file()
                 for r in json.loads(Path(path).read_text())}
     deadline = time.monotonic() + 60 * args.minutes if args.minutes is not None else None
-    for group, name, image, truth, spacing in held_out_structures(
+    for group, name, image, truth, spacing, direction in held_out_structures(
             spec, args.openkbp_every, args.groups, done=measured.__contains__,
             stop=lambda: deadline is not None and time.monotonic() > deadline):
-        measured[name] = {"group": group, "structure": name,
-                          **drawn_slices_protocol(propagator, image, truth, spacing)}
+        measured[name] = {"group": group, "structure": name, **drawn_slices_protocol(
+            propagator, image, truth, spacing, direction=direction,
+            segmenter=segmenter if group in args.prior_groups else None)}
         if args.rows:
             Path(args.rows[0]).write_text(json.dumps(list(measured.values())))
         print(f"{name}: " + " ".join(f"K={k} {measured[name][f'promptseg K={k}']:.3f}/"
                                      f"{measured[name][f'peer K={k}']:.3f}" for k in COUNTS), flush=True)
     rows = sorted((r for r in measured.values() if r["group"] in args.groups),
                   key=lambda r: list(GROUPS).index(r["group"]))
-    table = drawn_slices_table(rows)
+    table = drawn_slices_table(rows) + prior_use(rows)
     checks = "\n".join(done_checks(rows))
     threads = torch.get_num_threads()
     print("\nWhole-structure Dice, PromptSeg / Fill between slices, by number of drawn slices K\n" + table)

@@ -14,7 +14,8 @@ drawn slice's); or the drawn pixels' intensity range outside which nothing is fi
 beyond the drawn slices as a tube (``--tube-aspect none 3 5``: ``multislice.TUBE_ASPECT``), and how far
 (``--tube-reach 0.25 0.5``: ``multislice.TUBE_REACH``); or how large a slice beyond the outermost drawn slices
 may be where the reach ends the fill (``--cap profile drawn``: ``multislice.CAP``), and how the drawn size tapers
-there (``--taper 2 4 8``: ``multislice.TAPER``). One is varied, the
+there (``--taper 2 4 8``: ``multislice.TAPER``); or the organ prior's share of each voxel's vote on the CT
+group (``--prior-weights none 0.6``: ``organ_prior.WEIGHT``; ``none``: no prior). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -38,7 +39,7 @@ do not outvote a dozen tumours).
 Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2 |
        --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
        --min-pixels 4 drawn | --intensity-range none 2:0.1 | --tube-aspect none 3 5 | --tube-reach 0.25 0.5 |
-       --cap profile drawn | --taper 2 4 8 | --models bundled DIR]
+       --cap profile drawn | --taper 2 4 8 | --models bundled DIR | --prior-weights none 0.6]
        [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
@@ -47,10 +48,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from bench_propagation import COUNTS, ROOT, drawn_indices, fill_between_slices, openkbp_organs
 
 sys.path.insert(0, str(ROOT))
@@ -58,7 +60,9 @@ sys.path.insert(0, str(ROOT))
 from PromptSegLib.io.imageio import read_image  # noqa: E402
 from PromptSegLib.metrics import dice  # noqa: E402
 from PromptSegLib.propagate import multislice  # noqa: E402
+from PromptSegLib.propagate.organ_prior import MODEL as PRIOR_MODEL, organ_prior  # noqa: E402
 from PromptSegLib.propagate.propagator import Propagator  # noqa: E402
+from PromptSegLib.segment.inference import Segmenter  # noqa: E402
 from PromptSegLib.propagate.shape_prior import interpolated_distance  # noqa: E402
 from PromptSegLib.train.openkbp import read_ct, read_structures  # noqa: E402
 
@@ -71,7 +75,7 @@ GROUPS = ("openkbp", "pgbm", "hippocampus")
 
 
 def openkbp_structures():
-    """Yield ``(name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X))`` for each contoured organ
+    """Yield ``(name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X), the CT)`` for each contoured organ
     (at least 3 slices) of the OpenKBP validation patients of ``hn_oars.json``."""
     dataset = json.loads(SPEC.read_text())["datasets"][0]
     folder = (SPEC.parent / dataset["folder"]).resolve()
@@ -80,11 +84,12 @@ def openkbp_structures():
         organs = sitk.GetArrayFromImage(read_structures(folder / patient))
         image = sitk.GetArrayFromImage(ct).astype(np.float32)
         for organ, truth in openkbp_organs(organs):
-            yield f"{patient}/{organ}", image, truth, tuple(reversed(ct.GetSpacing()))
+            yield f"{patient}/{organ}", image, truth, tuple(reversed(ct.GetSpacing())), ct
 
 
 def pgbm_structures():
-    """Like :func:`openkbp_structures`: each PGBM study's tumour on its T1 post-contrast and its FLAIR."""
+    """Like :func:`openkbp_structures` (no CT: ``None``): each PGBM study's tumour on its T1 post-contrast and its
+    FLAIR."""
     for study in sorted(PGBM.glob("PGBM-*/*/")):
         series = {folder.name.split("-")[1]: folder for folder in study.iterdir() if folder.is_dir()}
         if "MaskTumor" not in series or "T1post" not in series:
@@ -98,24 +103,29 @@ def pgbm_structures():
             if image.GetSize() != mask.GetSize():
                 raise ValueError(f"{series[kind]} and its tumour mask are on different grids")
             yield (f"{study.parent.name}/{study.name[:10]}/{kind}", sitk.GetArrayFromImage(image).astype(np.float32),
-                   truth, tuple(reversed(image.GetSpacing())))
+                   truth, tuple(reversed(image.GetSpacing())), None)
 
 
 def hippocampus_structures():
-    """Like :func:`openkbp_structures`: the first 12 hippocampus crops whose image is there."""
+    """Like :func:`openkbp_structures` (no CT: ``None``): the first 12 hippocampus crops whose image is there."""
     for label in sorted((HIPPOCAMPUS / "labels").glob("hippocampus_*.nii.gz"))[:12]:
         path = HIPPOCAMPUS / "images" / label.name
         if path.is_file() and path.stat().st_size > 0:
             image = read_image(path)
             yield (label.name.split(".")[0], sitk.GetArrayFromImage(image).astype(np.float32),
-                   sitk.GetArrayFromImage(read_image(label)) > 0, tuple(reversed(image.GetSpacing())))
+                   sitk.GetArrayFromImage(read_image(label)) > 0, tuple(reversed(image.GetSpacing())), None)
 
 
 def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray], spacing: tuple[float, ...],
-         keyword: str, value) -> np.ndarray:
+         keyword: str, value, reference: sitk.Image | None = None) -> np.ndarray:
     """The library's fill from ``drawn`` slices with one choice set to ``value``: a keyword of
-    ``fill_from_slices``, ``keep_area`` of the interpolation it uses between drawn slices, or ``model`` (the
-    ``propagator`` given is that model)."""
+    ``fill_from_slices``, ``keep_area`` of the interpolation it uses between drawn slices, ``model`` (the
+    ``propagator`` given is that model), or ``prior_weight`` (``None``: no organ prior; a CT ``reference``
+    image gets one, as the Segment Editor effect does)."""
+    if keyword == "prior_weight":
+        prior = organ_prior(segmenter(), reference, drawn) if value is not None and reference is not None else None
+        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
+                                           **({"prior_weight": value} if prior is not None else {})).mask
     if keyword == "model":
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
     if keyword != "keep_area":
@@ -125,6 +135,12 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
     finally:
         multislice.interpolated_distance = interpolated_distance
+
+
+@cache
+def segmenter() -> Segmenter:
+    """The organ prior's model, loaded once (on the CPU, with torch's thread count as set)."""
+    return Segmenter(PRIOR_MODEL, device="cpu", threads=torch.get_num_threads())
 
 
 def spacings(value: str) -> float | None:
@@ -140,7 +156,8 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
            "intensity_range": ("intensity_range",
                                lambda v: None if v == "none" else tuple(float(x) for x in v.split(":"))),
            "tube_aspect": ("tube_aspect", spacings), "tube_reach": ("tube_reach", spacings), "cap": ("cap", str),
-           "taper": ("taper", float), "models": ("model", str)}
+           "taper": ("taper", float), "models": ("model", str),
+           "prior_weights": ("prior_weight", lambda v: None if v == "none" else float(v))}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
 
@@ -164,6 +181,8 @@ def main() -> None:
     chosen.add_argument("--cap", nargs="+", choices=["profile", "drawn"], help="size cap beyond the drawn slices")
     chosen.add_argument("--taper", nargs="+", type=float, help="exponent of the drawn-size cap's taper")
     chosen.add_argument("--models", nargs="+", help="propagation model folders ('bundled': the bundled model)")
+    chosen.add_argument("--prior-weights", nargs="+", help="the organ prior's share of each voxel's vote on CT, or "
+                                                           "none (no prior)")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
@@ -181,12 +200,13 @@ def main() -> None:
     keys = [str(v) for v in values] + ["peer"]
     scores: dict[str, dict[str, list[list[float]]]] = {g: {key: [] for key in keys} for g in groups}
     for group in groups:
-        for name, image, truth, spacing in SOURCES[group][0]():
+        for name, image, truth, spacing, reference in SOURCES[group][0]():
             drawn = {k: drawn_indices(truth, k) for k in counts}
             for value in values:
                 propagator = propagators[value if keyword == "model" else args.model]
                 scores[group][str(value)].append([dice(fill(propagator, image, {j: truth[j] for j in drawn[k]},
-                                                            spacing, keyword, value), truth) for k in counts])
+                                                            spacing, keyword, value, reference), truth)
+                                                  for k in counts])
             scores[group]["peer"].append([dice(fill_between_slices(truth, drawn[k]), truth) for k in counts])
             print(f"{group}/{name} " + " ".join(f"{key}: " + " ".join(f"{v:.3f}" for v in rows[-1])
                                                 for key, rows in scores[group].items()), flush=True)
