@@ -149,7 +149,7 @@ def drawn_slices_protocol(propagator: Propagator, image: np.ndarray, truth: np.n
                           direction: tuple[float, ...] | None = None, segmenter=None) -> dict[str, float]:
     """Whole-structure Dice of PromptSeg and of the peer for each K; PromptSeg's filled slices and seconds. With a
     ``segmenter`` (and the image's ``direction``) the fill takes the organ prior it gives, timed with it; the
-    row says which target it used (``prior K=k``, empty where none)."""
+    row says which target it took (``prior K=k``, empty where none)."""
     row = {"filled": 0, "seconds": 0.0}
     reference = image_of(image, spacing, direction) if segmenter is not None else None
     for k in counts:
@@ -162,7 +162,8 @@ def drawn_slices_protocol(propagator: Propagator, image: np.ndarray, truth: np.n
         row["filled"] += len(result.written)
         row[f"promptseg K={k}"] = dice(result.mask, truth)
         row[f"peer K={k}"] = dice(fill_between_slices(truth, indices), truth)
-        row[f"prior K={k}"] = prior.target if prior is not None else ""
+        if segmenter is not None:
+            row[f"prior K={k}"] = prior.target if prior is not None else ""
     return row
 
 
@@ -339,10 +340,12 @@ def main() -> None:
                + "python " + shlex.join(["Testing/benchmarks/bench_propagation.py"] + sys.argv[1:]) + "\n```\n\n"
                f"Held-out structures (the propagation model never trained on them). The user draws K axial slices "
                f"of the true mask at (i + 0.5)/K of the structure's axial extent; PromptSeg fills the structure "
-               f"from them (`PromptSegLib.propagate.multislice.fill_from_slices`), the peer (ITK morphological contour "
-               f"interpolation, Slicer's \"Fill between slices\") interpolates between the same slices (with one "
-               f"slice it returns that slice). Mean whole-structure Dice, PromptSeg / peer; ms per slice PromptSeg "
-               f"filled (all K), {threads} CPU thread{'s' if threads != 1 else ''}:\n\n{table}\n"
+               f"from them (`PromptSegLib.propagate.multislice.fill_from_slices`; in the groups "
+               f"{', '.join(args.prior_groups) or '(none)'}, on CT, with the organ prior of "
+               f"`PromptSegLib.propagate.organ_prior`, as the Segment Editor effect does), the peer (ITK "
+               f"morphological contour interpolation, Slicer's \"Fill between slices\") interpolates between the "
+               f"same slices (with one slice it returns that slice). Mean whole-structure Dice, PromptSeg / peer; "
+               f"ms per slice PromptSeg filled (all K), {threads} CPU thread{'s' if threads != 1 else ''}:\n\n{table}\n"
                f"Issue 14's criteria on these numbers:\n\n```\n{checks}\n```\n")
     if args.distance:
         validation = load_split(spec, "val")
