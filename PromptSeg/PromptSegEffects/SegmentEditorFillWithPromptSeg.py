@@ -54,13 +54,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 "drawn slice next to it and narrowing towards that end (a long, thin one, such as the spinal cord, "
                 "is carried along the anatomy), so draw those slices near the structure's ends. From a single "
                 "drawn slice it is propagated until it ends. Nothing is filled where the image is clearly darker or "
-                "brighter than what you drew. On a CT, where the drawn slices are 2 cm or more apart and the "
-                "bundled head-and-neck organ model finds an organ that matches them (brain stem, spinal cord, "
-                "parotids, esophagus, larynx, mandible), that model's 3D shape guides the fill between and beyond "
-                "them (untick 'Organ model on CT' to fill without it). Drawn slices are never changed. A slice you "
-                "correct "
-                "after a fill counts as drawn at the next Apply; an erased slice stops the fill. Undo reverts the "
-                "whole fill.</html>")
+                "brighter than what you drew. On a CT, from one drawn slice or from slices 2 cm or more apart, "
+                "where the bundled head-and-neck organ model finds an organ that matches them (brain stem, spinal "
+                "cord, parotids, esophagus, larynx, mandible), that model's 3D shape guides the fill between and "
+                "beyond them (untick 'Organ model on CT' to fill without it). Drawn slices are never changed. A "
+                "slice you correct after a fill counts as drawn at the next Apply; an erased slice stops the fill. "
+                "Undo reverts the whole fill.</html>")
 
     def setupOptionsFrame(self):
         self.viewComboBox = qt.QComboBox()

@@ -11,10 +11,11 @@ touches the drawn organ.
 
 Chosen on the 61 organs of the 12 validation patients of ``hn_oars.json`` (K = 2, 3, 4, 6, 8 drawn slices, the
 protocol of ``Testing/benchmarks/bench_propagation.py``), with the model's whole-volume probabilities (ad hoc): see
-each constant. Then checked with this module, ``choose_fill_reach.py --prior-weights none 0.6 --groups openkbp``:
-mean Dice 0.766 -> 0.826 at K = 2, 0.820 -> 0.854 at 3, 0.844 -> 0.861 at 4, 0.888 -> 0.892 at 6, 0.908 -> 0.913 at
-8 (ITK's Fill between slices 0.476 ... 0.786); at K = 2 37 organs higher, 9 lower (by 0.13 at most); the spinal
-cords 0.649 -> 0.812 and the mandibles 0.695 -> 0.851 gain most, the larynges do not change (none agrees enough).
+each constant. Then checked with this module, ``choose_fill_reach.py --prior-weights none 0.6 --groups openkbp
+--counts 1 2 3 4 6 8``: mean Dice 0.465 -> 0.701 from one drawn slice, 0.766 -> 0.826 at K = 2, 0.820 -> 0.855 at 3,
+0.844 -> 0.860 at 4, 0.888 -> 0.892 at 6, 0.908 -> 0.913 at 8 (ITK's Fill between slices 0.093 ... 0.786); at K = 2
+36 organs higher, 9 lower (by 0.11 at most); the spinal cords (K = 1 0.072 -> 0.549, K = 2 0.649 -> 0.811) and the
+mandibles (0.439 -> 0.819, 0.695 -> 0.851) gain most, the larynges not at all.
 """
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ WEIGHT = 0.6
 AIR_HU = -500.0
 """A volume whose lowest value is at or below this shows air in Hounsfield units: a CT (:func:`shows_air`)."""
 
-CONTEXT_MM = 144.0
-"""The crop is at least this long along each axis where the image allows (48 voxels of the model's 3 mm grid: one
-whole window of context around the organ)."""
+CONTEXT_MM = 141.0
+"""The crop is at least this long along each axis where the image allows: just under one window of the model (48
+voxels of its 3 mm grid, 144 mm), a whole window of context around the organ. A crop of 144 mm could round to 49
+voxels, and two windows along that axis; a crop of 141 mm is one."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,17 @@ def shows_air(image: np.ndarray) -> bool:
 def prior_box(shape: tuple[int, int, int], spacing: tuple[float, float, float], drawn: dict[int, np.ndarray],
               axis: int, context_mm: float = CONTEXT_MM) -> tuple[slice, slice, slice]:
     """The crop around the drawn structure: its drawn pixels' box, longer at each end along ``axis`` by half a
-    median drawn-slice spacing and a slice (how far the fill may reach, ``multislice.REACH``) and half its size
-    wider in the plane, then at least ``context_mm`` long along each axis, inside ``shape``. ``spacing``: mm along
-    the array's axes; ``drawn``: at least two non-empty slices."""
+    median drawn-slice spacing and a slice (how far the fill may reach, ``multislice.REACH``; from one drawn slice,
+    which reaches as far as the image shows, by half of ``context_mm``) and half its size wider in the plane, then
+    at least ``context_mm`` long along each axis, inside ``shape``. ``spacing``: mm along the array's axes;
+    ``drawn``: at least one non-empty slice."""
     full = sorted(k for k, v in drawn.items() if v.any())
-    if len(full) < 2:
-        raise PromptSegError("an organ prior needs at least two drawn slices")
+    if not full:
+        raise PromptSegError("an organ prior needs a drawn slice that holds the structure")
     stack = np.any([v for k, v in drawn.items() if k in full], axis=0)
     rows, cols = np.nonzero(stack.any(axis=1))[0], np.nonzero(stack.any(axis=0))[0]
-    extra = int(np.ceil(0.5 * float(np.median(np.diff(full))))) + 1
+    extra = (int(np.ceil(0.5 * float(np.median(np.diff(full))))) + 1 if len(full) >= 2
+             else int((context_mm / spacing[axis] - 1) // 2))
     low = [full[0] - extra, rows[0], cols[0]]
     high = [full[-1] + extra + 1, rows[-1] + 1, cols[-1] + 1]
     plane = [i for i in range(3) if i != axis]
@@ -120,9 +124,10 @@ def organ_prior(segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis
                 region: str | None = "head and neck", min_agreement: float = MIN_AGREEMENT,
                 min_spacing_mm: float = MIN_SPACING_MM, progress: Callable[[float, str], None] | None = None,
                 cancel=None) -> OrganPrior | None:
-    """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply: fewer than two non-empty
-    drawn slices, drawn slices closer than ``min_spacing_mm`` (median), or no model target agreeing with them
-    at Dice ``min_agreement`` or more.
+    """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply: no non-empty drawn slice,
+    two or more closer than ``min_spacing_mm`` (median), or no model target agreeing with them at Dice
+    ``min_agreement`` or more. From one drawn slice the fill propagates until the structure ends; the prior
+    applies there too.
 
     Args:
         segmenter: a :class:`~PromptSegLib.segment.inference.Segmenter` (e.g. of :data:`MODEL`); every one of its
@@ -137,7 +142,7 @@ def organ_prior(segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis
     """
     full = sorted(k for k, v in drawn.items() if np.any(v))
     spacing = tuple(reversed(image.GetSpacing()))
-    if len(full) < 2 or float(np.median(np.diff(full))) * spacing[axis] < min_spacing_mm:
+    if not full or len(full) >= 2 and float(np.median(np.diff(full))) * spacing[axis] < min_spacing_mm:
         return None
     shape = tuple(reversed(image.GetSize()))
     box = prior_box(shape, spacing, drawn, axis)
