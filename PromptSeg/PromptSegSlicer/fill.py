@@ -115,9 +115,14 @@ class FillFromSlicesLogic:
         ensureLibraryImportable()
         spacing = tuple(float(s) for s in reversed(volumeNode.GetSpacing()))  # (k, j, i)
         image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
-        from PromptSegLib.propagate.organ_prior import shows_air
+        from PromptSegLib.propagate.organ_prior import prior_applies, shows_air
 
-        reference = volumeNodeToSimpleITK(volumeNode) if organPrior and shows_air(image) else None
+        reference = None
+        if organPrior and prior_applies(drawn, spacing[axis]) and shows_air(image):
+            try:
+                reference = volumeNodeToSimpleITK(volumeNode)
+            except InputError:  # a direction ITK cannot use: filled without the organ model
+                reference = None
         request = FillRequest(image, mask, segmentId, segment.GetName(), axis, drawn, spacing, reference)
         job = SegmentationJob(request, volumeNode, segmentationNode)
         return self.logic._startJob(job, self._work, onProgress)
@@ -126,15 +131,14 @@ class FillFromSlicesLogic:
         """Worker thread: PromptSegLib only, never the scene."""
         from PromptSegLib.models.catalogue import resolve_model
         from PromptSegLib.propagate.multislice import fill_from_slices
-        from PromptSegLib.propagate.organ_prior import MODEL, organ_prior
+        from PromptSegLib.propagate.organ_prior import MODEL, prior_or_none
 
         request = job.request
         prior = None
         if request.reference is not None:
-            report(0.0, "loading the organ model")
-            segmenter = self.logic._segmenter(ModelChoice(resolve_model(MODEL)))
             report(0.0, "asking the organ model what was drawn")
-            prior = organ_prior(segmenter, request.reference, request.drawn, request.axis, cancel=job._cancel)
+            prior = prior_or_none(lambda: self.logic._segmenter(ModelChoice(resolve_model(MODEL))), request.reference,
+                                  request.drawn, request.axis, progress=report, cancel=job._cancel)
         report(0.0, "loading the propagation model")
         job.result = fill_from_slices(self.logic._propagator(), request.volume, request.drawn, request.axis,
                                       spacing=request.spacing, prior=prior, progress=report, cancel=job._cancel)
@@ -168,6 +172,6 @@ class FillFromSlicesLogic:
         drawn = sorted(request.drawn)
         guide = (f", guided by the organ model's {result.prior.target} (Dice {result.prior.agreement:.2f} with the "
                  "drawn slices)" if result.prior is not None else "")
-        job.message = (f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))}){guide} "
-                       f"in {time.monotonic() - job.startTime:.1f} s")
+        job.message = "; ".join([f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))})"
+                                 f"{guide} in {time.monotonic() - job.startTime:.1f} s"] + job.notes)
         return result

@@ -77,7 +77,7 @@ class FillRequest:
     axis: str
     drawn: dict[int, np.ndarray]
     spacing: tuple[float, float, float]
-    reference: object | None = None
+    reference: Any = None
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     from PromptSegLib.cli.progress import progress_bar
     from PromptSegLib.propagate.geometry import take_slice
     from PromptSegLib.propagate.multislice import REACH, drawn_slices, fill_from_slices
-    from PromptSegLib.propagate.organ_prior import MODEL, organ_prior, shows_air
+    from PromptSegLib.propagate.organ_prior import MODEL, prior_or_none, shows_air
     from PromptSegLib.propagate.propagator import FADE_CONTRAST, Propagator, resolve_axis
     from PromptSegLib.segment.inference import Segmenter
 
@@ -151,7 +151,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     drawn.update({j: np.zeros_like(take_slice(mask, axis, 0)) for j in args.empty or ()})
     update, close = progress_bar(not args.quiet)
     try:
-        prior = (organ_prior(Segmenter(MODEL, threads=args.threads), image, drawn, axis)
+        prior = (prior_or_none(lambda: Segmenter(MODEL, threads=args.threads), image, drawn, axis)
                  if args.organ_prior == "auto" and shows_air(array) else None)
         result = fill_from_slices(Propagator(args.model, threads=args.threads), array,
                                   drawn, axis, spacing=tuple(reversed(image.GetSpacing())), start=args.start,

@@ -26,7 +26,8 @@ rest and never changes a drawn slice.
 - Nothing is filled where the image lies outside the drawn pixels' intensities (``INTENSITY_RANGE``,
   :func:`drawn_range`).
 - Given an organ prior (:mod:`~PromptSegLib.propagate.organ_prior`: a 3D model that knows the drawn organ), the
-  prior and the fill vote on each voxel off the drawn slices.
+  prior and the fill vote on each voxel off the drawn slices, within the fill's range; what the prior adds is not
+  held to the drawn intensity range (as chosen on validation organs).
 
 Arrays are ``(Z, Y, X)``; ``axis`` 0/1/2 as in :mod:`PromptSegLib.propagate.propagator`.
 """
@@ -411,7 +412,10 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
             values = take_slice(image, axis, j)
             set_slice(out, axis, j, take_slice(out, axis, j) & (values >= low) & (values <= high))
     if prior is not None:
-        out[...] = apply_prior(out, prior, drawn, axis, prior_weight)
+        # what the prior adds stays in the fill's range: within start/stop and the reach, short of erased slices
+        below = max((k for k in order if k < full[0] and not drawn[k].any()), default=lo - 1)
+        above = min((k for k in order if k > full[-1] and not drawn[k].any()), default=hi + 1)
+        out[...] = apply_prior(out, prior, drawn, axis, prior_weight, (max(lo, below + 1), min(hi, above - 1)))
         result.prior = prior
         written = set(result.written)
         result.written += [j for j in np.nonzero(out.any(axis=tuple(i for i in range(3) if i != axis)))[0].tolist()

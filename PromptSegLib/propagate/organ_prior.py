@@ -20,13 +20,18 @@ mandibles (0.439 -> 0.819, 0.695 -> 0.851) gain most, the larynges not at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from PromptSegLib.errors import PromptSegError
+from PromptSegLib.errors import Cancelled, PromptSegError
+from PromptSegLib.notes import note
+from PromptSegLib.propagate.geometry import set_slice, take_slice
+
+if TYPE_CHECKING:
+    from PromptSegLib.segment.inference import CancelFlag, Segmenter
 
 MODEL = "promptseg-hn-oars"
 """The model that gives the prior (catalogue name or folder)."""
@@ -81,7 +86,7 @@ def prior_box(shape: tuple[int, int, int], spacing: tuple[float, float, float], 
     median drawn-slice spacing and a slice (how far the fill may reach, ``multislice.REACH``; from one drawn slice,
     which reaches as far as the image shows, by half of ``context_mm``) and half its size wider in the plane, then
     at least ``context_mm`` long along each axis, inside ``shape``. ``spacing``: mm along the array's axes;
-    ``drawn``: at least one non-empty slice."""
+    ``drawn``: at least one non-empty slice. Near the image's edge the crop moves inwards to keep its length."""
     full = sorted(k for k, v in drawn.items() if v.any())
     if not full:
         raise PromptSegError("an organ prior needs a drawn slice that holds the structure")
@@ -99,39 +104,49 @@ def prior_box(shape: tuple[int, int, int], spacing: tuple[float, float, float], 
             grow = (hi - lo) // 4
             lo, hi = lo - grow, hi + grow
         least = int(np.ceil(context_mm / spacing[i]))
-        if hi - lo < least:
-            lo -= (least - (hi - lo)) // 2
+        if hi - lo < least:  # centred, or moved off the image's edge
+            lo = max(0, min(lo - (least - (hi - lo)) // 2, shape[i] - least))
             hi = lo + least
         lo, hi = max(lo, 0), min(hi, shape[i])
         box[i] = slice(int(lo), int(hi))
     return tuple(box)
 
 
+def _plane(box: tuple[slice, ...], axis: int) -> tuple[slice, slice]:
+    """The box's index slices across ``axis``: those of a 2D slice along it."""
+    return tuple(box[i] for i in range(3) if i != axis)
+
+
 def _dice_on_drawn(mask: np.ndarray, drawn: dict[int, np.ndarray], axis: int, box: tuple[slice, ...]) -> float:
     """Dice of a ``box``-shaped ``mask`` with the drawn slices (drawn pixels outside the box count as missed)."""
     both = found = wanted = 0
-    plane = tuple(box[i] for i in range(3) if i != axis)
+    plane = _plane(box, axis)
     for k, v in drawn.items():
         wanted += int(np.count_nonzero(v))
         if box[axis].start <= k < box[axis].stop:
-            m = np.take(mask, k - box[axis].start, axis=axis)
+            m = take_slice(mask, axis, k - box[axis].start)
             both += int(np.count_nonzero(m & v[plane]))
             found += int(np.count_nonzero(m))
     return 2.0 * both / (found + wanted) if found + wanted else 0.0
 
 
-def organ_prior(segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0, modality: str = "CT",
-                region: str | None = "head and neck", min_agreement: float = MIN_AGREEMENT,
+def prior_applies(drawn: dict[int, np.ndarray], step_mm: float, min_spacing_mm: float = MIN_SPACING_MM) -> bool:
+    """Whether a fill from ``drawn`` slices (index -> bool 2D mask) may take a prior: one non-empty drawn slice, or
+    two or more whose median spacing is at least ``min_spacing_mm``; ``step_mm``: the slice spacing (mm)."""
+    full = sorted(k for k, v in drawn.items() if np.any(v))
+    return len(full) == 1 or len(full) >= 2 and float(np.median(np.diff(full))) * step_mm >= min_spacing_mm
+
+
+def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0,
+                modality: str = "CT", region: str | None = "head and neck", min_agreement: float = MIN_AGREEMENT,
                 min_spacing_mm: float = MIN_SPACING_MM, progress: Callable[[float, str], None] | None = None,
-                cancel=None) -> OrganPrior | None:
-    """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply: no non-empty drawn slice,
-    two or more closer than ``min_spacing_mm`` (median), or no model target agreeing with them at Dice
-    ``min_agreement`` or more. From one drawn slice the fill propagates until the structure ends; the prior
-    applies there too.
+                cancel: CancelFlag | None = None) -> OrganPrior | None:
+    """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply (:func:`prior_applies`) or
+    no model target agrees with the drawn slices at Dice ``min_agreement`` or more. From one drawn slice the fill
+    propagates until the structure ends; the prior applies there too.
 
     Args:
-        segmenter: a :class:`~PromptSegLib.segment.inference.Segmenter` (e.g. of :data:`MODEL`); every one of its
-            targets is tried.
+        segmenter: a segmenter of :data:`MODEL` or another model; every one of its targets is tried.
         image: the volume the fill works on; its array ``(Z, Y, X)`` is the fill's image.
         drawn: slice index along ``axis`` -> bool 2D mask the user drew.
         modality, region: the model's input block and context prompt.
@@ -140,12 +155,10 @@ def organ_prior(segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis
     Raises:
         Cancelled: the cancel flag was set. The segmenter's errors (a modality the model lacks...).
     """
-    full = sorted(k for k, v in drawn.items() if np.any(v))
     spacing = tuple(reversed(image.GetSpacing()))
-    if not full or len(full) >= 2 and float(np.median(np.diff(full))) * spacing[axis] < min_spacing_mm:
+    if not prior_applies(drawn, spacing[axis], min_spacing_mm):
         return None
-    shape = tuple(reversed(image.GetSize()))
-    box = prior_box(shape, spacing, drawn, axis)
+    box = prior_box(tuple(reversed(image.GetSize())), spacing, drawn, axis)
     crop = image[box[2], box[1], box[0]]
     targets = segmenter.model.config.targets
     result = segmenter.segment(crop, modality, region, targets, postprocessing=False, progress=progress,
@@ -157,6 +170,23 @@ def organ_prior(segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis
     return OrganPrior(targets[best], agreements[best], box, result.probability(best))
 
 
+def prior_or_none(load: Callable[[], Segmenter], image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0,
+                  progress: Callable[[float, str], None] | None = None,
+                  cancel: CancelFlag | None = None) -> OrganPrior | None:
+    """:func:`organ_prior` for a fill that can go on without it: the model is loaded (``load()``) only where the
+    prior applies, and a model or input error is noted (:func:`~PromptSegLib.notes.note`) and gives ``None``
+    instead of failing the fill. Raises ``Cancelled`` when the cancel flag is set."""
+    if not prior_applies(drawn, image.GetSpacing()[2 - axis]):
+        return None
+    try:
+        return organ_prior(load(), image, drawn, axis, progress=progress, cancel=cancel)
+    except Cancelled:
+        raise
+    except PromptSegError as error:
+        note(f"filled without the organ model: {error}")
+        return None
+
+
 def check_weight(weight: float) -> None:
     """Refuse a prior's weight outside [0, 1) (at 1 the fill would have no say)."""
     if not 0.0 <= weight < 1.0:
@@ -164,22 +194,33 @@ def check_weight(weight: float) -> None:
 
 
 def apply_prior(mask: np.ndarray, prior: OrganPrior, drawn: dict[int, np.ndarray], axis: int = 0,
-                weight: float = WEIGHT) -> np.ndarray:
+                weight: float = WEIGHT, within: tuple[int, int] | None = None) -> np.ndarray:
     """The fill's bool ``(Z, Y, X)`` ``mask`` with each voxel off the drawn slices voted on by the fill and the
-    prior's probability ``p``: in where ``(1 - weight) mask + weight p >= 0.5``. Where the prior alone carries a
-    voxel in, it must lie in a piece of ``p >= 0.5`` that touches a drawn pixel. Outside the prior's box and on
-    the drawn slices, ``mask`` is kept."""
+    prior's probability ``p``: in where ``(1 - weight) mask + weight p >= 0.5``.
+
+    Where the prior alone carries a voxel in, it must lie in a piece of ``p >= 0.5`` that holds a drawn pixel, on
+    a slice in ``within`` (first and last slice index along ``axis``, inclusive: the fill's range; ``None``: any);
+    pieces do not cross a drawn empty slice (one the user erased). Outside the prior's box and on the drawn
+    slices, ``mask`` is kept."""
     check_weight(weight)
-    along, plane = prior.box[axis], tuple(prior.box[i] for i in range(3) if i != axis)
+    along, plane = prior.box[axis], _plane(prior.box, axis)
     rows = {k - along.start: np.asarray(v, bool)[plane] for k, v in drawn.items() if along.start <= k < along.stop}
-    inside, p = mask[prior.box], prior.probability
-    voted = (1.0 - weight) * inside + weight * p >= 0.5
+    inside, p = mask[prior.box], prior.probability.copy()
     drawn_box = np.zeros_like(inside)
     for j, v in rows.items():
-        np.moveaxis(drawn_box, axis, 0)[j] = v
+        set_slice(drawn_box, axis, j, v)
+        if not v.any():
+            set_slice(p, axis, j, np.zeros_like(v, dtype=p.dtype))  # an erased slice: nothing crosses it
+    voted = (1.0 - weight) * inside + weight * p >= 0.5
     pieces, _ = ndimage.label(p >= 0.5)
-    voted &= inside | np.isin(pieces, np.unique(pieces[drawn_box & (pieces > 0)]))
-    np.moveaxis(voted, axis, 0)[list(rows)] = np.moveaxis(inside, axis, 0)[list(rows)]  # the drawn slices: the user's
+    added = np.isin(pieces, np.unique(pieces[drawn_box & (pieces > 0)]))
+    if within is not None:
+        outside = [j for j in range(inside.shape[axis]) if not within[0] <= j + along.start <= within[1]]
+        for j in outside:
+            set_slice(added, axis, j, np.zeros_like(take_slice(added, axis, j)))
+    voted &= inside | added
+    for j in rows:  # the drawn slices: the user's
+        set_slice(voted, axis, j, take_slice(inside, axis, j))
     out = mask.copy()
     out[prior.box] = voted
     return out

@@ -15,7 +15,7 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from PromptSegLib.errors import Cancelled, InputImageError, PromptSegError
 from PromptSegLib.propagate.geometry import (box_to_slice, box_transform, normalise_slice, roi_box, sample_box,
                                              set_slice, take_slice)
 from PromptSegLib.propagate.model import PropagationModel, load_propagation_model
+
+if TYPE_CHECKING:
+    from PromptSegLib.propagate.organ_prior import OrganPrior
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 FADE_CONTRAST = 0.5
@@ -125,7 +128,7 @@ class PropagationResult:
     reprompts: list[int] = field(default_factory=list)
     stopped: dict[int, str] = field(default_factory=dict)
     max_slices_held: int = 0
-    prior: object | None = None
+    prior: OrganPrior | None = None
 
 
 def resolve_axis(axis: int | str) -> int:

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptSegLib.errors import PromptSegError
+from PromptSegLib.errors import Cancelled, ModelError, PromptSegError
 from PromptSegLib.metrics import dice
 from PromptSegLib.propagate.multislice import fill_from_slices
+from PromptSegLib.notes import collecting_notes
 from PromptSegLib.propagate.organ_prior import (MIN_AGREEMENT, MODEL, OrganPrior, apply_prior, organ_prior,
-                                                prior_box, shows_air)
+                                                prior_applies, prior_box, prior_or_none, shows_air)
 from PromptSegLib.propagate.propagator import Propagator
 from PromptSegLib.segment.inference import Segmenter
 
@@ -119,6 +120,56 @@ def test_the_prior_votes_off_the_drawn_slices_keeps_them_and_what_lies_outside_i
     np.testing.assert_array_equal(joined[1], mask[1])
     with pytest.raises(PromptSegError, match="weight"):
         apply_prior(mask, prior, drawn, weight=1.0)
+
+
+def test_what_the_prior_adds_stays_in_the_fill_s_range_short_of_an_erased_slice_along_any_axis():
+    # one drawn slice (index 5) and a sure piece of the prior running through slices 2..17: slice 8 was erased,
+    # and the fill's range ends at 15
+    for axis in (0, 1, 2):
+        shape = [20, 20, 20]
+        mask = np.zeros(shape, bool)
+        probability = np.zeros(shape, np.float32)
+        region = [slice(8, 12)] * 3
+        region[axis] = slice(2, 18)
+        probability[tuple(region)] = 0.9
+        drawn_mask = np.zeros(shape, bool)
+        region[axis] = slice(5, 6)
+        drawn_mask[tuple(region)] = True
+        mask |= drawn_mask
+        drawn = {5: np.take(drawn_mask, 5, axis=axis), 8: np.zeros((20, 20), bool)}
+        prior = OrganPrior("spinal cord", 0.9, (slice(0, 20),) * 3, probability)
+        out = apply_prior(mask, prior, drawn, axis=axis, within=(0, 15))
+        along = np.nonzero(out.any(axis=tuple(i for i in range(3) if i != axis)))[0].tolist()
+        assert along == [2, 3, 4, 5, 6, 7], (axis, along)
+        np.testing.assert_array_equal(np.take(out, 5, axis=axis), drawn[5])
+        # no erased slice: the piece runs on to the end of the fill's range
+        out = apply_prior(mask, prior, {5: drawn[5]}, axis=axis, within=(0, 15))
+        assert np.nonzero(out.any(axis=tuple(i for i in range(3) if i != axis)))[0].tolist() == list(range(2, 16))
+
+
+def test_a_prior_that_cannot_be_had_is_noted_and_the_fill_goes_on_without_it():
+    image = sitk.Image(16, 16, 16, sitk.sitkInt16)
+    image.SetSpacing((1.0, 1.0, 3.0))
+    square = np.zeros((16, 16), bool)
+    square[6:10, 6:10] = True
+
+    def broken():
+        raise ModelError("promptseg-hn-oars: weights.safetensors is missing")
+
+    with collecting_notes() as notes, pytest.warns(UserWarning, match="without the organ model"):
+        assert prior_or_none(broken, image, {8: square}) is None
+    assert notes == ["filled without the organ model: promptseg-hn-oars: weights.safetensors is missing"]
+
+    def cancelled():
+        raise Cancelled("fill cancelled")
+
+    with pytest.raises(Cancelled):
+        prior_or_none(cancelled, image, {8: square})
+    # two drawn slices 6 mm apart: the prior does not apply, and the model is not even loaded
+    loaded = []
+    assert prior_or_none(lambda: loaded.append(True), image, {6: square, 8: square}) is None and not loaded
+    assert prior_applies({6: square, 8: square}, 3.0, min_spacing_mm=6.0)
+    assert not prior_applies({6: np.zeros_like(square)}, 3.0)
 
 
 def test_a_ct_shows_air_an_mr_does_not(chest_ct_path, mni_t1_path):

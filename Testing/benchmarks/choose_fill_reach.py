@@ -62,8 +62,8 @@ from PromptSegLib.metrics import dice  # noqa: E402
 from PromptSegLib.propagate import multislice  # noqa: E402
 from PromptSegLib.propagate.organ_prior import MODEL as PRIOR_MODEL, organ_prior  # noqa: E402
 from PromptSegLib.propagate.propagator import Propagator  # noqa: E402
-from PromptSegLib.segment.inference import Segmenter  # noqa: E402
 from PromptSegLib.propagate.shape_prior import interpolated_distance  # noqa: E402
+from PromptSegLib.segment.inference import Segmenter  # noqa: E402
 from PromptSegLib.train.openkbp import read_ct, read_structures  # noqa: E402
 
 SPEC = ROOT / "Resources" / "Training" / "hn_oars.json"
