@@ -12,10 +12,10 @@ touches the drawn organ and lies in the fill's range (not past an erased slice).
 Chosen on the 61 organs of the 12 validation patients of ``hn_oars.json`` (K = 2, 3, 4, 6, 8 drawn slices, the
 protocol of ``Testing/benchmarks/bench_propagation.py``), with the model's whole-volume probabilities (ad hoc): see
 each constant. Then checked with this module, ``choose_fill_reach.py --prior-weights none 0.6 --groups openkbp
---counts 1 2 3 4 6 8``: mean Dice 0.465 -> 0.701 from one drawn slice, 0.766 -> 0.830 at K = 2, 0.820 -> 0.855 at 3, 0.844 -> 0.861
-at 4, 0.888 -> 0.893 at 6, 0.908 -> 0.913 at 8 (ITK's Fill between slices 0.093 ... 0.786); at K = 2 37 organs
-higher, 8 lower (by 0.06 at most); the spinal cords (K = 1 0.072 -> 0.549, K = 2 0.649 -> 0.815) and the mandibles
-(0.439 -> 0.819, 0.695 -> 0.851) gain most, the larynges not at all.
+--counts 1 2 3 4 6 8``: mean Dice 0.465 -> 0.701 from one drawn slice, 0.766 -> 0.830 at K = 2, 0.820 -> 0.855
+at 3, 0.844 -> 0.861 at 4, 0.888 -> 0.893 at 6, 0.908 -> 0.913 at 8 (ITK's Fill between slices 0.093 ... 0.786);
+at K = 2 37 organs higher, 8 lower (by 0.06 at most); the spinal cords (K = 1 0.072 -> 0.549, K = 2 0.649 ->
+0.815) and the mandibles (0.439 -> 0.819, 0.695 -> 0.851) gain most, the larynges not at all.
 """
 from __future__ import annotations
 
