@@ -122,7 +122,7 @@ class FillFromSlicesLogic:
             try:
                 reference = volumeNodeToSimpleITK(volumeNode)
             except InputError:  # a direction ITK cannot use: filled without the organ model
-                reference = None
+                pass
         request = FillRequest(image, mask, segmentId, segment.GetName(), axis, drawn, spacing, reference)
         job = SegmentationJob(request, volumeNode, segmentationNode)
         return self.logic._startJob(job, self._work, onProgress)
@@ -170,8 +170,7 @@ class FillFromSlicesLogic:
         segment.SetTag(FILLED_TAG.format(axis=AXIS_NAMES[axis]), " ".join(
             f"{j}:{sliceChecksum(np.take(result.mask, j, axis=axis))}" for j in written))
         drawn = sorted(request.drawn)
-        guide = (f", guided by the organ model's {result.prior.target} (Dice {result.prior.agreement:.2f} with the "
-                 "drawn slices)" if result.prior is not None else "")
+        guide = f", {result.prior.summary}" if result.prior is not None else ""
         job.message = "; ".join([f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))})"
                                  f"{guide} in {time.monotonic() - job.startTime:.1f} s"] + job.notes)
         return result

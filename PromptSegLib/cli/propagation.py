@@ -160,8 +160,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
                                   reach=REACH if args.reach == "default" else args.reach, prior=prior)
     finally:
         close()
-    guide = (f"; guided by the organ model's {prior.target} (Dice {prior.agreement:.2f} with the drawn slices)"
-             if prior is not None else "")
+    guide = f"; {prior.summary}" if prior is not None else ""
     print(f"{name}: {len(result.written)} slices filled from {sum(v.any() for v in drawn.values())} drawn{guide}; "
           f"{_stops(result)}")
     _write_mask(output, image, name, result.mask)

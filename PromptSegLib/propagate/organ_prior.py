@@ -73,6 +73,11 @@ class OrganPrior:
     box: tuple[slice, slice, slice]
     probability: np.ndarray
 
+    @property
+    def summary(self) -> str:
+        """What a fill tells its user of the prior it took."""
+        return f"guided by the organ model's {self.target} (Dice {self.agreement:.2f} with the drawn slices)"
+
 
 def shows_air(image: np.ndarray) -> bool:
     """Whether an intensity array looks like a CT in HU (its lowest value is air, :data:`AIR_HU` or below), where
