@@ -15,7 +15,8 @@ each constant. Then checked with this module, ``choose_fill_reach.py --prior-wei
 --counts 1 2 3 4 6 8``: mean Dice 0.465 -> 0.701 from one drawn slice, 0.766 -> 0.830 at K = 2, 0.820 -> 0.855
 at 3, 0.844 -> 0.861 at 4, 0.888 -> 0.893 at 6, 0.908 -> 0.913 at 8 (ITK's Fill between slices 0.093 ... 0.786);
 at K = 2 37 organs higher, 8 lower (by 0.06 at most); the spinal cords (K = 1 0.072 -> 0.549, K = 2 0.649 ->
-0.815) and the mandibles (0.439 -> 0.819, 0.695 -> 0.851) gain most, the larynges not at all.
+0.815) and the mandibles (0.439 -> 0.819, 0.695 -> 0.851) gain most, the larynges not at all. From one drawn slice
+a lower agreement takes the prior (:data:`MIN_AGREEMENT_ONE`): K = 1 0.701 -> 0.741.
 """
 from __future__ import annotations
 
@@ -37,8 +38,18 @@ MODEL = "promptseg-hn-oars"
 """The model that gives the prior (catalogue name or folder)."""
 
 MIN_AGREEMENT = 0.75
-"""The least Dice of the model's mask with the drawn slices for its target to be used. Whole-volume probabilities,
-K = 2: 0.7 0.807, 0.75 0.809, 0.8 0.805 (at 0.75 50 of the 61 organs pass; the larynges and esophagi mostly not)."""
+"""The least Dice of the model's mask with two or more drawn slices for its target to be used. Whole-volume
+probabilities, K = 2: 0.7 0.807, 0.75 0.809, 0.8 0.805 (at 0.75 50 of the 61 organs pass; the larynges and esophagi
+mostly not). Checked with this module (ad hoc, K = 2, the prior's crop): 0.7 0.8300, 0.75 0.8299, 0.8 0.8235."""
+
+MIN_AGREEMENT_ONE = 0.6
+"""The least Dice with a single drawn slice. From one slice the fill alone loses long and thin organs within a few
+slices (the 61 validation organs' spinal cords 0.07), so a prior that agrees less still helps: chosen by
+``Testing/benchmarks/choose_fill_reach.py --prior-agreements 0.75 0.6 0.5 --groups openkbp --counts 1``. On CT
+structures the model does not know (12 sarcoma GTVs of the propagation spec's training split, the lung GTV and six
+abdominal organs of the TotalSegmentator example CT) the best target agreed at 0.34 at most (the aorta, as
+esophagus), and a prior taken there lowered the fill to Dice 0.03-0.21 (ad hoc), so the threshold stays well above
+that; 0.5 scored within 0.001 of 0.6."""
 
 MIN_SPACING_MM = 20.0
 """The prior is used only where the drawn slices' median spacing is at least this (mm): with close drawn slices
@@ -143,12 +154,13 @@ def prior_applies(drawn: dict[int, np.ndarray], step_mm: float, min_spacing_mm: 
 
 
 def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0,
-                modality: str = "CT", region: str | None = "head and neck", min_agreement: float = MIN_AGREEMENT,
+                modality: str = "CT", region: str | None = "head and neck", min_agreement: float | None = None,
                 min_spacing_mm: float = MIN_SPACING_MM, progress: Callable[[float, str], None] | None = None,
                 cancel: CancelFlag | None = None) -> OrganPrior | None:
     """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply (:func:`prior_applies`) or
-    no model target agrees with the drawn slices at Dice ``min_agreement`` or more. From one drawn slice the fill
-    propagates until the structure ends; the prior applies there too.
+    no model target agrees with the drawn slices at Dice ``min_agreement`` or more (``None``:
+    :data:`MIN_AGREEMENT_ONE` from one non-empty drawn slice, else :data:`MIN_AGREEMENT`). From one drawn slice the
+    fill propagates until the structure ends; the prior applies there too.
 
     Args:
         segmenter: a segmenter of :data:`MODEL` or another model; every one of its targets is tried.
@@ -170,6 +182,8 @@ def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.nda
                                cancel=cancel)
     agreements = [_dice_on_drawn(result.mask(i), drawn, axis, box) for i in range(len(targets))]
     best = int(np.argmax(agreements))
+    if min_agreement is None:
+        min_agreement = MIN_AGREEMENT_ONE if sum(bool(v.any()) for v in drawn.values()) == 1 else MIN_AGREEMENT
     if agreements[best] < min_agreement:
         return None
     return OrganPrior(targets[best], agreements[best], box, result.probability(best))

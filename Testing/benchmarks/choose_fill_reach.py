@@ -15,7 +15,9 @@ beyond the drawn slices as a tube (``--tube-aspect none 3 5``: ``multislice.TUBE
 (``--tube-reach 0.25 0.5``: ``multislice.TUBE_REACH``); or how large a slice beyond the outermost drawn slices
 may be where the reach ends the fill (``--cap profile drawn``: ``multislice.CAP``), and how the drawn size tapers
 there (``--taper 2 4 8``: ``multislice.TAPER``); or the organ prior's share of each voxel's vote on the CT
-group (``--prior-weights none 0.6``: ``organ_prior.WEIGHT``; ``none``: no prior). One is varied, the
+group (``--prior-weights none 0.6``: ``organ_prior.WEIGHT``; ``none``: no prior), and the least agreement with
+the drawn slices at which it is taken (``--prior-agreements 0.75 0.6``: ``organ_prior.MIN_AGREEMENT``, and with
+``--counts 1`` ``MIN_AGREEMENT_ONE``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -39,7 +41,8 @@ do not outvote a dozen tumours).
 Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --ends-beyond none 0.5 1 2 |
        --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
        --min-pixels 4 drawn | --intensity-range none 2:0.1 | --tube-aspect none 3 5 | --tube-reach 0.25 0.5 |
-       --cap profile drawn | --taper 2 4 8 | --models bundled DIR | --prior-weights none 0.6]
+       --cap profile drawn | --taper 2 4 8 | --models bundled DIR | --prior-weights none 0.6 |
+       --prior-agreements 0.75 0.6]
        [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
 """
@@ -126,6 +129,9 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
         prior = organ_prior(segmenter(), reference, drawn) if value is not None and reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
                                            **({"prior_weight": value} if prior is not None else {})).mask
+    if keyword == "min_agreement":
+        prior = organ_prior(segmenter(), reference, drawn, min_agreement=value) if reference is not None else None
+        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
     if keyword == "model":
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
     if keyword != "keep_area":
@@ -157,7 +163,8 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
                                lambda v: None if v == "none" else tuple(float(x) for x in v.split(":"))),
            "tube_aspect": ("tube_aspect", spacings), "tube_reach": ("tube_reach", spacings), "cap": ("cap", str),
            "taper": ("taper", float), "models": ("model", str),
-           "prior_weights": ("prior_weight", lambda v: None if v == "none" else float(v))}
+           "prior_weights": ("prior_weight", lambda v: None if v == "none" else float(v)),
+           "prior_agreements": ("min_agreement", float)}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
 
@@ -183,6 +190,8 @@ def main() -> None:
     chosen.add_argument("--models", nargs="+", help="propagation model folders ('bundled': the bundled model)")
     chosen.add_argument("--prior-weights", nargs="+", help="the organ prior's share of each voxel's vote on CT, or "
                                                            "none (no prior)")
+    chosen.add_argument("--prior-agreements", nargs="+", help="the least Dice of the organ prior's mask with the "
+                                                              "drawn slices for it to be taken")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
