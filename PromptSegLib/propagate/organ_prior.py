@@ -16,7 +16,7 @@ each constant. Then checked with this module, ``choose_fill_reach.py --prior-wei
 at 3, 0.844 -> 0.861 at 4, 0.888 -> 0.893 at 6, 0.908 -> 0.913 at 8 (ITK's Fill between slices 0.093 ... 0.786);
 at K = 2 37 organs higher, 8 lower (by 0.06 at most); the spinal cords (K = 1 0.072 -> 0.549, K = 2 0.649 ->
 0.815) and the mandibles (0.439 -> 0.819, 0.695 -> 0.851) gain most, the larynges not at all. From one drawn slice
-a lower agreement takes the prior (:data:`MIN_AGREEMENT_ONE`): K = 1 0.701 -> 0.741.
+or of a small structure a lower agreement takes the prior (:data:`LOW_AGREEMENT`): K = 1 0.701 -> 0.741.
 """
 from __future__ import annotations
 
@@ -42,14 +42,26 @@ MIN_AGREEMENT = 0.75
 probabilities, K = 2: 0.7 0.807, 0.75 0.809, 0.8 0.805 (at 0.75 50 of the 61 organs pass; the larynges and esophagi
 mostly not). Checked with this module (ad hoc, K = 2, the prior's crop): 0.7 0.8300, 0.75 0.8299, 0.8 0.8235."""
 
-MIN_AGREEMENT_ONE = 0.6
-"""The least Dice with a single drawn slice. From one slice the fill alone loses long and thin organs within a few
-slices (the 61 validation organs' spinal cords 0.07), so a prior that agrees less still helps: chosen by
-``Testing/benchmarks/choose_fill_reach.py --prior-agreements 0.75 0.6 0.5 --groups openkbp --counts 1``. On CT
-structures the model does not know (12 sarcoma GTVs of the propagation spec's training split, the lung GTV and six
-abdominal organs of the TotalSegmentator example CT) the best target agreed at 0.34 at most (the aorta, as
-esophagus), and a prior taken there lowered the fill to Dice 0.03-0.21 (ad hoc), so the threshold stays well above
-that; 0.5 scored within 0.001 of 0.6."""
+LOW_AGREEMENT = 0.6
+"""The least Dice with the drawn slices from a single drawn slice, or from drawn slices of a small structure
+(:data:`SMALL_PIXELS`). From one slice the fill alone loses long and thin organs within a few slices (the 61
+validation organs' spinal cords 0.07), so a prior that agrees less still helps: chosen by
+``Testing/benchmarks/choose_fill_reach.py --prior-agreements 0.75 0.6 0.5 --groups openkbp --counts 1``, 0.701,
+0.741, 0.742. On CT structures the model does not know (12 sarcoma GTVs of the propagation spec's training split,
+the lung GTV and six abdominal organs of the TotalSegmentator example CT) the best target agreed at 0.34 at most
+(the aorta, as esophagus), and a prior taken there lowered the fill to Dice 0.03-0.21 (ad hoc), so the threshold
+stays well above that; 0.5 scored within 0.001 of 0.6."""
+
+SMALL_PIXELS = 10.0
+"""A structure drawn with fewer pixels than this on its non-empty drawn slices (their mean) is small: a pixel's shift
+moves its Dice by 0.1-0.4, so it takes the prior from :data:`LOW_AGREEMENT`. (Spinal cords and esophagi on OpenKBP's
+4 mm pixels: 2-9 pixels.) Chosen by ``Testing/benchmarks/choose_fill_reach.py --prior-small-pixels 0 10 --groups
+openkbp openkbp_more --counts 2 3 4``, mean Dice over K and the groups 0.847 (none small) -> 0.849: the 61 validation
+organs changed in one place (a spinal cord at K = 4, +0.099), the 69 organs of 12 other training-split patients
+(``openkbp_more``, which the organ model trained on) at K = 2 0.814 -> 0.825 (five higher, by 0.07-0.37: esophagi,
+a spinal cord, a brain stem), at K = 3 0.852 -> 0.854 (four higher, one lower by 0.001), at K = 4 0.867 -> 0.866
+(one higher, two esophagi lower by 0.017 and 0.023). An ad hoc look first: below Dice 0.75 at K = 2, the small
+structures that took a prior gained (six of six, +0.07 to +0.37) and the larger ones mostly lost (10 of 11)."""
 
 MIN_SPACING_MM = 20.0
 """The prior is used only where the drawn slices' median spacing is at least this (mm): with close drawn slices
@@ -153,14 +165,22 @@ def prior_applies(drawn: dict[int, np.ndarray], step_mm: float, min_spacing_mm: 
     return len(full) == 1 or len(full) >= 2 and float(np.median(np.diff(full))) * step_mm >= min_spacing_mm
 
 
+def least_agreement(drawn: dict[int, np.ndarray], small_pixels: float = SMALL_PIXELS) -> float:
+    """The least Dice of a model target with the ``drawn`` slices (index -> bool 2D mask) for the prior to be taken:
+    :data:`LOW_AGREEMENT` from one non-empty slice or where they hold fewer than ``small_pixels`` pixels on average,
+    else :data:`MIN_AGREEMENT`."""
+    sizes = [int(np.count_nonzero(v)) for v in drawn.values() if np.any(v)]
+    return LOW_AGREEMENT if len(sizes) == 1 or float(np.mean(sizes)) < small_pixels else MIN_AGREEMENT
+
+
 def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0,
                 modality: str = "CT", region: str | None = "head and neck", min_agreement: float | None = None,
                 min_spacing_mm: float = MIN_SPACING_MM, progress: Callable[[float, str], None] | None = None,
                 cancel: CancelFlag | None = None) -> OrganPrior | None:
     """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply (:func:`prior_applies`) or
     no model target agrees with the drawn slices at Dice ``min_agreement`` or more (``None``:
-    :data:`MIN_AGREEMENT_ONE` from one non-empty drawn slice, else :data:`MIN_AGREEMENT`). From one drawn slice the
-    fill propagates until the structure ends; the prior applies there too.
+    :func:`least_agreement`). From one drawn slice the fill propagates until the structure ends; the prior applies
+    there too.
 
     Args:
         segmenter: a segmenter of :data:`MODEL` or another model; every one of its targets is tried.
@@ -183,7 +203,7 @@ def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.nda
     agreements = [_dice_on_drawn(result.mask(i), drawn, axis, box) for i in range(len(targets))]
     best = int(np.argmax(agreements))
     if min_agreement is None:
-        min_agreement = MIN_AGREEMENT_ONE if sum(bool(v.any()) for v in drawn.values()) == 1 else MIN_AGREEMENT
+        min_agreement = least_agreement(drawn)
     if agreements[best] < min_agreement:
         return None
     return OrganPrior(targets[best], agreements[best], box, result.probability(best))

@@ -17,13 +17,17 @@ may be where the reach ends the fill (``--cap profile drawn``: ``multislice.CAP`
 there (``--taper 2 4 8``: ``multislice.TAPER``); or the organ prior's share of each voxel's vote on the CT
 group (``--prior-weights none 0.6``: ``organ_prior.WEIGHT``; ``none``: no prior), and the least agreement with
 the drawn slices at which it is taken (``--prior-agreements 0.75 0.6``: ``organ_prior.MIN_AGREEMENT``, and with
-``--counts 1`` ``MIN_AGREEMENT_ONE``). One is varied, the
+``--counts 1`` ``LOW_AGREEMENT``), and below how many pixels a drawn slice a structure is small and takes it from
+``LOW_AGREEMENT`` (``--prior-small-pixels 0 10``: ``organ_prior.SMALL_PIXELS``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
 whose figures stay a held-out report):
 - ``openkbp``: the seven organs of the 12 OpenKBP *training-split* patients that ``hn_oars.json`` keeps for
   validation (``../open-kbp/provided-data/train-pats``, read by the project's importer);
+- ``openkbp_more``: those of 12 other training-split patients (every 14th of the rest from the 4th, with a CT), for
+  choices of the organ prior: the organ model trained on them (so its prior is a little better there than on new
+  patients), the propagation model did not; not among the default groups;
 - ``pgbm``: glioblastomas of TCIA Brain-Tumor-Progression, each study's ``MaskTumor`` on its T1 post-contrast
   and on its registered FLAIR (6.5 mm slices; tumours on at least 3 slices), from ``../nd320-pgbm/PGBM-*/STUDY/
   SERIES/*.dcm``, the DICOM files of ``fetch github:udacity/nd320-c3-3d-med-imaging``'s
@@ -42,9 +46,9 @@ Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --en
        --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
        --min-pixels 4 drawn | --intensity-range none 2:0.1 | --tube-aspect none 3 5 | --tube-reach 0.25 0.5 |
        --cap profile drawn | --taper 2 4 8 | --models bundled DIR | --prior-weights none 0.6 |
-       --prior-agreements 0.75 0.6]
+       --prior-agreements 0.75 0.6 | --prior-small-pixels 0 10]
        [--model DIR]
-       [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus] [--threads 1]
+       [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus openkbp_more] [--threads 1]
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 from PromptSegLib.io.imageio import read_image  # noqa: E402
 from PromptSegLib.metrics import dice  # noqa: E402
 from PromptSegLib.propagate import multislice  # noqa: E402
-from PromptSegLib.propagate.organ_prior import MODEL as PRIOR_MODEL, organ_prior  # noqa: E402
+from PromptSegLib.propagate.organ_prior import MODEL as PRIOR_MODEL, least_agreement, organ_prior  # noqa: E402
 from PromptSegLib.propagate.propagator import Propagator  # noqa: E402
 from PromptSegLib.propagate.shape_prior import interpolated_distance  # noqa: E402
 from PromptSegLib.segment.inference import Segmenter  # noqa: E402
@@ -75,14 +79,20 @@ SPEC = ROOT / "Resources" / "Training" / "hn_oars.json"
 PGBM = ROOT.parent / "nd320-pgbm"
 HIPPOCAMPUS = ROOT.parent / "nd320-hippocampus"
 GROUPS = ("openkbp", "pgbm", "hippocampus")
+"""The default validation groups (``openkbp_more`` is asked for by name)."""
 
 
-def openkbp_structures():
+def openkbp_structures(more: bool = False):
     """Yield ``(name, image (Z, Y, X), truth bool (Z, Y, X), spacing (mm, Z Y X), the CT)`` for each contoured organ
-    (at least 3 slices) of the OpenKBP validation patients of ``hn_oars.json``."""
+    (at least 3 slices) of the OpenKBP validation patients of ``hn_oars.json`` (``more``: of 12 other patients of
+    its training split, ``openkbp_more``)."""
     dataset = json.loads(SPEC.read_text())["datasets"][0]
     folder = (SPEC.parent / dataset["folder"]).resolve()
-    for patient in dataset["val"]:
+    patients = dataset["val"]
+    if more:
+        others = [p.name for p in folder.glob("pt_*") if p.name not in patients and (p / "ct.csv").is_file()]
+        patients = sorted(others, key=lambda name: int(name.split("_")[1]))[3::14][:12]
+    for patient in patients:
         ct = read_ct(folder / patient)
         organs = sitk.GetArrayFromImage(read_structures(folder / patient))
         image = sitk.GetArrayFromImage(ct).astype(np.float32)
@@ -129,6 +139,10 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
         prior = organ_prior(segmenter(), reference, drawn) if value is not None and reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
                                            **({"prior_weight": value} if prior is not None else {})).mask
+    if keyword == "small_pixels":
+        least = least_agreement(drawn, value)
+        prior = organ_prior(segmenter(), reference, drawn, min_agreement=least) if reference is not None else None
+        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
     if keyword == "min_agreement":
         prior = organ_prior(segmenter(), reference, drawn, min_agreement=value) if reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
@@ -164,12 +178,13 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
            "tube_aspect": ("tube_aspect", spacings), "tube_reach": ("tube_reach", spacings), "cap": ("cap", str),
            "taper": ("taper", float), "models": ("model", str),
            "prior_weights": ("prior_weight", lambda v: None if v == "none" else float(v)),
-           "prior_agreements": ("min_agreement", float)}
+           "prior_agreements": ("min_agreement", float), "prior_small_pixels": ("small_pixels", float)}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
 
 SOURCES = {"openkbp": (openkbp_structures, ROOT.parent / "open-kbp"), "pgbm": (pgbm_structures, PGBM),
-           "hippocampus": (hippocampus_structures, HIPPOCAMPUS)}
+           "hippocampus": (hippocampus_structures, HIPPOCAMPUS),
+           "openkbp_more": (partial(openkbp_structures, more=True), ROOT.parent / "open-kbp")}
 
 
 def main() -> None:
@@ -192,9 +207,11 @@ def main() -> None:
                                                            "none (no prior)")
     chosen.add_argument("--prior-agreements", nargs="+", help="the least Dice of the organ prior's mask with the "
                                                               "drawn slices for it to be taken")
+    chosen.add_argument("--prior-small-pixels", nargs="+", help="below how many pixels a drawn slice (their mean) a "
+                                                                "structure takes the organ prior at the low agreement")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
-    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(SOURCES))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     option = next((name for name in CHOICES if getattr(args, name)), "reach")
