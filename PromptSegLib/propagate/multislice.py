@@ -40,7 +40,7 @@ import torch
 
 from PromptSegLib.errors import Cancelled, InputImageError, PromptSegError
 from PromptSegLib.propagate.geometry import box_to_slice, set_slice, take_slice
-from PromptSegLib.propagate.organ_prior import WEIGHT, OrganPrior, apply_prior, check_weight
+from PromptSegLib.propagate.organ_prior import OrganPrior, apply_prior, check_weight
 from PromptSegLib.propagate.propagator import (FADE_CONTRAST, ProgressCallback, PropagationResult, Propagator,
                                                propagate, resolve_axis, vanishing_pixels)
 from PromptSegLib.propagate.shape_prior import (drawn_aspect, equivalent_radius, fit_profile, interpolated_distance,
@@ -261,7 +261,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
                      min_pixels: int | None = None, intensity_range: tuple[float, float] | None = INTENSITY_RANGE,
                      tube_aspect: float | None = TUBE_ASPECT, tube_reach: float | None = TUBE_REACH,
                      cap: str = CAP, taper: float = TAPER, prior: OrganPrior | None = None,
-                     prior_weight: float = WEIGHT, progress: ProgressCallback | None = None,
+                     prior_weight: float | None = None, progress: ProgressCallback | None = None,
                      cancel=None) -> PropagationResult:
     """Fill a structure from the slices the user drew (see the module docstring).
 
@@ -295,7 +295,8 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
         cap: ``"drawn"`` or ``"profile"``, the size cap beyond the outermost drawn slices where a reach bounds the
             fill (``CAP``); taper: the drawn-size cap's exponent (``TAPER``).
         prior: an organ prior for these drawn slices (:func:`~PromptSegLib.propagate.organ_prior.organ_prior`), or
-            ``None``; prior_weight: its share of each voxel's vote (:func:`~.organ_prior.apply_prior`).
+            ``None``; prior_weight: its share of each voxel's vote (:func:`~.organ_prior.apply_prior`; ``None``:
+            :func:`~.organ_prior.vote_weight`).
         progress: ``(fraction, message)`` callback; cancel: object with ``is_set()``.
 
     Returns:
@@ -327,7 +328,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
         raise PromptSegError(f"unknown cap {cap!r}: 'drawn' or 'profile'")
     if not taper > 0:
         raise PromptSegError(f"taper must be > 0, not {taper}")
-    if prior is not None:
+    if prior is not None and prior_weight is not None:
         check_weight(prior_weight)
     propagator = model if isinstance(model, Propagator) else Propagator(model)
     threshold = propagator.config.threshold if threshold is None else float(threshold)
