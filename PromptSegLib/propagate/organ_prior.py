@@ -173,11 +173,16 @@ def prior_applies(drawn: dict[int, np.ndarray], step_mm: float, min_spacing_mm: 
     return len(full) == 1 or len(full) >= 2 and float(np.median(np.diff(full))) * step_mm >= min_spacing_mm
 
 
+def _drawn_sizes(drawn: dict[int, np.ndarray]) -> list[int]:
+    """Pixel counts of the non-empty ``drawn`` slices."""
+    return [int(np.count_nonzero(v)) for v in drawn.values() if np.any(v)]
+
+
 def least_agreement(drawn: dict[int, np.ndarray], small_pixels: float = SMALL_PIXELS) -> float:
     """The least Dice of a model target with the ``drawn`` slices (index -> bool 2D mask) for the prior to be taken:
     :data:`LOW_AGREEMENT` from one non-empty slice or where they hold fewer than ``small_pixels`` pixels on average,
     else :data:`MIN_AGREEMENT`."""
-    sizes = [int(np.count_nonzero(v)) for v in drawn.values() if np.any(v)]
+    sizes = _drawn_sizes(drawn)
     return LOW_AGREEMENT if len(sizes) == 1 or float(np.mean(sizes)) < small_pixels else MIN_AGREEMENT
 
 
@@ -243,7 +248,7 @@ def check_weight(weight: float) -> None:
 def vote_weight(drawn: dict[int, np.ndarray]) -> float:
     """The prior's share of the vote for a fill from ``drawn`` slices (index -> bool 2D mask): :data:`WEIGHT_ONE`
     from one non-empty slice, else :data:`WEIGHT`."""
-    return WEIGHT_ONE if sum(bool(np.any(v)) for v in drawn.values()) == 1 else WEIGHT
+    return WEIGHT_ONE if len(_drawn_sizes(drawn)) == 1 else WEIGHT
 
 
 def apply_prior(mask: np.ndarray, prior: OrganPrior, drawn: dict[int, np.ndarray], axis: int = 0,
