@@ -27,13 +27,32 @@ def segmenter():
 
 
 @pytest.fixture(scope="module")
+def propagator():
+    return Propagator(None, threads=1)
+
+
+def organ_case(patient: str, value: int) -> tuple[sitk.Image, np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """An OpenKBP validation patient of shared/ (held out): its CT (SimpleITK, HU), the CT's array ``(Z, Y, X)``
+    float32, the organ labelled ``value`` in ``oars.nii.gz`` (bool ``(Z, Y, X)``) and the voxel size (mm, Z Y X)."""
+    folder = SHARED / "openkbp_hn_ct" / "validation" / patient
+    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oars.nii.gz"))) == value
+    return image, sitk.GetArrayFromImage(image).astype(np.float32), truth, tuple(reversed(image.GetSpacing()))
+
+
+def plain_and_guided(propagator: Propagator, array: np.ndarray, drawn: dict[int, np.ndarray],
+                     spacing: tuple[float, float, float], prior: OrganPrior) -> tuple[np.ndarray, np.ndarray]:
+    """The fill's masks from ``drawn`` without and with the ``prior``."""
+    plain = fill_from_slices(propagator, array, drawn, spacing=spacing).mask
+    return plain, fill_from_slices(propagator, array, drawn, spacing=spacing, prior=prior).mask
+
+
+@pytest.fixture(scope="module")
 def parotid():
     """pt_212's CT (SimpleITK, HU), its array ``(Z, Y, X)``, its right parotid (bool ``(Z, Y, X)``), the voxel size
     (mm, Z Y X) and the protocol's two drawn slices (at 1/4 and 3/4 of the parotid's extent, 30 mm apart)."""
-    image = sitk.ReadImage(str(PT_212 / "ct.nii.gz"))
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(PT_212 / "oars.nii.gz"))) == 3
-    return (image, sitk.GetArrayFromImage(image).astype(np.float32), truth, tuple(reversed(image.GetSpacing())),
-            protocol_slices(truth, 2))
+    image, array, truth, spacing = organ_case("pt_212", 3)
+    return image, array, truth, spacing, protocol_slices(truth, 2)
 
 
 def protocol_slices(truth: np.ndarray, count: int) -> list[int]:
@@ -43,7 +62,7 @@ def protocol_slices(truth: np.ndarray, count: int) -> list[int]:
 
 
 @needs_shared("openkbp_hn_ct")
-def test_two_drawn_slices_of_a_parotid_find_the_organ_and_the_prior_fills_better(segmenter, parotid):
+def test_two_drawn_slices_of_a_parotid_find_the_organ_and_the_prior_fills_better(segmenter, propagator, parotid):
     image, array, truth, spacing, indices = parotid
     drawn = {j: truth[j] for j in indices}
     prior = organ_prior(segmenter, image, drawn)
@@ -52,7 +71,6 @@ def test_two_drawn_slices_of_a_parotid_find_the_organ_and_the_prior_fills_better
     assert prior is not None and prior.target.endswith("parotid") and prior.agreement >= MIN_AGREEMENT
     assert prior.probability.shape == array[prior.box].shape
     assert all(prior.box[0].start <= j < prior.box[0].stop for j in indices)
-    propagator = Propagator(None, threads=1)
     plain = fill_from_slices(propagator, array, drawn, spacing=spacing)
     guided = fill_from_slices(propagator, array, drawn, spacing=spacing, prior=prior)
     assert guided.prior is prior and plain.prior is None
@@ -79,20 +97,15 @@ def test_the_prior_stays_out_where_it_cannot_help(segmenter, parotid):
 
 
 @needs_shared("openkbp_hn_ct")
-def test_from_one_drawn_slice_a_spinal_cord_runs_on_along_the_organ_model(segmenter):
+def test_from_one_drawn_slice_a_spinal_cord_runs_on_along_the_organ_model(segmenter, propagator):
     """pt_212's spinal cord drawn on its middle slice: the network loses a cord a few 4 mm pixels wide within a
     few slices; the organ model carries it on."""
-    image = sitk.ReadImage(str(PT_212 / "ct.nii.gz"))
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(PT_212 / "oars.nii.gz"))) == 2
+    image, array, truth, spacing = organ_case("pt_212", 2)
     middle = middle_slice(truth)
     drawn = {middle: truth[middle]}
     prior = organ_prior(segmenter, image, drawn)
     assert prior is not None and prior.target == "spinal cord"
-    propagator = Propagator(None, threads=1)
-    spacing = tuple(reversed(image.GetSpacing()))
-    plain = fill_from_slices(propagator, array, drawn, spacing=spacing).mask
-    guided = fill_from_slices(propagator, array, drawn, spacing=spacing, prior=prior).mask
+    plain, guided = plain_and_guided(propagator, array, drawn, spacing, prior)
     np.testing.assert_array_equal(guided[middle], truth[middle])
     # measured 0.077 without the prior (5 slices of the truth's 74), 0.700 with it (57)
     assert dice(guided, truth) > 0.6 > dice(plain, truth) + 0.4
@@ -108,24 +121,18 @@ def middle_slice(truth: np.ndarray) -> int:
 @needs_shared("openkbp_hn_ct")
 @needs_shared("lung_ct_gtv")
 def test_from_one_drawn_slice_a_lower_agreement_is_enough_but_not_for_a_structure_the_model_does_not_know(
-        segmenter):
+        segmenter, propagator):
     """pt_202's spinal cord, drawn on its middle slice, agrees with the model's spinal cord at Dice 0.63: too little
     for two drawn slices, enough for one, where the fill alone loses the cord. A lung tumour the model has no target
     for agrees with none of them (best 0.10), and its fill stays the network's own."""
-    patient = SHARED / "openkbp_hn_ct" / "validation" / "pt_202"
-    image = sitk.ReadImage(str(patient / "ct.nii.gz"))
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(patient / "oars.nii.gz"))) == 2
+    image, array, truth, spacing = organ_case("pt_202", 2)
     middle = middle_slice(truth)
     drawn = {middle: truth[middle]}
     prior = organ_prior(segmenter, image, drawn)
     assert prior is not None and prior.target == "spinal cord"
     assert LOW_AGREEMENT <= prior.agreement < MIN_AGREEMENT  # measured 0.632
     assert organ_prior(segmenter, image, drawn, min_agreement=MIN_AGREEMENT) is None
-    propagator = Propagator(None, threads=1)
-    spacing = tuple(reversed(image.GetSpacing()))
-    plain = fill_from_slices(propagator, array, drawn, spacing=spacing).mask
-    guided = fill_from_slices(propagator, array, drawn, spacing=spacing, prior=prior).mask
+    plain, guided = plain_and_guided(propagator, array, drawn, spacing, prior)
     # measured 0.056 without the prior (4 slices of the truth's 76), 0.733 with it (57 slices)
     assert dice(guided, truth) > 0.65 > 0.15 > dice(plain, truth)
 
@@ -140,23 +147,17 @@ def test_from_one_drawn_slice_a_lower_agreement_is_enough_but_not_for_a_structur
 
 
 @needs_shared("openkbp_hn_ct")
-def test_a_structure_drawn_a_few_pixels_small_takes_the_prior_at_the_lower_agreement(segmenter):
+def test_a_structure_drawn_a_few_pixels_small_takes_the_prior_at_the_lower_agreement(segmenter, propagator):
     """pt_201's spinal cord on the protocol's two drawn slices, 3 pixels each: a pixel moves Dice by a third, and the
     model's cord agrees at 0.71, under the threshold of larger structures."""
-    patient = SHARED / "openkbp_hn_ct" / "validation" / "pt_201"
-    image = sitk.ReadImage(str(patient / "ct.nii.gz"))
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(patient / "oars.nii.gz"))) == 2
+    image, array, truth, spacing = organ_case("pt_201", 2)
     drawn = {j: truth[j] for j in protocol_slices(truth, 2)}
     assert all(v.sum() < SMALL_PIXELS for v in drawn.values())
     assert least_agreement(drawn) == LOW_AGREEMENT and least_agreement(drawn, small_pixels=0) == MIN_AGREEMENT
     prior = organ_prior(segmenter, image, drawn)
     assert prior is not None and prior.target == "spinal cord"
     assert LOW_AGREEMENT <= prior.agreement < MIN_AGREEMENT  # measured 0.714
-    propagator = Propagator(None, threads=1)
-    spacing = tuple(reversed(image.GetSpacing()))
-    plain = fill_from_slices(propagator, array, drawn, spacing=spacing).mask
-    guided = fill_from_slices(propagator, array, drawn, spacing=spacing, prior=prior).mask
+    plain, guided = plain_and_guided(propagator, array, drawn, spacing, prior)
     assert dice(guided, truth) > dice(plain, truth) + 0.2  # measured 0.509 without the prior, 0.792 with it
 
 

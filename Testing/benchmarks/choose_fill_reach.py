@@ -133,18 +133,16 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
          keyword: str, value, reference: sitk.Image | None = None) -> np.ndarray:
     """The library's fill from ``drawn`` slices with one choice set to ``value``: a keyword of
     ``fill_from_slices``, ``keep_area`` of the interpolation it uses between drawn slices, ``model`` (the
-    ``propagator`` given is that model), or ``prior_weight`` (``None``: no organ prior; a CT ``reference``
-    image gets one, as the Segment Editor effect does)."""
+    ``propagator`` given is that model), ``prior_weight`` (``None``: no organ prior; a CT ``reference``
+    image gets one, as the Segment Editor effect does), or the organ prior's least agreement, ``min_agreement``
+    itself or through ``small_pixels`` (:func:`~PromptSegLib.propagate.organ_prior.least_agreement`)."""
     if keyword == "prior_weight":
         prior = organ_prior(segmenter(), reference, drawn) if value is not None and reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
                                            **({"prior_weight": value} if prior is not None else {})).mask
-    if keyword == "small_pixels":
-        least = least_agreement(drawn, value)
+    if keyword in ("min_agreement", "small_pixels"):
+        least = value if keyword == "min_agreement" else least_agreement(drawn, value)
         prior = organ_prior(segmenter(), reference, drawn, min_agreement=least) if reference is not None else None
-        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
-    if keyword == "min_agreement":
-        prior = organ_prior(segmenter(), reference, drawn, min_agreement=value) if reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
     if keyword == "model":
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
