@@ -245,8 +245,8 @@ def add_subcommands(sub) -> None:
                          "the outermost ones (default: the library's REACH; a tube at least TUBE_REACH); none: as "
                          "far as the image shows (a tube: to --start/--stop)")
     fi.add_argument("--organ-prior", choices=["auto", "off"], default="auto",
-                    help="auto: on a CT (air in HU), from one drawn slice or slices 2 cm or more apart, where the "
-                         "bundled head-and-neck organ model finds an organ matching them, its 3D shape guides the "
-                         "fill; off: never")
+                    help="auto: on a CT (air in HU), from one drawn slice, slices 2 cm or more apart or closer "
+                         "ones that change pieces (a mandible's rami and arch), where the bundled head-and-neck "
+                         "organ model finds an organ matching them, its 3D shape guides the fill; off: never")
     _output_arguments(fi)
     fi.set_defaults(func=cmd_fill)

@@ -65,9 +65,24 @@ a spinal cord, a brain stem), at K = 3 0.852 -> 0.854 (four higher, one lower by
 structures that took a prior gained (six of six, +0.07 to +0.37) and the larger ones mostly lost (10 of 11)."""
 
 MIN_SPACING_MM = 20.0
-"""The prior is used only where the drawn slices' median spacing is at least this (mm): with close drawn slices
-the fill alone is better. Whole-volume probabilities, mean over K and organs: always 0.8564 (at K = 6 0.881 against
-the fill's 0.888), 10 mm 0.8634, 20 mm 0.8657, 30 mm 0.8621; the fill alone 0.8453."""
+"""The prior is used only where the drawn slices' median spacing is at least this (mm), unless they change pieces
+(:data:`PIECES`): with close drawn slices the fill alone is better. Whole-volume probabilities, mean over K and
+organs: always 0.8564 (at K = 6 0.881 against the fill's 0.888), 10 mm 0.8634, 20 mm 0.8657, 30 mm 0.8621; the fill
+alone 0.8453."""
+
+PIECES = True
+"""Take the prior from close drawn slices too (under :data:`MIN_SPACING_MM`) where they hold different numbers of
+pieces (a mandible's two rami and its arch): there the fill's interpolation between them fails (a mandible at K = 4
+0.714-0.841 without the prior, 0.797-0.902 with it), however close they lie. Checked first with the model's crops of
+the 130 organs of ``choose_fill_reach.py``'s groups ``openkbp`` and ``openkbp_more`` (ad hoc): mean Dice over
+K = 2, 3, 4, 6, 8 and the groups 0.8708 -> 0.8726, the mandibles at K = 4 0.828 -> 0.858, K = 6 0.852 -> 0.887,
+K = 8 0.896 -> 0.910 (lower at K = 4 than at K = 3 before), a parotid whose deep lobe is drawn apart a little
+lower at K = 6 and 8 (the left parotids -0.004), nothing else changed. Chosen with this module by
+``Testing/benchmarks/choose_fill_reach.py --prior-pieces false true --groups openkbp openkbp_more --counts 2 3 4 6 8``:
+0.8712 -> 0.8730 over the 130 organs and K (the groups 0.871 -> 0.873 each; K = 4 0.864 -> 0.869, K = 6 0.895 ->
+0.899); the mandibles 0.856 -> 0.873 (K = 4 0.828 -> 0.861, K = 6 0.852 -> 0.888), the parotids 0.891 -> 0.889; of
+59 changes 40 higher, the largest fall a parotid's (pt_182, 0.939 -> 0.880 at K = 8); the brain stems, spinal
+cords, esophagi and larynges unchanged."""
 
 WEIGHT = 0.6
 """The prior's share ``w`` of each voxel's vote with two or more drawn slices. Whole-volume probabilities, 20 mm: 0.6
@@ -166,11 +181,17 @@ def _dice_on_drawn(mask: np.ndarray, drawn: dict[int, np.ndarray], axis: int, bo
     return 2.0 * both / (found + wanted) if found + wanted else 0.0
 
 
-def prior_applies(drawn: dict[int, np.ndarray], step_mm: float, min_spacing_mm: float = MIN_SPACING_MM) -> bool:
+def prior_applies(drawn: dict[int, np.ndarray], step_mm: float, min_spacing_mm: float = MIN_SPACING_MM,
+                  pieces: bool = PIECES) -> bool:
     """Whether a fill from ``drawn`` slices (index -> bool 2D mask) may take a prior: one non-empty drawn slice, or
-    two or more whose median spacing is at least ``min_spacing_mm``; ``step_mm``: the slice spacing (mm)."""
+    two or more whose median spacing is at least ``min_spacing_mm``, or (``pieces``) that hold different numbers of
+    pieces (:data:`PIECES`); ``step_mm``: the slice spacing (mm)."""
     full = sorted(k for k, v in drawn.items() if np.any(v))
-    return len(full) == 1 or len(full) >= 2 and float(np.median(np.diff(full))) * step_mm >= min_spacing_mm
+    if len(full) < 2:
+        return len(full) == 1
+    if float(np.median(np.diff(full))) * step_mm >= min_spacing_mm:
+        return True
+    return pieces and len({ndimage.label(drawn[k])[1] for k in full}) > 1
 
 
 def _drawn_sizes(drawn: dict[int, np.ndarray]) -> list[int]:
@@ -188,7 +209,8 @@ def least_agreement(drawn: dict[int, np.ndarray], small_pixels: float = SMALL_PI
 
 def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0,
                 modality: str = "CT", region: str | None = "head and neck", min_agreement: float | None = None,
-                min_spacing_mm: float = MIN_SPACING_MM, progress: Callable[[float, str], None] | None = None,
+                min_spacing_mm: float = MIN_SPACING_MM, pieces: bool = PIECES,
+                progress: Callable[[float, str], None] | None = None,
                 cancel: CancelFlag | None = None) -> OrganPrior | None:
     """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply (:func:`prior_applies`) or
     no model target agrees with the drawn slices at Dice ``min_agreement`` or more (``None``:
@@ -206,7 +228,7 @@ def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.nda
         Cancelled: the cancel flag was set. The segmenter's errors (a modality the model lacks...).
     """
     spacing = tuple(reversed(image.GetSpacing()))
-    if not prior_applies(drawn, spacing[axis], min_spacing_mm):
+    if not prior_applies(drawn, spacing[axis], min_spacing_mm, pieces):
         return None
     box = prior_box(tuple(reversed(image.GetSize())), spacing, drawn, axis)
     crop = image[box[2], box[1], box[0]]

@@ -161,6 +161,20 @@ def test_a_structure_drawn_a_few_pixels_small_takes_the_prior_at_the_lower_agree
     assert dice(guided, truth) > dice(plain, truth) + 0.2  # measured 0.509 without the prior, 0.792 with it
 
 
+@needs_shared("openkbp_hn_ct")
+def test_close_drawn_slices_of_a_mandible_that_change_pieces_take_the_prior(segmenter, propagator):
+    image, array, truth, spacing = organ_case("pt_213", 7)
+    indices = protocol_slices(truth, 4)
+    drawn = {j: truth[j] for j in indices}
+    # 18 mm apart, under MIN_SPACING_MM; the rami and the arch: 8, 7, 3 and 1 pieces
+    assert not prior_applies(drawn, spacing[0], pieces=False) and prior_applies(drawn, spacing[0])
+    prior = organ_prior(segmenter, image, drawn)
+    assert prior is not None and prior.target == "mandible"
+    plain, guided = plain_and_guided(propagator, array, drawn, spacing, prior)
+    # measured 0.818 without the prior, 0.878 with it
+    assert dice(guided, truth) >= dice(plain, truth) + 0.03 and dice(guided, truth) >= 0.85
+
+
 def test_from_one_drawn_slice_the_prior_s_vote_weighs_more():
     """Where the fill and the prior disagree, a probability of 0.7 outvotes the fill only from one drawn slice."""
     slices = np.zeros((5, 6, 6), bool)
@@ -250,6 +264,9 @@ def test_a_prior_that_cannot_be_had_is_noted_and_the_fill_goes_on_without_it():
     loaded = []
     assert prior_or_none(lambda: loaded.append(True), image, {6: square, 8: square}) is None and not loaded
     assert prior_applies({6: square, 8: square}, 3.0, min_spacing_mm=6.0)
+    two = square.copy()
+    two[:, two.shape[1] // 2] = False  # the same square cut in two pieces
+    assert prior_applies({6: square, 8: two}, 3.0) and not prior_applies({6: square, 8: two}, 3.0, pieces=False)
     assert not prior_applies({6: np.zeros_like(square)}, 3.0)
 
 

@@ -18,7 +18,9 @@ there (``--taper 2 4 8``: ``multislice.TAPER``); or the organ prior's share of e
 group (``--prior-weights none 0.6``: ``organ_prior.WEIGHT``; ``none``: no prior), and the least agreement with
 the drawn slices at which it is taken (``--prior-agreements 0.75 0.6``: ``organ_prior.MIN_AGREEMENT``, and with
 ``--counts 1`` ``LOW_AGREEMENT``), and below how many pixels a drawn slice a structure is small and takes it from
-``LOW_AGREEMENT`` (``--prior-small-pixels 0 10``: ``organ_prior.SMALL_PIXELS``). One is varied, the
+``LOW_AGREEMENT`` (``--prior-small-pixels 0 10``: ``organ_prior.SMALL_PIXELS``), and whether close drawn slices
+that hold different numbers of pieces take it (``--prior-pieces false true``: ``organ_prior.PIECES``). One is
+varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -46,7 +48,7 @@ Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --en
        --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
        --min-pixels 4 drawn | --intensity-range none 2:0.1 | --tube-aspect none 3 5 | --tube-reach 0.25 0.5 |
        --cap profile drawn | --taper 2 4 8 | --models bundled DIR | --prior-weights none 0.6 |
-       --prior-agreements 0.75 0.6 | --prior-small-pixels 0 10]
+       --prior-agreements 0.75 0.6 | --prior-small-pixels 0 10 | --prior-pieces false true]
        [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus openkbp_more] [--threads 1]
 """
@@ -134,15 +136,19 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
     """The library's fill from ``drawn`` slices with one choice set to ``value``: a keyword of
     ``fill_from_slices``, ``keep_area`` of the interpolation it uses between drawn slices, ``model`` (the
     ``propagator`` given is that model), ``prior_weight`` (``None``: no organ prior; a CT ``reference``
-    image gets one, as the Segment Editor effect does), or the organ prior's least agreement, ``min_agreement``
-    itself or through ``small_pixels`` (:func:`~PromptSegLib.propagate.organ_prior.least_agreement`)."""
+    image gets one, as the Segment Editor effect does), the organ prior's least agreement, ``min_agreement``
+    itself or through ``small_pixels`` (:func:`~PromptSegLib.propagate.organ_prior.least_agreement`), or whether
+    close drawn slices of different pieces take it, ``pieces`` (:func:`~.organ_prior.prior_applies`)."""
     if keyword == "prior_weight":
         prior = organ_prior(segmenter(), reference, drawn) if value is not None and reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
                                            **({"prior_weight": value} if prior is not None else {})).mask
-    if keyword in ("min_agreement", "small_pixels"):
-        least = value if keyword == "min_agreement" else least_agreement(drawn, value)
-        prior = organ_prior(segmenter(), reference, drawn, min_agreement=least) if reference is not None else None
+    if keyword in ("min_agreement", "small_pixels", "pieces"):
+        least = (value if keyword == "min_agreement" else least_agreement(drawn, value) if keyword == "small_pixels"
+                 else None)
+        prior = (organ_prior(segmenter(), reference, drawn, min_agreement=least,
+                             **({"pieces": value} if keyword == "pieces" else {}))
+                 if reference is not None else None)
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
     if keyword == "model":
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
@@ -176,7 +182,8 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
            "tube_aspect": ("tube_aspect", spacings), "tube_reach": ("tube_reach", spacings), "cap": ("cap", str),
            "taper": ("taper", float), "models": ("model", str),
            "prior_weights": ("prior_weight", lambda v: None if v == "none" else float(v)),
-           "prior_agreements": ("min_agreement", float), "prior_small_pixels": ("small_pixels", float)}
+           "prior_agreements": ("min_agreement", float), "prior_small_pixels": ("small_pixels", float),
+           "prior_pieces": ("pieces", lambda v: v == "true")}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
 
@@ -207,6 +214,8 @@ def main() -> None:
                                                               "drawn slices for it to be taken")
     chosen.add_argument("--prior-small-pixels", nargs="+", help="below how many pixels a drawn slice (their mean) a "
                                                                 "structure takes the organ prior at the low agreement")
+    chosen.add_argument("--prior-pieces", nargs="+", choices=["false", "true"],
+                        help="whether close drawn slices that hold different numbers of pieces take the organ prior")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(SOURCES))
