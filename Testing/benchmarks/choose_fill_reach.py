@@ -55,8 +55,10 @@ Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --en
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+from collections import OrderedDict
 from functools import cache, partial
 
 import numpy as np
@@ -161,10 +163,31 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
         multislice.interpolated_distance = interpolated_distance
 
 
+class ReusedSegmenter:
+    """A :class:`Segmenter` that keeps its last ``keep`` results: the values of a choice ask the organ prior's
+    model for the same crops of a structure (one per K), which a second value need not run again."""
+
+    def __init__(self, segmenter: Segmenter, keep: int = 16):
+        self.model, self._segmenter, self._keep = segmenter.model, segmenter, keep
+        self._results: OrderedDict = OrderedDict()
+
+    def segment(self, image: sitk.Image, *args, **kwargs):
+        """``Segmenter.segment``, or the kept result of the same crop (voxels and geometry) and arguments."""
+        asked = {k: v for k, v in kwargs.items() if k not in ("progress", "cancel")}
+        voxels = hashlib.sha1(sitk.GetArrayViewFromImage(image).tobytes()).hexdigest()
+        key = (image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection(), voxels, repr(args),
+               repr(sorted(asked.items())))
+        if key not in self._results:
+            self._results[key] = self._segmenter.segment(image, *args, **kwargs)
+            if len(self._results) > self._keep:
+                self._results.popitem(last=False)
+        return self._results[key]
+
+
 @cache
-def segmenter() -> Segmenter:
+def segmenter() -> ReusedSegmenter:
     """The organ prior's model, loaded once (on the CPU, with torch's thread count as set)."""
-    return Segmenter(PRIOR_MODEL, device="cpu", threads=torch.get_num_threads())
+    return ReusedSegmenter(Segmenter(PRIOR_MODEL, device="cpu", threads=torch.get_num_threads()))
 
 
 def spacings(value: str) -> float | None:
