@@ -146,11 +146,8 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
                                            **({"prior_weight": value} if prior is not None else {})).mask
     if keyword in ("min_agreement", "small_pixels", "pieces"):
-        least = (value if keyword == "min_agreement" else least_agreement(drawn, value) if keyword == "small_pixels"
-                 else None)
-        prior = (organ_prior(segmenter(), reference, drawn, min_agreement=least,
-                             **({"pieces": value} if keyword == "pieces" else {}))
-                 if reference is not None else None)
+        option = {"min_agreement": least_agreement(drawn, value)} if keyword == "small_pixels" else {keyword: value}
+        prior = organ_prior(segmenter(), reference, drawn, **option) if reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
     if keyword == "model":
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing).mask
