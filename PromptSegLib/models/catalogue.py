@@ -267,8 +267,8 @@ def route_model(modality: str, region: str | None, targets: list[str] | tuple[st
         except ModelError:
             continue  # listed for download, not installed
         config = read_config(folder)
-        if modality not in config.network.modalities:
-            continue
+        if modality not in config.network.modalities or config.network.hints:
+            continue  # (a model that takes drawn slices serves the fill's organ prior, not a request without them)
         known = set(config.targets)
         covered = sum(t in known for t in targets)
         in_region = region in config.regions.get(modality, [])

@@ -3,7 +3,8 @@
 Shapes: images ``(B, 1, D, H, W)`` (each spatial size divisible by ``2 ** (len(widths) - 1)``), context
 embedding ``E_T1`` ``(B, E)`` or ``(E,)``, target embeddings ``E_T2`` ``(T, E)`` or ``(B, T, E)``; logits
 ``(B, T, D, H, W)``. One backbone pass per (image, context) serves every target: only the tiny generated
-head (three 1x1x1 convolutions) runs per target.
+head (three 1x1x1 convolutions) runs per target. A network with ``hints`` also takes slices a user drew,
+``(B, 2, D, H, W)`` (see :data:`HINT_CHANNELS`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from PromptSegLib.models.cpu_routes import conv3d, upsample2
+
+HINT_CHANNELS = ("drawn structure", "drawn planes")
+"""The two channels of a hint, on the network's grid: 1 where the user drew the structure, and 1 on every plane the
+user drew (in or out of it); 0 elsewhere. A plane drawn empty is a plane where the structure is not."""
 
 
 @dataclass
@@ -27,6 +32,8 @@ class NetworkConfig:
         film_hidden: hidden units of each FiLM MLP.
         pred_hidden: hidden units of MLP_pred, which generates the head.
         head_channels: channels of the generated head's two hidden 1x1x1 convolutions.
+        hints: whether the network takes drawn slices as a second input (:data:`HINT_CHANNELS`; a 3x3x3
+            convolution of them is added to the input block's features).
     """
 
     modalities: tuple[str, ...] = ("CT", "MR", "PET")
@@ -35,6 +42,7 @@ class NetworkConfig:
     film_hidden: int = 128
     pred_hidden: int = 256
     head_channels: int = 8
+    hints: bool = False
 
     @property
     def divisor(self) -> int:
@@ -144,14 +152,20 @@ class DuPLUSNet(nn.Module):
         self.film_enc = nn.ModuleList([FiLM(cfg.text_dim, c, cfg.film_hidden) for c in w])
         self.film_dec = nn.ModuleList([FiLM(cfg.text_dim, w[i - 1], cfg.film_hidden) for i in range(len(w) - 1, 0, -1)])
         self.head = DynamicHead(cfg.text_dim, w[-1], w[0], cfg.pred_hidden, cfg.head_channels)
+        self.hint = nn.Conv3d(len(HINT_CHANNELS), w[0], 3, 1, 1, bias=False) if cfg.hints else None
+        if self.hint is not None:  # at first the hints change nothing (and, without a bias, a hint of zeros never)
+            nn.init.zeros_(self.hint.weight)
 
-    def backbone(self, image: torch.Tensor, modality: str, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backbone(self, image: torch.Tensor, modality: str, context: torch.Tensor,
+                 hint: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass for one context.
 
         Args:
             image: ``(B, 1, D, H, W)`` normalised intensities.
             modality: which input block to use.
             context: E_T1, ``(B, E)`` or ``(E,)``.
+            hint: ``(B, 2, D, H, W)`` drawn slices (:data:`HINT_CHANNELS`), for a network with ``hints``;
+                ``None``: none drawn.
 
         Returns:
             decoder features ``(B, widths[0], D, H, W)`` and F_dense ``(B, widths[-1])`` (pooled bottleneck,
@@ -159,8 +173,13 @@ class DuPLUSNet(nn.Module):
         """
         if modality not in self.inputs:
             raise KeyError(f"this network has no input block for {modality}; it has {', '.join(self.inputs)}")
+        if hint is not None and self.hint is None:
+            raise ValueError("this network takes no drawn slices (its config has no hints)")
         context = context.expand(image.shape[0], -1) if context.dim() == 1 else context
-        x = self.film_enc[0](self.inputs[modality](image), context)
+        x = self.inputs[modality](image)
+        if hint is not None:
+            x = x + conv3d(hint, self.hint)
+        x = self.film_enc[0](x, context)
         skips = [x]
         for down, film in zip(self.down, self.film_enc[1:]):
             x = film(down(x), context)
@@ -176,8 +195,9 @@ class DuPLUSNet(nn.Module):
         targets = targets.expand(features.shape[0], -1, -1) if targets.dim() == 2 else targets
         return self.head.apply(features, self.head.generate(targets, dense))
 
-    def forward(self, image: torch.Tensor, modality: str, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        features, dense = self.backbone(image, modality, context)
+    def forward(self, image: torch.Tensor, modality: str, context: torch.Tensor, targets: torch.Tensor,
+                hint: torch.Tensor | None = None) -> torch.Tensor:
+        features, dense = self.backbone(image, modality, context, hint)
         return self.predict(features, dense, targets)
 
 

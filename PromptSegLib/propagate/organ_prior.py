@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from PromptSegLib.errors import Cancelled, PromptSegError
 from PromptSegLib.notes import note
+from PromptSegLib.preprocessing.preprocess import model_grid
 from PromptSegLib.propagate.geometry import set_slice, take_slice
 
 if TYPE_CHECKING:
@@ -207,6 +208,34 @@ def least_agreement(drawn: dict[int, np.ndarray], small_pixels: float = SMALL_PI
     return LOW_AGREEMENT if len(sizes) == 1 or float(np.mean(sizes)) < small_pixels else MIN_AGREEMENT
 
 
+def drawn_on_grid(crop: sitk.Image, drawn: dict[int, np.ndarray], axis: int, grid: sitk.Image) -> np.ndarray | None:
+    """The drawn slices as a network's hint (``network.HINT_CHANNELS``) on a model ``grid`` (an axis-aligned empty
+    image, ``preprocess.model_grid``): each drawn plane on the one plane of the grid nearest to it, its mask
+    resampled in the plane (nearest voxel). ``drawn``: index along ``axis`` of ``crop``'s array -> bool 2D mask.
+
+    Returns float32 ``(2, Z, Y, X)`` on ``grid``'s array, or ``None`` where the drawn planes do not lie across the
+    grid's first array axis (its z): the hints were learnt on axial planes only (``train.samples.drawn_hint``)."""
+    normal = np.array(crop.GetDirection()).reshape(3, 3)[:, 2 - axis]
+    if abs(abs(normal[2]) - 1.0) > 1e-3:
+        return None
+    size = tuple(reversed(grid.GetSize()))
+    hint = np.zeros((2, *size), np.float32)
+    for index, plane in drawn.items():
+        point = [0.0, 0.0, 0.0]
+        point[2 - axis] = float(index)
+        physical = crop.TransformContinuousIndexToPhysicalPoint(point)
+        z = int(round(grid.TransformPhysicalPointToContinuousIndex(physical)[2]))
+        if not 0 <= z < size[0]:
+            continue
+        tiled = sitk.GetImageFromArray(np.repeat(np.expand_dims(plane.astype(np.uint8), axis),
+                                                 crop.GetSize()[2 - axis], axis=axis))
+        tiled.CopyInformation(crop)
+        resampled = sitk.Resample(tiled, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        hint[0, z] = sitk.GetArrayViewFromImage(resampled)[z]
+        hint[1, z] = 1.0
+    return hint
+
+
 def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0,
                 modality: str = "CT", region: str | None = "head and neck", min_agreement: float | None = None,
                 min_spacing_mm: float = MIN_SPACING_MM, pieces: bool = PIECES,
@@ -215,7 +244,9 @@ def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.nda
     """The prior for a fill from ``drawn`` slices, or ``None`` where it does not apply (:func:`prior_applies`) or
     no model target agrees with the drawn slices at Dice ``min_agreement`` or more (``None``:
     :func:`least_agreement`). From one drawn slice the fill propagates until the structure ends; the prior applies
-    there too.
+    there too. A model whose network takes drawn slices (``NetworkConfig.hints``) is asked twice: without them,
+    for the agreement (which they would make a foregone conclusion), then with them (:func:`drawn_on_grid`) for the
+    agreeing target's probabilities.
 
     Args:
         segmenter: a segmenter of :data:`MODEL` or another model; every one of its targets is tried.
@@ -241,7 +272,16 @@ def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.nda
         min_agreement = least_agreement(drawn)
     if agreements[best] < min_agreement:
         return None
-    return OrganPrior(targets[best], agreements[best], box, result.probability(best))
+    probability = result.probability(best)
+    if segmenter.model.config.network.hints:
+        inside = {k - box[axis].start: np.asarray(v, bool)[_plane(box, axis)] for k, v in drawn.items()
+                  if box[axis].start <= k < box[axis].stop}
+        hint = drawn_on_grid(crop, inside, axis, model_grid(crop, segmenter.model.config.spacing_mm))
+        if hint is not None:
+            guided = segmenter.segment(crop, modality, region, [targets[best]], postprocessing=False,
+                                       progress=progress, cancel=cancel, hint=hint)
+            probability = guided.probability(0)
+    return OrganPrior(targets[best], agreements[best], box, probability)
 
 
 def prior_or_none(load: Callable[[], Segmenter], image: sitk.Image, drawn: dict[int, np.ndarray], axis: int = 0,

@@ -246,7 +246,8 @@ class Segmenter:
                 allow_untrained: bool = False, overlap: float | None = None, sw_batch_size: int = 1,
                 spacing_mm: float | None = None, intensity: IntensityRule | None = None,
                 postprocessing: bool = True, progress: ProgressCallback | None = None,
-                cancel: CancelFlag | None = None) -> SegmentationResult:
+                cancel: CancelFlag | None = None,
+                hint: np.ndarray | None = None) -> SegmentationResult:
         """Segment every requested target in ``image``.
 
         Args:
@@ -269,6 +270,9 @@ class Segmenter:
                 network's probabilities as they are (for a crop, whose midline and body are not the patient's).
             progress: called as windows complete.
             cancel: checked before each window; when set, ``Cancelled`` is raised.
+            hint: for a model whose network takes drawn slices (``NetworkConfig.hints``), their ``(2, Z, Y, X)``
+                float32 channels (``network.HINT_CHANNELS``) on the model grid (``preprocess.model_grid(image,
+                spacing)``, the spacing the segmentation works at).
 
         Returns:
             probabilities on ``image``'s grid, one channel per target.
@@ -281,7 +285,8 @@ class Segmenter:
         prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
                            intensity or self.intensity_rule(modality))
         channels, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
-                                            report, cancel, half=True)
+                                            report, cancel, half=True,
+                                            hint=hint)
         report(0.95, "mapping back to the input grid")
         config = self.model.config
         sides = {q.name: side_of(q.target) for q in queries
@@ -347,14 +352,16 @@ class Segmenter:
     def predict_in_box(self, prepared: ModelInput, modality: str, context: str, queries: Sequence[TargetQuery],
                        overlap: float | None = None, sw_batch_size: int = 1,
                        progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-                       half: bool = False) -> tuple[list[torch.Tensor], tuple[slice, slice, slice]]:
+                       half: bool = False,
+                       hint: np.ndarray | None = None) -> tuple[list[torch.Tensor], tuple[slice, slice, slice]]:
         """Per query, probabilities ``(z, y, x)`` float32 on the model grid of an already prepared volume, only
         inside the box the windows cover (sliding windows: one backbone pass per window serves every query), and
         that box (index slices of ``prepared.array``): ``prepared.body`` when set (CT: the body and its margin,
         the air around it is background), else the whole array. Each query's map is a tensor of its own
         (:func:`~.windows.sliding_windows`), so a caller can free them one at a time. With ``half`` they are
         float16, summed in float16 (half the memory; a probability moves by about 0.003 at most). ``overlap``:
-        the windows' overlap fraction, default the model's (``ModelConfig.overlap``).
+        the windows' overlap fraction, default the model's (``ModelConfig.overlap``). ``hint``: drawn slices
+        ``(2, *prepared.array.shape)`` for a network that takes them (see :meth:`segment`).
 
         Raises:
             Cancelled: ``cancel`` was set.
@@ -364,6 +371,10 @@ class Segmenter:
         embeddings = self.encoder.encode([context] + [q.prompt for q in queries]).to(self.device)
         box = prepared.body or tuple(slice(0, n) for n in prepared.array.shape)
         array = prepared.array[box]
+        if hint is not None and hint.shape != (2, *prepared.array.shape):
+            raise ValueError(f"a hint must be shaped (2, *{prepared.array.shape}), not {hint.shape}")
+        extra = None if hint is None else torch.from_numpy(np.ascontiguousarray(hint[(slice(None), *box)],
+                                                                                 dtype=np.float32))
         padding = self.model.config.padding  # as the training crops were padded
         with torch.inference_mode(), self._autocast(), reused_memory():
             predict = self._window_predictor(modality, embeddings[0], embeddings[1:], array.shape, overlap, report,
@@ -371,7 +382,7 @@ class Segmenter:
             maps = sliding_windows(torch.from_numpy(array), self.model.config.patch_size,
                                    overlap, predict, len(queries), sw_batch_size,
                                    padding, float(prepared.array.min()), torch.float16 if half else torch.float32,
-                                   self.device)
+                                   self.device, extra)
         if cancel is not None and cancel.is_set():
             raise Cancelled("segmentation cancelled")
         return maps, box
@@ -400,7 +411,8 @@ class Segmenter:
                 kept[:] = [torch.empty(size, dtype=torch.float32, device=window.device)]
             out = kept[0]
             with from_heap() if done[0] else nullcontext():
-                features, dense = self.network.backbone(window, modality, context)
+                features, dense = self.network.backbone(window[:, :1], modality, context,
+                                                        window[:, 1:] if window.shape[1] > 1 else None)
                 head = self.network.head
                 params = head.generate(targets.expand(window.shape[0], -1, -1), dense)  # once per window
                 per_slice = window.shape[0] * len(targets) * self.model.config.network.head_channels

@@ -49,7 +49,8 @@ def gaussian_weights(roi: Sequence[int], device: torch.device) -> torch.Tensor:
 
 def sliding_windows(volume: torch.Tensor, roi: Sequence[int], overlap: float, predict: Predictor, targets: int,
                     per_call: int = 1, padding_mode: str = "constant", cval: float = 0.0,
-                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                    extra: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per target, the Gaussian-weighted mean of the windows' probabilities ``(Z, Y, X)`` of ``dtype``.
 
     Args:
@@ -60,6 +61,8 @@ def sliding_windows(volume: torch.Tensor, roi: Sequence[int], overlap: float, pr
         predict: called with ``per_call`` windows at a time, on ``device``.
         targets: T, the channels ``predict`` returns.
         dtype: of the sums and the result (float16 halves their memory).
+        extra: ``(C, Z, Y, X)`` float32 channels that travel with ``volume`` (padded with zeros): the windows
+            ``predict`` gets are then ``(B, 1 + C, *roi)``.
     """
     roi = [int(r) for r in roi]
     pad = []  # as MONAI: from the last axis, half before and the rest after
@@ -70,6 +73,8 @@ def sliding_windows(volume: torch.Tensor, roi: Sequence[int], overlap: float, pr
     if any(pad):
         padded = F.pad(padded, pad, mode=padding_mode, value=cval) if padding_mode == "constant" else \
             F.pad(padded, pad, mode=padding_mode)
+    if extra is not None:
+        padded = torch.cat([padded, F.pad(extra[None], pad) if any(pad) else extra[None]], dim=1)
     shape = padded.shape[2:]
     slices = window_slices(shape, roi, overlap)
     weights = gaussian_weights(roi, torch.device(device))

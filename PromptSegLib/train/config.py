@@ -32,6 +32,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     init: str | None = None
     freeze_backbone: bool = False
+    hints: bool = False
     text_encoder: str | None = None
     device: str = "auto"
     threads: int | None = None

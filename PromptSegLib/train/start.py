@@ -16,15 +16,18 @@ from PromptSegLib.train.config import TrainConfig
 
 def build_network(config: TrainConfig, modalities: list[str], text_dim: int, base: Model | None) -> DuPLUSNet:
     """A new network, or one started from ``base`` (the ``config.init`` model) with input blocks added for new
-    modalities."""
+    modalities, and with ``config.hints`` the drawn-slice input added (it starts at zero: the network gives what
+    ``base`` gave until it learns to use it)."""
     if base is None:
         ordered = tuple(m for m in MODALITIES if m in modalities)
-        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim))
+        return DuPLUSNet(NetworkConfig(modalities=ordered, widths=tuple(config.widths), text_dim=text_dim,
+                                       hints=config.hints))
     net_config = base.config.network
     if net_config.text_dim != text_dim:
         raise PromptSegError(f"model {config.init} uses {net_config.text_dim}-d text embeddings, the encoder gives {text_dim}")
     added = [m for m in modalities if m not in net_config.modalities]
-    net_config = NetworkConfig(**{**net_config.__dict__, "modalities": tuple(net_config.modalities) + tuple(added)})
+    net_config = NetworkConfig(**{**net_config.__dict__, "modalities": tuple(net_config.modalities) + tuple(added),
+                                  "hints": net_config.hints or config.hints})
     network = DuPLUSNet(net_config)
     network.load_state_dict(base.network.state_dict(), strict=False)
     return network

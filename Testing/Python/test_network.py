@@ -113,3 +113,22 @@ def test_cpu_routes_leave_other_padding_modes_to_the_module():
     module = torch.nn.Conv3d(2, 3, 3, padding=1, padding_mode="replicate")
     x = torch.randn(1, 2, 5, 6, 7)
     torch.testing.assert_close(conv3d(x, module), module(x))
+
+
+def test_a_network_with_hints_starts_as_it_was_and_a_hint_of_nothing_drawn_changes_nothing():
+    torch.manual_seed(0)
+    plain = DuPLUSNet(NetworkConfig(widths=(4, 8, 16), film_hidden=16, pred_hidden=32)).eval()
+    hinted = DuPLUSNet(NetworkConfig(widths=(4, 8, 16), film_hidden=16, pred_hidden=32, hints=True)).eval()
+    hinted.load_state_dict(plain.state_dict(), strict=False)
+    x, context, targets = torch.randn(1, 1, 16, 16, 16), torch.randn(384), torch.randn(2, 384)
+    hint = torch.zeros(1, 2, 16, 16, 16)
+    hint[0, :, 8] = 1.0  # one plane drawn, all of it inside the structure
+    with torch.no_grad():
+        torch.testing.assert_close(hinted(x, "CT", context, targets, hint), plain(x, "CT", context, targets))
+        torch.nn.init.normal_(hinted.hint.weight)
+        torch.testing.assert_close(hinted(x, "CT", context, targets, torch.zeros_like(hint)),
+                                   plain(x, "CT", context, targets))
+        assert (hinted(x, "CT", context, targets, hint) - plain(x, "CT", context, targets)).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="takes no drawn slices"):
+        plain.backbone(x, "CT", context, hint)
+    assert NetworkConfig.from_dict(hinted.config.to_dict()).hints

@@ -11,8 +11,8 @@ from PromptSegLib.metrics import dice
 from PromptSegLib.propagate.multislice import fill_from_slices
 from PromptSegLib.notes import collecting_notes
 from PromptSegLib.propagate.organ_prior import (LOW_AGREEMENT, MIN_AGREEMENT, MODEL, SMALL_PIXELS, WEIGHT, WEIGHT_ONE,
-                                                OrganPrior, apply_prior, least_agreement, organ_prior, prior_applies,
-                                                prior_box, prior_or_none, shows_air, vote_weight)
+                                                OrganPrior, apply_prior, drawn_on_grid, least_agreement, organ_prior,
+                                                prior_applies, prior_box, prior_or_none, shows_air, vote_weight)
 from PromptSegLib.propagate.propagator import Propagator
 from PromptSegLib.segment.inference import Segmenter
 
@@ -312,3 +312,54 @@ def test_the_fill_command_takes_the_prior_on_a_ct_unless_told_not_to(tmp_path, p
         filled[choice] = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
     # as the library measured above: 0.868 with the prior, 0.826 without
     assert dice(filled["auto"], truth) > dice(filled["off"], truth) + 0.03
+
+
+def hinted_segmenter(segmenter: Segmenter, weight: float) -> Segmenter:
+    """The organ model with a drawn-slice input (``NetworkConfig.hints``) whose weights are all ``weight``."""
+    import dataclasses
+
+    import torch
+
+    from PromptSegLib.models.folder import Model
+    from PromptSegLib.models.network import DuPLUSNet
+
+    config = segmenter.model.config
+    config = dataclasses.replace(config, network=dataclasses.replace(config.network, hints=True))
+    network = DuPLUSNet(config.network)
+    network.load_state_dict(segmenter.model.network.state_dict(), strict=False)
+    torch.nn.init.constant_(network.hint.weight, weight)
+    return Segmenter(Model(config, network.eval()), device="cpu", threads=1)
+
+
+@needs_shared("openkbp_hn_ct")
+def test_drawn_slices_reach_the_model_grid_one_plane_each_and_only_across_its_z(parotid):
+    from PromptSegLib.preprocessing.preprocess import model_grid
+
+    image, _, truth, spacing, drawn_at = parotid
+    crop = image[:, :, drawn_at[0] - 5:drawn_at[-1] + 6]
+    drawn = {k - (drawn_at[0] - 5): truth[k] for k in drawn_at}
+    grid = model_grid(crop, 3.0)
+    hint = drawn_on_grid(crop, drawn, 0, grid)
+    planes = np.nonzero(hint[1].any(axis=(1, 2)))[0]
+    assert len(planes) == 2 and hint[1][planes].all()
+    pixel_mm2 = spacing[1] * spacing[2]
+    for plane, index in zip(planes, sorted(drawn, reverse=True)):  # the CT's z runs against the grid's
+        assert abs(hint[0, plane].sum() * 9.0 / (drawn[index].sum() * pixel_mm2) - 1.0) < 0.25
+        z_mm = crop.TransformIndexToPhysicalPoint((0, 0, index))[2]
+        assert abs(grid.TransformIndexToPhysicalPoint((0, 0, int(plane)))[2] - z_mm) <= 1.5
+    assert drawn_on_grid(crop, {30: truth[drawn_at[0]][:, 30]}, 2, grid) is None  # sagittal: not learnt
+
+
+@needs_shared("openkbp_hn_ct")
+def test_a_model_that_takes_drawn_slices_gets_them_once_it_agrees_without(segmenter, parotid):
+    image, _, truth, _, drawn_at = parotid
+    drawn = {k: truth[k] for k in drawn_at}
+    plain = organ_prior(segmenter, image, drawn)
+    unchanged = organ_prior(hinted_segmenter(segmenter, 0.0), image, drawn)
+    guided = organ_prior(hinted_segmenter(segmenter, 0.05), image, drawn)
+    assert plain.target == unchanged.target == guided.target  # (a parotid: a crop has no midline to tell the side)
+    assert plain.agreement == unchanged.agreement == guided.agreement  # chosen without the hint
+    assert np.abs(unchanged.probability - plain.probability).max() <= 1.5 / 255
+    assert np.abs(guided.probability - plain.probability).max() > 0.1
+    with pytest.raises(ValueError, match="a hint must be shaped"):
+        segmenter.segment(image, "CT", "head and neck", ["right parotid"], hint=np.zeros((2, 4, 4, 4), np.float32))

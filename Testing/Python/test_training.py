@@ -23,7 +23,7 @@ from PromptSegLib.train.card import train_command
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import load_spec, load_split, prepare_split
 from PromptSegLib.train.loss import dice_bce_loss
-from PromptSegLib.train.samples import CentreSampler, crop
+from PromptSegLib.train.samples import DRAWN_COUNTS, CentreSampler, crop, drawn_hint
 from PromptSegLib.train.training import absent_elsewhere, train
 
 from conftest import SHARED, needs_shared
@@ -504,3 +504,32 @@ def test_a_run_from_an_averaged_model_keeps_its_whole_card(trained, tmp_path):
     section = "\n".join(init_parts(str(averaged))[1])
     assert section.startswith("\n## Started from: tiny 0.2.0 (its card)")
     assert "### Source 1: tiny 0.1.0" in section and "promptseg train " in section  # the source run's command
+
+
+@needs_shared()
+def test_hints_teach_the_network_the_drawn_slices_from_a_model_that_had_none(trained, tmp_path):
+    root, config = trained
+    output = tmp_path / "hinted"
+    assert main(["train", str(root / "spec.json"), "-o", str(output), "--name", "hinted", "--init", config.output,
+                 "--hints", "--patch-size", "32", "32", "32", "--spacing-mm", "6", "--batch-size", "1", "--steps",
+                 "3", "--validate-every", "3", "--foreground-ratio", "1", "--threads", "1"]) == 0
+    base, hinted = load_model(config.output), load_model(output)
+    assert not base.config.network.hints and hinted.config.network.hints
+    assert hinted.network.hint.weight.abs().sum() > 0  # it started at zero and learnt
+    assert "--hints" in (output / "README.md").read_text()
+
+
+def test_a_drawn_hint_shows_the_structure_on_a_few_planes_spread_over_its_extent():
+    mask = np.zeros((40, 12, 12), bool)
+    mask[10:30, 3:9, 4:8] = True
+    rng = np.random.default_rng(3)
+    counts = set()
+    for _ in range(40):
+        hint = drawn_hint(mask, rng)
+        planes = np.nonzero(hint[1].any(axis=(1, 2)))[0]
+        counts.add(len(planes))
+        assert hint[1][planes].all() and not hint[1][np.setdiff1d(np.arange(40), planes)].any()
+        assert np.array_equal(hint[0] > 0, mask & (hint[1] > 0))  # the structure, on the drawn planes only
+        assert planes.min() >= 10 and planes.max() < 30
+    # each count drawn (two planes of neighbouring parts may fall on one: 7 planes of 8)
+    assert set(DRAWN_COUNTS) - {8} <= counts and max(counts) <= max(DRAWN_COUNTS)

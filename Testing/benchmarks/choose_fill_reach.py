@@ -19,8 +19,8 @@ group (``--prior-weights none 0.6``: ``organ_prior.WEIGHT``; ``none``: no prior)
 the drawn slices at which it is taken (``--prior-agreements 0.75 0.6``: ``organ_prior.MIN_AGREEMENT``, and with
 ``--counts 1`` ``LOW_AGREEMENT``), and below how many pixels a drawn slice a structure is small and takes it from
 ``LOW_AGREEMENT`` (``--prior-small-pixels 0 10``: ``organ_prior.SMALL_PIXELS``), and whether close drawn slices
-that hold different numbers of pieces take it (``--prior-pieces false true``: ``organ_prior.PIECES``). One is
-varied, the
+that hold different numbers of pieces take it (``--prior-pieces false true``: ``organ_prior.PIECES``), or which
+model gives it (``--prior-models promptseg-hn-oars DIR``: ``organ_prior.MODEL``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -140,7 +140,11 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
     ``propagator`` given is that model), ``prior_weight`` (``None``: no organ prior; a CT ``reference``
     image gets one, as the Segment Editor effect does), the organ prior's least agreement, ``min_agreement``
     itself or through ``small_pixels`` (:func:`~PromptSegLib.propagate.organ_prior.least_agreement`), or whether
-    close drawn slices of different pieces take it, ``pieces`` (:func:`~.organ_prior.prior_applies`)."""
+    close drawn slices of different pieces take it, ``pieces`` (:func:`~.organ_prior.prior_applies`), or the prior's
+    model, ``prior_model``."""
+    if keyword == "prior_model":
+        prior = organ_prior(segmenter(value), reference, drawn) if reference is not None else None
+        return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
     if keyword == "prior_weight":
         prior = organ_prior(segmenter(), reference, drawn) if value is not None and reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
@@ -170,7 +174,8 @@ class ReusedSegmenter:
 
     def segment(self, image: sitk.Image, *args, **kwargs):
         """``Segmenter.segment``, or the kept result of the same crop (voxels and geometry) and arguments."""
-        asked = {k: v for k, v in kwargs.items() if k not in ("progress", "cancel")}
+        asked = {k: hashlib.sha1(v.tobytes()).hexdigest() if isinstance(v, np.ndarray) else v
+                 for k, v in kwargs.items() if k not in ("progress", "cancel")}  # a hint's repr would be cut short
         voxels = hashlib.sha1(sitk.GetArrayViewFromImage(image).tobytes()).hexdigest()
         key = (image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection(), voxels, repr(args),
                repr(sorted(asked.items())))
@@ -182,9 +187,10 @@ class ReusedSegmenter:
 
 
 @cache
-def segmenter() -> ReusedSegmenter:
-    """The organ prior's model, loaded once (on the CPU, with torch's thread count as set)."""
-    return ReusedSegmenter(Segmenter(PRIOR_MODEL, device="cpu", threads=torch.get_num_threads()))
+def segmenter(model: str = PRIOR_MODEL) -> ReusedSegmenter:
+    """The organ prior's model (catalogue name or folder), loaded once (on the CPU, with torch's thread count as
+    set)."""
+    return ReusedSegmenter(Segmenter(model, device="cpu", threads=torch.get_num_threads()))
 
 
 def spacings(value: str) -> float | None:
@@ -203,7 +209,7 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
            "taper": ("taper", float), "models": ("model", str),
            "prior_weights": ("prior_weight", lambda v: None if v == "none" else float(v)),
            "prior_agreements": ("min_agreement", float), "prior_small_pixels": ("small_pixels", float),
-           "prior_pieces": ("pieces", lambda v: v == "true")}
+           "prior_pieces": ("pieces", lambda v: v == "true"), "prior_models": ("prior_model", str)}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
 
@@ -236,6 +242,7 @@ def main() -> None:
                                                                 "structure takes the organ prior at the low agreement")
     chosen.add_argument("--prior-pieces", nargs="+", choices=["false", "true"],
                         help="whether close drawn slices that hold different numbers of pieces take the organ prior")
+    chosen.add_argument("--prior-models", nargs="+", help="the organ prior's model (catalogue name or folder)")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(SOURCES))
