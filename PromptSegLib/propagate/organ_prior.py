@@ -169,6 +169,13 @@ def _plane(box: tuple[slice, ...], axis: int) -> tuple[slice, slice]:
     return tuple(box[i] for i in range(3) if i != axis)
 
 
+def _drawn_in_box(drawn: dict[int, np.ndarray], box: tuple[slice, ...], axis: int) -> dict[int, np.ndarray]:
+    """The ``drawn`` slices (index along ``axis`` -> 2D mask) that lie in ``box``, as bool masks of the box's own
+    plane, by their index along ``axis`` in the box."""
+    along, plane = box[axis], _plane(box, axis)
+    return {k - along.start: np.asarray(v, bool)[plane] for k, v in drawn.items() if along.start <= k < along.stop}
+
+
 def _dice_on_drawn(mask: np.ndarray, drawn: dict[int, np.ndarray], axis: int, box: tuple[slice, ...]) -> float:
     """Dice of a ``box``-shaped ``mask`` with the drawn slices (drawn pixels outside the box count as missed)."""
     both = found = wanted = 0
@@ -230,8 +237,9 @@ def drawn_on_grid(crop: sitk.Image, drawn: dict[int, np.ndarray], axis: int, gri
         tiled = sitk.GetImageFromArray(np.repeat(np.expand_dims(plane.astype(np.uint8), axis),
                                                  crop.GetSize()[2 - axis], axis=axis))
         tiled.CopyInformation(crop)
-        resampled = sitk.Resample(tiled, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        hint[0, z] = sitk.GetArrayViewFromImage(resampled)[z]
+        on_plane = sitk.Resample(tiled, grid[:, :, z:z + 1], sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                 sitk.sitkUInt8)  # onto that one plane of the grid
+        hint[0, z] = sitk.GetArrayViewFromImage(on_plane)[0]
         hint[1, z] = 1.0
     return hint
 
@@ -274,9 +282,8 @@ def organ_prior(segmenter: Segmenter, image: sitk.Image, drawn: dict[int, np.nda
         return None
     probability = result.probability(best)
     if segmenter.model.config.network.hints:
-        inside = {k - box[axis].start: np.asarray(v, bool)[_plane(box, axis)] for k, v in drawn.items()
-                  if box[axis].start <= k < box[axis].stop}
-        hint = drawn_on_grid(crop, inside, axis, model_grid(crop, segmenter.model.config.spacing_mm))
+        hint = drawn_on_grid(crop, _drawn_in_box(drawn, box, axis), axis,
+                             model_grid(crop, segmenter.model.config.spacing_mm))
         if hint is not None:
             guided = segmenter.segment(crop, modality, region, [targets[best]], postprocessing=False,
                                        progress=progress, cancel=cancel, hint=hint)
@@ -324,8 +331,8 @@ def apply_prior(mask: np.ndarray, prior: OrganPrior, drawn: dict[int, np.ndarray
     slices, ``mask`` is kept."""
     weight = vote_weight(drawn) if weight is None else weight
     check_weight(weight)
-    along, plane = prior.box[axis], _plane(prior.box, axis)
-    rows = {k - along.start: np.asarray(v, bool)[plane] for k, v in drawn.items() if along.start <= k < along.stop}
+    along = prior.box[axis]
+    rows = _drawn_in_box(drawn, prior.box, axis)
     inside, p = mask[prior.box], prior.probability.copy()
     drawn_box = np.zeros_like(inside)
     for j, v in rows.items():

@@ -285,8 +285,7 @@ class Segmenter:
         prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
                            intensity or self.intensity_rule(modality))
         channels, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
-                                            report, cancel, half=True,
-                                            hint=hint)
+                                            report, cancel, half=True, hint=hint)
         report(0.95, "mapping back to the input grid")
         config = self.model.config
         sides = {q.name: side_of(q.target) for q in queries

@@ -190,10 +190,10 @@ def train(config: TrainConfig) -> Path:
             if config.augment:
                 image, label = augment(image, label, rng)
             images.append(image[None])
-            if network.config.hints:
-                shown = np.isin(label, dataset.values_of(centre)) if centre is not None else None
-                hints.append(drawn_hint(shown, rng) if shown is not None and shown.any() and rng.random() < HINT_SHARE
-                             else np.zeros((2, *label.shape), np.float32))
+            if network.config.hints:  # the centred target drawn (in most crops), or nothing drawn
+                shown = np.isin(label, dataset.values_of(centre)) if centre is not None else np.zeros_like(label, bool)
+                drawn = shown.any() and rng.random() < HINT_SHARE
+                hints.append(drawn_hint(shown, rng) if drawn else np.zeros((2, *label.shape), np.float32))
             truths.append(np.concatenate([case.masks(dataset.targets, label),
                                           np.zeros((len(absent), *label.shape), np.float32)]))
             known.append(np.concatenate([case.labelled(dataset.targets), np.ones(len(absent), np.float32)]))
