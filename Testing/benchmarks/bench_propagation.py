@@ -65,12 +65,22 @@ def drawn_indices(truth: np.ndarray, k: int) -> list[int]:
     return sorted({first + int(np.floor((i + 0.5) * n / k)) for i in range(k)})
 
 
-def fill_between_slices(truth: np.ndarray, indices: list[int]) -> np.ndarray:
-    """ITK morphological contour interpolation from the given ground-truth axial slices."""
-    import itk
-
+def contour_interpolation():
+    """ITK, which holds the peer's filter (the benchmark extra), set to one thread; a missing ITK ends the run at
+    once, with the command that installs it, not after the first structure's fills."""
+    try:
+        import itk
+    except ImportError:
+        raise SystemExit('ITK is missing (the peer, "Fill between slices"): .venv/bin/python -m pip install -e '
+                         '".[bench]"') from None
     # one thread: the rule here, and the multi-threaded filter corrupted the heap in our runs (malloc abort)
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
+    return itk
+
+
+def fill_between_slices(truth: np.ndarray, indices: list[int]) -> np.ndarray:
+    """ITK morphological contour interpolation from the given ground-truth axial slices."""
+    itk = contour_interpolation()
     drawn = np.zeros(truth.shape, np.uint8)
     drawn[indices] = truth[indices]
     if len(indices) < 2:
@@ -312,6 +322,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="start no new volume after this much time (the table "
                                                       "counts the structures measured per group)")
     args = parser.parse_args()
+    contour_interpolation()
     propagator = Propagator(args.model, threads=args.threads)
     segmenter = Segmenter(PRIOR_MODEL, device="cpu", threads=args.threads) if args.prior_groups else None
     spec = load_spec(args.spec, as_written=True)

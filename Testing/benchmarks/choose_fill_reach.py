@@ -64,7 +64,7 @@ from functools import cache, partial
 import numpy as np
 import SimpleITK as sitk
 import torch
-from bench_propagation import COUNTS, ROOT, drawn_indices, fill_between_slices, openkbp_organs
+from bench_propagation import COUNTS, ROOT, contour_interpolation, drawn_indices, fill_between_slices, openkbp_organs
 
 sys.path.insert(0, str(ROOT))
 
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(SOURCES))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    contour_interpolation()
     option = next((name for name in CHOICES if getattr(args, name)), "reach")
     keyword, read = CHOICES[option]
     values = [read(v) for v in getattr(args, option) or ["none", "1", "0.5"]]
