@@ -283,9 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lora-lr", type=float, help="learning rate of the LoRA adapters (default 5e-4)")
     tr.add_argument("--validate-every", type=int)
     tr.add_argument("--freeze-backbone", action="store_true", default=None)
-    tr.add_argument("--hints", action="store_true", default=None,
-                    help="teach the network to take slices a user drew (the organ prior of `promptseg fill`): most "
-                    "crops centred on a target show it on a few of their axial planes as a second input")
     tr.add_argument("--text-encoder")
     tr.set_defaults(func=cmd_train)
 

@@ -223,7 +223,7 @@ def drawn_on_grid(crop: sitk.Image, drawn: dict[int, np.ndarray], axis: int, gri
     resampled in the plane (nearest voxel). ``drawn``: index along ``axis`` of ``crop``'s array -> bool 2D mask.
 
     Returns float32 ``(2, Z, Y, X)`` on ``grid``'s array, or ``None`` where the drawn planes do not lie across the
-    grid's first array axis (its z): the hints were learnt on axial planes only (``train.samples.drawn_hint``)."""
+    grid's first array axis (its z): the hints were learnt on axial planes only (``train.drawn.drawn_hint``)."""
     normal = np.array(crop.GetDirection()).reshape(3, 3)[:, 2 - axis]
     if abs(abs(normal[2]) - 1.0) > 1e-3:
         return None

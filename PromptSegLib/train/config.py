@@ -66,6 +66,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--init", help="model folder to fine-tune from")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    parser.add_argument("--hints", action="store_true", default=None,
+                        help="teach the network to take slices a user drew (the organ prior of `promptseg fill`): "
+                        "most crops centred on a target show it on a few of their axial planes as a second input")
     parser.add_argument("--device")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--seed", type=int)

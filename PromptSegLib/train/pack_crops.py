@@ -32,15 +32,15 @@ class PackSampler:
         self.holding = [(t, found) for t in sorted(targets)
                         if (found := [i for i, case in enumerate(cases) if t in case.points])]
 
-    def draw(self, rng: np.random.Generator) -> tuple[int, np.ndarray]:
-        """``(index into cases, centre voxel (3,))``."""
+    def draw(self, rng: np.random.Generator) -> tuple[int, np.ndarray, str | None]:
+        """``(index into cases, centre voxel (3,), the target centred on or None)``."""
         if self.holding and rng.random() < self.foreground_ratio:
             target, found = self.holding[rng.integers(len(self.holding))]
             index = found[rng.integers(len(found))]
             points = self.cases[index].points[target]
-            return index, points[rng.integers(len(points))]
+            return index, points[rng.integers(len(points))], target
         index = int(rng.integers(len(self.cases)))
-        return index, np.array([rng.integers(0, n) for n in self.cases[index].label.shape])
+        return index, np.array([rng.integers(0, n) for n in self.cases[index].label.shape]), None
 
 
 def random_affine(rng: np.random.Generator, augment: bool) -> np.ndarray:

@@ -5,8 +5,9 @@ dataset files nor the text encoder.
 Each step draws a dataset, then per sample a crop (``train.pack_crops``), a context paraphrase and a paraphrase
 of every target of the dataset plus ``absent_targets`` targets certainly absent from it (empty truth), all
 embedded in the pack; loss and schedule are those of ``promptseg train`` (``train.loss``, ``train.loop``),
-bfloat16 autocast on CUDA. No validation runs here: ``promptseg tune`` and ``promptseg evaluate`` measure the
-model folder on a machine with the data.
+bfloat16 autocast on CUDA. With ``--hints`` most crops centred on a target show it drawn on a few axial planes,
+as ``promptseg train --hints`` does (``train.drawn``). No validation runs here: ``promptseg tune`` and
+``promptseg evaluate`` measure the model folder on a machine with the data.
 
 Usage (on the GPU machine, from the repository root)::
 
@@ -34,7 +35,8 @@ from PromptSegLib.train.loop import TrainingLoop
 from PromptSegLib.train.loss import dice_bce_loss
 from PromptSegLib.train.pack import Pack, read_pack
 from PromptSegLib.train.pack_crops import PackSampler, augment_crop, crop, random_affine
-from PromptSegLib.train.start import build_network, merged_regions, mixed_precision
+from PromptSegLib.train.drawn import crop_hint
+from PromptSegLib.train.start import build_network, merged_regions, mixed_precision, parameter_groups
 
 log = logging.getLogger(__name__)
 COMMAND = "python3 -m PromptSegLib.train.pack_training"
@@ -68,7 +70,7 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
                 for n in names}
     label_values = {n: [torch.tensor(d.labels[t], dtype=torch.uint8, device=device) for t in d.targets]
                     for n, d in pack.datasets.items()}  # per dataset, its targets' label values, made once
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(network, config.lr), weight_decay=config.weight_decay)
     loop = TrainingLoop(optimizer, config.steps, floor=0.01, minutes=config.minutes, clip=12.0,
                         work_dir=config.work_dir, checkpoint_every=config.checkpoint_every, saved={"network": network})
     if config.resume and loop.resume(device) is not None:
@@ -83,9 +85,9 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
         dataset, sampler = pack.datasets[name], samplers[name]
         absent = [dataset.absent[i] for i in rng.permutation(len(dataset.absent))[:config.absent_targets]]
         values = label_values[name]
-        images, truths, known, rows = [], [], [], []
+        images, truths, known, rows, hints = [], [], [], [], []
         for _ in range(config.batch_size):
-            picked, centre = sampler.draw(rng)
+            picked, centre, target = sampler.draw(rng)
             index = members[name][picked]
             case = pack.cases[index]
             image, label = crop(volumes[index], labels[index], centre, config.patch_size,
@@ -93,6 +95,8 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
             if config.augment:
                 image, label = augment_crop(image, label, rng)
             images.append(image[None])
+            if network.config.hints:
+                hints.append(_hint(label, values[dataset.targets.index(target)] if target else None, rng))
             truths.append(torch.stack([torch.isin(label, v) for v in values]
                                       + [torch.zeros_like(label, dtype=torch.bool)] * len(absent)))
             known.append(np.concatenate([case.labelled, np.ones(len(absent), np.float32)]))
@@ -102,7 +106,7 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
         network.train()
         with autocast:
             logits = network(torch.stack(images), dataset.modality, prompts[rows_tensor[:, 0]],
-                             prompts[rows_tensor[:, 1:]])
+                             prompts[rows_tensor[:, 1:]], torch.stack(hints) if hints else None)
         loss = dice_bce_loss(logits.float(), torch.stack(truths).float(),
                              torch.from_numpy(np.stack(known)).to(device))
         return loss, {"dataset": name}
@@ -117,8 +121,15 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
     data += ["", f"From the pack `{pack.folder.name}`, made by `promptseg pack {pack.spec}` at {pack.spacing_mm} mm "
              "(intensities in 256 steps of the CT window)."]
     card = model_card(config, model_config, data, {}, device, count_parameters(network), loop.sessions,
-                      command or f"{COMMAND} {shlex.join(sys.argv[1:])}", trainer)
+                      command or COMMAND, trainer)
     return save_model(config.output, network.cpu(), model_config, card, base.text_lora_state if base else None)
+
+
+def _hint(label: torch.Tensor, values: torch.Tensor | None, rng: np.random.Generator) -> torch.Tensor:
+    """:func:`~PromptSegLib.train.drawn.crop_hint` of one crop (``label``: uint8 ``(z, y, x)``; ``values``: the
+    centred target's label values, ``None`` where none is centred), on the label's device."""
+    shown = torch.isin(label, values).cpu().numpy() if values is not None else None
+    return torch.from_numpy(crop_hint(shown, tuple(label.shape), rng)).to(label.device)
 
 
 def _pick(rows: list[int], rng: np.random.Generator) -> int:
@@ -138,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     """The command line (see the module)."""
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     add_pack_training_arguments(parser)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        folder = train_on_pack(config_from_args(args))
+        folder = train_on_pack(config_from_args(args), f"{COMMAND} {shlex.join(argv)}")
     except PromptSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

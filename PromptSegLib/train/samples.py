@@ -1,6 +1,6 @@
 """Training samples: crops of prepared cases, centred on each target equally often (:class:`CentreSampler`), their
-augmentation (a short field of view, rotation and scaling, intensity), and the slices a user would draw of the
-target (:func:`drawn_hint`). Arrays are ``(z, y, x)`` on the model grid."""
+augmentation (a short field of view, rotation and scaling, intensity). Arrays are ``(z, y, x)`` on the model
+grid."""
 from __future__ import annotations
 
 import numpy as np
@@ -79,26 +79,3 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> t
         label = affine(label[None].astype(np.float32), mode="nearest", randomize=False)[0].numpy().astype(label.dtype)
     image = jitter_intensity(image, rng)
     return np.ascontiguousarray(image, dtype=np.float32), label
-
-
-HINT_SHARE = 0.9
-"""With ``promptseg train --hints``, the share of the crops centred on a target that show it drawn (the others show
-nothing drawn, so that the network still segments without)."""
-
-DRAWN_COUNTS = (1, 2, 3, 4, 6, 8)
-"""How many slices a user draws, each equally likely (the counts ``bench_propagation.py`` measures)."""
-
-
-def drawn_hint(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The network's hint (``network.HINT_CHANNELS``) for a structure drawn on a few axial planes: K of
-    :data:`DRAWN_COUNTS` planes, one in each of K equal parts of ``mask``'s extent along axis 0, at a random place in
-    its part. ``mask``: bool ``(z, y, x)``, not empty. Returns float32 ``(2, z, y, x)``."""
-    planes = np.nonzero(mask.any(axis=(1, 2)))[0]
-    low, extent = int(planes[0]), int(planes[-1]) + 1 - int(planes[0])
-    count = min(int(rng.choice(DRAWN_COUNTS)), extent)
-    hint = np.zeros((2, *mask.shape), np.float32)
-    for part, where in enumerate(rng.random(count)):
-        z = low + int((part + where) * extent / count)
-        hint[0, z] = mask[z]
-        hint[1, z] = 1.0
-    return hint

@@ -33,6 +33,21 @@ def build_network(config: TrainConfig, modalities: list[str], text_dim: int, bas
     return network
 
 
+HINT_LR = 2e-3
+"""The learning rate of the drawn-slice input (``--hints``), which starts at zero while the rest of a fine-tuned
+network starts trained (stop 47, ad hoc: 2e-3 there, 3e-4 elsewhere; 1000 steps raised the organ prior's fill on
+the 61 validation organs at K = 2 from 0.8288 to 0.8323)."""
+
+
+def parameter_groups(network: DuPLUSNet, lr: float) -> list[dict]:
+    """The optimizer's groups for ``network``'s trainable parameters: the drawn-slice input's (``hint.``) at
+    :data:`HINT_LR` where it has one, the others at ``lr``."""
+    trainable = [(n, p) for n, p in network.named_parameters() if p.requires_grad]
+    hint = [p for n, p in trainable if n.startswith("hint.")]
+    return [{"params": [p for n, p in trainable if not n.startswith("hint.")], "lr": lr}] + (
+        [{"params": hint, "lr": HINT_LR}] if hint else [])
+
+
 def merged_regions(seen: Iterable[tuple[str, list[str]]], base: ModelConfig | None) -> dict[str, list[str]]:
     """Body regions per modality: ``base``'s, then those of each ``(modality, regions)`` trained on."""
     regions = {m: list(r) for m, r in (base.regions.items() if base else [])}

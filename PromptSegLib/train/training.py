@@ -8,7 +8,7 @@ from its images: those of the other datasets that belong to body regions this da
 liver" on a brain MR must give nothing) and those the spec lists as absent from it (a tumour on a healthy
 brain). Loss: soft Dice per target present in the crop + BCE over every target, leaving out the targets not
 delineated for the case (``CaseSpec.unlabelled``: unknown, not absent). With ``hints`` most crops centred on a
-target also show it drawn on a few planes (``samples.drawn_hint``), as the organ prior of a fill gives them.
+target also show it drawn on a few planes (``train.drawn``), as the organ prior of a fill gives them.
 AdamW in the shared loop (``train.loop``: cosine schedule, checkpoints every N steps that ``--resume`` continues,
 with more ``--steps`` than planned a new cosine cycle from the checkpoint to the new end, a CSV log); validation
 Dice on the model grid. Under ``torchrun`` it trains with DistributedDataParallel.
@@ -37,16 +37,11 @@ from PromptSegLib.train.datasets import (DatasetSpec, LabelledCase, PreparedCase
                                          prepare_case)
 from PromptSegLib.train.loop import TrainingLoop, append_csv
 from PromptSegLib.train.loss import dice_bce_loss
-from PromptSegLib.train.samples import HINT_SHARE, CentreSampler, augment, crop, drawn_hint
-from PromptSegLib.train.start import build_network, merged_regions, mixed_precision
+from PromptSegLib.train.drawn import crop_hint
+from PromptSegLib.train.samples import CentreSampler, augment, crop
+from PromptSegLib.train.start import build_network, merged_regions, mixed_precision, parameter_groups
 
 log = logging.getLogger(__name__)
-
-HINT_LR = 2e-3
-"""The learning rate of the drawn-slice input (``--hints``), which starts at zero while the rest of a fine-tuned
-network starts trained (stop 47, ad hoc: 2e-3 there, 3e-4 elsewhere; 1000 steps raised the organ prior's fill on
-the 61 validation organs at K = 2 from 0.8288 to 0.8323)."""
-
 
 def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:
     """Per dataset, the targets that cannot be in its images: the other datasets' targets whose vocabulary
@@ -143,11 +138,8 @@ def train(config: TrainConfig) -> Path:
                          and name.split(".")[1] not in base_config.network.modalities)
             parameter.requires_grad = name.startswith(("head.", "hint.")) or bool(new_input)
     network.to(device)
-    trainable = [p for n, p in network.named_parameters() if p.requires_grad and not n.startswith("hint.")]
-    hint_params = [p for n, p in network.named_parameters() if p.requires_grad and n.startswith("hint.")]
     lora_params = encoder.to(device).lora_parameters() if config.lora_rank > 0 else []
-    groups = ([{"params": trainable, "lr": config.lr}]
-              + ([{"params": hint_params, "lr": HINT_LR}] if hint_params else [])
+    groups = (parameter_groups(network, config.lr)
               + ([{"params": lora_params, "lr": config.lora_lr}] if lora_params else []))
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     config.work_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +156,7 @@ def train(config: TrainConfig) -> Path:
              if world > 1 else network)
     if rank == 0:
         log.info("training %s: %d parameters (%d trainable), %d training and %d validation cases, targets %s",
-                 config.name, count_parameters(network), sum(p.numel() for p in trainable + hint_params),
+                 config.name, count_parameters(network), sum(p.numel() for p in network.parameters() if p.requires_grad),
                  len(train_cases),
                  len(val_cases), ", ".join(targets))
     by_dataset: dict[str, list[PreparedCase]] = {}
@@ -191,9 +183,8 @@ def train(config: TrainConfig) -> Path:
                 image, label = augment(image, label, rng)
             images.append(image[None])
             if network.config.hints:  # the centred target drawn (in most crops), or nothing drawn
-                shown = np.isin(label, dataset.values_of(centre)) if centre is not None else np.zeros_like(label, bool)
-                drawn = shown.any() and rng.random() < HINT_SHARE
-                hints.append(drawn_hint(shown, rng) if drawn else np.zeros((2, *label.shape), np.float32))
+                shown = np.isin(label, dataset.values_of(centre)) if centre is not None else None
+                hints.append(crop_hint(shown, label.shape, rng))
             truths.append(np.concatenate([case.masks(dataset.targets, label),
                                           np.zeros((len(absent), *label.shape), np.float32)]))
             known.append(np.concatenate([case.labelled(dataset.targets), np.ones(len(absent), np.float32)]))

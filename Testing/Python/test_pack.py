@@ -112,8 +112,10 @@ def test_crops_centre_on_each_target_equally_often(packed):
     sampler = PackSampler(pack.cases, ["gross tumor volume"], foreground_ratio=1.0)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        index, centre = sampler.draw(rng)
-        assert pack.cases[index].label[tuple(centre)] == 1
+        index, centre, target = sampler.draw(rng)
+        assert pack.cases[index].label[tuple(centre)] == 1 and target == "gross tumor volume"
+    anywhere = PackSampler(pack.cases, ["gross tumor volume"], foreground_ratio=0.0)
+    assert all(anywhere.draw(rng)[2] is None for _ in range(5))
     turns = [random_affine(rng, True) for _ in range(200)]
     identity = sum(np.allclose(a, np.eye(3)) for a in turns)
     assert 110 < identity < 170  # rotated and scaled with probability 0.3
@@ -134,17 +136,33 @@ def test_training_on_a_pack_writes_a_model_and_its_card(packed, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(np.isfinite(float(r["loss"])) for r in rows)
 
 
+def train_where_simpleitk_is_missing(pack, model, *options: str) -> None:
+    """The pack trainer's entry point, in a process where SimpleITK, transformers, MONAI and peft cannot be
+    imported (a lent GPU machine has torch, numpy and safetensors): a tiny network, one thread, on the CPU."""
+    argv = [str(pack), "-o", str(model), "--widths", "4", "8", "--patch-size", "16", "16", "16", "--threads", "1",
+            "--device", "cpu", *options]
+    code = ("import sys; sys.modules.update(dict.fromkeys(['SimpleITK', 'transformers', 'monai', 'peft'])); "
+            f"from PromptSegLib.train.pack_training import main; sys.exit(main({argv!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_pack_trains_where_neither_simpleitk_monai_nor_the_text_encoder_can_be_imported(packed, tmp_path):
     """What a lent GPU machine has: torch, numpy, safetensors, no SimpleITK or MONAI; the entry point beside
     the API runs there."""
-    code = ("import sys; sys.modules.update(dict.fromkeys(['SimpleITK', 'transformers', 'monai', 'peft'])); "
-            "from PromptSegLib.train.pack_training import main; "
-            f"sys.exit(main([{str(packed[1])!r}, '-o', {str(tmp_path / 'model')!r}, '--widths', '4', '8', "
-            "'--patch-size', '16', '16', '16', '--batch-size', '1', '--steps', '1', '--threads', '1', "
-            "'--device', 'cpu']))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    train_where_simpleitk_is_missing(packed[1], tmp_path / "model", "--batch-size", "1", "--steps", "1")
     assert load_model(tmp_path / "model").config.targets == ["gross tumor volume"]
+
+
+def test_with_hints_a_pack_trains_the_drawn_slice_input_where_simpleitk_cannot_be_imported(packed, tmp_path):
+    """``--hints`` on a pack: the drawn-slice convolution (zero at first) learns, and the model and its card say
+    so."""
+    train_where_simpleitk_is_missing(packed[1], tmp_path / "model", "--batch-size", "2", "--steps", "4",
+                                     "--foreground-ratio", "1", "--hints", "--seed", "3")
+    model = load_model(tmp_path / "model")
+    assert model.config.network.hints
+    assert float(dict(model.network.named_parameters())["hint.weight"].abs().max()) > 0
+    assert "--hints" in (tmp_path / "model" / "README.md").read_text()
 
 
 def test_device_crops_are_augmented_as_cpu_crops_are(packed):

@@ -23,7 +23,8 @@ from PromptSegLib.train.card import train_command
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import load_spec, load_split, prepare_split
 from PromptSegLib.train.loss import dice_bce_loss
-from PromptSegLib.train.samples import DRAWN_COUNTS, CentreSampler, crop, drawn_hint
+from PromptSegLib.train.drawn import DRAWN_COUNTS, drawn_hint
+from PromptSegLib.train.samples import CentreSampler, crop
 from PromptSegLib.train.training import absent_elsewhere, train
 
 from conftest import SHARED, needs_shared
