@@ -31,11 +31,11 @@ from PromptSegLib.models.folder import ModelConfig, load_model, save_model
 from PromptSegLib.models.network import count_parameters
 from PromptSegLib.train.card import model_card
 from PromptSegLib.train.config import TrainConfig, add_training_arguments, config_from_args
+from PromptSegLib.train.drawn import crop_hint
 from PromptSegLib.train.loop import TrainingLoop
 from PromptSegLib.train.loss import dice_bce_loss
 from PromptSegLib.train.pack import Pack, read_pack
 from PromptSegLib.train.pack_crops import PackSampler, augment_crop, crop, random_affine
-from PromptSegLib.train.drawn import crop_hint
 from PromptSegLib.train.start import build_network, merged_regions, mixed_precision, parameter_groups
 
 log = logging.getLogger(__name__)
