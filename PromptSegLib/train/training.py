@@ -35,9 +35,9 @@ from PromptSegLib.train.card import case_lines, model_card
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.datasets import (DatasetSpec, LabelledCase, PreparedCase, ct_rule, load_spec, load_split,
                                          prepare_case)
+from PromptSegLib.train.drawn import crop_hint
 from PromptSegLib.train.loop import TrainingLoop, append_csv
 from PromptSegLib.train.loss import dice_bce_loss
-from PromptSegLib.train.drawn import crop_hint
 from PromptSegLib.train.samples import CentreSampler, augment, crop
 from PromptSegLib.train.start import build_network, merged_regions, mixed_precision, parameter_groups
 
