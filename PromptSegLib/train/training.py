@@ -156,9 +156,9 @@ def train(config: TrainConfig) -> Path:
              if world > 1 else network)
     if rank == 0:
         log.info("training %s: %d parameters (%d trainable), %d training and %d validation cases, targets %s",
-                 config.name, count_parameters(network), sum(p.numel() for p in network.parameters() if p.requires_grad),
-                 len(train_cases),
-                 len(val_cases), ", ".join(targets))
+                 config.name, count_parameters(network), sum(p.numel() for p in network.parameters()
+                                                             if p.requires_grad),
+                 len(train_cases), len(val_cases), ", ".join(targets))
     by_dataset: dict[str, list[PreparedCase]] = {}
     for case in train_cases:
         by_dataset.setdefault(case.dataset.name, []).append(case)
