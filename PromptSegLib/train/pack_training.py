@@ -95,10 +95,11 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
             if config.augment:
                 image, label = augment_crop(image, label, rng)
             images.append(image[None])
+            truth = torch.stack([torch.isin(label, v) for v in values]
+                                + [torch.zeros_like(label, dtype=torch.bool)] * len(absent))
             if network.config.hints:
-                hints.append(_hint(label, values[dataset.targets.index(target)] if target else None, rng))
-            truths.append(torch.stack([torch.isin(label, v) for v in values]
-                                      + [torch.zeros_like(label, dtype=torch.bool)] * len(absent)))
+                hints.append(_hint(truth[dataset.targets.index(target)] if target else None, label, rng))
+            truths.append(truth)
             known.append(np.concatenate([case.labelled, np.ones(len(absent), np.float32)]))
             rows.append([_pick(dataset.contexts, rng)]
                         + [_pick(dataset.prompts[t], rng) for t in dataset.targets + absent])
@@ -125,10 +126,10 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
     return save_model(config.output, network.cpu(), model_config, card, base.text_lora_state if base else None)
 
 
-def _hint(label: torch.Tensor, values: torch.Tensor | None, rng: np.random.Generator) -> torch.Tensor:
-    """:func:`~PromptSegLib.train.drawn.crop_hint` of one crop (``label``: uint8 ``(z, y, x)``; ``values``: the
-    centred target's label values, ``None`` where none is centred), on the label's device."""
-    shown = torch.isin(label, values).cpu().numpy() if values is not None else None
+def _hint(shown: torch.Tensor | None, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """:func:`~PromptSegLib.train.drawn.crop_hint` of one crop, on its ``label``'s device and shape: ``shown``, bool
+    ``(z, y, x)``, the centred target's voxels (``None`` where none is centred)."""
+    shown = shown.cpu().numpy() if shown is not None else None
     return torch.from_numpy(crop_hint(shown, tuple(label.shape), rng)).to(label.device)
 
 

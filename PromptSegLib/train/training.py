@@ -43,6 +43,7 @@ from PromptSegLib.train.start import build_network, merged_regions, mixed_precis
 
 log = logging.getLogger(__name__)
 
+
 def absent_elsewhere(datasets: list[DatasetSpec], vocabulary: Vocabulary) -> dict[str, list[str]]:
     """Per dataset, the targets that cannot be in its images: the other datasets' targets whose vocabulary
     regions share none of its regions, and those its spec lists as absent (healthy controls). A target
@@ -182,11 +183,11 @@ def train(config: TrainConfig) -> Path:
             if config.augment:
                 image, label = augment(image, label, rng)
             images.append(image[None])
+            masks = case.masks(dataset.targets, label)
             if network.config.hints:  # the centred target drawn (in most crops), or nothing drawn
-                shown = np.isin(label, dataset.values_of(centre)) if centre is not None else None
+                shown = masks[dataset.targets.index(centre)] > 0 if centre is not None else None
                 hints.append(crop_hint(shown, label.shape, rng))
-            truths.append(np.concatenate([case.masks(dataset.targets, label),
-                                          np.zeros((len(absent), *label.shape), np.float32)]))
+            truths.append(np.concatenate([masks, np.zeros((len(absent), *label.shape), np.float32)]))
             known.append(np.concatenate([case.labelled(dataset.targets), np.ones(len(absent), np.float32)]))
             contexts.append(bank.context(dataset.name, rng))
             prompts.append([bank.target(dataset.modality, t, rng) for t in dataset.targets + absent])
