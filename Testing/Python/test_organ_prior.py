@@ -292,6 +292,22 @@ def test_the_crop_holds_the_drawn_slices_and_the_reach_with_a_model_window_of_co
         prior_box((80, 100, 100), (3.0, 2.0, 2.0), {20: np.zeros((100, 100), bool)}, axis=0)
 
 
+def test_a_crop_kept_to_one_window_grows_only_up_to_it_in_the_plane():
+    drawn = {20: np.zeros((120, 120), bool), 40: np.zeros((120, 120), bool)}
+    drawn[20][30:90, 30:90] = True  # 60 pixels of 2 mm: 120 mm, under one window (141 mm: 71 pixels)
+    drawn[40][30:90, 30:90] = True
+    grown = prior_box((80, 120, 120), (3.0, 2.0, 2.0), drawn, axis=0, one_window=False)
+    kept = prior_box((80, 120, 120), (3.0, 2.0, 2.0), drawn, axis=0, one_window=True)
+    assert [grown[i].stop - grown[i].start for i in (1, 2)] == [90, 90]  # half its size wider: two windows
+    assert [kept[i].stop - kept[i].start for i in (1, 2)] == [71, 71]
+    assert all(kept[i].start <= 30 and kept[i].stop >= 90 for i in (1, 2))
+    assert kept[0] == grown[0]  # along the axis nothing changes
+    wide = {k: np.zeros((160, 160), bool) for k in drawn}  # 120 pixels (240 mm), wider than a window: its own box
+    wide[20][20:140, 20:140] = wide[40][20:140, 20:140] = True
+    box = prior_box((80, 160, 160), (3.0, 2.0, 2.0), wide, axis=0, one_window=True)
+    assert [(box[i].start, box[i].stop) for i in (1, 2)] == [(20, 140), (20, 140)]
+
+
 @needs_shared("openkbp_hn_ct")
 def test_the_fill_command_takes_the_prior_on_a_ct_unless_told_not_to(tmp_path, parotid, capsys):
     from PromptSegLib.cli.main import main

@@ -19,8 +19,10 @@ group (``--prior-weights none 0.6``: ``organ_prior.WEIGHT``; ``none``: no prior)
 the drawn slices at which it is taken (``--prior-agreements 0.75 0.6``: ``organ_prior.MIN_AGREEMENT``, and with
 ``--counts 1`` ``LOW_AGREEMENT``), and below how many pixels a drawn slice a structure is small and takes it from
 ``LOW_AGREEMENT`` (``--prior-small-pixels 0 10``: ``organ_prior.SMALL_PIXELS``), and whether close drawn slices
-that hold different numbers of pieces take it (``--prior-pieces false true``: ``organ_prior.PIECES``), or which
-model gives it (``--prior-models promptseg-hn-oars DIR``: ``organ_prior.MODEL``). One is varied, the
+that hold different numbers of pieces take it (``--prior-pieces false true``: ``organ_prior.PIECES``), or whether
+its crop stays one model window wide in the plane where the drawn box allows (``--prior-crop grown window``:
+``organ_prior.ONE_WINDOW``), or which model gives it (``--prior-models promptseg-hn-oars DIR``:
+``organ_prior.MODEL``). One is varied, the
 others kept at the library's value (``--model``: the model that fills then).
 
 Validation groups (the propagation model never trained on any of them, and none is in ``bench_propagation.py``,
@@ -48,7 +50,8 @@ Usage: python Testing/benchmarks/choose_fill_reach.py [--reach none 1 0.5 | --en
        --keep-area false true | --track false true | --interpolation-weight 0.5 0.75 1 | --bulge 0 0.5 1 |
        --min-pixels 4 drawn | --intensity-range none 2:0.1 | --tube-aspect none 3 5 | --tube-reach 0.25 0.5 |
        --cap profile drawn | --taper 2 4 8 | --models bundled DIR | --prior-weights none 0.6 |
-       --prior-agreements 0.75 0.6 | --prior-small-pixels 0 10 | --prior-pieces false true]
+       --prior-agreements 0.75 0.6 | --prior-small-pixels 0 10 | --prior-pieces false true |
+       --prior-crop grown window]
        [--model DIR]
        [--counts 2 3 4 6 8] [--groups openkbp pgbm hippocampus openkbp_more] [--threads 1]
 """
@@ -140,8 +143,9 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
     ``propagator`` given is that model), ``prior_weight`` (``None``: no organ prior; a CT ``reference``
     image gets one, as the Segment Editor effect does), the organ prior's least agreement, ``min_agreement``
     itself or through ``small_pixels`` (:func:`~PromptSegLib.propagate.organ_prior.least_agreement`), or whether
-    close drawn slices of different pieces take it, ``pieces`` (:func:`~.organ_prior.prior_applies`), or the prior's
-    model, ``prior_model``."""
+    close drawn slices of different pieces take it, ``pieces`` (:func:`~.organ_prior.prior_applies`), or whether its
+    crop stays one window wide, ``one_window`` (:func:`~.organ_prior.prior_box`), or the prior's model,
+    ``prior_model``."""
     if keyword == "prior_model":
         prior = organ_prior(segmenter(value), reference, drawn) if reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
@@ -149,7 +153,7 @@ def fill(propagator: Propagator, image: np.ndarray, drawn: dict[int, np.ndarray]
         prior = organ_prior(segmenter(), reference, drawn) if value is not None and reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior,
                                            **({"prior_weight": value} if prior is not None else {})).mask
-    if keyword in ("min_agreement", "small_pixels", "pieces"):
+    if keyword in ("min_agreement", "small_pixels", "pieces", "one_window"):
         option = {"min_agreement": least_agreement(drawn, value)} if keyword == "small_pixels" else {keyword: value}
         prior = organ_prior(segmenter(), reference, drawn, **option) if reference is not None else None
         return multislice.fill_from_slices(propagator, image, drawn, spacing=spacing, prior=prior).mask
@@ -209,7 +213,8 @@ CHOICES = {"reach": ("reach", spacings), "ends_beyond": ("ends_beyond", spacings
            "taper": ("taper", float), "models": ("model", str),
            "prior_weights": ("prior_weight", lambda v: None if v == "none" else float(v)),
            "prior_agreements": ("min_agreement", float), "prior_small_pixels": ("small_pixels", float),
-           "prior_pieces": ("pieces", lambda v: v == "true"), "prior_models": ("prior_model", str)}
+           "prior_pieces": ("pieces", lambda v: v == "true"), "prior_crop": ("one_window", lambda v: v == "window"),
+           "prior_models": ("prior_model", str)}
 """Each choice's option (its argparse name) -> (the keyword :func:`fill` sets, how its values are read)."""
 
 
@@ -242,6 +247,9 @@ def main() -> None:
                                                                 "structure takes the organ prior at the low agreement")
     chosen.add_argument("--prior-pieces", nargs="+", choices=["false", "true"],
                         help="whether close drawn slices that hold different numbers of pieces take the organ prior")
+    chosen.add_argument("--prior-crop", nargs="+", choices=["grown", "window"],
+                        help="the organ prior's crop: the drawn box grown by half its size in the plane, or no wider "
+                             "than one model window thereby")
     chosen.add_argument("--prior-models", nargs="+", help="the organ prior's model (catalogue name or folder)")
     parser.add_argument("--model", default="bundled", help="the model that fills when another choice is varied")
     parser.add_argument("--counts", type=int, nargs="+", default=[k for k in COUNTS if k > 1])
