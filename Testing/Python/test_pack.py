@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from PromptSegLib.train.pack_crops import PackSampler, crop, random_affine
 from PromptSegLib.train.pack_training import train_on_pack
 from PromptSegLib.train.training import intensity_rules
 
-from conftest import needs_shared
+from conftest import REPO, needs_shared
 from test_training import write_spec
 
 pytestmark = needs_shared()
@@ -163,6 +164,38 @@ def test_with_hints_a_pack_trains_the_drawn_slice_input_where_simpleitk_cannot_b
     assert model.config.network.hints
     assert float(dict(model.network.named_parameters())["hint.weight"].abs().max()) > 0
     assert "--hints" in (tmp_path / "model" / "README.md").read_text()
+
+
+def test_the_device_script_trains_its_three_candidates_side_by_side_where_simpleitk_cannot_be_imported(packed,
+                                                                                                      tmp_path):
+    """``scripts/device_train.sh run`` as on a lent GPU (rehearsed on the CPU, one step each): the bundled organ
+    model, it widened, and it with the drawn-slice input, each a model folder in one tar among the files that come
+    back; ``unpack`` puts them back as model folders."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules.update(dict.fromkeys(['SimpleITK', 'transformers', 'monai', 'peft']))\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(blocker), "PY": sys.executable, "DEVICE": "cpu", "BATCH": "1",
+           "PACK": str(packed[1]), "WORK": str(tmp_path / "work"), "OUT": str(out)}
+    script = str(REPO / "scripts" / "device_train.sh")
+    done = subprocess.run(["bash", script, "run", "0.01"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["hints.log", "hints.tar", "plain.log", "plain.tar", "wide.log",
+                                                      "wide.tar"]
+    done = subprocess.run(["bash", script, "unpack", str(out), str(tmp_path / "models")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    models = {name: load_model(tmp_path / "models" / name) for name in ("plain", "wide", "hints")}
+    base = load_model(REPO / "PromptSegLib" / "models" / "promptseg-hn-oars")
+    assert models["plain"].config.network.widths == base.config.network.widths
+    assert models["wide"].config.network.widths == (16, 48, 96, 192)
+    assert models["wide"].config.patch_size == (64, 64, 64)
+    assert [m.config.network.hints for m in models.values()] == [False, False, True]
+    for model in models.values():
+        assert set(base.config.targets) < set(model.config.targets)  # the pack's target joined the organs
+    assert "--widths 16 48 96 192" in (tmp_path / "models" / "wide" / "README.md").read_text()
 
 
 def test_device_crops_are_augmented_as_cpu_crops_are(packed):
