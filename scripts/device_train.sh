@@ -3,8 +3,9 @@
 # where the data is not"): the device time of a session is short, and one of these small models does not fill
 # an H100, so three runs share it for the same minutes.
 #
-#   here:   bash scripts/device_train.sh prepare        -> .packs/hn_oars_3mm (the pack, 39 MiB), and the
-#                                                          device tool's call to make
+#   here:   bash scripts/device_train.sh prepare        -> .packs/hn_oars_3mm (the pack, 39 MiB, from OpenKBP's
+#                                                          training split, fetched as ../shared/data/MANIFEST.md
+#                                                          says), and the device tool's call to make
 #   there:  bash scripts/device_train.sh run [MINUTES]  -> $OUT/<candidate>.tar (a model folder) and
 #                                                          $OUT/<candidate>.log, for each candidate below
 #   here:   bash scripts/device_train.sh unpack FILES_AT DEST -> DEST/<candidate>/, then the commands that
