@@ -46,10 +46,11 @@ case "${1:-}" in
       .venv/bin/promptseg pack Resources/Training/hn_oars.json -o "$PACK" --spacing-mm 3 --init "$BASE"
     fi
     echo "device tool: run with carry [\"$PACK\"], timeout_s 600, command:"
-    echo "  bash scripts/device_train.sh run 7.5"
+    echo "  bash scripts/device_train.sh run 6.5"
+    echo "then at once, on the warm machine, the command Testing/benchmarks/device_kit.py prints (issue 15)"
     ;;
   run)
-    minutes="${2:-7.5}"
+    minutes="${2:-6.5}"
     out="${OUT:?OUT (the folder whose files come back) is not set}"
     mkdir -p "$WORK"
     [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
