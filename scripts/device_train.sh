@@ -54,8 +54,8 @@ case "${1:-}" in
     out="${OUT:?OUT (the folder whose files come back) is not set}"
     mkdir -p "$WORK"
     [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-    "$PY" -c "from PromptSegLib.models.widen import widen_model; widen_model('$BASE', '$WORK/wide-init', \
-(16, 48, 96, 192), '0.8.0-wide-init', 0, 'promptseg widen $BASE --widths 16 48 96 192')" >/dev/null
+    "$PY" -m PromptSegLib.models.widen "$BASE" -o "$WORK/wide-init" --widths 16 48 96 192 --version 0.8.0-wide-init \
+      >/dev/null
     pids=()
     for name in "${CANDIDATES[@]}"; do
       # shellcheck disable=SC2046  # the options are words

@@ -56,6 +56,8 @@ def cmd_widen(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub) -> None:
     """Register ``tune``, ``average-models`` and ``widen`` on the main parser's subparsers."""
+    from PromptSegLib.models.widen import add_widen_arguments
+
     tu = sub.add_parser("tune", help="choose a model's post-processing on a spec's validation cases and write it "
                         "into the model's config and card")
     tu.add_argument("spec", help="dataset spec (its validation split is scored, its training split gives volumes)")
@@ -78,10 +80,5 @@ def add_subcommands(sub) -> None:
     av.set_defaults(func=cmd_average_models)
     wi = sub.add_parser("widen", help="write a model with more channels per level that computes the same (to go on "
                         "training with more capacity: promptseg train --init)")
-    wi.add_argument("model", help="model folder or name")
-    wi.add_argument("-o", "--output", required=True, help="model folder to write")
-    wi.add_argument("--widths", type=int, nargs="+", required=True, help="channels per level, none fewer than the "
-                    "model's, e.g. 16 48 96 192")
-    wi.add_argument("--version", required=True)
-    wi.add_argument("--seed", type=int, default=0, help="which old channels the new ones copy, and the splits")
+    add_widen_arguments(wi)
     wi.set_defaults(func=cmd_widen)

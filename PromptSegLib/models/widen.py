@@ -10,17 +10,23 @@ them.
 The widened model keeps its source's config (targets, grid, intensity rule, post-processing: the function is
 the same); its card records the command, the largest logit change measured on a random window, and the source's
 card.
+
+Beside ``promptseg widen``, the entry point ``python3 -m PromptSegLib.models.widen MODEL -o OUT --widths 16 48 96 192
+--version V`` runs where SimpleITK is missing (a lent GPU machine: ``scripts/device_train.sh``).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from PromptSegLib.errors import ModelError
+from PromptSegLib.errors import ModelError, PromptSegError
 from PromptSegLib.models.folder import Model, card_lines, load_model, quoted, save_model
 from PromptSegLib.models.network import DuPLUSNet, ResBlock
 
@@ -168,3 +174,38 @@ def _card(model: Model, config, command: str, change: float, seed: int) -> str:
              f"## Source: {model.config.name} {model.config.version} (its card)", ""]
     lines += quoted(card_lines(model.folder))
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+COMMAND = "python3 -m PromptSegLib.models.widen"
+
+
+def add_widen_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a widening (``promptseg widen`` and :data:`COMMAND`)."""
+    parser.add_argument("model", help="model folder or name")
+    parser.add_argument("-o", "--output", required=True, help="model folder to write")
+    parser.add_argument("--widths", type=int, nargs="+", required=True, help="channels per level, none fewer than "
+                        "the model's, e.g. 16 48 96 192")
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--seed", type=int, default=0, help="which old channels the new ones copy, and the splits")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module)."""
+    from PromptSegLib.models.catalogue import resolve_model
+
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
+    add_widen_arguments(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    try:
+        folder = widen_model(resolve_model(args.model), args.output, args.widths, args.version, args.seed,
+                             f"{COMMAND} {shlex.join(argv)}")
+    except PromptSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -195,7 +195,9 @@ def test_the_device_script_trains_its_three_candidates_side_by_side_where_simple
     assert [m.config.network.hints for m in models.values()] == [False, False, True]
     for model in models.values():
         assert set(base.config.targets) < set(model.config.targets)  # the pack's target joined the organs
-    assert "--widths 16 48 96 192" in (tmp_path / "models" / "wide" / "README.md").read_text()
+    wide_card = (tmp_path / "models" / "wide" / "README.md").read_text()
+    assert "python3 -m PromptSegLib.models.widen PromptSegLib/models/promptseg-hn-oars -o " in wide_card  # as run
+    assert "--widths 16 48 96 192" in wide_card
 
 
 def test_device_crops_are_augmented_as_cpu_crops_are(packed):
