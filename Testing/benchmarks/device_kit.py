@@ -10,6 +10,8 @@ the checkout:
 - ``NAME-VERSION.tar.xz`` for each of :data:`PACKAGES`: the installed package, xz-compressed (SimpleITK 2.5.7:
   28 MB; packing it takes about 3 minutes); the machine unpacks them, no pip needed (SimpleITK's wheel is abi3,
   for CPython 3.11 and later; the others are pure Python);
+- the wheels of :data:`WHEELS`, compiled for each CPython (``isal``, which writes the ``.seg.nrrd``), for the
+  machine's Python 3.12, downloaded here by pip (0.3 MB); the machine unzips them;
 - ``embeddings.safetensors``: the bundled text encoder's embeddings of the benchmark's prompts (the context and
   the 20 targets of :data:`common.TWENTY_TARGETS`), for :class:`common.EmbeddingTable`: the same vectors the
   encoder gives, looked up;
@@ -27,6 +29,8 @@ from __future__ import annotations
 import importlib
 import lzma
 import shutil
+import subprocess
+import sys
 import tarfile
 from importlib.metadata import version
 from pathlib import Path
@@ -37,9 +41,14 @@ ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / ".device_kit"
 PACKAGES = {"SimpleITK": "SimpleITK", "nibabel": "nibabel", "slicerio": "slicerio", "nrrd": "pynrrd"}
 """What the segment path imports that the machine lacks: import name -> distribution name."""
+WHEELS = ("isal",)
+"""What it lacks that is compiled for one CPython: distribution names (their wheels for :data:`DEVICE_PYTHON`)."""
+DEVICE_PYTHON = "3.12"
+"""The lent machine's Python (``../.library/device/KINDS.md``)."""
 COMMAND = ("set -o pipefail; nvidia-smi -L; mkdir -p ../shared/data/totalsegmentator_example/ct_3mm && "
-           "python3 -c \"import glob, tarfile; [tarfile.open(f).extractall('/tmp/site') for f in "
-           "glob.glob('.device_kit/*.tar.xz')]\" && "
+           "python3 -c \"import glob, tarfile, zipfile; [tarfile.open(f).extractall('/tmp/site') for f in "
+           "glob.glob('.device_kit/*.tar.xz')]; [zipfile.ZipFile(f).extractall('/tmp/site') for f in "
+           "glob.glob('.device_kit/*.whl')]\" && "
            "cp .device_kit/example_ct.nii.gz ../shared/data/totalsegmentator_example/ct_3mm/ && "
            "export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && cd Testing/benchmarks && "
            "for p in float32 auto; do python3 bench_whole_volume.py --device cuda --precision $p --counts 1 10 20 "
@@ -68,11 +77,30 @@ def pack(name: str, distribution: str, folder: Path) -> Path:
     return out
 
 
+def wheel(distribution: str, folder: Path) -> Path:
+    """The installed ``distribution``'s release as a wheel for the machine's CPython in ``folder``, downloaded by
+    pip once per version (other versions' wheels there are removed)."""
+    release = version(distribution)
+    tag = "cp" + DEVICE_PYTHON.replace(".", "")
+    for stale in folder.glob(f"{distribution}-*.whl"):
+        if not stale.name.startswith(f"{distribution}-{release}-{tag}-"):
+            stale.unlink()
+    found = sorted(folder.glob(f"{distribution}-{release}-{tag}-*.whl"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--python-version", DEVICE_PYTHON, "--implementation", "cp", "--platform",
+                        "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64", "-d", str(folder),
+                        f"{distribution}=={release}"], check=True)
+        found = sorted(folder.glob(f"{distribution}-{release}-{tag}-*.whl"))
+    return found[0]
+
+
 def main() -> None:
     from PromptSegLib.segment.inference import Segmenter
 
     KIT.mkdir(exist_ok=True)
     archives = [pack(name, distribution, KIT).name for name, distribution in PACKAGES.items()]
+    archives += [wheel(distribution, KIT).name for distribution in WHEELS]
     segmenter = Segmenter(default_model(), device="cpu")
     texts = [segmenter.context("CT", "abdomen")] + [q.prompt for q in segmenter.queries("CT", TWENTY_TARGETS)]
     write_embedding_table(KIT / "embeddings.safetensors", segmenter.encoder, texts)
