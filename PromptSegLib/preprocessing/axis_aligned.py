@@ -43,9 +43,11 @@ def signed_permutation(direction: Sequence[float]) -> tuple[list[int], list[floa
     return axes, [float(np.sign(matrix[g, a])) for a, g in enumerate(axes)]
 
 
-def _edge_mask(coordinates: np.ndarray, size: int) -> np.ndarray:
-    """Whether each continuous index lies inside a source axis of ``size`` voxels (ITK's rule)."""
-    return (coordinates >= -0.5) & (coordinates < size - 0.5)
+def _inside_run(coordinates: np.ndarray, size: int) -> slice:
+    """The run of monotonic continuous indices that lie inside a source axis of ``size`` voxels (ITK's rule), as
+    a slice of ``coordinates`` (empty when none does)."""
+    inside = np.flatnonzero((coordinates >= -0.5) & (coordinates < size - 0.5))
+    return slice(int(inside[0]), int(inside[-1]) + 1) if len(inside) else slice(0, 0)
 
 
 def _normalised(coordinates: np.ndarray, size: int) -> torch.Tensor:
@@ -71,28 +73,27 @@ def linear_on_axes(values: torch.Tensor, coordinates: Sequence[np.ndarray], dtyp
     """
     cz, cy, cx = (np.asarray(c, dtype=np.float64) for c in coordinates)
     nz, ny, nx = values.shape
-    out = torch.zeros((len(cz), len(cy), len(cx)), dtype=dtype)
-    if not (out.numel() and values.numel()):
-        return out
+    out = torch.empty((len(cz), len(cy), len(cx)), dtype=dtype)
+    # the output indices inside the source, along each axis: a run, as the indices are monotonic
+    runs = [_inside_run(c, n) for c, n in zip((cz, cy, cx), values.shape)]
+    if any(run.start >= run.stop for run in runs):
+        return out.zero_()
+    for axis, (run, size) in enumerate(zip(runs, out.shape)):  # zeros outside (slices: no full-size mask)
+        for edge in (slice(0, run.start), slice(run.stop, size)):
+            out[(slice(None),) * axis + (edge,)] = 0
+    planes, rows, columns = runs
     base = np.floor(cz)
     low = torch.from_numpy(np.clip(base, 0, nz - 1).astype(np.int64))
     high = torch.from_numpy(np.clip(base + 1, 0, nz - 1).astype(np.int64))
     weight = torch.from_numpy(cz - base).float()
-    grid = torch.stack(torch.broadcast_tensors(_normalised(cx, nx)[None, :], _normalised(cy, ny)[:, None]), -1)[None]
-    inside_y, inside_x = torch.from_numpy(_edge_mask(cy, ny)), torch.from_numpy(_edge_mask(cx, nx))
-    planes = np.flatnonzero(_edge_mask(cz, nz))  # a run: the indices are monotonic
-    if not len(planes):
-        return out
-    step = max(1, OUTPUT_VOXELS_PER_STEP // (len(cy) * len(cx)))
-    for start in range(int(planes[0]), int(planes[-1]) + 1, step):
-        index = slice(start, min(start + step, int(planes[-1]) + 1))
+    grid = torch.stack(torch.broadcast_tensors(_normalised(cx[columns], nx)[None, :],
+                                               _normalised(cy[rows], ny)[:, None]), -1)[None]
+    step = max(1, OUTPUT_VOXELS_PER_STEP // (grid.shape[1] * grid.shape[2]))
+    for start in range(planes.start, planes.stop, step):
+        index = slice(start, min(start + step, planes.stop))
         slab = torch.lerp(values[low[index]], values[high[index]], weight[index, None, None])
         part = F.grid_sample(slab[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
         if dtype == torch.uint8:
             part.clamp_(0.0, 255.0)
-        out[index] = part
-    if not bool(inside_y.all()):
-        out[:, ~inside_y] = 0
-    if not bool(inside_x.all()):
-        out[:, :, ~inside_x] = 0
+        out[index, rows, columns] = part
     return out

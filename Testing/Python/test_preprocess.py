@@ -4,9 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from PromptSegLib.errors import InputImageError
 from PromptSegLib.metrics import dice
+from PromptSegLib.preprocessing.axis_aligned import linear_on_axes
 from PromptSegLib.preprocessing.intensity import IntensityRule
 from PromptSegLib.preprocessing.preprocess import (BODY_HU, BODY_MARGIN_MM, enclosed_air_cm2,
                                                    model_grid, prepare, to_original_box)
@@ -178,3 +180,31 @@ def test_mapping_back_in_torch_gives_what_simpleitk_gives(chest_ct, chest_segmen
     if layout == "sagittal":  # the same anatomy as on the axial series
         back = np.transpose(back[::-1], (1, 2, 0))
     assert dice(back >= 0.5, truth) > 0.95
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_linear_on_axes_leaves_zeros_wherever_a_point_lies_outside_the_source(dtype):
+    """Points beyond the source on any axis (ITK's rule: outside [-0.5, n - 0.5)) get 0, the others trilinear
+    interpolation with the edge's value beyond it (scipy's order-1 ``nearest``), on increasing and decreasing
+    indices; an axis with no point inside gives zeros."""
+    from scipy.ndimage import map_coordinates
+
+    values = np.random.default_rng(3).random((5, 6, 7)).astype(np.float32) * (250 if dtype == torch.uint8 else 1)
+    axes = [np.linspace(-1.2, 5.3, 9), np.linspace(-0.7, 6.1, 8), np.linspace(7.4, -0.9, 10)]
+    out = linear_on_axes(torch.from_numpy(values), axes, dtype).numpy()
+    points = np.stack(np.meshgrid(*axes, indexing="ij"))
+    expected = map_coordinates(values, points, order=1, mode="nearest")
+    inside = np.ones(out.shape, bool)
+    for axis, (coordinates, size) in enumerate(zip(axes, values.shape)):
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        inside &= ((coordinates >= -0.5) & (coordinates < size - 0.5)).reshape(shape)
+    assert 0 < inside.sum() < inside.size
+    expected = np.where(inside, expected, 0.0)
+    if dtype == torch.uint8:
+        assert np.abs(out.astype(int) - np.trunc(expected).astype(int)).max() <= 1
+        assert (out[~inside] == 0).all() and out[inside].min() > 0
+    else:
+        assert np.allclose(out, expected, atol=1e-5)
+    nowhere = [axes[0], np.array([-3.0, 6.0]), axes[2]]
+    assert not linear_on_axes(torch.from_numpy(values), nowhere, dtype).numpy().any()
