@@ -80,18 +80,16 @@ def pack(name: str, distribution: str, folder: Path) -> Path:
 def wheel(distribution: str, folder: Path) -> Path:
     """The installed ``distribution``'s release as a wheel for the machine's CPython in ``folder``, downloaded by
     pip once per version (other versions' wheels there are removed)."""
-    release = version(distribution)
-    tag = "cp" + DEVICE_PYTHON.replace(".", "")
-    for stale in folder.glob(f"{distribution}-*.whl"):
-        if not stale.name.startswith(f"{distribution}-{release}-{tag}-"):
-            stale.unlink()
-    found = sorted(folder.glob(f"{distribution}-{release}-{tag}-*.whl"))
+    current = f"{distribution}-{version(distribution)}-cp{DEVICE_PYTHON.replace('.', '')}-*.whl"
+    for stale in set(folder.glob(f"{distribution}-*.whl")) - set(folder.glob(current)):
+        stale.unlink()
+    found = sorted(folder.glob(current))
     if not found:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         "--python-version", DEVICE_PYTHON, "--implementation", "cp", "--platform",
                         "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64", "-d", str(folder),
-                        f"{distribution}=={release}"], check=True)
-        found = sorted(folder.glob(f"{distribution}-{release}-{tag}-*.whl"))
+                        f"{distribution}=={version(distribution)}"], check=True)
+        found = sorted(folder.glob(current))
     return found[0]
 
 
