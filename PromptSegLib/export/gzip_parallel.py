@@ -68,6 +68,6 @@ def write_gzip(out: BinaryIO, parts: Iterable[Part], level: int, workers: int | 
             for future in pending:  # parts not started yet are not made
                 future.cancel()
             raise
-    out.write(isal_zlib.compressobj(level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS).flush())  # the final block
+    out.write(isal_zlib.compressobj(level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS).flush())  # empty final block
     out.write(struct.pack("<II", crc, length & 0xFFFFFFFF))
     return length

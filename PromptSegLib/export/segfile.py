@@ -52,11 +52,12 @@ def segment_color(query: TargetQuery) -> list[float]:
 
 SEG_NRRD_COMPRESSION = 1
 """ISA-L's deflate level of ``.seg.nrrd`` voxels (:mod:`~.gzip_parallel`; Slicer reads any level). One 300x512x512
-uint8 layer deflated on one thread (2026-12-07, 2-core AMD EPYC, the fastest of 3 runs): seven head-and-neck organs
-(an OpenKBP validation patient's) 0.003 s and 109 KB, where zlib took 0.075 s (370 KB) at its level 1 and 0.238 s
-(86 KB) at 9, slicerio's default; a half-filled layer of smooth blobs, the shape an untrained or uncertain model
-gives, 0.057 s and 5.4 MB, zlib 0.373 s (6.0 MB) and 17.2 s (2.7 MB). ISA-L's level 2 gave the same sizes, its
-level 3 took 0.12 and 0.22 s for larger files (an ad hoc script)."""
+uint8 layer deflated on one thread (``Testing/benchmarks/bench_cpu_parts.py``, 2026-12-07, 2-core AMD EPYC, the
+fastest of 3 runs): seven head-and-neck organs (an OpenKBP validation patient's) 0.004 s and 109 KB, where zlib
+took 0.074 s (370 KB) at its level 1 and 0.235 s (86 KB) at 9, slicerio's default; a half-filled layer of smooth
+blobs, the shape an untrained or uncertain model gives, 0.059 s and 5.4 MB, zlib 0.383 s (6.0 MB) and 17.6 s
+(2.7 MB). In a one-off timing ISA-L's level 2 gave the same sizes, and its level 3 took 0.12 and 0.22 s for larger
+files."""
 
 
 PLANES_PER_STEP = 16

@@ -1,4 +1,4 @@
-"""Four parts of a full-size CT request on the CPU, each against the way it was done before, in the same run:
+"""Five parts of a full-size CT request on the CPU, each against the way it was done before, in the same run:
 
 - the network on 96^3 windows of the default architecture: glibc's default memory settings against
   ``PromptSegLib.heap`` (``reused_memory`` + ``from_heap``), wall and kernel seconds;
@@ -9,7 +9,11 @@
 - the network's convolutions through ``PromptSegLib.models.cpu_routes`` against PyTorch's own choice
   (``modules_only``), on 96^3 windows one per call (the default architecture's size) and 48^3 windows two per
   call (the bundled models' size; two per call was their CPU default before the routes), in turns, and the
-  largest difference of the decoder's features.
+  largest difference of the decoder's features;
+- deflating one 300x512x512 ``.seg.nrrd`` layer on one thread (the fastest of 3 runs): zlib at level 1 (the
+  former writer) and 9 (slicerio's default) against ISA-L at ``SEG_NRRD_COMPRESSION``, and the sizes, on the seven
+  organs of an OpenKBP validation patient and on a half-filled layer of smooth blobs (what an untrained model
+  gives).
 
 Usage: python Testing/benchmarks/bench_cpu_parts.py [--threads N] [--windows N]
 """
@@ -18,13 +22,16 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+import zlib
 from contextlib import nullcontext
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from common import FULL_SIZE, real_ct_on_grid
+from common import FULL_SIZE, SHARED, real_ct_on_grid
+from isal import isal_zlib
+from PromptSegLib.export.segfile import SEG_NRRD_COMPRESSION
 from PromptSegLib.heap import from_heap, reused_memory
 from PromptSegLib.models.cpu_routes import modules_only
 from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
@@ -114,6 +121,42 @@ def map_back(image: sitk.Image) -> None:
           f"{old[0] / new[0]:.2f}x; voxels a 1/255 step apart {(steps > 0).mean():.1e}, at most {steps.max()} steps")
 
 
+def layers() -> dict[str, np.ndarray]:
+    """Two 300x512x512 uint8 layers: OpenKBP pt_201's seven organs resampled (nearest) over their scan's extent,
+    and seeded smooth blobs filling half of a body-sized box."""
+    oars = sitk.ReadImage(str(SHARED / "openkbp_hn_ct" / "validation" / "pt_201" / "oars.nii.gz"))
+    size = (512, 512, 300)
+    spacing = np.array(oars.GetSpacing()) * np.array(oars.GetSize()) / np.array(size)
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection(oars.GetDirection())
+    centre = oars.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in oars.GetSize()])
+    offset = np.array(oars.GetDirection()).reshape(3, 3) @ ((np.array(size) - 1) / 2 * spacing)
+    grid.SetOrigin((np.array(centre) - offset).tolist())
+    organs = sitk.Resample(oars, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 1, 31, 52, 64), size=(248, 417, 512), mode="trilinear")
+    blobs = np.zeros(size[::-1], np.uint8)
+    blobs[20:268, 50:467] = (smooth[0, 0] > 0.5).numpy()
+    return {"seven organs (OpenKBP pt_201)": sitk.GetArrayFromImage(organs), "half-filled blobs": blobs}
+
+
+def deflate() -> None:
+    def deflated(library, level: int, data: bytes) -> bytes:
+        compressor = library.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return compressor.compress(data) + compressor.flush()
+
+    for name, layer in layers().items():
+        data, results = layer.tobytes(), []
+        for library, level in ((zlib, 1), (zlib, 9), (isal_zlib, SEG_NRRD_COMPRESSION)):
+            runs = [timed(lambda: deflated(library, level, data)) for _ in range(3)]
+            out = runs[0][2]
+            assert zlib.decompress(out, -zlib.MAX_WBITS) == data
+            results.append(f"{library.__name__.split('.')[-1]} level {level} {min(r[0] for r in runs):.3f} s, "
+                           f"{len(out) / 1024:.0f} KB")
+        print(f"deflating one layer, {name}: " + "; ".join(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -126,6 +169,7 @@ def main() -> None:
     map_back(image)
     windows(args.windows)
     routes(args.windows)
+    deflate()
 
 
 if __name__ == "__main__":
