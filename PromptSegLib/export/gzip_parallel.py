@@ -9,7 +9,7 @@ gives (the compressed bytes differ slightly: a few bytes more per part).
 The deflating is ISA-L's (``isal``), which writes standard deflate data several times faster than zlib at its
 fastest level (measured for :data:`~.segfile.SEG_NRRD_COMPRESSION`). ISA-L and NumPy release the GIL while they
 work, so the threads run in parallel. Used for ``.seg.nrrd`` voxels, where building each part (placing segments in
-layers, interleaving layers) and deflating it took all of a write's time on one core.
+their layers, the layer fastest) and deflating it took all of a write's time on one core.
 """
 from __future__ import annotations
 

@@ -101,14 +101,19 @@ def write_seg_nrrd(path: str | os.PathLike, result: SegmentationResult) -> Path:
     step = max(1, WRITE_BYTES_PER_PART // (count * shape[1] * shape[2]))
 
     def part(start: int) -> np.ndarray:
-        """The voxels of z planes ``start:start + step``, layers interleaved as NRRD orders them."""
+        """The voxels of z planes ``start:start + step``, the layer fastest as NRRD orders them: each segment ORed
+        into its layer's strided view. Building the layers apart and interleaving them after, as before, took twice
+        the time of the whole write (20 whole-body targets: 1.68 s against 0.79 s; 10: 0.54 s against 0.38 s, the
+        same voxels; ad hoc, the fastest of 3)."""
         stop = min(start + step, shape[0])
-        planes = np.zeros((count, stop - start, *shape[1:]), np.uint8)
+        planes = np.zeros((stop - start, *shape[1:], count), np.uint8)
         for index, segment in enumerate(segments):
             box, inside = maps[index].slab_at_least(start, stop, threshold)
-            target = planes[segment["layer"], box[0].start - start:box[0].stop - start, box[1], box[2]]
-            np.copyto(target, np.uint8(segment["labelValue"]), where=inside)
-        return planes[0] if count == 1 else np.ascontiguousarray(np.moveaxis(planes, 0, -1))  # layer fastest
+            target = planes[box[0].start - start:box[0].stop - start, box[1], box[2], segment["layer"]]
+            label = np.uint8(segment["labelValue"])
+            ones = inside.view(np.uint8)
+            target |= ones if label == 1 else ones * label  # a layer's segments never overlap
+        return planes[..., 0] if count == 1 else planes
 
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
         out.write(_seg_nrrd_header(segmentation, sizes))
