@@ -127,20 +127,24 @@ class DynamicHead(nn.Module):
 
     @staticmethod
     def apply(features: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-        """features ``(B, C, D, H, W)`` -> logits ``(B, T, D, H, W)``, as batched matrix products, one per window
-        and target.
+        """features ``(B, C, D, H, W)`` -> logits ``(B, T, D, H, W)``, as batched matrix products.
 
-        The first layer too is one product per target, each reading the window's features through a stride-0
-        view (no copy), rather than one product of all targets' stacked weights: the same numbers, and on 2
-        threads of the AMD EPYC its time held in hours when the machine was busy (one 96^3 window, 10 targets:
-        24-28 ms a window against 23-94 ms; ad hoc, ``Testing/benchmarks/bench_targets.py`` times whole requests).
+        For one window (inference) the first layer is one product per target, each reading the window's features
+        through a stride-0 view (no copy), rather than one product of all targets' stacked weights: the same
+        numbers, and on 2 threads of the AMD EPYC its time held when the machine was busy (one 96^3 window, 10
+        targets: 24-28 ms a window against 23-94 ms; ad hoc, ``Testing/benchmarks/bench_whole_volume.py`` times
+        whole requests). Several windows (a training batch) keep the stacked product: per window the products would
+        have to be joined (a copy), and a training step (batch 2) was no faster that way (0.73-0.75 s against 0.71 s,
+        ``Testing/benchmarks/bench_training_step.py``, two runs each, in turns).
         """
         w1, b1, w2, b2, w3, b3 = params
         b, c, *spatial = features.shape
         t, h = w1.shape[1], w1.shape[2]
         flat = features.reshape(b, c, -1)
-        parts = [torch.baddbmm(b1[i].unsqueeze(-1), w1[i], flat[i].expand(t, c, -1)) for i in range(b)]
-        x = (parts[0] if b == 1 else torch.cat(parts)).relu_()  # (B * T, h, voxels)
+        if b == 1:
+            x = torch.baddbmm(b1[0].unsqueeze(-1), w1[0], flat[0].expand(t, c, -1)).relu_()
+        else:  # ReLU before the view: in place on a view, a training step took 0.78 s against 0.73 s
+            x = torch.baddbmm(b1.reshape(b, t * h, 1), w1.reshape(b, t * h, c), flat).relu_().view(b * t, h, -1)
         x = torch.baddbmm(b2.reshape(b * t, h, 1), w2.reshape(b * t, h, h), x).relu_()
         x = torch.baddbmm(b3.reshape(b * t, 1, 1), w3.reshape(b * t, 1, h), x)
         return x.view(b, t, *spatial)
