@@ -29,6 +29,25 @@ def test_many_targets_equal_one_at_a_time(net):
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("windows", [1, 2])
+def test_generated_head_is_each_targets_three_layer_mlp_on_every_voxel(net, windows):
+    """The head's batched products (per target for one window, stacked for several) are, on every voxel, the
+    1x1x1 MLP of that window's and target's generated parameters, values and gradients."""
+    torch.manual_seed(1)
+    features = torch.randn(windows, 4, 6, 5, 7, requires_grad=True)
+    params = net.head.generate(torch.randn(windows, 3, 384), torch.randn(windows, 16))
+    w1, b1, w2, b2, w3, b3 = params
+    hidden = torch.relu(torch.einsum("bthc,bczyx->bthzyx", w1, features) + b1[..., None, None, None])
+    hidden = torch.relu(torch.einsum("btjh,bthzyx->btjzyx", w2, hidden) + b2[..., None, None, None])
+    expected = (torch.einsum("btjh,bthzyx->btjzyx", w3, hidden) + b3[..., None, None, None])[:, :, 0]
+    logits = net.head.apply(features, params)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(expected)
+    grad, = torch.autograd.grad((logits * weights).sum(), features)
+    expected_grad, = torch.autograd.grad((expected * weights).sum(), features)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
 def test_target_prompt_changes_the_output(net):
     x, context = torch.randn(1, 1, 16, 16, 16), torch.randn(384)
     with torch.no_grad():
