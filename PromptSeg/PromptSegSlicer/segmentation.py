@@ -44,7 +44,8 @@ def orientedMask(mask: np.ndarray, ijkToRas) -> "slicer.vtkOrientedImageData":
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.ravel().astype(np.uint8)
+    voxels = np.asarray(mask, dtype=bool).reshape(-1).view(np.uint8)  # a bool mask's bytes, not a copy
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = voxels
     image.SetImageToWorldMatrix(ijkToRas)
     return image
 
