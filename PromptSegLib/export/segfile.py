@@ -110,9 +110,7 @@ def write_seg_nrrd(path: str | os.PathLike, result: SegmentationResult) -> Path:
         for index, segment in enumerate(segments):
             box, inside = maps[index].slab_at_least(start, stop, threshold)
             target = planes[box[0].start - start:box[0].stop - start, box[1], box[2], segment["layer"]]
-            label = np.uint8(segment["labelValue"])
-            ones = inside.view(np.uint8)
-            target |= ones if label == 1 else ones * label  # a layer's segments never overlap
+            target |= inside.view(np.uint8) * np.uint8(segment["labelValue"])  # a layer's segments never overlap
         return planes[..., 0] if count == 1 else planes
 
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
