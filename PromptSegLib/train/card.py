@@ -50,14 +50,10 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
 
 
 def case_lines(train_cases: list[PreparedCase], val_cases: list[PreparedCase]) -> list[str]:
-    """The card's data lines of a ``promptseg train`` run: each case, its split, dataset and image file; then
-    each dataset whose sided targets were trained on both sides (``joined_sides``)."""
-    joined = sorted({case.dataset.name for case in train_cases if case.dataset.joined_sides})
+    """The card's data lines of a ``promptseg train`` run: each case, its split, dataset and image file."""
     return [f"- {split}: dataset `{case.dataset.name}` ({case.dataset.modality}, {', '.join(case.dataset.regions)}), "
             f"case `{case.case.id}`: `{case.case.image.name}`"
-            for split, cases in (("train", train_cases), ("validation", val_cases)) for case in cases] + [
-        f"- dataset `{name}`: each left or right target trained on both sides' voxels (`joined_sides`); the model's "
-        "own-side rule keeps the named side" for name in joined]
+            for split, cases in (("train", train_cases), ("validation", val_cases)) for case in cases]
 
 
 def _record_lines(base: ModelConfig, text: list[str]) -> list[str]:

@@ -11,11 +11,7 @@ targets overlap (``"1,2,3,4": "whole tumor"`` beside ``"4": "enhancing tumor"``)
 the targets it names: a named target absent from a case has an empty ground truth there (partial labels are
 the normal case). ``"absent": ["whole tumor"]`` names targets known to be in none of a dataset's cases
 (healthy controls): training prompts them there with an empty truth, which teaches the model to return
-nothing on a healthy scan. ``"joined_sides": true`` trains each sided target whose other side the dataset also
-names (``left parotid`` beside ``right parotid``) on both sides' voxels, its truth known only where both are
-delineated: for a model whose own-side rule (``promptseg tune``) keeps the named side. Its network cannot tell the
-sides apart (the two prompts' embeddings lie at cosine 0.98), and trained on the sides apart it learns each side's
-voxels as 1 for one prompt and 0 for the other.
+nothing on a healthy scan.
 
 The same file feeds propagation (``load_spec(path, as_written=True)``): names are kept as written (propagation is
 class-agnostic), ``labels`` and ``regions`` may be left out (every non-zero label value is then a structure of
@@ -36,7 +32,7 @@ from PromptSegLib.io.imageio import read_image, same_geometry
 from PromptSegLib.preprocessing.intensity import IntensityRule
 from PromptSegLib.preprocessing.preprocess import ModelInput, prepare, resample_to
 from PromptSegLib.text.modality import canonical_modality
-from PromptSegLib.text.vocabulary import Vocabulary, default_vocabulary, other_side
+from PromptSegLib.text.vocabulary import Vocabulary, default_vocabulary
 from PromptSegLib.train import openkbp
 
 log = logging.getLogger(__name__)
@@ -58,9 +54,8 @@ class CaseSpec:
 
 @dataclass
 class DatasetSpec:
-    """One dataset: modality, regions (context prompts), target names -> their label values, cases, the
-    targets known to be in none of its cases (``absent``: healthy controls), and whether training joins the two
-    sides of a pair (``joined_sides``, see the module's docstring)."""
+    """One dataset: modality, regions (context prompts), target names -> their label values, cases, and the
+    targets known to be in none of its cases (``absent``: healthy controls)."""
 
     name: str
     modality: str
@@ -69,7 +64,6 @@ class DatasetSpec:
     cases: list[CaseSpec] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
     evaluate: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    joined_sides: bool = False
 
     @property
     def scored(self) -> dict[str, tuple[int, ...]]:
@@ -87,16 +81,6 @@ class DatasetSpec:
 
     def values_of(self, target: str) -> list[int]:
         return list(self.labels.get(target, ()))
-
-    def trained_as(self, target: str) -> list[str]:
-        """The targets whose voxels make ``target``'s training truth: itself, and with ``joined_sides`` its other
-        side where the dataset names it."""
-        other = other_side(target) if self.joined_sides else None
-        return [target, other] if other in self.labels else [target]
-
-    def trained_values_of(self, target: str) -> list[int]:
-        """The label values of ``target``'s training truth (see :meth:`trained_as`)."""
-        return sorted({v for name in self.trained_as(target) for v in self.values_of(name)})
 
 
 class _Names:
@@ -220,7 +204,7 @@ def _entry(root: Path, entry: dict, names: _Names) -> DatasetSpec:
         raise PromptSegError(f"dataset {entry['name']}: {', '.join(both)} both labelled and listed as absent")
     regions = entry.get("regions", []) if as_written else entry["regions"]
     return DatasetSpec(entry["name"], canonical_modality(entry["modality"]), [names.region(r) for r in regions],
-                       labels, cases, absent, joined_sides=bool(entry.get("joined_sides", False)))
+                       labels, cases, absent)
 
 
 HECKTOR_LABELS = {"1": "GTVp", "2": "GTVn"}
@@ -247,8 +231,7 @@ def _openkbp(folder: Path, entry: dict, names: _Names) -> DatasetSpec:
         return tuple(t for t, values in labels.items() if not contoured & set(values))
 
     return DatasetSpec(entry["name"], "CT", regions, labels,
-                       [CaseSpec(p.name, p, p, _split_of(p.name, entry), "openkbp", unlabelled(p)) for p in found],
-                       joined_sides=bool(entry.get("joined_sides", False)))
+                       [CaseSpec(p.name, p, p, _split_of(p.name, entry), "openkbp", unlabelled(p)) for p in found])
 
 
 def _hecktor(folder: Path, entry: dict, names: _Names) -> list[DatasetSpec]:
@@ -339,16 +322,13 @@ class PreparedCase:
         return cache[target]
 
     def masks(self, targets: list[str], label: np.ndarray | None = None) -> np.ndarray:
-        """Binary training truth ``(T, ...)`` for ``targets`` from ``label`` (default: the whole case); with
-        ``joined_sides`` a sided target's holds both sides (:meth:`DatasetSpec.trained_as`)."""
+        """Binary ground truth ``(T, ...)`` for ``targets`` from ``label`` (default: the whole case)."""
         label = self.label if label is None else label
-        return np.stack([np.isin(label, self.dataset.trained_values_of(t)) for t in targets]).astype(np.float32)
+        return np.stack([np.isin(label, self.dataset.values_of(t)) for t in targets]).astype(np.float32)
 
     def labelled(self, targets: list[str]) -> np.ndarray:
-        """``(T,)`` float32: 1 where the target's training truth is known for this case, 0 where it, or with
-        ``joined_sides`` its other side, was not delineated."""
-        return np.array([not set(self.dataset.trained_as(t)) & set(self.case.unlabelled) for t in targets],
-                        np.float32)
+        """``(T,)`` float32: 1 where the target's truth is known for this case, 0 where it was not delineated."""
+        return np.array([t not in self.case.unlabelled for t in targets], np.float32)
 
 
 def read_label_file(case: CaseSpec) -> sitk.Image:

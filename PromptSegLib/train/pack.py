@@ -146,7 +146,7 @@ def write_pack(spec: str | Path, output: str | Path, spacing_mm: float, init: st
     for name, case in prepared_datasets.items():
         dataset = case.dataset
         datasets[name] = {"modality": dataset.modality, "regions": list(dataset.regions),
-                          "labels": {t: dataset.trained_values_of(t) for t in dataset.targets},
+                          "labels": {t: dataset.values_of(t) for t in dataset.targets},
                           "absent": bank.absent[name], "contexts": _rows(texts, bank.contexts[name]),
                           "prompts": {t: _rows(texts, bank.targets[(dataset.modality, t)])
                                       for t in dataset.targets + bank.absent[name]}}

@@ -12,9 +12,7 @@ import torch
 
 from PromptSegLib.text.vocabulary import default_vocabulary
 from PromptSegLib.train import openkbp
-from PromptSegLib.train.card import case_lines
-from PromptSegLib.train.datasets import load_case, load_spec, prepare_case
-from PromptSegLib.train.pack import read_pack, write_pack
+from PromptSegLib.train.datasets import load_case, load_spec
 from PromptSegLib.train.loss import dice_bce_loss
 
 from conftest import REPO, SHARED, needs_shared
@@ -101,44 +99,6 @@ def test_openkbp_layout_in_a_spec_splits_and_marks_organs_not_delineated(tmp_pat
     assert "larynx" in case.unlabelled
     loaded = load_case(dataset, case)
     assert loaded.image.GetSize() == (128, 128, 128) and not (sitk.GetArrayFromImage(loaded.label) == 6).any()
-
-
-@needs_data
-def test_joined_sides_train_each_parotid_prompt_on_both_and_score_it_on_its_own(tmp_path):
-    summary = json.loads((VALIDATION / "summary.json").read_text())
-    one_sided = next(p for p, s in summary.items() if ("LeftParotid" in s["voxels"]) != ("RightParotid" in s["voxels"]))
-    for patient in ("pt_201", one_sided):
-        write_sparse_patient(VALIDATION / patient, tmp_path / "pats" / patient)
-    specs = {}
-    for joined in (False, True):
-        (tmp_path / "spec.json").write_text(json.dumps({"datasets": [
-            {"name": "kbp", "layout": "openkbp", "folder": "pats", "joined_sides": joined}]}))
-        (specs[joined],) = load_spec(tmp_path / "spec.json")
-    joined, apart = specs[True], specs[False]
-    assert joined.trained_values_of("left parotid") == [3, 4] == joined.trained_values_of("right parotid")
-    assert joined.values_of("left parotid") == [4] and joined.trained_values_of("brain stem") == [1]
-    assert apart.trained_values_of("left parotid") == [4]
-    targets = ["left parotid", "right parotid", "brain stem"]
-    for dataset in (joined, apart):
-        whole, partial = (prepare_case(load_case(dataset, c), 3.0) for c in sorted(dataset.cases, key=lambda c: c.id
-                                                                                    != "pt_201"))
-        left, right, stem = whole.masks(targets) > 0
-        assert left.any() and right.any() and stem.any()
-        assert np.array_equal(left, np.isin(whole.label, dataset.trained_values_of("left parotid")))
-        assert np.array_equal(stem, whole.label == 1)
-        known = dict(zip(targets, partial.labelled(targets)))
-        if dataset.joined_sides:  # one parotid not delineated: neither side's joined truth is known
-            assert np.array_equal(left, right) and (left & (whole.label == 3)).any()
-            assert known["left parotid"] == known["right parotid"] == 0 and known["brain stem"] == 1
-        else:
-            assert not (left & right).any()
-            assert sorted(known[t] for t in targets[:2]) == [0, 1]
-    lines = case_lines([prepare_case(load_case(joined, joined.cases[0]), 3.0)], [])
-    assert lines[-1].startswith("- dataset `kbp`: each left or right target trained on both sides' voxels")
-    pack = read_pack(write_pack(tmp_path / "spec.json", tmp_path / "pack", 6.0))  # the joined spec, written last
-    assert pack.datasets["kbp"].labels["right parotid"] == [3, 4]
-    assert {c.id: c.labelled[pack.datasets["kbp"].targets.index("left parotid")] for c in pack.cases} == {
-        "pt_201": 1, one_sided: 0}
 
 
 def test_unknown_truth_adds_nothing_to_the_loss():
