@@ -18,6 +18,8 @@ _local = threading.local()
 def note(message: str, category: type[Warning] = UserWarning) -> None:
     """Warn with ``message`` (``warnings.warn`` of ``category``, attributed to the function that notes it), and add
     it to the notes this thread is collecting (:func:`collecting_notes`), if any."""
+    if getattr(_local, "silent", False):
+        return
     collected = getattr(_local, "notes", None)
     if collected is not None and message not in collected:
         collected.append(message)
@@ -33,3 +35,15 @@ def collecting_notes() -> Iterator[list[str]]:
         yield collected
     finally:
         _local.notes = previous
+
+
+@contextmanager
+def silenced() -> Iterator[None]:
+    """Within: this thread's :func:`note` calls say nothing (a step the user did not ask for, such as a target
+    segmented only to place others)."""
+    previous = getattr(_local, "silent", False)
+    _local.silent = True
+    try:
+        yield
+    finally:
+        _local.silent = previous

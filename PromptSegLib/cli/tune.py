@@ -1,6 +1,7 @@
 """``promptseg tune``: choose a model's post-processing on a dataset spec's validation cases and write it into
 the model's config and card; ``promptseg average-models``: the weight mean of runs of one model, to be tuned;
-``promptseg widen``: the same model with more channels per level, to train on. Registered into the main parser
+``promptseg widen``: the same model with more channels per level, to train on; ``promptseg anchor``: targets kept
+near another target of the model. Registered into the main parser
 by :func:`add_subcommands`."""
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     apply_tuning(folder, tuning, "promptseg " + shlex.join(args.argv))
     print(f"largest component kept for: {', '.join(tuning.largest_component) or 'none'}; own side for: "
           f"{', '.join(tuning.own_side) or 'none'}; overlap {tuning.overlap:g}; wrote {folder}")
+    return 0
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    from PromptSegLib.models.catalogue import resolve_model
+    from PromptSegLib.models.folder import read_config
+    from PromptSegLib.train.anchoring import anchor_reach, apply_anchors, check_targets
+    from PromptSegLib.train.datasets import load_spec
+
+    folder = resolve_model(args.model)
+    check_targets(read_config(folder), args.anchor, args.targets)  # before reading the training labels
+    reach = anchor_reach(load_spec(args.spec), args.anchor, args.targets)
+    apply_anchors(folder, reach, "promptseg " + shlex.join(args.argv))
+    for target, r in sorted(reach.items()):
+        print(f"{target}: ends at most {r.below_mm:.1f} mm below and starts at most {r.above_mm:.1f} mm above "
+              f"{r.anchor} (negative: reaches into it; {r.cases} training cases)")
+    print(f"wrote {folder}")
     return 0
 
 
@@ -71,6 +89,14 @@ def add_subcommands(sub) -> None:
     tu.add_argument("--device", default="auto")
     tu.add_argument("--threads", type=int)
     tu.set_defaults(func=cmd_tune)
+    an = sub.add_parser("anchor", help="anchor targets to another target of the model (measured on a spec's "
+                        "training cases): pieces far from it, or all when it is not found, are removed")
+    an.add_argument("spec", help="dataset spec (its training split gives the reach)")
+    an.add_argument("--model", required=True, help="model folder (changed in place)")
+    an.add_argument("--anchor", required=True, help="the anchor target (e.g. mandible)")
+    an.add_argument("--targets", nargs="+", required=True,
+                    help="targets found only near the anchor (not one that runs on beyond it, as the spinal cord)")
+    an.set_defaults(func=cmd_anchor)
     av = sub.add_parser("average-models", help="average the weights of runs of one model (e.g. a model and its "
                         "--init fine-tune) into a new, untuned model folder")
     av.add_argument("models", nargs="+", help="two or more model folders or names")

@@ -83,6 +83,10 @@ class ModelConfig:
             truth; a mask in a far wider body is emptied with a warning (see ``postprocess``).
         most_air_cm2: CT targets -> the most air enclosed by the body (cm²) on the middle slice of its training
             truth; a mask where far more is enclosed (lungs) is emptied with a warning (see ``postprocess``).
+        anchored: target -> ``[anchor, below_mm, above_mm]``: the anchor, another of the model's targets, and how
+            far below (to the feet) and above its extent along the body axis the target's training truth ever lay
+            (negative: it always reached that far into it); pieces with no anchor that near are removed where the
+            scan reaches that far (see ``postprocess``).
         overlap: the fraction of a sliding window its neighbour shares (chosen on validation cases by ``promptseg
             tune``; more overlap puts fewer voxels near a window's edge, at the cost of more windows).
     """
@@ -104,6 +108,7 @@ class ModelConfig:
     own_side: list[str] = field(default_factory=list)
     widest_body_cm2: dict[str, float] = field(default_factory=dict)
     most_air_cm2: dict[str, float] = field(default_factory=dict)
+    anchored: dict[str, list] = field(default_factory=dict)
     overlap: float = DEFAULT_OVERLAP
 
     def intensity_rule(self, modality: str) -> IntensityRule | None:
@@ -115,7 +120,8 @@ class ModelConfig:
         return IntensityRule(*stats) if len(stats) == 4 else IntensityRule(*FORMAT1_CT_WINDOW_HU, *stats)
 
     def untuned(self) -> "ModelConfig":
-        """This config without what ``promptseg tune`` chooses: post-processing and window overlap."""
+        """This config without what ``promptseg tune`` chooses: post-processing and window overlap (the anchors,
+        which ``promptseg anchor`` sets, stay)."""
         return replace(self, largest_component=[], plausible_ml={}, own_side=[], widest_body_cm2={},
                        most_air_cm2={}, overlap=DEFAULT_OVERLAP)
 
@@ -133,6 +139,7 @@ class ModelConfig:
                 **({"own_side": self.own_side} if self.own_side else {}),
                 **({"widest_body_cm2": self.widest_body_cm2} if self.widest_body_cm2 else {}),
                 **({"most_air_cm2": self.most_air_cm2} if self.most_air_cm2 else {}),
+                **({"anchored": self.anchored} if self.anchored else {}),
                 **({"overlap": self.overlap} if self.overlap != DEFAULT_OVERLAP else {})}
 
     @classmethod
@@ -155,6 +162,8 @@ class ModelConfig:
                          own_side=list(data.get("own_side", [])),
                          widest_body_cm2={t: float(v) for t, v in data.get("widest_body_cm2", {}).items()},
                          most_air_cm2={t: float(v) for t, v in data.get("most_air_cm2", {}).items()},
+                         anchored={t: [str(a), float(b), float(c)]
+                                   for t, (a, b, c) in data.get("anchored", {}).items()},
                          overlap=float(data.get("overlap", DEFAULT_OVERLAP)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"config.json is incomplete or malformed: {exc}") from exc
@@ -163,6 +172,9 @@ class ModelConfig:
             raise ModelError(f"padding {config.padding!r} is not one of {', '.join(PADDINGS)}")
         if any(p % network.divisor for p in config.patch_size):
             raise ModelError(f"patch size {config.patch_size} is not a multiple of {network.divisor}")
+        unknown = sorted({a for a, _, _ in config.anchored.values()} - set(config.targets))
+        if unknown:
+            raise ModelError(f"anchors {', '.join(unknown)} are not targets of model {config.name}")
         return config
 
 

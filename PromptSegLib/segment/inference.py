@@ -18,11 +18,11 @@ from PromptSegLib.io.imageio import validate_volume
 from PromptSegLib.models.catalogue import resolve_model
 from PromptSegLib.models.device import select_device
 from PromptSegLib.models.folder import Model, ModelConfig, load_model
-from PromptSegLib.notes import note
+from PromptSegLib.notes import note, silenced
 from PromptSegLib.preprocessing.intensity import IntensityRule
 from PromptSegLib.preprocessing.preprocess import (ModelInput, body_areas_cm2, bounding_box,
                                                    enclosed_air_cm2, prepare, to_original_box)
-from PromptSegLib.segment.postprocess import midline_x, postprocess
+from PromptSegLib.segment.postprocess import AnchorWindow, anchor_window, midline_x, postprocess
 from PromptSegLib.segment.probability import FLOOR, ProbabilityMap, level
 from PromptSegLib.segment.windows import sliding_windows, window_slices
 from PromptSegLib.text.encoder import LoraSettings, TextEncoder
@@ -284,27 +284,41 @@ class Segmenter:
         report(0.0, "preparing the volume")
         prepared = prepare(image, modality, spacing_mm or self.model.config.spacing_mm,
                            intensity or self.intensity_rule(modality))
-        channels, box = self.predict_in_box(prepared, modality, context, queries, overlap, sw_batch_size,
+        config = self.model.config
+        anchored = {q.name: config.anchored[q.name] for q in queries if postprocessing and q.name in config.anchored}
+        anchors = list(dict.fromkeys(anchor for anchor, _, _ in anchored.values()))
+        # an anchor not asked for is segmented too (one more head on the same windows), for its place only
+        missing = [a for a in anchors if a not in {q.name for q in queries}]
+        asked = list(queries) + (self.queries(modality, missing) if missing else [])
+        channels, box = self.predict_in_box(prepared, modality, context, asked, overlap, sw_batch_size,
                                             report, cancel, half=True, hint=hint)
         report(0.95, "mapping back to the input grid")
-        config = self.model.config
         sides = {q.name: side_of(q.target) for q in queries
                  if postprocessing and q.name in config.own_side and side_of(q.target)}
         midline = midline_x(image) if sides else None
         body_cm2 = body_areas_cm2(image) if postprocessing and modality == "CT" and config.widest_body_cm2 else None
         air_cm2 = enclosed_air_cm2(image) if postprocessing and modality == "CT" and config.most_air_cm2 else None
         shape = sitk.GetArrayViewFromImage(image).shape
-        maps = []
-        for index, query in enumerate(queries):
+        maps: list[ProbabilityMap | None] = [None] * len(queries)
+        windows: dict[str, AnchorWindow] = {}
+        for index in sorted(range(len(asked)), key=lambda i: asked[i].name not in anchors):  # anchors first
+            query = asked[index]
             channel, channels[index] = channels[index], None  # its memory goes once mapped back
             values, box_on_input = self._to_input_grid(channel, box, prepared)
             del channel
+            origin = tuple(s.start for s in box_on_input)
             if postprocessing:
-                postprocess(values[None], [query.name], level(config.threshold),
-                            float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component,
-                            config.plausible_ml, sides, image, config.widest_body_cm2, body_cm2,
-                            tuple(s.start for s in box_on_input), midline, config.most_air_cm2, air_cm2)
-            maps.append(ProbabilityMap(shape, box_on_input, values))
+                with nullcontext() if index < len(queries) else silenced():  # an anchor nobody asked for
+                    postprocess(values[None], [query.name], level(config.threshold),
+                                float(np.prod(image.GetSpacing())) / 1000.0, config.largest_component,
+                                config.plausible_ml, sides, image, config.widest_body_cm2, body_cm2,
+                                origin, midline, config.most_air_cm2, air_cm2, windows)
+            for target, (anchor, below, above) in anchored.items():
+                if anchor == query.name:
+                    windows[target] = anchor_window(values >= level(config.threshold), image, anchor, below, above,
+                                                    origin)
+            if index < len(queries):
+                maps[index] = ProbabilityMap(shape, box_on_input, values)
         report(1.0, "done")
         return SegmentationResult(queries, context, maps, image, config.threshold)
 

@@ -19,8 +19,16 @@
   most air enclosed by the body's outline, ``preprocess.enclosed_air_cm2``, on the middle slice of its training
   truth): a piece whose middle slice encloses far more air (:func:`air_limit_cm2`: the lungs of a chest CT under
   a parotid found there) lies in another body region and is removed, with a warning when the whole mask goes.
+- **Near its anchor** (``ModelConfig.anchored``, applied after the region check: per target, an anchor target and
+  how far beyond the anchor's extent along the body axis its training truth ever lay): a piece with no voxel of
+  the anchor's mask within that distance (plus :data:`ANCHOR_MARGIN_MM`) is removed where the scan covers that
+  distance (parotids asked on a chest CT cropped through the body, which the region check cannot see, have no
+  mandible near them), with a warning when the whole mask goes. A piece near the scan's end is kept: its anchor
+  may lie beyond it.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,6 +46,9 @@ training is taken as lying in another body region."""
 AIR_FACTOR = 2.0
 """A piece whose middle slice encloses more than this times the most air its target had in training (and at
 least :data:`AIR_MARGIN_CM2` more) is taken as lying in another body region."""
+ANCHOR_MARGIN_MM = 20.0
+"""Slack (mm) along the body axis beyond the farthest a target's training truth lay from its anchor: for the
+masks' own errors at their ends."""
 AIR_MARGIN_CM2 = 50.0
 """The least excess of enclosed air (cm²) over the most in training that removes a piece: an open mouth or a
 wide airway adds a few cm², a lung adds a hundred or more."""
@@ -57,10 +68,16 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def physical_lps(image: sitk.Image, zyx: np.ndarray, axis: int) -> np.ndarray:
+    """One LPS coordinate (mm; ``axis`` 0: x, grows to the patient's left; 2: z, grows to the head) of voxels
+    given as ``(N, 3)`` array indices ``[z, y, x]``."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return image.GetOrigin()[axis] + zyx[:, ::-1].astype(np.float64) @ (direction[axis] * np.array(image.GetSpacing()))
+
+
 def physical_x(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
     """LPS x (mm; grows to the patient's left) of voxels given as ``(N, 3)`` array indices ``[z, y, x]``."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return image.GetOrigin()[0] + zyx[:, ::-1].astype(np.float64) @ (direction[0] * np.array(image.GetSpacing()))
+    return physical_lps(image, zyx, 0)
 
 
 def midline_x(image: sitk.Image) -> float:
@@ -89,6 +106,64 @@ def own_side(mask: np.ndarray, image: sitk.Image, side: str, midline: float | No
     x = physical_x(image, centres + np.asarray(origin))
     keep = np.concatenate([[False], x > midline if side == "left" else x < midline])
     return keep[labels]
+
+
+@dataclass(frozen=True)
+class AnchorWindow:
+    """Where along the body axis (LPS z, mm) an anchored target's pieces need their anchor, in one scan.
+
+    Attributes:
+        anchor: the anchor target's name.
+        extent_mm: ``(lowest, highest)`` z of the anchor's mask in this scan; None when it was not found.
+        reach_mm: ``(below, above)``: how far below and above the anchor's extent the target's training truth lay,
+            each plus :data:`ANCHOR_MARGIN_MM`.
+        scan_mm: ``(lowest, highest)`` z the scan covers.
+    """
+
+    anchor: str
+    extent_mm: tuple[float, float] | None
+    reach_mm: tuple[float, float]
+    scan_mm: tuple[float, float]
+
+
+def anchor_window(anchor_mask: np.ndarray, image: sitk.Image, anchor: str, below_mm: float, above_mm: float,
+                  origin: tuple[int, int, int] = (0, 0, 0)) -> AnchorWindow:
+    """The :class:`AnchorWindow` of ``anchor_mask`` (bool ``(z, y, x)`` on ``image``'s grid from array index
+    ``origin``) for a target whose training truth lay up to ``below_mm`` below and ``above_mm`` above its
+    anchor's (negative: it always reached that far into the anchor's extent)."""
+    size = np.array(image.GetSize()[::-1]) - 1
+    scan = physical_lps(image, _corners(np.zeros(3, int), size), 2)
+    extent = None
+    if anchor_mask.any():
+        points = np.argwhere(anchor_mask) + np.asarray(origin)
+        z = physical_lps(image, _corners(points.min(axis=0), points.max(axis=0)), 2)
+        extent = (float(z.min()), float(z.max()))
+    return AnchorWindow(anchor, extent, (below_mm + ANCHOR_MARGIN_MM, above_mm + ANCHOR_MARGIN_MM),
+                        (float(scan.min()), float(scan.max())))
+
+
+def _corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The eight corners ``(8, 3)`` of the index box from ``low`` to ``high`` (inclusive), whose extent along any
+    axis of space is that of the voxels it holds."""
+    return np.array([[(low, high)[(i >> k) & 1][k] for k in range(3)] for i in range(8)])
+
+
+def away_from_anchor(mask: np.ndarray, image: sitk.Image, window: AnchorWindow,
+                     origin: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """The 26-connected pieces of ``mask`` (bool ``(z, y, x)`` on ``image``'s grid from array index ``origin``)
+    that their anchor's mask does not reach as every training truth's did: its lowest voxel at most ``reach_mm[0]``
+    above the piece's highest, and its highest at least ``reach_mm[1]`` below the piece's lowest (negative: that
+    far above). A piece is kept where such an anchor could lie beyond the scan's ends."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    away = np.zeros(count + 1, bool)
+    below, above = window.reach_mm
+    for index, piece in enumerate(ndimage.find_objects(labels), start=1):
+        low = np.array([s.start for s in piece]) + np.asarray(origin)
+        z = physical_lps(image, _corners(low, low + [s.stop - s.start - 1 for s in piece]), 2)
+        lowest, highest = float(z.max()) + below, float(z.min()) - above  # bounds on the anchor's lowest, highest
+        near = window.extent_mm is not None and window.extent_mm[0] <= lowest and window.extent_mm[1] >= highest
+        away[index] = not near and lowest <= window.scan_mm[1] and highest >= window.scan_mm[0]
+    return away[labels]
 
 
 def middle_slice_area(mask: np.ndarray, body_cm2: np.ndarray) -> float | None:
@@ -166,7 +241,8 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
                 sides: dict[str, str] | None = None, image: sitk.Image | None = None,
                 widest_body_cm2: dict[str, float] | None = None, body_cm2: np.ndarray | None = None,
                 origin: tuple[int, int, int] = (0, 0, 0), midline: float | None = None,
-                most_air_cm2: dict[str, float] | None = None, air_cm2: np.ndarray | None = None) -> np.ndarray:
+                most_air_cm2: dict[str, float] | None = None, air_cm2: np.ndarray | None = None,
+                anchors: dict[str, AnchorWindow] | None = None) -> np.ndarray:
     """Apply the model's post-processing in place.
 
     Args:
@@ -186,6 +262,7 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
         midline: the body's midline (LPS x, mm) for ``sides``; default :func:`midline_x` of ``image``.
         most_air_cm2: target -> the most air enclosed by the body on its middle slice in training (cm²).
         air_cm2: ``(Z,)`` the input's enclosed air per slice (CT; None skips the air check).
+        anchors: target -> the window its anchor's mask in this scan sets (:func:`anchor_window`; needs ``image``).
 
     Returns:
         ``probabilities`` (changed in place).
@@ -196,8 +273,9 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
     air_cm2 = None if air_cm2 is None else air_cm2[origin[0]:]
     for channel, name in zip(probabilities, names):
         smallest = (plausible_ml or {}).get(name)
+        window = (anchors or {}).get(name) if image is not None else None
         if not (region_checks(name, widest_body_cm2, body_cm2, most_air_cm2, air_cm2) or name in largest or smallest
-                or (sides and name in sides and midline is not None)):
+                or (sides and name in sides and midline is not None) or window):
             continue  # no rule for this target: its map is left as it is, unread (78 MB on a 512x512x300 CT)
         mask = channel >= threshold
         outside = out_of_region_pieces(mask, name, widest_body_cm2, body_cm2, most_air_cm2, air_cm2) if mask.any() \
@@ -208,6 +286,13 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
                 note(_region_message(name, mask, widest_body_cm2, body_cm2, most_air_cm2, air_cm2),
                      ImplausibleResultWarning)
             mask = channel >= threshold
+        if window and mask.any():
+            away = away_from_anchor(mask, image, window, origin)
+            if away.any():
+                channel[away] = 0.0
+                if not (channel >= threshold).any():
+                    note(_anchor_message(name, window), ImplausibleResultWarning)
+                mask = channel >= threshold
         if sides and name in sides and midline is not None and mask.any():
             channel[mask & ~own_side(mask, image, sides[name], midline, origin)] = 0.0
             mask = channel >= threshold
@@ -221,6 +306,12 @@ def postprocess(probabilities: np.ndarray, names: list[str], threshold: float, v
                 note(f"{name}: {volume:.1f} mL found, far below its smallest size in training "
                      f"({smallest:.1f} mL): most likely not in this scan; left empty", ImplausibleResultWarning)
     return probabilities
+
+
+def _anchor_message(name: str, window: AnchorWindow) -> str:
+    """Why a target's whole mask was removed by its anchor ``window``."""
+    return (f"{name}: no {window.anchor} found where every training scan had one beside it (this scan reaches "
+            "there): most likely a scan of another body region; left empty")
 
 
 def _region_message(name: str, mask: np.ndarray, widest_body_cm2: dict[str, float] | None,

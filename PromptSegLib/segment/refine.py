@@ -1,9 +1,10 @@
 """Closer look: segment a target again in a crop around it at a finer spacing, and paste the result back.
 
-After the whole-volume pass, each chosen target's bounding box (plus a margin) is cut from the input,
-resampled at ``spacing_factor`` times the model spacing, run through the same dual-prompt model (same T1,
-same T2, intensities normalised with the whole volume's rule), and its probabilities replace the first
-pass's inside the box. By default only small targets (under ``max_volume_ml``) are refined.
+After the whole-volume pass, each chosen target's bounding box (plus a margin) is cut from the input, resampled at
+``spacing_factor`` times the model spacing, run through the same dual-prompt model (same T1, same T2, intensities
+normalised with the whole volume's rule, without the model's post-processing: the crop's midline, body and anchors
+are not the patient's), and its probabilities replace the first pass's inside the box. By default only small
+targets (under ``max_volume_ml``) are refined.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def closer_look(segmenter: Segmenter, image: sitk.Image, result: SegmentationRes
         query = result.queries[i]
         sub = segmenter.segment(crop, modality, targets=[query.name] if query.target else (),
                                 target_texts=() if query.target else [query.prompt], context_text=result.context,
-                                allow_untrained=True, spacing_mm=spacing, intensity=rule, cancel=cancel)
+                                allow_untrained=True, spacing_mm=spacing, intensity=rule, cancel=cancel,
+                                postprocessing=False)  # the crop's midline, body and anchors are not the patient's
         result.paste(i, box, sub.probability(0))
         refined.append(i)
     return refined

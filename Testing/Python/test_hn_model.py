@@ -2,7 +2,8 @@
 ../shared/data, held out as this model's test split), asked as a new user would, without naming a model:
 Dice floors a little below the card's test figures, left and right never swapped, and head organs asked on an
 abdominal CT or a chest CT left empty with a warning (the region check: the abdomen is far wider than any head
-they lay in; the chest encloses the lungs)."""
+they lay in; the chest encloses the lungs), and on a chest CT cropped through the body, which the region check
+cannot see, by their anchor: no mandible near them."""
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ from conftest import SHARED, needs_shared
 
 KBP = SHARED / "openkbp_hn_ct" / "validation"
 ABDOMEN_CT = SHARED / "totalsegmentator_example" / "ct_3mm" / "example_ct.nii.gz"
+LUNG_CROP_CT = SHARED / "lung_ct_gtv" / "nifti" / "image" / "phantom.nii.gz"
 pytestmark = needs_shared("openkbp_hn_ct", "validation")
 ORGANS = {"brain stem": "Brainstem", "spinal cord": "SpinalCord", "right parotid": "RightParotid",
           "left parotid": "LeftParotid", "esophagus": "Esophagus", "larynx": "Larynx", "mandible": "Mandible"}
@@ -110,3 +112,20 @@ def test_head_organs_asked_on_a_chest_ct_come_back_empty_with_a_warning(segmente
         assert any(str(w.message).startswith(f"{name}: ") and ("another body region" in str(w.message)
                                                                 or "not in this scan" in str(w.message))
                    for w in warned), name
+
+
+def test_head_organs_asked_on_a_chest_crop_go_for_want_of_a_mandible_and_the_cord_stays(segmenter):
+    """The lung-tumour CT of shared/ (20 cm across, cut through the body, so its lungs are not enclosed): the brain
+    stem and parotids, anchored to the mandible, come back empty with the anchor's warning though the mandible was
+    not asked for (and says nothing of itself); the spinal cord and esophagus, which run on into the chest, stay."""
+    image = sitk.ReadImage(str(LUNG_CROP_CT))
+    head = ["left parotid", "right parotid", "brain stem", "spinal cord", "esophagus"]
+    with pytest.warns(ImplausibleResultWarning) as warned:
+        result = segmenter.segment(image, "CT", "head and neck", head)
+    assert [q.name for q in result.queries] == head
+    for i, name in enumerate(head[:3]):
+        assert not result.mask(i).any(), name
+        assert any(str(w.message).startswith(f"{name}: no mandible found") for w in warned), name
+    assert not any(str(w.message).startswith("mandible") for w in warned)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    assert result.mask(3).sum() * voxel_ml > 5.0 and result.mask(4).sum() * voxel_ml > 1.0

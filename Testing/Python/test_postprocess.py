@@ -97,3 +97,34 @@ def test_own_side_keeps_the_parotid_of_the_side_asked_on_a_real_ct():
     flipped = sitk.Flip(image, [True, False, False])  # same anatomy, x axis stored the other way round
     both_flipped = both[:, :, ::-1]
     assert np.array_equal(own_side(both_flipped, flipped, "left"), (label == 4)[:, :, ::-1])
+
+
+def test_a_piece_with_no_anchor_where_training_always_had_one_goes_unless_the_scan_ends_first():
+    """A parotid-like target anchored to a mandible-like one (1 mm voxels, the array's first axis along LPS z), its
+    training truth always 35 mm into the anchor from below and 15 mm from above (reach with the 20 mm margin:
+    -15 and 5 mm): kept beside its anchor, removed with a warning where the scan holds no anchor that near, kept
+    where the anchor could lie beyond the scan's end."""
+    import SimpleITK as sitk
+
+    from PromptSegLib.segment.postprocess import anchor_window
+
+    image = sitk.Image(30, 30, 100, sitk.sitkInt16)  # z of voxel k: k mm
+    anchor = np.zeros((100, 30, 30), bool)
+    anchor[30:50] = True
+    p = np.zeros((1, 100, 30, 30), np.float32)
+    p[0, 40:60, 5:10, 5:10] = 0.9  # beside the anchor: its bottom 40 <= 59 - 15, its top 49 >= 40 - 5
+    p[0, 70:95, 5:10, 5:10] = 0.9  # above it: the anchor's bottom 30 <= 94 - 15, but its top 49 < 70 - 5
+    window = anchor_window(anchor, image, "mandible", -35.0, -15.0)
+    assert window.extent_mm == (30.0, 49.0) and window.reach_mm == (-15.0, 5.0) and window.scan_mm == (0.0, 99.0)
+    postprocess(p, ["left parotid"], 0.5, voxel_ml=0.001, image=image, anchors={"left parotid": window})
+    assert (p[0, 40:60, 5:10, 5:10] >= 0.5).all() and not (p[0, 70:95] >= 0.5).any()
+    p[0, 40:60] = 0.0
+    p[0, 70:95, 5:10, 5:10] = 0.9
+    with pytest.warns(ImplausibleResultWarning, match="left parotid: no mandible found where every training scan"):
+        postprocess(p, ["left parotid"], 0.5, voxel_ml=0.001, image=image, anchors={"left parotid": window})
+    assert not p.any()
+    none = anchor_window(np.zeros_like(anchor), image, "mandible", -35.0, -15.0)
+    p[0, 0:3, 5:10, 5:10] = 0.9  # at the scan's bottom: an anchor below the scan could reach 5 mm below it
+    p[0, 40:60, 5:10, 5:10] = 0.9  # inside: no anchor found, none could lie beyond the scan: removed
+    postprocess(p, ["left parotid"], 0.5, voxel_ml=0.001, image=image, anchors={"left parotid": none})
+    assert (p[0, 0:3, 5:10, 5:10] >= 0.5).all() and not (p[0, 40:60] >= 0.5).any()

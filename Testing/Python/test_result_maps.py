@@ -75,6 +75,8 @@ def test_head_and_neck_organs_as_the_whole_grid_path_gave_them():
     segmenter = Segmenter("promptseg-hn-oars", device="cpu")
     image = sitk.ReadImage(str(HN_CT))
     segmenter.model.config.widest_body_cm2 = {name: 1000.0 for name in HN_ORGANS} | {"mandible": 50.0}
+    segmenter.model.config.anchored = {}  # newer than the whole-grid path (and the emptied mandible would take
+    # the organs anchored to it along: test_postprocess, test_hn_model)
     scores, said = assert_same_result(segmenter, image, "head and neck", HN_ORGANS)
     assert len(scores) == 7 and len(said) == 1 and said[0].startswith("mandible: found where the body's")
 

@@ -118,3 +118,26 @@ def test_tune_refuses_validation_cases_without_any_target_of_the_model(tiny_hn_m
     assert main(["tune", spec, "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 2
     assert "no validation case holds a target of model tiny-hn" in capsys.readouterr().err
     assert load_model(tiny_hn_model).config.plausible_ml == {}  # nothing written
+
+
+def test_anchor_measures_the_reach_on_training_truth_and_writes_it(tiny_hn_model, tmp_path, capsys):
+    """``promptseg anchor``: pt_201's brain stem against its mandible, in mm along LPS z, into the config (which
+    ``tune`` leaves alone) and the card; a target that is not the model's, or the anchor itself, is refused."""
+    spec = _spec(tmp_path)
+    assert main(["anchor", spec, "--model", str(tiny_hn_model), "--anchor", "mandible", "--targets", "larynx"]) == 2
+    assert "larynx: not targets of model tiny-hn" in capsys.readouterr().err
+    assert main(["anchor", spec, "--model", str(tiny_hn_model), "--anchor", "mandible", "--targets", "mandible"]) == 2
+    assert main(["anchor", spec, "--model", str(tiny_hn_model), "--anchor", "mandible", "--targets",
+                 "brain stem"]) == 0
+    label = sitk.ReadImage(str(KBP / "pt_201" / "oars.nii.gz"))
+    array = sitk.GetArrayFromImage(label)
+    z = lambda value: sorted(label.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]  # noqa: E731
+                             for k in np.nonzero((array == value).any(axis=(1, 2)))[0][[0, -1]])
+    stem, mandible = z(1), z(7)
+    anchored = load_model(tiny_hn_model).config.anchored["brain stem"]
+    assert anchored == ["mandible", pytest.approx(mandible[0] - stem[1], abs=0.1),
+                        pytest.approx(stem[0] - mandible[1], abs=0.1)]
+    assert stem[1] > mandible[1]  # the brain stem reaches above the mandible: it starts below the mandible's top
+    assert "## Anchors (measured on the training cases)" in (tiny_hn_model / "README.md").read_text()
+    assert main(["tune", spec, "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 0
+    assert load_model(tiny_hn_model).config.anchored["brain stem"] == anchored
