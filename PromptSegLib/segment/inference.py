@@ -266,8 +266,9 @@ class Segmenter:
                 small window to its slow reference convolutions, and two per call were the default there.
             spacing_mm: work at this spacing instead of the model's (closer look).
             intensity: intensity rule to use instead of one fitted on ``image`` (for crops).
-            postprocessing: the model's post-processing (largest component, own side, region checks); off: the
-                network's probabilities as they are (for a crop, whose midline and body are not the patient's).
+            postprocessing: the model's post-processing (largest component, own side, region checks, anchors: an
+                anchor not asked for is segmented too, and says nothing of itself); off: the network's
+                probabilities as they are (for a crop, whose midline, body and anchors are not the patient's).
             progress: called as windows complete.
             cancel: checked before each window; when set, ``Cancelled`` is raised.
             hint: for a model whose network takes drawn slices (``NetworkConfig.hints``), their ``(2, Z, Y, X)``
