@@ -131,21 +131,27 @@ def anchor_window(anchor_mask: np.ndarray, image: sitk.Image, anchor: str, below
     """The :class:`AnchorWindow` of ``anchor_mask`` (bool ``(z, y, x)`` on ``image``'s grid from array index
     ``origin``) for a target whose training truth lay up to ``below_mm`` below and ``above_mm`` above its
     anchor's (negative: it always reached that far into the anchor's extent)."""
-    size = np.array(image.GetSize()[::-1]) - 1
-    scan = physical_lps(image, _corners(np.zeros(3, int), size), 2)
-    extent = None
-    if anchor_mask.any():
-        points = np.argwhere(anchor_mask) + np.asarray(origin)
-        z = physical_lps(image, _corners(points.min(axis=0), points.max(axis=0)), 2)
-        extent = (float(z.min()), float(z.max()))
-    return AnchorWindow(anchor, extent, (below_mm + ANCHOR_MARGIN_MM, above_mm + ANCHOR_MARGIN_MM),
-                        (float(scan.min()), float(scan.max())))
+    scan = _z_span(image, np.zeros(3, int), np.array(image.GetSize()[::-1]) - 1)
+    return AnchorWindow(anchor, z_extent(anchor_mask, image, origin),
+                        (below_mm + ANCHOR_MARGIN_MM, above_mm + ANCHOR_MARGIN_MM), scan)
 
 
-def _corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """The eight corners ``(8, 3)`` of the index box from ``low`` to ``high`` (inclusive), whose extent along any
-    axis of space is that of the voxels it holds."""
-    return np.array([[(low, high)[(i >> k) & 1][k] for k in range(3)] for i in range(8)])
+def z_extent(mask: np.ndarray, image: sitk.Image, origin: tuple[int, int, int] = (0, 0, 0)
+             ) -> tuple[float, float] | None:
+    """The lowest and highest LPS z (mm) of the index box of ``mask``'s voxels (bool ``(z, y, x)`` on ``image``'s
+    grid from array index ``origin``; on an axis-aligned grid, of the voxels themselves), None when empty."""
+    if not mask.any():
+        return None
+    points = np.argwhere(mask)
+    return _z_span(image, points.min(axis=0) + np.asarray(origin), points.max(axis=0) + np.asarray(origin))
+
+
+def _z_span(image: sitk.Image, low: np.ndarray, high: np.ndarray) -> tuple[float, float]:
+    """The lowest and highest LPS z (mm) of the index box from ``low`` to ``high`` (inclusive, ``(z, y, x)``): those
+    of its eight corners, whose extent along any axis of space is that of the voxels it holds."""
+    corners = np.array([[(low, high)[(i >> k) & 1][k] for k in range(3)] for i in range(8)])
+    z = physical_lps(image, corners, 2)
+    return float(z.min()), float(z.max())
 
 
 def away_from_anchor(mask: np.ndarray, image: sitk.Image, window: AnchorWindow,
@@ -159,8 +165,8 @@ def away_from_anchor(mask: np.ndarray, image: sitk.Image, window: AnchorWindow,
     below, above = window.reach_mm
     for index, piece in enumerate(ndimage.find_objects(labels), start=1):
         low = np.array([s.start for s in piece]) + np.asarray(origin)
-        z = physical_lps(image, _corners(low, low + [s.stop - s.start - 1 for s in piece]), 2)
-        lowest, highest = float(z.max()) + below, float(z.min()) - above  # bounds on the anchor's lowest, highest
+        bottom, top = _z_span(image, low, low + [s.stop - s.start - 1 for s in piece])
+        lowest, highest = top + below, bottom - above  # bounds on the anchor's lowest and highest z
         near = window.extent_mm is not None and window.extent_mm[0] <= lowest and window.extent_mm[1] >= highest
         away[index] = not near and lowest <= window.scan_mm[1] and highest >= window.scan_mm[0]
     return away[labels]

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
 from PromptSegLib.models.folder import CONFIG, ModelConfig, append_to_card, read_config, replace_file
-from PromptSegLib.segment.postprocess import ANCHOR_MARGIN_MM, physical_lps
+from PromptSegLib.segment.postprocess import ANCHOR_MARGIN_MM, z_extent
 from PromptSegLib.train.datasets import DatasetSpec, read_label_file
 
 
@@ -41,25 +41,14 @@ class Reach:
     above_mm: float
 
 
-def z_extent(mask: np.ndarray, image: sitk.Image) -> tuple[float, float] | None:
-    """The lowest and highest LPS z (mm) of ``mask``'s voxels (bool ``(z, y, x)`` on ``image``'s grid), None when
-    empty."""
-    if not mask.any():
-        return None
-    z = physical_lps(image, np.argwhere(mask), 2)
-    return float(z.min()), float(z.max())
-
-
 def anchor_reach(datasets: Sequence[DatasetSpec], anchor: str, targets: Sequence[str],
                  split: str = "train") -> dict[str, Reach]:
     """Per target of ``targets``, its :class:`Reach` from ``anchor`` over the ``split`` cases where both are
     delineated and present (only the label files are read).
 
     Raises:
-        PromptSegError: ``anchor`` among ``targets``, or a target that no such case holds with the anchor.
+        PromptSegError: a target that no such case holds with the anchor (see :func:`check_targets` for the rest).
     """
-    if anchor in targets:
-        raise PromptSegError(f"{anchor} cannot be anchored to itself")
     gaps: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
     for dataset in datasets:
         if anchor not in dataset.targets:
