@@ -53,11 +53,18 @@ def cmd_anchor(args: argparse.Namespace) -> int:
 
 
 def cmd_average_models(args: argparse.Namespace) -> int:
-    from PromptSegLib.models.average import average_models
+    from PromptSegLib.models.average import average_checkpoints, average_models
     from PromptSegLib.models.catalogue import resolve_model
 
-    folder = average_models([resolve_model(m) for m in args.models], args.output, args.version, args.name,
-                            "promptseg " + shlex.join(args.argv))
+    command = "promptseg " + shlex.join(args.argv)
+    if args.checkpoints:
+        if len(args.models) != 1:
+            raise PromptSegError("with --checkpoints, name one model folder: the one whose config the mean takes")
+        folder = average_checkpoints(args.checkpoints, resolve_model(args.models[0]), args.output, args.version,
+                                     args.name, command)
+    else:
+        folder = average_models([resolve_model(m) for m in args.models], args.output, args.version, args.name,
+                                command)
     print(f"wrote {folder} (untuned: choose its post-processing with promptseg tune)")
     return 0
 
@@ -98,8 +105,11 @@ def add_subcommands(sub) -> None:
                     help="targets found only near the anchor (not one that runs on beyond it, as the spinal cord)")
     an.set_defaults(func=cmd_anchor)
     av = sub.add_parser("average-models", help="average the weights of runs of one model (e.g. a model and its "
-                        "--init fine-tune) into a new, untuned model folder")
-    av.add_argument("models", nargs="+", help="two or more model folders or names")
+                        "--init fine-tune), or the checkpoints one run kept, into a new, untuned model folder")
+    av.add_argument("models", nargs="+", help="two or more model folders or names; with --checkpoints, the one "
+                    "model whose config (and card) the mean takes, e.g. the run's output")
+    av.add_argument("--checkpoints", nargs="+", metavar="FILE",
+                    help="training checkpoints of one run to average (promptseg train --keep-every)")
     av.add_argument("-o", "--output", required=True, help="model folder to write")
     av.add_argument("--version", required=True)
     av.add_argument("--name", help="default: the first model's name")

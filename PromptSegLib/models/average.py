@@ -1,5 +1,7 @@
 """Average the weights of runs of one model (a "model soup"): a model and its ``--init`` fine-tunes share an
 architecture, targets, model grid and intensity rule, and their weight-space mean is often better than either.
+The checkpoints one run kept along the way (``promptseg train --keep-every``) average the same way (stochastic
+weight averaging): the mean of the weights at many late steps is steadier than the weights of any one step.
 
 The average is a new, *untuned* model: its post-processing (largest component, own side, plausible sizes, the
 region check) is cleared, to be chosen again with ``promptseg tune`` on validation cases. Its card records the
@@ -55,6 +57,62 @@ def average_models(folders: Sequence[str | Path], output: str | Path, version: s
     config = dataclasses.replace(configs[0].untuned(), name=name or configs[0].name, version=version,
                                  regions=regions)
     return save_model(output, network, config, _card(config, models, command))
+
+
+def average_checkpoints(checkpoints: Sequence[str | Path], model: str | Path, output: str | Path, version: str,
+                        name: str | None = None, command: str = "") -> Path:
+    """Write the element-wise mean of the networks in training ``checkpoints`` (``checkpoint.pt`` files of
+    ``promptseg train``, e.g. those ``--keep-every`` kept) as a new, untuned model folder ``output``. The model
+    folder ``model`` (the run's output, or the model it was ``--init`` from) gives the config and the card;
+    its own weights are not in the mean. Nothing is written on error.
+
+    Raises:
+        ModelError: no checkpoint, one unreadable or not a training checkpoint, a checkpoint of another
+            architecture than ``model``'s, or one whose text encoder carries LoRA adapters.
+        OutputError: ``output``'s parent folder is missing.
+    """
+    paths = [Path(c) for c in checkpoints]
+    if not paths:
+        raise ModelError("averaging checkpoints needs one or more checkpoint files")
+    source = load_model(model)
+    if source.config.text_lora:
+        raise ModelError("models whose text encoder carries LoRA adapters cannot be averaged")
+    mean: dict[str, torch.Tensor] = {}
+    steps = []
+    for path in paths:
+        state = _read_checkpoint(path)
+        if state["network_config"] != source.config.network.to_dict():
+            raise ModelError(f"{path} holds another architecture than model {source.folder}")
+        if state.get("text_lora"):
+            raise ModelError(f"{path}: checkpoints whose text encoder carries LoRA adapters cannot be averaged")
+        for key, value in state["network"].items():
+            mean[key] = mean.get(key, 0) + value.float() / len(paths)
+        steps.append(int(state["step"]))
+    network = DuPLUSNet(source.config.network)
+    network.load_state_dict(mean)
+    config = dataclasses.replace(source.config.untuned(), name=name or source.config.name, version=version)
+    lines = [f"# {config.name} {config.version}", "",
+             f"The element-wise mean of the weights of {len(paths)} training checkpoints (steps "
+             f"{', '.join(map(str, steps))}), made by `promptseg average-models --checkpoints`. Its config is "
+             f"model {source.config.name} {source.config.version}'s; its post-processing is chosen again on "
+             "validation cases (`promptseg tune`, below when done).", "", "```", command or "(from Python)", "```", "",
+             *[f"- `{p.name}` in `{p.parent.name}`: step {s}" for p, s in zip(paths, steps)], "",
+             f"## The model whose config it takes: {source.config.name} {source.config.version} (its card)", "",
+             *quoted(card_lines(source.folder))]
+    return save_model(output, network, config, "\n".join(lines).rstrip("\n") + "\n")
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """A training checkpoint's entries, loaded as plain tensors and containers (never arbitrary objects)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # truncated, not a torch file, or holding objects beyond tensors and containers
+        raise ModelError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if not isinstance(state, dict) or not {"network", "network_config", "step"} <= set(state):
+        raise ModelError(f"{path} is not a checkpoint of promptseg train (no network, network config or step)")
+    return state
 
 
 def _card(config: ModelConfig, models, command: str) -> str:

@@ -30,6 +30,7 @@ class TrainConfig:
     augment: bool = True
     validate_every: int = 250
     checkpoint_every: int = 100
+    keep_every: int = 0
     init: str | None = None
     freeze_backbone: bool = False
     hints: bool = False
@@ -40,6 +41,11 @@ class TrainConfig:
     resume: bool = False
     checkpoints: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from PromptSegLib.train.loop import check_keep_every
+
+        check_keep_every(self.keep_every, self.checkpoint_every)  # before the data is read
 
     @property
     def work_dir(self) -> Path:
@@ -64,6 +70,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--absent-targets", type=int,
                         help="targets of other body regions prompted per step with an empty truth (default 2)")
     parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--keep-every", type=int, metavar="STEPS",
+                        help="also keep the checkpoint of every so many steps (a multiple of --checkpoint-every) in "
+                        "the checkpoint folder, for promptseg average-models --checkpoints (default: none)")
     parser.add_argument("--init", help="model folder to fine-tune from")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     parser.add_argument("--hints", action="store_true", default=None,

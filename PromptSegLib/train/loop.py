@@ -6,7 +6,9 @@ base value down to ``floor`` x base over the run (or over a wall-time budget, wh
 is the caller's loss, backward, an optional hook on the gradients, gradient clipping and the optimiser step.
 It writes one CSV row per step, shows progress (a bar on a terminal, one log line per 1 % of the steps in a
 log or a pipe), and saves checkpoints that a later session resumes: the step, the cosine cycle, the objects
-it was given to save (network, optimiser, ...) and each session's steps and minutes, for the model card.
+it was given to save (network, optimiser, ...) and each session's steps and minutes, for the model card;
+every ``keep_every`` steps that checkpoint is also kept under its step's name, for an average of the weights
+along the run (``promptseg average-models --checkpoints``).
 A resume with more steps than the checkpoint planned runs a new cosine cycle from the checkpoint to the new
 end.
 """
@@ -16,6 +18,7 @@ import csv
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +42,17 @@ def cosine_factor(progress: float, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
+def check_keep_every(keep_every: int, checkpoint_every: int) -> None:
+    """Refuse a ``keep_every`` (steps; 0: none) that is not a positive multiple of ``checkpoint_every``.
+
+    Raises:
+        PromptSegError: it is not.
+    """
+    if keep_every and (keep_every < 0 or checkpoint_every <= 0 or keep_every % checkpoint_every):
+        raise PromptSegError(f"checkpoints kept every {keep_every} steps: that must be a positive multiple of the "
+                             f"checkpoint interval ({checkpoint_every} steps)")
+
+
 class TrainingLoop:
     """Steps, learning rate, checkpoints and logs of a training run.
 
@@ -51,6 +65,8 @@ class TrainingLoop:
         clip: maximum gradient norm over ``optimizer``'s parameters (``None``: no clipping).
         work_dir: where ``checkpoint.pt`` and ``log.csv`` go (``None``: neither is written).
         checkpoint_every: save a checkpoint every so many steps and at the end (0: only at the end).
+        keep_every: also keep the checkpoint of every so many steps as ``checkpoint-step<N>.pt`` (0: none; a
+            multiple of ``checkpoint_every``).
         saved: objects whose ``state_dict`` each checkpoint holds, by name (the optimiser is always saved).
         main: whether this process logs and writes (``False`` for the other ranks of a distributed run).
         report: called after each step with (fraction done, message), e.g. a GUI's progress bar.
@@ -59,9 +75,11 @@ class TrainingLoop:
     def __init__(self, optimizer: torch.optim.Optimizer, steps: int, floor: float = 0.01,
                  minutes: float | None = None, clip: float | None = None, work_dir: Path | None = None,
                  checkpoint_every: int = 0, saved: dict[str, Stateful] | None = None, main: bool = True,
-                 report: Callable[[float, str], None] | None = None):
+                 report: Callable[[float, str], None] | None = None, keep_every: int = 0):
         if steps < 0:
             raise PromptSegError(f"steps must be 0 or more (got {steps})")
+        check_keep_every(keep_every, checkpoint_every)
+        self.keep_every = keep_every
         self.optimizer, self.steps, self.floor, self.minutes, self.clip = optimizer, int(steps), floor, minutes, clip
         self.work_dir, self.checkpoint_every, self.main, self.report = work_dir, checkpoint_every, main, report
         self.saved = {"optimizer": optimizer, **(saved or {})}
@@ -110,13 +128,18 @@ class TrainingLoop:
         return state
 
     def save(self, **extra) -> None:
-        """Write the checkpoint atomically: the saved objects, the step, the cycle, the sessions and ``extra``."""
+        """Write the checkpoint atomically: the saved objects, the step, the cycle, the sessions and ``extra``;
+        at a multiple of ``keep_every`` steps, keep it also as ``checkpoint-step<N>.pt``."""
         if self.checkpoint is None or not self.main:
             return
         self.work_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_suffix(".partial")
         torch.save({**extra, **{name: item.state_dict() for name, item in self.saved.items()}, "step": self.step,
                     "cycle": list(self.cycle), "sessions": self.sessions}, tmp)
+        if self.keep_every and self.step % self.keep_every == 0:
+            kept = self.work_dir / f"checkpoint-step{self.step}.pt"
+            shutil.copyfile(tmp, kept.with_suffix(".partial-kept"))
+            os.replace(kept.with_suffix(".partial-kept"), kept)
         os.replace(tmp, self.checkpoint)
 
     def run(self, loss_of_step: Callable[[], tuple[torch.Tensor, dict]],

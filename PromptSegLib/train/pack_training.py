@@ -72,7 +72,8 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
                     for n, d in pack.datasets.items()}  # per dataset, its targets' label values, made once
     optimizer = torch.optim.AdamW(parameter_groups(network, config.lr), weight_decay=config.weight_decay)
     loop = TrainingLoop(optimizer, config.steps, floor=0.01, minutes=config.minutes, clip=12.0,
-                        work_dir=config.work_dir, checkpoint_every=config.checkpoint_every, saved={"network": network})
+                        work_dir=config.work_dir, checkpoint_every=config.checkpoint_every,
+                        keep_every=config.keep_every, saved={"network": network})
     if config.resume and loop.resume(device) is not None:
         rng = np.random.default_rng(config.seed + loop.step)
     autocast = mixed_precision(device)

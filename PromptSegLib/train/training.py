@@ -145,7 +145,8 @@ def train(config: TrainConfig) -> Path:
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     config.work_dir.mkdir(parents=True, exist_ok=True)
     loop = TrainingLoop(optimizer, config.steps, floor=0.01, minutes=config.minutes, clip=12.0,
-                        work_dir=config.work_dir, checkpoint_every=config.checkpoint_every, saved={"network": network},
+                        work_dir=config.work_dir, checkpoint_every=config.checkpoint_every,
+                        keep_every=config.keep_every, saved={"network": network},
                         main=rank == 0)
     resumed = loop.resume(device) if config.resume else None
     if resumed is not None:
