@@ -48,15 +48,20 @@ def average_models(folders: Sequence[str | Path], output: str | Path, version: s
     models = [load_model(f) for f in folders]
     configs = [m.config for m in models]
     _check_compatible(configs, folders)
-    states = [m.network.state_dict() for m in models]
-    mean = {key: torch.stack([s[key].float() for s in states]).mean(0) for key in states[0]}
-    network = DuPLUSNet(configs[0].network)
-    network.load_state_dict(mean)
+    network = _mean_network(configs[0], [m.network.state_dict() for m in models])
     modalities = {m for c in configs for m in c.regions}
     regions = {m: sorted({r for c in configs for r in c.regions.get(m, [])}) for m in sorted(modalities)}
     config = dataclasses.replace(configs[0].untuned(), name=name or configs[0].name, version=version,
                                  regions=regions)
-    return save_model(output, network, config, _card(config, models, command))
+    sources = ", ".join(f"{m.config.name} {m.config.version}" for m in models)
+    body = []
+    for index, model in enumerate(models, 1):
+        body += [f"## Source {index}: {model.config.name} {model.config.version}, folder `{model.folder.name}` "
+                 "(its card)", ""]
+        body += quoted(card_lines(model.folder)) + [""]
+    what = (f"The element-wise mean of the weights of {len(models)} runs of one model ({sources}), made by "
+            "`promptseg average-models`.")
+    return save_model(output, network, config, _card(config, what, command, body))
 
 
 def average_checkpoints(checkpoints: Sequence[str | Path], model: str | Path, output: str | Path, version: str,
@@ -75,31 +80,32 @@ def average_checkpoints(checkpoints: Sequence[str | Path], model: str | Path, ou
     if not paths:
         raise ModelError("averaging checkpoints needs one or more checkpoint files")
     source = load_model(model)
-    if source.config.text_lora:
-        raise ModelError("models whose text encoder carries LoRA adapters cannot be averaged")
-    mean: dict[str, torch.Tensor] = {}
-    steps = []
+    _check_compatible([source.config], [source.folder])  # a model with LoRA adapters is refused
+    states, steps = [], []
     for path in paths:
         state = _read_checkpoint(path)
         if state["network_config"] != source.config.network.to_dict():
             raise ModelError(f"{path} holds another architecture than model {source.folder}")
         if state.get("text_lora"):
             raise ModelError(f"{path}: checkpoints whose text encoder carries LoRA adapters cannot be averaged")
-        for key, value in state["network"].items():
-            mean[key] = mean.get(key, 0) + value.float() / len(paths)
+        states.append(state["network"])  # the optimiser's state is let go
         steps.append(int(state["step"]))
-    network = DuPLUSNet(source.config.network)
-    network.load_state_dict(mean)
+    network = _mean_network(source.config, states)
     config = dataclasses.replace(source.config.untuned(), name=name or source.config.name, version=version)
-    lines = [f"# {config.name} {config.version}", "",
-             f"The element-wise mean of the weights of {len(paths)} training checkpoints (steps "
-             f"{', '.join(map(str, steps))}), made by `promptseg average-models --checkpoints`. Its config is "
-             f"model {source.config.name} {source.config.version}'s; its post-processing is chosen again on "
-             "validation cases (`promptseg tune`, below when done).", "", "```", command or "(from Python)", "```", "",
-             *[f"- `{p.name}` in `{p.parent.name}`: step {s}" for p, s in zip(paths, steps)], "",
-             f"## The model whose config it takes: {source.config.name} {source.config.version} (its card)", "",
-             *quoted(card_lines(source.folder))]
-    return save_model(output, network, config, "\n".join(lines).rstrip("\n") + "\n")
+    what = (f"The element-wise mean of the weights of {len(paths)} training checkpoints (steps "
+            f"{', '.join(map(str, steps))}), made by `promptseg average-models --checkpoints`. Its config is "
+            f"model {source.config.name} {source.config.version}'s.")
+    body = [*[f"- `{p.name}` in `{p.parent.name}`: step {s}" for p, s in zip(paths, steps)], "",
+            f"## The model whose config it takes: {source.config.name} {source.config.version} (its card)", "",
+            *quoted(card_lines(source.folder))]
+    return save_model(output, network, config, _card(config, what, command, body))
+
+
+def _mean_network(config: ModelConfig, states: Sequence[dict[str, torch.Tensor]]) -> DuPLUSNet:
+    """A network of ``config``'s architecture whose weights are the element-wise mean of ``states``."""
+    network = DuPLUSNet(config.network)
+    network.load_state_dict({key: torch.stack([s[key].float() for s in states]).mean(0) for key in states[0]})
+    return network
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -115,15 +121,9 @@ def _read_checkpoint(path: Path) -> dict:
     return state
 
 
-def _card(config: ModelConfig, models, command: str) -> str:
-    """The average's card: what it is, the command, then each source's card with its headings one level down."""
-    sources = ", ".join(f"{m.config.name} {m.config.version}" for m in models)
+def _card(config: ModelConfig, what: str, command: str, body: list[str]) -> str:
+    """An average's card: ``what`` it is, that it is tuned again, the command, then ``body`` (its sources)."""
     lines = [f"# {config.name} {config.version}", "",
-             f"The element-wise mean of the weights of {len(models)} runs of one model ({sources}), made by "
-             "`promptseg average-models`. Its post-processing is chosen again on validation cases "
-             "(`promptseg tune`, below when done).", "", "```", command or "(from Python)", "```", ""]
-    for index, model in enumerate(models, 1):
-        lines += [f"## Source {index}: {model.config.name} {model.config.version}, folder `{model.folder.name}` "
-                  "(its card)", ""]
-        lines += quoted(card_lines(model.folder)) + [""]
+             f"{what} Its post-processing is chosen again on validation cases (`promptseg tune`, below when done).",
+             "", "```", command or "(from Python)", "```", "", *body]
     return "\n".join(lines).rstrip("\n") + "\n"
