@@ -19,7 +19,8 @@ Protocol "drawn slices" (axial, held-out structures; the propagation model never
 Also (``--distance``): Dice by distance from the largest slice and the stopping-rule table, on the spec's
 held-out volumes, the one-step size bias, and the latency on a 256x256x200 CT.
 
-Usage: python Testing/benchmarks/bench_propagation.py [--model DIR] [--spec JSON] [--distance] [--card]
+Usage: python Testing/benchmarks/bench_propagation.py [--model DIR] [--prior-model DIR] [--spec JSON] [--distance]
+       [--card]
 """
 from __future__ import annotations
 
@@ -319,12 +320,15 @@ def main() -> None:
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--prior-groups", nargs="*", default=list(PRIOR_GROUPS), choices=list(GROUPS),
                         help="groups (CT) whose fills take the organ prior; none: no prior")
+    parser.add_argument("--prior-model", default=PRIOR_MODEL,
+                        help="the organ prior's model (default: the bundled one; a candidate's folder to measure "
+                             "it before it is bundled)")
     parser.add_argument("--minutes", type=float, help="start no new volume after this much time (the table "
                                                       "counts the structures measured per group)")
     args = parser.parse_args()
     contour_interpolation()
     propagator = Propagator(args.model, threads=args.threads)
-    segmenter = Segmenter(PRIOR_MODEL, device="cpu", threads=args.threads) if args.prior_groups else None
+    segmenter = Segmenter(args.prior_model, device="cpu", threads=args.threads) if args.prior_groups else None
     spec = load_spec(args.spec, as_written=True)
 
     measured = {r["structure"]: r for path in args.rows if Path(path).is_file()
@@ -344,6 +348,7 @@ def main() -> None:
                   key=lambda r: list(GROUPS).index(r["group"]))
     table = drawn_slices_table(rows) + prior_use(rows)
     checks = "\n".join(done_checks(rows))
+    prior_model = f" from {segmenter.model.config.name} {segmenter.model.config.version}" if segmenter else ""
     threads = torch.get_num_threads()
     print("\nWhole-structure Dice, PromptSeg / Fill between slices, by number of drawn slices K\n" + table)
     print(checks)
@@ -353,7 +358,7 @@ def main() -> None:
                f"of the true mask at (i + 0.5)/K of the structure's axial extent; PromptSeg fills the structure "
                f"from them (`PromptSegLib.propagate.multislice.fill_from_slices`; in the groups "
                f"{', '.join(args.prior_groups) or '(none)'}, on CT, with the organ prior of "
-               f"`PromptSegLib.propagate.organ_prior`, as the Segment Editor effect does), the peer (ITK "
+               f"`PromptSegLib.propagate.organ_prior`{prior_model}, as the Segment Editor effect does), the peer (ITK "
                f"morphological contour interpolation, Slicer's \"Fill between slices\") interpolates between the "
                f"same slices (with one slice it returns that slice). Mean whole-structure Dice, PromptSeg / peer; "
                f"ms per slice PromptSeg filled (all K), {threads} CPU thread{'s' if threads != 1 else ''}:\n\n{table}\n"
