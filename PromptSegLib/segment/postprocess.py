@@ -68,6 +68,16 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The 26-connected pieces of a boolean ``(Z, Y, X)`` mask that overlap ``seed`` (same shape); the largest piece
+    where none does (an empty mask stays empty)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    kept = np.unique(labels[seed & mask])
+    if count and not kept.size:
+        return largest_component(mask)
+    return np.isin(labels, kept[kept > 0])
+
+
 def physical_lps(image: sitk.Image, zyx: np.ndarray, axis: int) -> np.ndarray:
     """One LPS coordinate (mm; ``axis`` 0: x, grows to the patient's left; 2: z, grows to the head) of voxels
     given as ``(N, 3)`` array indices ``[z, y, x]``."""

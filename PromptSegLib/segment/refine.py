@@ -3,8 +3,9 @@
 After the whole-volume pass, each chosen target's bounding box (plus a margin) is cut from the input, resampled at
 ``spacing_factor`` times the model spacing, run through the same dual-prompt model (same T1, same T2, intensities
 normalised with the whole volume's rule, without the model's post-processing: the crop's midline, body and anchors
-are not the patient's), and its probabilities replace the first pass's inside the box. By default only small
-targets (under ``max_volume_ml``) are refined.
+are not the patient's), and its probabilities replace the first pass's inside the box, keeping only the pieces
+that overlap the first pass's mask (whose post-processing chose its pieces). By default only small targets (under
+``max_volume_ml``) are refined.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 
 from PromptSegLib.preprocessing.intensity import IntensityRule
 from PromptSegLib.segment.inference import CancelFlag, SegmentationResult, Segmenter
+from PromptSegLib.segment.postprocess import touching
 
 
 def crop_box(mask: np.ndarray, image: sitk.Image, margin_mm: float) -> tuple[slice, slice, slice] | None:
@@ -53,6 +55,10 @@ def closer_look(segmenter: Segmenter, image: sitk.Image, result: SegmentationRes
                                 target_texts=() if query.target else [query.prompt], context_text=result.context,
                                 allow_untrained=True, spacing_mm=spacing, intensity=rule, cancel=cancel,
                                 postprocessing=False)  # the crop's midline, body and anchors are not the patient's
-        result.paste(i, box, sub.probability(0))
+        values = sub.probability(0)
+        mask = values >= result.threshold
+        # the outline is refined, no piece is added: the first pass's post-processing chose its pieces
+        values[mask & ~touching(mask, result.mask(i)[box])] = 0.0
+        result.paste(i, box, values)
         refined.append(i)
     return refined

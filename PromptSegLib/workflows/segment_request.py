@@ -174,5 +174,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     parser.add_argument("--closer-look", choices=("off", "small", "all"), default="off",
-                        help="segment again in a finer crop around small targets (under 50 mL) or all targets")
+                        help="segment again in a finer crop (half the model's spacing) around small targets (under "
+                             "50 mL) or all targets, keeping the first pass's pieces; a model trained at one spacing "
+                             "may do worse at the finer one: compare with promptseg evaluate --closer-look first")
     parser.add_argument("--allow-untrained", action="store_true", help="accept targets the model was not trained on")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from PromptSegLib.segment.postprocess import (AIR_FACTOR, AIR_MARGIN_CM2, ImplausibleResultWarning, air_limit_cm2,
-                                              largest_component, own_side, postprocess)
+                                              largest_component, own_side, postprocess, touching)
 
 from conftest import SHARED, needs_shared
 
@@ -25,6 +25,17 @@ def test_largest_component_keeps_the_big_piece_and_low_probabilities():
     assert (p[0] >= 0.5).sum() == 216 and p[0, 15, 15, 15] == 0 and p[0, 0, 0, 0] == pytest.approx(0.1)
     assert (p[1] >= 0.5).sum() == 224  # not asked for the liver: both pieces stay
     assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def test_touching_keeps_the_pieces_a_seed_overlaps_and_else_the_largest():
+    mask = blobs()[0] >= 0.5
+    seed = np.zeros_like(mask)
+    seed[16, 16, 16] = True
+    assert touching(mask, seed).sum() == 8 and touching(mask, seed)[15, 15, 15]
+    seed[5, 5, 5] = True
+    assert touching(mask, seed).sum() == 224
+    assert (touching(mask, np.zeros_like(mask)) == largest_component(mask)).all()
+    assert not touching(np.zeros_like(mask), seed).any()
 
 
 def test_a_mask_far_smaller_than_the_organ_ever_is_emptied_with_a_warning():
