@@ -10,6 +10,7 @@ command and carries each source model's card, so the whole training history stay
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +22,12 @@ from PromptSegLib.models.network import DuPLUSNet
 
 SHARED_FIELDS = ("network", "patch_size", "spacing_mm", "text_encoder", "targets", "intensity", "padding", "threshold")
 """Config fields that must be equal in every averaged model (what the weights were trained against)."""
+
+
+def checkpoint_fields(config: ModelConfig) -> dict:
+    """What a training checkpoint records of its run's model config: :data:`SHARED_FIELDS` but the network (a
+    checkpoint holds that on its own), so that its weights are averaged only under a config they were trained with."""
+    return {f: json.loads(json.dumps(getattr(config, f))) for f in SHARED_FIELDS if f != "network"}
 
 
 def _check_compatible(configs: Sequence[ModelConfig], folders: Sequence[Path]) -> None:
@@ -68,12 +75,13 @@ def average_checkpoints(checkpoints: Sequence[str | Path], model: str | Path, ou
                         name: str | None = None, command: str = "") -> Path:
     """Write the element-wise mean of the networks in training ``checkpoints`` (``checkpoint.pt`` files of
     ``promptseg train``, e.g. those ``--keep-every`` kept) as a new, untuned model folder ``output``. The model
-    folder ``model`` (the run's output, or the model it was ``--init`` from) gives the config and the card;
-    its own weights are not in the mean. Nothing is written on error.
+    folder ``model`` (the run's output) gives the config and the card; its own weights are not in the mean.
+    A checkpoint records its run's config (:func:`checkpoint_fields`; those of earlier versions do not), and
+    ``model``'s must match it. Nothing is written on error.
 
     Raises:
         ModelError: no checkpoint, one unreadable or not a training checkpoint, a checkpoint of another
-            architecture than ``model``'s, or one whose text encoder carries LoRA adapters.
+            architecture or config than ``model``'s, or one whose text encoder carries LoRA adapters.
         OutputError: ``output``'s parent folder is missing.
     """
     paths = [Path(c) for c in checkpoints]
@@ -86,6 +94,11 @@ def average_checkpoints(checkpoints: Sequence[str | Path], model: str | Path, ou
         state = _read_checkpoint(path)
         if state["network_config"] != source.config.network.to_dict():
             raise ModelError(f"{path} holds another architecture than model {source.folder}")
+        recorded = state.get("model_fields", {})
+        differ = [f for f, value in recorded.items() if checkpoint_fields(source.config).get(f) != value]
+        if differ:
+            raise ModelError(f"{path} was trained with another {', '.join(differ)} than model {source.folder} has: "
+                             "name the run's output")
         if state.get("text_lora"):
             raise ModelError(f"{path}: checkpoints whose text encoder carries LoRA adapters cannot be averaged")
         states.append(state["network"])  # the optimiser's state is let go

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from PromptSegLib.errors import PromptSegError
+from PromptSegLib.models.average import checkpoint_fields
 from PromptSegLib.models.device import select_device
 from PromptSegLib.models.folder import ModelConfig, load_model, save_model
 from PromptSegLib.models.network import count_parameters
@@ -115,7 +116,8 @@ def train_on_pack(config: TrainConfig, command: str | None = None, trainer: str 
 
     try:
         loop.run(loss_of_step, checkpoint_extra=lambda: {"seed": config.seed,
-                                                         "network_config": network.config.to_dict()})
+                                                         "network_config": network.config.to_dict(),
+                                                         "model_fields": checkpoint_fields(model_config)})
     except torch.cuda.OutOfMemoryError as exc:
         raise PromptSegError(f"out of GPU memory at step {loop.step}: lower --batch-size or --patch-size") from exc
     data = [f"- train: dataset `{c.dataset}` ({pack.datasets[c.dataset].modality}, "

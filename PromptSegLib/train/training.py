@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from PromptSegLib.errors import PromptSegError
+from PromptSegLib.models.average import checkpoint_fields
 from PromptSegLib.models.device import select_device
 from PromptSegLib.models.folder import Model, ModelConfig, load_model, save_model
 from PromptSegLib.models.network import DuPLUSNet, count_parameters
@@ -225,7 +226,7 @@ def train(config: TrainConfig) -> Path:
     try:
         loop.run(loss_of_step, average_adapters if lora_params and world > 1 else None, after_step,
                  lambda: {"seed": config.seed, "network_config": network.config.to_dict(),
-                          "text_lora": encoder.lora_state()})
+                          "model_fields": checkpoint_fields(model_config), "text_lora": encoder.lora_state()})
     except torch.cuda.OutOfMemoryError as exc:
         raise PromptSegError(f"out of GPU memory at step {loop.step}: lower --batch-size or --patch-size") from exc
     finally:

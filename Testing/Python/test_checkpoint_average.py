@@ -3,14 +3,15 @@ turns them into one model whose weights are their mean (stochastic weight averag
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from PromptSegLib.cli.main import main
 from PromptSegLib.errors import ModelError, PromptSegError
-from PromptSegLib.models.average import average_checkpoints
-from PromptSegLib.models.folder import load_model
+from PromptSegLib.models.average import average_checkpoints, checkpoint_fields
+from PromptSegLib.models.folder import load_model, replace_file
 from PromptSegLib.train.config import TrainConfig
 from PromptSegLib.train.training import train
 
@@ -74,6 +75,15 @@ def test_bad_checkpoints_are_refused_and_nothing_is_written(run, tmp_path, capsy
     with pytest.raises(ModelError, match="another architecture"):
         average_checkpoints([good, other], run / "model", tmp_path / "out", "1")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    # a model of another grid than the run's (an --init base trained at 3 mm, say) would mislabel the mean
+    assert state["model_fields"] == checkpoint_fields(load_model(run / "model").config)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(run / "model", elsewhere)
+    config = json.loads((elsewhere / "config.json").read_text())
+    replace_file(elsewhere, "config.json", json.dumps({**config, "spacing_mm": 3.0}))
+    with pytest.raises(ModelError, match="another spacing_mm than model"):
+        average_checkpoints([good], elsewhere, tmp_path / "out", "1")
+    assert not (tmp_path / "out").exists()
     assert main(["average-models", str(run / "model"), str(run / "model"), "--checkpoints", str(good),
                  "-o", str(tmp_path / "out"), "--version", "1"]) == 2
     assert "name one model folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
