@@ -97,7 +97,8 @@ def add_subcommands(sub) -> None:
     tu.add_argument("--threads", type=int)
     tu.set_defaults(func=cmd_tune)
     an = sub.add_parser("anchor", help="anchor targets to another target of the model (measured on a spec's "
-                        "training cases): pieces far from it, or all when it is not found, are removed")
+                        "training cases): pieces far from it, or all when it is not found and could not lie beyond "
+                        "the scan's end, are removed")
     an.add_argument("spec", help="dataset spec (its training split gives the reach)")
     an.add_argument("--model", required=True, help="model folder (changed in place)")
     an.add_argument("--anchor", required=True, help="the anchor target (e.g. mandible)")

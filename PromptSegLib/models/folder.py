@@ -175,7 +175,15 @@ class ModelConfig:
         unknown = sorted({a for a, _, _ in config.anchored.values()} - set(config.targets))
         if unknown:
             raise ModelError(f"anchors {', '.join(unknown)} are not targets of model {config.name}")
+        if anchored_anchors(config.anchored):
+            raise ModelError(f"anchors {', '.join(anchored_anchors(config.anchored))} are anchored themselves")
         return config
+
+
+def anchored_anchors(anchored: dict[str, list]) -> list[str]:
+    """The anchors of ``anchored`` (target -> ``[anchor, below_mm, above_mm]``) that are anchored themselves: none
+    may be, since inference places each anchor before the targets that need it."""
+    return sorted({a for a, _, _ in anchored.values()} & set(anchored))
 
 
 @dataclass

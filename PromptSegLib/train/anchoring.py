@@ -3,14 +3,15 @@ anchor``).
 
 A target anchored to another of the model's targets (the parotids to the mandible) keeps, at inference, only the
 pieces that reach within the farthest its training truth ever lay from the anchor's truth along the body axis (plus
-``postprocess.ANCHOR_MARGIN_MM``), and nothing when the anchor is not found (see ``postprocess``): what the region
-check cannot see, such as a chest CT cropped through the body, then holds no head organ. Which targets to anchor is
-the caller's choice (organs found only where the anchor is: not the spinal cord, which runs on through the chest);
-the reach comes from the training truth only.
+``postprocess.ANCHOR_MARGIN_MM``), and nothing when the anchor is not found, except where the anchor could lie
+beyond the scan's end (see ``postprocess``): what the region check cannot see, such as a chest CT cropped through the
+body, then holds no head organ. Which targets to anchor is the caller's choice (organs found only where the anchor
+is: not the spinal cord, which runs on through the chest); the reach comes from the training truth only.
 """
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -18,7 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from PromptSegLib.errors import PromptSegError
-from PromptSegLib.models.folder import CONFIG, ModelConfig, append_to_card, read_config, replace_file
+from PromptSegLib.models.folder import (CONFIG, ModelConfig, anchored_anchors, append_to_card, read_config,
+                                       replace_file)
 from PromptSegLib.segment.postprocess import ANCHOR_MARGIN_MM, z_extent
 from PromptSegLib.train.datasets import DatasetSpec, read_label_file
 
@@ -79,12 +81,11 @@ def check_targets(config: ModelConfig, anchor: str, targets: Sequence[str]) -> N
     if unknown:
         raise PromptSegError(f"{', '.join(unknown)}: not targets of model {config.name} "
                              f"({', '.join(config.targets)})")
-    anchors = {a for a, _, _ in config.anchored.values()} | {anchor}
-    if anchors & set(targets) or anchor in config.anchored:
+    if anchor in targets or anchored_anchors({**config.anchored, **{t: [anchor, 0.0, 0.0] for t in targets}}):
         raise PromptSegError("an anchor cannot be anchored itself")
 
 
-def apply_anchors(folder, reach: dict[str, Reach], command: str) -> None:
+def apply_anchors(folder: str | os.PathLike, reach: dict[str, Reach], command: str) -> None:
     """Write ``reach`` into the model folder's config (``anchored``, replacing earlier anchors of those targets)
     and a section of its card (manifest updated).
 

@@ -165,10 +165,11 @@ def choose_postprocessing(segmenter: Segmenter, validation: list[LabelledCase], 
                           most_air_cm2: dict[str, float] | None = None,
                           overlaps: Sequence[float] = (DEFAULT_OVERLAP,)) -> Tuning:
     """Measure the raw and largest-component Dice of every target on ``validation`` (the model's own
-    post-processing switched off for the measurement); ``plausible_ml``, ``widest_body_cm2`` and ``most_air_cm2``
-    (see :func:`truth_extremes`) are kept, and each option's Dice is measured again with the region check first.
-    All of it at each sliding-window overlap of ``overlaps``; the Tuning of the overlap with the highest
-    :meth:`Tuning.chosen_mean` is returned (ties: the smaller overlap).
+    post-processing switched off for the measurement, but for its anchors, which stay on as at inference);
+    ``plausible_ml``, ``widest_body_cm2`` and ``most_air_cm2`` (see :func:`truth_extremes`) are kept, and each
+    option's Dice is measured again with the region check first. All of it at each sliding-window overlap of
+    ``overlaps``; the Tuning of the overlap with the highest :meth:`Tuning.chosen_mean` is returned (ties: the
+    smaller overlap).
 
     Raises:
         PromptSegError: no validation case (or none with a target of the model), no overlap in [0, 1), or a

@@ -10,7 +10,8 @@ import SimpleITK as sitk
 import torch
 
 from PromptSegLib.cli.main import main
-from PromptSegLib.models.folder import ModelConfig, load_model, save_model
+from PromptSegLib.errors import ModelError
+from PromptSegLib.models.folder import ModelConfig, load_model, replace_file, save_model
 from PromptSegLib.models.network import DuPLUSNet, NetworkConfig
 from PromptSegLib.preprocessing.preprocess import enclosed_air_cm2
 
@@ -141,3 +142,12 @@ def test_anchor_measures_the_reach_on_training_truth_and_writes_it(tiny_hn_model
     assert "## Anchors (measured on the training cases)" in (tiny_hn_model / "README.md").read_text()
     assert main(["tune", spec, "--model", str(tiny_hn_model), "--device", "cpu", "--threads", "1"]) == 0
     assert load_model(tiny_hn_model).config.anchored["brain stem"] == anchored
+    # a chain (the brain stem's anchor anchored to the brain stem) is refused, by the command and in a config
+    assert main(["anchor", spec, "--model", str(tiny_hn_model), "--anchor", "brain stem", "--targets",
+                 "mandible"]) == 2
+    assert "an anchor cannot be anchored itself" in capsys.readouterr().err
+    config = json.loads((tiny_hn_model / "config.json").read_text())
+    config["anchored"]["mandible"] = ["brain stem", 0.0, 0.0]
+    replace_file(tiny_hn_model, "config.json", json.dumps(config))
+    with pytest.raises(ModelError, match="anchors brain stem, mandible are anchored themselves"):
+        load_model(tiny_hn_model)
