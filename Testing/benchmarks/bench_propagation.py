@@ -331,13 +331,16 @@ def main() -> None:
     segmenter = Segmenter(args.prior_model, device="cpu", threads=args.threads) if args.prior_groups else None
     spec = load_spec(args.spec, as_written=True)
 
+    prior = f"{segmenter.model.config.name} {segmenter.model.config.version}" if segmenter else ""
+    prior_of = lambda group: prior if group in args.prior_groups else ""  # noqa: E731
+    # a row is reused only where it took the same prior (rows without one are measured again)
     measured = {r["structure"]: r for path in args.rows if Path(path).is_file()
-                for r in json.loads(Path(path).read_text())}
+                for r in json.loads(Path(path).read_text()) if r.get("prior model", "") == prior_of(r["group"])}
     deadline = time.monotonic() + 60 * args.minutes if args.minutes is not None else None
     for group, name, image, truth, spacing, direction in held_out_structures(
             spec, args.openkbp_every, args.groups, done=measured.__contains__,
             stop=lambda: deadline is not None and time.monotonic() > deadline):
-        measured[name] = {"group": group, "structure": name, **drawn_slices_protocol(
+        measured[name] = {"group": group, "structure": name, "prior model": prior_of(group), **drawn_slices_protocol(
             propagator, image, truth, spacing, direction=direction,
             segmenter=segmenter if group in args.prior_groups else None)}
         if args.rows:
@@ -348,7 +351,6 @@ def main() -> None:
                   key=lambda r: list(GROUPS).index(r["group"]))
     table = drawn_slices_table(rows) + prior_use(rows)
     checks = "\n".join(done_checks(rows))
-    prior_model = f" from {segmenter.model.config.name} {segmenter.model.config.version}" if segmenter else ""
     threads = torch.get_num_threads()
     print("\nWhole-structure Dice, PromptSeg / Fill between slices, by number of drawn slices K\n" + table)
     print(checks)
@@ -358,7 +360,8 @@ def main() -> None:
                f"of the true mask at (i + 0.5)/K of the structure's axial extent; PromptSeg fills the structure "
                f"from them (`PromptSegLib.propagate.multislice.fill_from_slices`; in the groups "
                f"{', '.join(args.prior_groups) or '(none)'}, on CT, with the organ prior of "
-               f"`PromptSegLib.propagate.organ_prior`{prior_model}, as the Segment Editor effect does), the peer (ITK "
+               f"`PromptSegLib.propagate.organ_prior`{' from ' + prior if prior else ''}, as the Segment Editor "
+               f"effect does), the peer (ITK "
                f"morphological contour interpolation, Slicer's \"Fill between slices\") interpolates between the "
                f"same slices (with one slice it returns that slice). Mean whole-structure Dice, PromptSeg / peer; "
                f"ms per slice PromptSeg filled (all K), {threads} CPU thread{'s' if threads != 1 else ''}:\n\n{table}\n"
