@@ -169,15 +169,20 @@ def away_from_anchor(mask: np.ndarray, image: sitk.Image, window: AnchorWindow,
     """The 26-connected pieces of ``mask`` (bool ``(z, y, x)`` on ``image``'s grid from array index ``origin``)
     that their anchor's mask does not reach as every training truth's did: its lowest voxel at most ``reach_mm[0]``
     above the piece's highest, and its highest at least ``reach_mm[1]`` below the piece's lowest (negative: that
-    far above). A piece is kept where such an anchor could lie beyond the scan's ends."""
+    far above). A piece is kept where such an anchor could lie beyond the scan's ends, and an anchor's mask that
+    reaches a scan's end is taken to run on beyond it."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     away = np.zeros(count + 1, bool)
     below, above = window.reach_mm
+    extent = window.extent_mm
+    if extent is not None:  # cut by the scan's end, the anchor may reach farther
+        extent = (-np.inf if extent[0] <= window.scan_mm[0] + 1e-3 else extent[0],
+                  np.inf if extent[1] >= window.scan_mm[1] - 1e-3 else extent[1])
     for index, piece in enumerate(ndimage.find_objects(labels), start=1):
         low = np.array([s.start for s in piece]) + np.asarray(origin)
         bottom, top = _z_span(image, low, low + [s.stop - s.start - 1 for s in piece])
         lowest, highest = top + below, bottom - above  # bounds on the anchor's lowest and highest z
-        near = window.extent_mm is not None and window.extent_mm[0] <= lowest and window.extent_mm[1] >= highest
+        near = extent is not None and extent[0] <= lowest and extent[1] >= highest
         away[index] = not near and lowest <= window.scan_mm[1] and highest >= window.scan_mm[0]
     return away[labels]
 

@@ -139,3 +139,11 @@ def test_a_piece_with_no_anchor_where_training_always_had_one_goes_unless_the_sc
     p[0, 40:60, 5:10, 5:10] = 0.9  # inside: no anchor found, none could lie beyond the scan: removed
     postprocess(p, ["left parotid"], 0.5, voxel_ml=0.001, image=image, anchors={"left parotid": none})
     assert (p[0, 0:3, 5:10, 5:10] >= 0.5).all() and not (p[0, 40:60] >= 0.5).any()
+    # an anchor cut by the scan's bottom may reach below it: 2 mm below, as a piece 5-13 mm needs (13 - 15)
+    p[:] = 0.0
+    p[0, 5:14, 5:10, 5:10] = 0.9
+    anchor[:] = False
+    anchor[0:20] = True
+    postprocess(p, ["left parotid"], 0.5, voxel_ml=0.001, image=image,
+                anchors={"left parotid": anchor_window(anchor, image, "mandible", -35.0, -15.0)})
+    assert (p[0, 5:14, 5:10, 5:10] >= 0.5).all()
