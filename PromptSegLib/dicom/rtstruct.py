@@ -43,6 +43,21 @@ class ExportReport:
     dice: dict[str, float] = field(default_factory=dict)
 
 
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+"""Patient and study attributes of Type 2: present in every DICOM object written, empty where the series lacks them
+(some de-identification tools delete them)."""
+
+
+def with_type2(ds):
+    """``ds`` (a pydicom Dataset, changed in place and returned) with each of :data:`TYPE2_PATIENT_STUDY` it lacks,
+    empty."""
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
 def build_rtstruct(image: sitk.Image, references, segments: list[ExportSegment], *,
                    label: str = "PromptSeg", default_interpreted_type: str = "ORGAN",
                    series_description: str = "PromptSeg structures", software_version: str = ""):
@@ -70,10 +85,7 @@ def build_rtstruct(image: sitk.Image, references, segments: list[ExportSegment],
     ds.SOPInstanceUID = sop_instance_uid
     for element in references.patient_study:  # patient and general study modules, from the CT
         ds.add(element)
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):  # type 2: present, maybe empty
-        if keyword not in ds:
-            setattr(ds, keyword, "")
+    with_type2(ds)
     ds.StudyInstanceUID = references.study_instance_uid
     ds.FrameOfReferenceUID = references.frame_of_reference_uid  # Frame of Reference module (dciodvfy asks for it)
     ds.PositionReferenceIndicator = references.position_reference_indicator
@@ -190,12 +202,13 @@ def prepare_export(path: Path, segment_set, image: sitk.Image, references, build
             raise OutputError(f"unknown ROI naming {roi_names!r}; use one of {', '.join(ROI_NAMINGS)}")
         segments = on_grid(load_segments(segment_set), image)
         segments = tg263_names(segments) if roi_names == "tg263" else segments
-        kept = unique_names(non_empty(segments))
+        filled = non_empty(segments)
+        kept = unique_names(filled)
         built = build(kept)
     messages = [str(w.message) for w in caught if issubclass(w.category, ExportWarning)]
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    skipped = [s.name for s in segments if all(s is not k for k in kept)]
+    skipped = [s.name for s in segments if all(s is not f for f in filled)]  # before renaming: kept ones differ
     return kept, built, ExportReport(Path(path), [s.name for s in kept], skipped, messages)
 
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
-from PromptSegLib.dicom.rtstruct import ExportReport, dice, prepare_export, save_dataset
+from PromptSegLib.dicom.rtstruct import ExportReport, dice, prepare_export, save_dataset, with_type2
 from PromptSegLib.errors import InputImageError, OutputError
 from PromptSegLib.export.segfile import ExportSegment
 from PromptSegLib.export.segments import load_segments, vocabulary_target
@@ -62,6 +62,8 @@ def build_dicom_seg(image: sitk.Image, references, segments: list[ExportSegment]
     """A highdicom ``Segmentation`` of non-empty ``segments`` on ``image`` (the series' grid), one frame per
     source slice and segment (empty frames omitted). ``fractional`` stores each segment's probability
     (8 bits) where it has one, else its mask."""
+    import copy
+
     import highdicom as hd
     from pydicom.uid import generate_uid
 
@@ -71,7 +73,8 @@ def build_dicom_seg(image: sitk.Image, references, segments: list[ExportSegment]
     else:
         stack = np.stack([s.mask for s in segments], axis=-1).astype(np.uint8)
     seg = hd.seg.Segmentation(
-        source_images=references.headers, pixel_array=stack,
+        # highdicom reads the patient and study attributes of the first source image: those it lacks, empty
+        source_images=[with_type2(copy.deepcopy(references.headers[0])), *references.headers[1:]], pixel_array=stack,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional
         else hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment_description(i + 1, s) for i, s in enumerate(segments)],

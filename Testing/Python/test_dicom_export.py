@@ -190,13 +190,15 @@ def test_empty_segment_skipped_and_non_ascii_name(tmp_path, chest_series, chest_
     image, refs = chest_series
     name = "Lunge links – Läsion 肺"
     segments = SegmentSet([ExportSegment(name, _one(chest_segmentation, "left lung"), (0.2, 0.4, 0.9)),
-                           ExportSegment("nothing here", np.zeros(image.GetSize()[::-1], bool))], image)
+                           ExportSegment("nothing here", np.zeros(image.GetSize()[::-1], bool)),
+                           ExportSegment(name, _one(chest_segmentation, "right lung"))], image)
     with pytest.warns(ExportWarning, match="'nothing here' is empty"):
         report = write_rtstruct(tmp_path / "RS.dcm", image, refs, segments)
-    assert report.skipped == ["nothing here"] and report.names == [name]
+    assert report.skipped == ["nothing here"] and report.names == [name, name + " 2"]  # renamed, not skipped
     ds = pydicom.dcmread(tmp_path / "RS.dcm")
     assert ds.SpecificCharacterSet == "ISO_IR 192"
-    assert [r.ROIName for r in ds.StructureSetROISequence] == [name]  # no empty ROI written
+    assert [r.ROIName for r in ds.StructureSetROISequence] == [name, name + " 2"]  # no empty ROI written
+    segments = SegmentSet(segments.segments[:2], image)
     assert read_rtstruct_rois(tmp_path / "RS.dcm")[0].name == name
     with pytest.warns(ExportWarning, match="empty"):
         seg_report = write_dicom_seg(tmp_path / "SEG.dcm", image, refs, segments)
@@ -204,6 +206,24 @@ def test_empty_segment_skipped_and_non_ascii_name(tmp_path, chest_series, chest_
     with pytest.raises(InputImageError, match="every segment is empty"):
         write_rtstruct(tmp_path / "none.dcm", image, refs, SegmentSet(segments.segments[1:], image))
     assert not (tmp_path / "none.dcm").exists()
+
+
+def test_a_series_without_some_type2_attributes_exports_both_ways(tmp_path, chest_ct, chest_segmentation):
+    """Some de-identification tools delete Type 2 attributes instead of emptying them: the SEG, like the
+    RTSTRUCT, writes them empty instead of refusing the series."""
+    folder = write_ct_series(chest_ct, tmp_path / "deid")
+    for file in folder.iterdir():
+        ds = pydicom.dcmread(file)
+        del ds.AccessionNumber, ds.StudyID, ds.PatientSex
+        ds.save_as(file, enforce_file_format=True)
+    image, refs = load_dicom_series(folder)
+    segments = SegmentSet([ExportSegment("left lung", _one(chest_segmentation, "left lung"))], image)
+    assert write_dicom_seg(tmp_path / "SEG.dcm", image, refs, segments).names == ["left lung"]
+    assert write_rtstruct(tmp_path / "RS.dcm", image, refs, segments).names == ["left lung"]
+    for written in ("SEG.dcm", "RS.dcm"):
+        ds = pydicom.dcmread(tmp_path / written, stop_before_pixels=True)
+        assert ds.AccessionNumber == "" and ds.StudyID == "" and ds.PatientSex == ""
+    assert "AccessionNumber" not in refs.headers[0]  # the series' headers are left as read
 
 
 def test_segmentation_on_another_grid_is_resampled(tmp_path, chest_series, chest_segmentation, chest_ct):
