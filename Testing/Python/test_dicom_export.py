@@ -438,6 +438,11 @@ def test_segment_writes_rtstruct_and_dicom_seg_in_one_go(tmp_path, chest_dicom, 
     assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == ["left lung", "liver"]
     assert main(args[:1] + [str(tmp_path / "out.seg.nrrd")] + args[2:]) == 2  # a file, not a DICOM folder
     assert "give a DICOM folder" in capsys.readouterr().err
+    same = args[:-1] + [str(tmp_path / "sub" / ".." / "rs.dcm")]  # the RTSTRUCT's file again, spelt otherwise
+    (tmp_path / "sub").mkdir()
+    before = (tmp_path / "rs.dcm").read_bytes()
+    assert main(same) == 2 and "named for two outputs" in capsys.readouterr().err
+    assert (tmp_path / "rs.dcm").read_bytes() == before
 
 
 def test_tg263_roi_names_for_a_planning_system(tmp_path, chest_series, chest_segmentation):
