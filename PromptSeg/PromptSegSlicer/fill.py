@@ -9,7 +9,8 @@ Which slices are drawn: the slices along the view's axis that hold the segment, 
 wrote and nobody has changed since. The slices a fill writes are remembered in the segment's tag
 ``PromptSeg.Filled.<axis>`` as ``index:crc32`` pairs of their content, so a slice the user corrects after a
 fill (painted over, or erased) is a drawn slice at the next fill, and the filled slices around it are filled
-again. An erased slice (empty now, filled before) is a drawn empty slice: the fill stops there.
+again. An erased slice (empty now, filled before) is a drawn empty slice: the fill stops there, at that fill and at
+every later one (the tag keeps it as ``index:-1``) until the user paints there again.
 
 Arrays are the volume's ``[k, j, i]`` arrays; ``axis`` 0/1/2 (axial/coronal/sagittal) indexes them.
 """
@@ -30,6 +31,8 @@ from .nodes import InputError, validateVolumeNode, volumeNodeToSimpleITK
 from .requests import FillRequest, ModelChoice
 
 FILLED_TAG = "PromptSeg.Filled.{axis}"
+ERASED = -1
+"""The checksum an erased slice keeps in the tag: no slice's (CRC32 is never negative), so it stays a drawn slice."""
 AXIS_NAMES = ("axial", "coronal", "sagittal")  # array axis 0, 1, 2 of a [k, j, i] array
 
 
@@ -167,8 +170,10 @@ class FillFromSlicesLogic:
         result = job.result
         slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask.astype(np.uint8), node, segmentId, volume)
         written = sorted(set(result.written) - set(request.drawn))
+        erased = sorted(j for j, values in request.drawn.items() if not values.any())
         segment.SetTag(FILLED_TAG.format(axis=AXIS_NAMES[axis]), " ".join(
-            f"{j}:{sliceChecksum(np.take(result.mask, j, axis=axis))}" for j in written))
+            [f"{j}:{sliceChecksum(np.take(result.mask, j, axis=axis))}" for j in written]
+            + [f"{j}:{ERASED}" for j in erased]))
         drawn = sorted(request.drawn)
         guide = f", {result.prior.summary}" if result.prior is not None else ""
         job.message = "; ".join([f"filled {len(written)} slices from {len(drawn)} drawn ({', '.join(map(str, drawn))})"

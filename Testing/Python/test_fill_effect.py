@@ -147,6 +147,11 @@ def test_a_corrected_slice_is_a_drawn_slice_and_an_erased_one_stops_the_fill(
     np.testing.assert_array_equal(again[[*indices, j]], truth[[*indices, j]])
     assert not again[outer[-1]:].any() and not set(second.written) & {*indices, j, outer[-1]}
     assert tag(segment, "PromptSeg.Filled.axial")
+    # the erased slice stays a drawn (empty) slice at every later fill, until the user paints there
+    later = findDrawnSlices(again, 0, readFilled(segment, 0))
+    assert sorted(later) == sorted(indices + [j, outer[-1]]) and not later[outer[-1]].any()
+    again[outer[-1]] = truth[outer[-1]]
+    assert findDrawnSlices(again, 0, readFilled(segment, 0))[outer[-1]].any()
 
 
 def test_fill_runs_off_the_main_thread_cancels_and_refuses_what_it_cannot_fill(
