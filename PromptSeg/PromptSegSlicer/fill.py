@@ -27,7 +27,7 @@ import vtk
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import SegmentationJob
 from .logic import PromptSegLogic
-from .nodes import InputError, validateVolumeNode, volumeNodeToSimpleITK
+from .nodes import InputError, checkSameTransform, validateVolumeNode, volumeNodeToSimpleITK
 from .requests import FillRequest, ModelChoice
 
 FILLED_TAG = "PromptSeg.Filled.{axis}"
@@ -107,6 +107,7 @@ class FillFromSlicesLogic:
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentationNode else None
         if segment is None:
             raise InputError("Select a segment to fill.")
+        checkSameTransform(segmentationNode, volumeNode)
         if axis not in (0, 1, 2):
             raise InputError(f"axis {axis} is not 0, 1 or 2")
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0

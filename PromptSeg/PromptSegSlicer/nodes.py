@@ -38,6 +38,14 @@ def validateVolumeNode(volumeNode) -> None:
                          "not a 3D volume.")
 
 
+def checkSameTransform(node, volumeNode) -> None:
+    """Refuse ``node`` (a segmentation, or another volume) under another transform than ``volumeNode``: voxels are
+    read and written on the volume's grid, and a transform between the two would move what is written."""
+    if node is not None and node.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+        raise InputError(f"'{node.GetName()}' and '{volumeNode.GetName()}' are under different transforms: harden "
+                         "the transforms first (Data module: right-click, Harden transform).")
+
+
 def ijkToRasMatrix(volumeNode) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)

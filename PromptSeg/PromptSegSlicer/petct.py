@@ -15,7 +15,7 @@ import slicer
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .export import dicomSeriesFolder
 from .jobs import Report, SegmentationJob
-from .nodes import InputError, validateVolumeNode, volumeNodeToSimpleITK
+from .nodes import InputError, checkSameTransform, validateVolumeNode, volumeNodeToSimpleITK
 from .requests import ModelChoice, PetCtRequest
 
 HECKTOR_TARGETS = {"primary tumor": "GTVp", "malignant lymph node": "GTVn"}  # vocabulary name -> HECKTOR label
@@ -128,8 +128,8 @@ class PetCtMixin:
             validateVolumeNode(node)
         if ctVolume is petVolume:
             raise InputError("The CT and the PET are the same volume: choose the patient's PET.")
-        if petVolume.GetTransformNodeID() != ctVolume.GetTransformNodeID():
-            raise InputError("The PET and the CT are under different transforms: harden the transform first.")
+        checkSameTransform(petVolume, ctVolume)
+        checkSameTransform(segmentationNode, ctVolume)
         if not 0.0 <= petWeight <= 1.0:
             raise InputError(f"PET weight {petWeight} must be between 0 and 1")
         if threshold is not None and not 0.0 < threshold < 1.0:

@@ -13,7 +13,7 @@ import vtk
 
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import Report, SegmentationJob
-from .nodes import InputError, validateVolumeNode
+from .nodes import InputError, checkSameTransform, validateVolumeNode
 from .requests import PropagationRequest
 
 
@@ -42,6 +42,7 @@ class PropagationMixin:
         validateVolumeNode(volumeNode)
         if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
             raise InputError("No segmentation: choose the segmentation holding the segment to propagate.")
+        checkSameTransform(segmentationNode, volumeNode)
         segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
         if not segmentId:
             raise InputError(f"no segment named '{segmentName}' in '{segmentationNode.GetName()}'")

@@ -15,7 +15,8 @@ import vtk
 from .dependencies import MODULE_DIR, checkDependencies, ensureLibraryImportable
 from .jobs import Report, SegmentationJob
 from .models import AUTO_MODEL
-from .nodes import InputError, ijkToRasMatrix, placeInStudy, validateVolumeNode, volumeNodeToSimpleITK
+from .nodes import (InputError, checkSameTransform, ijkToRasMatrix, placeInStudy, validateVolumeNode,
+                    volumeNodeToSimpleITK)
 from .requests import ModelChoice, SegmentationRequest
 
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "PromptSeg.term.json"
@@ -88,6 +89,7 @@ class SegmentationMixin:
         validateVolumeNode(inputVolume)
         if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"output '{outputSegmentation.GetName()}' is not a segmentation node")
+        checkSameTransform(outputSegmentation, inputVolume)
         targets = [t.strip() for t in targets if t and t.strip()]
         targetTexts = [t.strip() for t in targetTexts if t and t.strip()]
         if not targets and not targetTexts:

@@ -185,6 +185,17 @@ def test_fill_runs_off_the_main_thread_cancels_and_refuses_what_it_cannot_fill(
         fill.start(node, segment_id(node), volume, 0)
     with pytest.raises(InputError, match="Select a segment"):
         fill.start(node, "no such id", volume, 0)
+    # a segmentation under another transform than the volume: what is written would move, so it is refused
+    set_segment(node, "left lung", volume, drawn)
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    node.SetAndObserveTransformNodeID(shift.GetID())
+    with pytest.raises(InputError, match="under different transforms: harden"):
+        fill.start(node, segment_id(node), volume, 0)
+    with pytest.raises(InputError, match="under different transforms"):
+        fill.logic.startPropagation(node, "left lung", volume, indices[0])
+    with pytest.raises(InputError, match="under different transforms"):
+        fill.logic.startSegmentation(volume, node, "CT", "thorax", ["liver"])
+    node.SetAndObserveTransformNodeID(None)
 
 
 def test_the_axis_is_the_volume_axis_across_the_slice_view(scene, chest_ct_path):
