@@ -27,7 +27,8 @@ import vtk
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import SegmentationJob
 from .logic import PromptSegLogic
-from .nodes import InputError, checkSameTransform, validateVolumeNode, volumeNodeToSimpleITK
+from .nodes import (InputError, checkSameTransform, checkSegmentOnVolumeGrid, validateVolumeNode,
+                    volumeNodeToSimpleITK)
 from .requests import FillRequest, ModelChoice
 
 FILLED_TAG = "PromptSeg.Filled.{axis}"
@@ -111,6 +112,7 @@ class FillFromSlicesLogic:
         if axis not in (0, 1, 2):
             raise InputError(f"axis {axis} is not 0, 1 or 2")
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+        checkSegmentOnVolumeGrid(segmentationNode, segmentId, volumeNode, mask)
         drawn = findDrawnSlices(mask, axis, readFilled(segment, axis))
         if not any(values.any() for values in drawn.values()):
             raise InputError(f"segment '{segment.GetName()}' has no drawn {AXIS_NAMES[axis]} slice: draw the "

@@ -46,6 +46,36 @@ def checkSameTransform(node, volumeNode) -> None:
                          "the transforms first (Data module: right-click, Harden transform).")
 
 
+def checkSegmentOnVolumeGrid(segmentationNode, segmentId: str, volumeNode, mask: np.ndarray) -> None:
+    """Refuse a segment that the volume's grid cannot hold as it is: stored on another lattice (spacing, axes or
+    voxel corners), or with voxels outside the volume. A fill or a propagation writes the whole segment back on the
+    volume's grid, which would resample it, lose those voxels, and could change a slice the user drew.
+
+    Args:
+        mask: the segment read on the volume's grid (bool ``[k, j, i]``, ``arrayFromSegmentBinaryLabelmap``).
+    """
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    labelmap = slicer.vtkOrientedImageData()
+    segmentationNode.GetBinaryLabelmapRepresentation(segmentId, labelmap)
+    scalars = labelmap.GetPointData().GetScalars()
+    count = int((vtk_to_numpy(scalars) > 0).sum()) if scalars is not None else 0
+    if not count:
+        return
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    own = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    onVolume = np.linalg.inv(ijkToRasMatrix(volumeNode)) @ own  # the segment's voxel indices -> the volume's
+    lattice = np.allclose(onVolume[:3, :3], np.eye(3), atol=1e-3) and np.allclose(
+        onVolume[:3, 3], np.round(onVolume[:3, 3]), atol=1e-3)
+    if not lattice or count != int(np.count_nonzero(mask)):
+        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        where = "reaches beyond" if lattice else "is stored on another grid than"
+        raise InputError(f"segment '{name}' {where} '{volumeNode.GetName()}': filling it there would resample it or "
+                         "cut it. Choose the volume it was drawn on as the source volume, or set the segmentation's "
+                         "geometry to this volume first (Segment Editor: Specify geometry).")
+
+
 def ijkToRasMatrix(volumeNode) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)

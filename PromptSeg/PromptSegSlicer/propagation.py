@@ -13,7 +13,7 @@ import vtk
 
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import Report, SegmentationJob
-from .nodes import InputError, checkSameTransform, validateVolumeNode
+from .nodes import InputError, checkSameTransform, checkSegmentOnVolumeGrid, validateVolumeNode
 from .requests import PropagationRequest
 
 
@@ -55,6 +55,7 @@ class PropagationMixin:
         axisName = list(AXES)[axisIndex]
         image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+        checkSegmentOnVolumeGrid(segmentationNode, segmentId, volumeNode, mask)
         tag = vtk.mutable("")
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
         kept = {int(i) for i in str(tag).split()} if segment.GetTag(f"PromptSeg.FixedSlices.{axisName}", tag) else set()

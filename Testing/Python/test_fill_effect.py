@@ -196,6 +196,22 @@ def test_fill_runs_off_the_main_thread_cancels_and_refuses_what_it_cannot_fill(
     with pytest.raises(InputError, match="under different transforms"):
         fill.logic.startSegmentation(volume, node, "CT", "thorax", ["liver"])
     node.SetAndObserveTransformNodeID(None)
+    # a segment stored on a finer grid (drawn on another volume): writing it back on this one would resample it
+    fine = slicer_shim.load_volume(chest_ct_path, "fine")
+    fine.SetSpacing(*(s / 2 for s in volume.GetSpacing()))
+    fine.SetOrigin(volume.GetOrigin())
+    finer = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    finer.SetReferenceImageGeometryParameterFromVolumeNode(fine)
+    finer.GetSegmentation().AddEmptySegment("lung", "lung")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn.astype(np.uint8), finer, "lung", fine)
+    with pytest.raises(InputError, match="'lung' is stored on another grid than 'CTChest'"):
+        fill.start(finer, "lung", volume, 0)
+    with pytest.raises(InputError, match="stored on another grid"):
+        fill.logic.startPropagation(finer, "lung", volume, indices[0])
+    job = fill.start(finer, "lung", fine, 0)  # on its own grid it is filled (cancelled here: time)
+    job.cancel()
+    with pytest.raises(Cancelled):
+        fill.finish(job, timeout=900)
 
 
 def test_the_axis_is_the_volume_axis_across_the_slice_view(scene, chest_ct_path):
