@@ -88,7 +88,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.job is not None:
             self.job.cancel()
             return
-        from PromptSegSlicer.fill import FillFromSlicesLogic, axisOfSliceView
+        from PromptSegSlicer.fill import FillFromSlicesLogic, axisOfSliceView, ijkToWorldMatrix
 
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         segmentationNode = parameterSetNode.GetSegmentationNode()
@@ -101,7 +101,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if self.fill is None:
                 self.fill = FillFromSlicesLogic()
             axis = axisOfSliceView(slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
-                                   slicer.util.arrayFromVTKMatrix(self._ijkToRas(volumeNode)))
+                                   ijkToWorldMatrix(volumeNode))
             self.job = self.fill.start(segmentationNode, segmentId, volumeNode, axis,
                                        organPrior=self.organPriorCheckBox.checked)
         except Exception as exc:  # shown to the user, nothing changed
@@ -113,14 +113,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.progressBar.visible = True
         self.pollTimer.start()
 
-    @staticmethod
-    def _ijkToRas(volumeNode):
-        import vtk
-
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        return matrix
-
     def onPoll(self):
         job = self.job
         self.progressBar.value = int(100 * job.progress)
@@ -131,8 +123,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.job = None
         self.applyButton.text = "Apply"
         self.progressBar.visible = False
+        def saveStateForUndo():  # the editor's undo holds the segmentation selected now: it must be the filled one
+            selected = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+            if selected is None or selected.GetID() != job.outputNode.GetID():
+                raise ValueError("Another segmentation was selected while the fill ran: nothing was changed; select "
+                                 f"'{job.outputNode.GetName()}' and fill again.")
+            self.scriptedEffect.saveStateForUndo()
+
         try:
-            self.fill.finish(job, self.scriptedEffect.saveStateForUndo)
+            self.fill.finish(job, saveStateForUndo)
             self.statusLabel.text = job.message
         except Exception as exc:  # cancelled, edited meanwhile, or the worker's error: nothing written
             self.statusLabel.text = str(exc)

@@ -42,14 +42,46 @@ def sliceChecksum(values: np.ndarray) -> int:
     return zlib.crc32(np.packbits(np.asarray(values, bool)).tobytes())
 
 
-def axisOfSliceView(sliceToRas: np.ndarray, ijkToRas: np.ndarray) -> int:
-    """The array axis (0: k, 1: j, 2: i) a slice view cuts across: the volume axis closest to the view's
-    normal. ``sliceToRas``, ``ijkToRas``: 4x4 matrices (``vtkMRMLSliceNode.GetSliceToRAS``, the volume's
-    IJK-to-RAS)."""
+ALIGNED_COSINE = 0.99
+"""A slice view is taken to cut across a volume axis when its normal lies within about 8 degrees of it."""
+
+
+def ijkToWorldMatrix(volumeNode) -> np.ndarray:
+    """The volume's 4x4 IJK-to-world matrix (mm): its IJK-to-RAS under its parent transform, which must be linear.
+
+    Raises:
+        InputError: a non-linear (warping) parent transform.
+    """
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    ijkToRas = slicer.util.arrayFromVTKMatrix(matrix)
+    transform = volumeNode.GetParentTransformNode()
+    if transform is None:
+        return ijkToRas
+    if not transform.IsTransformToWorldLinear():
+        raise InputError(f"'{volumeNode.GetName()}' is under a warping transform: harden it first.")
+    toWorld = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(toWorld)
+    return slicer.util.arrayFromVTKMatrix(toWorld) @ ijkToRas
+
+
+def axisOfSliceView(sliceToRas: np.ndarray, ijkToWorld: np.ndarray) -> int:
+    """The array axis (0: k, 1: j, 2: i) a slice view cuts across: the volume axis along the view's normal.
+    ``sliceToRas``, ``ijkToWorld``: 4x4 matrices (``vtkMRMLSliceNode.GetSliceToRAS``, :func:`ijkToWorldMatrix`).
+
+    Raises:
+        InputError: the view is tilted against every volume axis (by more than about 8 degrees), so a stroke drawn
+            in it would fall on several of the volume's slices.
+    """
     normal = np.asarray(sliceToRas, float)[:3, 2]
-    directions = np.asarray(ijkToRas, float)[:3, :3]
+    directions = np.asarray(ijkToWorld, float)[:3, :3]
     directions = directions / np.linalg.norm(directions, axis=0)
-    ijk = int(np.argmax(np.abs(normal @ directions)))
+    cosines = np.abs(normal / np.linalg.norm(normal) @ directions)
+    ijk = int(np.argmax(cosines))
+    if cosines[ijk] < ALIGNED_COSINE:
+        raise InputError(f"the slice view is tilted by {np.degrees(np.arccos(min(cosines[ijk], 1.0))):.0f} degrees "
+                         "against the volume's slices: draw and fill in a view along them (slice view menu: Rotate "
+                         "to volume plane)")
     return 2 - ijk
 
 

@@ -215,23 +215,37 @@ def test_fill_runs_off_the_main_thread_cancels_and_refuses_what_it_cannot_fill(
 
 
 def test_the_axis_is_the_volume_axis_across_the_slice_view(scene, chest_ct_path):
-    import vtk
-    from PromptSegSlicer.fill import axisOfSliceView
+    from PromptSegSlicer import InputError
+    from PromptSegSlicer.fill import axisOfSliceView, ijkToWorldMatrix
 
     volume = slicer_shim.load_volume(chest_ct_path, "CTChest")
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-    ijk_to_ras = slicer.util.arrayFromVTKMatrix(matrix)
+    ijk_to_world = ijkToWorldMatrix(volume)
+
+    def view(rotation):
+        slice_to_ras = np.eye(4)
+        slice_to_ras[:3, :3] = rotation
+        return slice_to_ras
+
+    def tilt(degrees):  # about the R axis
+        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        return np.array([[1, 0, 0], [0, c, s], [0, -s, c]])
+
     views = {"Red": (0, np.array([[-1, 0, 0], [0, 1, 0], [0, 0, 1]])),  # Slicer's default slice orientations
              "Green": (1, np.array([[-1, 0, 0], [0, 0, 1], [0, 1, 0]])),
              "Yellow": (2, np.array([[0, 0, 1], [-1, 0, 0], [0, 1, 0]]))}
     for name, (axis, rotation) in views.items():
-        slice_to_ras = np.eye(4)
-        slice_to_ras[:3, :3] = rotation
-        assert axisOfSliceView(slice_to_ras, ijk_to_ras) == axis, name
-    tilted = np.eye(4)
-    tilted[:3, :3] = [[1, 0, 0], [0, 0.9, 0.44], [0, -0.44, 0.9]]  # an axial view tilted by 26 degrees
-    assert axisOfSliceView(tilted, ijk_to_ras) == 0
+        assert axisOfSliceView(view(rotation), ijk_to_world) == axis, name
+    assert axisOfSliceView(view(tilt(5)), ijk_to_world) == 0  # an axial view tilted by 5 degrees: still across k
+    with pytest.raises(InputError, match="tilted by 26 degrees .* Rotate to volume plane"):
+        axisOfSliceView(view(tilt(26)), ijk_to_world)  # a stroke would fall on several slices
+    # the volume under a transform that stands its slices upright: the coronal view now cuts across them
+    turn = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    upright = np.eye(4)
+    upright[:3, :3] = tilt(90)
+    turn.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(upright))
+    volume.SetAndObserveTransformNodeID(turn.GetID())
+    assert axisOfSliceView(view(views["Green"][1]), ijkToWorldMatrix(volume)) == 0
+    assert axisOfSliceView(view(views["Red"][1]), ijkToWorldMatrix(volume)) == 1
 
 
 def effect_uses():
