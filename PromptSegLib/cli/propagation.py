@@ -10,19 +10,19 @@ from pathlib import Path
 
 def read_mask(path: str, image, segment: str | None = None, label: int | None = None):
     """A bool ``(Z, Y, X)`` mask on ``image``'s grid from a ``.seg.nrrd`` segment or a labelmap file."""
+    import numpy as np
     import SimpleITK as sitk
 
     from PromptSegLib.errors import InputImageError, PromptSegError
     from PromptSegLib.io.imageio import same_geometry
     from PromptSegLib.io.outputs import full_suffix
-    from PromptSegLib.preprocessing.preprocess import resample_to
 
     if not Path(path).is_file():
         raise InputImageError(f"no such mask file: {path}")
     if full_suffix(path) == ".seg.nrrd":
         from PromptSegLib.export.segfile import read_segments
 
-        masks = read_segments(path, image)
+        masks = read_segments(path, image, exact=True)
         if segment is None:
             if len(masks) != 1:
                 raise PromptSegError(f"{path} holds {len(masks)} segments; choose one with --segment: {', '.join(masks)}")
@@ -40,8 +40,12 @@ def read_mask(path: str, image, segment: str | None = None, label: int | None = 
         raise InputImageError(f"mask {path} has size {labels.GetSize()}, the image {image.GetSize()}: "
                               "mismatched geometry")
     if not same_geometry(labels, image, 1e-3):
-        labels = resample_to(labels, image, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+        raise InputImageError(f"mask {path} has another origin, spacing or direction than the image: resampling it "
+                              "would move the drawn slices; save it on the image's grid")
     array = sitk.GetArrayFromImage(labels)
+    values = [int(v) for v in np.unique(array) if v]
+    if label is None and len(values) > 1:
+        raise PromptSegError(f"mask {path} holds labels {', '.join(map(str, values))}: choose one with --label")
     return (array == label if label is not None else array != 0), segment or Path(path).name.split(".")[0]
 
 
@@ -138,6 +142,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from PromptSegLib.cli.progress import progress_bar
+    from PromptSegLib.errors import PromptSegError
     from PromptSegLib.propagate.geometry import take_slice
     from PromptSegLib.propagate.multislice import REACH, drawn_slices, fill_from_slices
     from PromptSegLib.propagate.organ_prior import MODEL, prior_or_none, shows_air
@@ -148,7 +153,14 @@ def cmd_fill(args: argparse.Namespace) -> int:
     axis = resolve_axis(args.axis)
     array = sitk.GetArrayViewFromImage(image)
     drawn = {j: take_slice(mask, axis, j) for j in drawn_slices(mask, axis)}
-    drawn.update({j: np.zeros_like(take_slice(mask, axis, 0)) for j in args.empty or ()})
+    n = mask.shape[axis]
+    for j in args.empty or ():
+        if not 0 <= j < n:
+            raise PromptSegError(f"--empty {j} is not a slice of the volume (0..{n - 1} along {args.axis})")
+        if j in drawn:
+            raise PromptSegError(f"--empty {j}: the mask holds a drawn slice there; erase it in the mask or drop "
+                                 "--empty")
+        drawn[j] = np.zeros_like(take_slice(mask, axis, 0))
     update, close = progress_bar(not args.quiet)
     try:
         prior = (prior_or_none(lambda: Segmenter(MODEL, threads=args.threads), image, drawn, axis)
@@ -172,7 +184,7 @@ def _input_arguments(parser, mask_help: str) -> None:
     parser.add_argument("image", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
     parser.add_argument("--mask", required=True, help=mask_help)
     parser.add_argument("--segment", help="segment name in a .seg.nrrd")
-    parser.add_argument("--label", type=int, help="label value in a labelmap mask (default: any non-zero)")
+    parser.add_argument("--label", type=int, help="label value in a labelmap mask (needed when it holds several)")
 
 
 def _output_arguments(parser) -> None:

@@ -224,15 +224,17 @@ def segmentation_files(path: str | os.PathLike) -> list[Path]:
                       + ", ".join(LABELMAP_SUFFIXES))
 
 
-def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, np.ndarray]:
+def read_segments(path: str | os.PathLike, reference: sitk.Image, exact: bool = False) -> dict[str, np.ndarray]:
     """Masks ``(Z, Y, X)`` on ``reference``'s grid from a ``.seg.nrrd`` or a labelmap (+ ``.labels.json``).
 
-    Segments stored on another grid (cropped, other spacing) are resampled by nearest neighbour.
+    Segments stored on another grid (cropped, other spacing) are resampled by nearest neighbour; with ``exact``
+    (a ``.seg.nrrd`` only) a grid other than a crop or extension of ``reference``'s is refused instead, so that
+    no voxel moves (drawn slices stay the slices drawn).
 
     Raises:
-        InputImageError: no such file.
+        InputImageError: no such file; with ``exact``, a ``.seg.nrrd`` on another lattice.
     """
-    from PromptSegLib.io.imageio import read_image
+    from PromptSegLib.io.imageio import read_image, same_lattice
     from PromptSegLib.preprocessing.preprocess import resample_to
 
     path = Path(path)
@@ -241,6 +243,10 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image) -> dict[str, n
     suffix = full_suffix(path)
     if suffix == ".seg.nrrd":
         stored = read_seg_nrrd(path)
+        if exact and not same_lattice(reference, stored.grid):
+            raise InputImageError(f"{path} is stored on another grid than the image (spacing, axes or voxel "
+                                  "corners): it would have to be resampled, which moves drawn slices; save it on the "
+                                  "image's grid")
         return {s.name: resample_mask(s.mask, stored.grid, reference) for s in stored.segments}
     labels_path = labels_json_path(path)
     labelmap = resample_to(read_image(path), reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)

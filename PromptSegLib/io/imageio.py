@@ -168,6 +168,16 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     return path
 
 
+def same_lattice(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
+    """True when ``b``'s voxels are voxels of ``a``'s grid (same spacing and direction, ``b``'s first voxel on
+    ``a``'s lattice; sizes may differ: ``b`` a crop or an extension of ``a``), to ``tolerance`` (mm, and in voxels)."""
+    if not (np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)):
+        return False
+    index = np.array(a.TransformPhysicalPointToContinuousIndex(b.GetOrigin()))
+    return bool(np.allclose(index, np.round(index), atol=tolerance))
+
+
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-5) -> bool:
     """True when two images share size, origin, spacing and direction (to ``tolerance``)."""
     return (a.GetSize() == b.GetSize()

@@ -42,7 +42,7 @@ from PromptSegLib.errors import Cancelled, InputImageError, PromptSegError
 from PromptSegLib.propagate.geometry import box_to_slice, set_slice, take_slice
 from PromptSegLib.propagate.organ_prior import OrganPrior, apply_prior, check_weight
 from PromptSegLib.propagate.propagator import (FADE_CONTRAST, ProgressCallback, PropagationResult, Propagator,
-                                               propagate, resolve_axis, vanishing_pixels)
+                                               propagate, resolve_axis, slice_range, vanishing_pixels)
 from PromptSegLib.propagate.shape_prior import (drawn_aspect, equivalent_radius, fit_profile, interpolated_distance,
                                                shrink_to_radius)
 from PromptSegLib.propagate.shape_prior import signed_distance as signed_distance_of
@@ -333,7 +333,7 @@ def fill_from_slices(model: Propagator | str | None, image: np.ndarray, drawn: d
     propagator = model if isinstance(model, Propagator) else Propagator(model)
     threshold = propagator.config.threshold if threshold is None else float(threshold)
     progress = progress or (lambda fraction, message: None)
-    lo, hi = 0 if start is None else int(start), n - 1 if stop is None else int(stop)
+    lo, hi = slice_range(start, stop, n)
     step_mm = float(spacing[axis])
     pixel_area = float(np.prod([spacing[i] for i in range(3) if i != axis]))
     positions, radii = [k * step_mm for k in full], [equivalent_radius(drawn[k], pixel_area) for k in full]

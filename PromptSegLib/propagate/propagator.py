@@ -131,6 +131,18 @@ class PropagationResult:
     prior: OrganPrior | None = None
 
 
+def slice_range(start: int | None, stop: int | None, n: int) -> tuple[int, int]:
+    """The first and last slice ``(lo, hi)`` a propagation may write: ``start``/``stop`` (None: the volume's ends).
+
+    Raises:
+        PromptSegError: a range not within the volume's slices ``0..n - 1``.
+    """
+    lo, hi = 0 if start is None else int(start), n - 1 if stop is None else int(stop)
+    if not 0 <= lo <= hi < n:
+        raise PromptSegError(f"range {lo}..{hi} is not within the volume's slices 0..{n - 1}")
+    return lo, hi
+
+
 def resolve_axis(axis: int | str) -> int:
     """``0/1/2`` or ``axial/coronal/sagittal`` -> array axis of a ``(Z, Y, X)`` volume."""
     if isinstance(axis, str):
@@ -231,9 +243,7 @@ def propagate(model: Propagator | PropagationModel | str | os.PathLike | None, i
     n = image.shape[axis]
     if n < 2:
         raise InputImageError(f"the volume has a single slice along axis {axis}: nothing to propagate into")
-    lo, hi = 0 if start is None else int(start), n - 1 if stop is None else int(stop)
-    if not 0 <= lo <= hi < n:
-        raise PromptSegError(f"range {lo}..{hi} is not within the volume's slices 0..{n - 1}")
+    lo, hi = slice_range(start, stop, n)
     if not isinstance(prompt_slice, (int, np.integer)) or not 0 <= prompt_slice < n:
         raise PromptSegError(f"prompt slice {prompt_slice} is outside the volume (slices 0..{n - 1} along axis {axis})")
     if not lo <= prompt_slice <= hi:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PromptSegLib.errors import PromptSegError
+from PromptSegLib.errors import InputImageError, PromptSegError
 from PromptSegLib.metrics import dice
 from PromptSegLib.propagate.multislice import INTENSITY_RANGE, REACH, TUBE_REACH, drawn_range, fill_from_slices
 from PromptSegLib.propagate.propagator import Propagator
@@ -353,5 +353,39 @@ def test_fill_command_fills_from_the_drawn_slices_of_a_mask(tmp_path, sarcoma, c
         main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"), "--reach", "-1",
               "-o", str(tmp_path / "x.nii.gz")])
     assert "--reach must be >= 0" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    # refused before any work, nothing written: what would move, erase or merge the drawn slices, or fill out of range
+    shifted = sitk.Image(mask)
+    shifted.SetOrigin([o + 0.5 * s for o, s in zip(mask.GetOrigin(), mask.GetSpacing())])
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    two = sitk.GetImageFromArray(drawn * np.where(np.arange(truth.shape[0]) == indices[0], 2, 1)[:, None, None]
+                                 .astype(np.uint8))
+    two.CopyInformation(reference)
+    sitk.WriteImage(two, str(tmp_path / "two.nii.gz"))
+    for mask_file, extra, message in (("shifted", [], "another origin, spacing or direction"),
+                                      ("two", [], "holds labels 1, 2: choose one with --label"),
+                                      ("drawn", ["--empty", str(indices[0])], "the mask holds a drawn slice there"),
+                                      ("drawn", ["--empty", "-1"], "is not a slice of the volume"),
+                                      ("drawn", ["--start", "-3"], "is not within the volume's slices")):
+        assert main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / f"{mask_file}.nii.gz"),
+                     *extra, "-o", str(tmp_path / "x.nii.gz"), "-q"]) == 2, message
+        assert message in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    # a .seg.nrrd may be a crop of the image's grid (its voxels are the image's), not another grid
+    from PromptSegLib.export.segfile import read_segments, write_seg_nrrd
+    from PromptSegLib.segment.inference import SegmentationResult
+    from PromptSegLib.text.prompts import target_query
+
+    for name, grid, ok in (("crop", mask[:, :, indices[0] - 1:indices[-1] + 2], True),
+                           ("finer", sitk.Resample(mask, [2 * s for s in mask.GetSize()], sitk.Transform(),
+                                                   sitk.sitkNearestNeighbor, mask.GetOrigin(),
+                                                   [s / 2 for s in mask.GetSpacing()], mask.GetDirection()), False)):
+        on_grid = sitk.GetArrayFromImage(grid).astype(np.float32)
+        write_seg_nrrd(tmp_path / f"{name}.seg.nrrd", SegmentationResult([target_query("CT", "gtv")], "x",
+                                                                           on_grid[None], grid, 0.5))
+        if ok:
+            read = next(iter(read_segments(tmp_path / f"{name}.seg.nrrd", reference, exact=True).values()))
+            np.testing.assert_array_equal(read, drawn > 0)
+        else:
+            with pytest.raises(InputImageError, match="stored on another grid than the image"):
+                read_segments(tmp_path / f"{name}.seg.nrrd", reference, exact=True)
     assert main(["fill", str(STS_025 / "CT_image.nii.gz"), "--mask", str(tmp_path / "drawn.nii.gz"), "--reach",
                  "none", "-o", str(out), "-q"]) == 0
