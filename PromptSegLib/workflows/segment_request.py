@@ -13,7 +13,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from PromptSegLib.errors import OutputError, PromptSegError
+from PromptSegLib.errors import PromptSegError
 from PromptSegLib.segment.inference import ProgressCallback, SegmentationResult, Segmenter
 
 
@@ -108,16 +108,14 @@ class OutputFiles:
         """Fail before any work when a file cannot be written, or DICOM objects are asked of a non-DICOM source.
 
         Raises:
-            OutputError: a missing or read-only folder, or one file named for two outputs.
+            OutputError: a missing or read-only folder.
             PromptSegError: ``--rtstruct``/``--dicom-seg`` without a DICOM series folder as ``source``.
         """
         from PromptSegLib.io.outputs import check_writable
 
-        paths = [check_writable(p).resolve() for p in (self.segmentation, self.overlay, self.boxes, self.rtstruct,
-                                                       self.dicom_seg) if p is not None]
-        twice = sorted({str(p) for p in paths if paths.count(p) > 1})
-        if twice:
-            raise OutputError(f"{', '.join(twice)}: named for two outputs, one would replace the other")
+        for path in (self.segmentation, self.overlay, self.boxes, self.rtstruct, self.dicom_seg):
+            if path is not None:
+                check_writable(path)
         if (self.rtstruct or self.dicom_seg) and not Path(source).is_dir():
             raise PromptSegError("--rtstruct and --dicom-seg reference the source DICOM series: give a DICOM folder "
                                  "as IMAGE")

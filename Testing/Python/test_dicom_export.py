@@ -441,7 +441,7 @@ def test_segment_writes_rtstruct_and_dicom_seg_in_one_go(tmp_path, chest_dicom, 
     same = args[:-1] + [str(tmp_path / "sub" / ".." / "rs.dcm")]  # the RTSTRUCT's file again, spelt otherwise
     (tmp_path / "sub").mkdir()
     before = (tmp_path / "rs.dcm").read_bytes()
-    assert main(same) == 2 and "named for two outputs" in capsys.readouterr().err
+    assert main(same) == 2 and "is asked for as two outputs" in capsys.readouterr().err
     assert (tmp_path / "rs.dcm").read_bytes() == before
 
 
