@@ -88,10 +88,12 @@ def cmd_prompt_check(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from PromptSegLib.io.imageio import read_image
-    from PromptSegLib.io.outputs import atomic_path
+    from PromptSegLib.io.outputs import atomic_path, check_writable
     from PromptSegLib.segment.inference import Segmenter
     from PromptSegLib.segment.prompt_check import prompt_check
 
+    if args.output:
+        check_writable(args.output)  # before the runs, not after
     image = read_image(args.image, args.series_uid)
     segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
     rows = prompt_check(segmenter, image, args.modality, args.region, args.target)

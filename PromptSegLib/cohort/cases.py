@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PromptSegLib.errors import PromptSegError
+from PromptSegLib.errors import InputImageError, PromptSegError
 from PromptSegLib.io.imageio import IMAGE_SUFFIXES, list_dicom_series
 from PromptSegLib.io.outputs import full_suffix
 
@@ -58,14 +58,19 @@ def safe_id(text: str) -> str:
 
 
 def _unique(cases: list[Case]) -> list[Case]:
-    """Cases with their ids made unique (``-2``, ``-3`` ... appended to repeats), sorted by id."""
-    seen: dict[str, int] = {}
+    """Cases with their ids made unique (``-2``, ``-3`` ... appended to repeats, skipping ids already taken),
+    sorted by id."""
+    taken = {c.case_id for c in cases}
+    seen: set[str] = set()
     out = []
     for case in sorted(cases, key=lambda c: (c.case_id, c.image, c.series_uid or "")):
-        count = seen[case.case_id] = seen.get(case.case_id, 0) + 1
-        out.append(case if count == 1 else Case(f"{case.case_id}-{count}", case.image, case.series_uid,
-                                                case.reference))
-    return out
+        case_id, count = case.case_id, 1
+        while case_id in seen or (count > 1 and case_id in taken):
+            count += 1
+            case_id = f"{case.case_id}-{count}"
+        seen.add(case_id)
+        out.append(case if case_id == case.case_id else Case(case_id, case.image, case.series_uid, case.reference))
+    return sorted(out, key=lambda c: c.case_id)
 
 
 def find_cases(root: str | os.PathLike, pattern: str | None = None) -> list[Case]:
@@ -99,7 +104,10 @@ def find_cases(root: str | os.PathLike, pattern: str | None = None) -> list[Case
                 cases.append(Case(safe_id(relative[: -len(suffix)]), str(folder / name)))
         if pattern is not None and not fnmatch.fnmatch(relative_folder, pattern):
             continue
-        series = list_dicom_series(folder) if any(full_suffix(n) not in IMAGE_SUFFIXES for n in files) else []
+        try:
+            series = list_dicom_series(folder) if any(full_suffix(n) not in IMAGE_SUFFIXES for n in files) else []
+        except InputImageError:  # a damaged file: the folder is a case that fails with the reason
+            series = [None]
         if not series and any(n.lower().endswith(".dcm") for n in files):
             series = [None]  # DICOM files no series can be read from: a case that fails with the reason
         for uid in series:

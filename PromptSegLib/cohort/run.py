@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from PromptSegLib.cohort.cases import Case, load_cases
-from PromptSegLib.errors import PromptSegError
+from PromptSegLib.errors import OutputError, PromptSegError
 from PromptSegLib.workflows.segment_request import OutputFiles, SegmentRequest
 
 if TYPE_CHECKING:
@@ -328,7 +328,10 @@ def run_cohort(cases: Sequence[Case] | str | os.PathLike, output: str | os.PathL
     cases = list(cases) if not isinstance(cases, (str, os.PathLike)) else load_cases(cases, pattern)
     if not cases:
         raise PromptSegError("the cohort has no case")
-    Path(output).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, a missing or read-only parent
+        raise OutputError(f"cannot make the cohort's output folder {output}: {exc.strerror or exc}") from exc
     settings = CohortSettings.create(request, model, output, device=device, threads=threads,
                                      text_encoder=text_encoder, extras=tuple(extras), roi_names=roi_names)
     targets = settings.target_names()

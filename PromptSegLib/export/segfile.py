@@ -249,10 +249,15 @@ def read_segments(path: str | os.PathLike, reference: sitk.Image, exact: bool = 
                                   "image's grid")
         return {s.name: resample_mask(s.mask, stored.grid, reference) for s in stored.segments}
     labels_path = labels_json_path(path)
-    labelmap = resample_to(read_image(path), reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    labelmap = resample_to(read_image(path, labels=True), reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
     array = sitk.GetArrayFromImage(labelmap)
     if labels_path.exists():
-        names = {entry["value"]: entry["name"] for entry in json.loads(labels_path.read_text(encoding="utf-8"))["labels"]}
+        try:
+            names = {int(entry["value"]): str(entry["name"])
+                     for entry in json.loads(labels_path.read_text(encoding="utf-8"))["labels"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputImageError(f"{labels_path} cannot be read as label names ({type(exc).__name__}: {exc}): "
+                                  "fix or remove it") from exc
     else:
         names = {int(v): f"label {int(v)}" for v in np.unique(array) if v}
     return {name: array == value for value, name in names.items()}

@@ -140,9 +140,13 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, object]]]:
 
 
 def _has_dicom_preamble(path: Path) -> bool:
-    """True when ``path`` starts like a DICOM file (128-byte preamble, then ``DICM``)."""
-    with open(path, "rb") as handle:
-        return handle.read(132)[128:] == b"DICM"
+    """True when ``path`` starts like a DICOM file (128-byte preamble, then ``DICM``); an unreadable file (no
+    permission) counts as one, so that it is reported."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return True
 
 
 def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:

@@ -29,7 +29,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[str]:
     return [info.series_instance_uid for info in list_series(folder)]
 
 
-def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
+def read_image(path: str | os.PathLike, series_uid: str | None = None, labels: bool = False) -> sitk.Image:
     """Read a 3D image file (NIfTI, NRRD, MHA) or a DICOM series folder, in full or not at all.
 
     A DICOM series is read by :func:`~PromptSegLib.io.dicom_series.load_dicom_series`, which refuses missing
@@ -39,6 +39,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
     Args:
         path: an image file, or a folder holding DICOM files.
         series_uid: which series to read when the folder holds several (a file has no series to choose).
+        labels: a labelmap (a reference mask), which may be all 0 (a case without the structure).
 
     Returns:
         The image with its origin, spacing and direction as stored.
@@ -68,7 +69,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
         raise InputImageError(f"cannot read {path}: {reason}") from exc
     for message in messages:  # warnings of a read that succeeded are passed on
         print(message, file=sys.stderr)
-    validate_volume(image, str(path))
+    validate_volume(image, str(path), allow_constant=labels)
     return image
 
 
@@ -134,8 +135,9 @@ def check_finite(array: np.ndarray, name: str) -> None:
         raise InputImageError(f"{name} has {int((~np.isfinite(array)).sum())} NaN or infinite voxels")
 
 
-def validate_volume(image: sitk.Image, name: str = "image") -> None:
-    """Refuse what cannot be segmented: not 3D, a single voxel thick, vector pixels, NaN/inf, constant.
+def validate_volume(image: sitk.Image, name: str = "image", allow_constant: bool = False) -> None:
+    """Refuse what cannot be segmented: not 3D, a single voxel thick, vector pixels, NaN/inf, constant (unless
+    ``allow_constant``: a labelmap).
 
     Raises:
         InputImageError: with the reason.
@@ -151,7 +153,7 @@ def validate_volume(image: sitk.Image, name: str = "image") -> None:
     array = sitk.GetArrayViewFromImage(image)
     check_finite(array, name)
     lo, hi = array.min(), array.max()
-    if lo == hi:
+    if lo == hi and not allow_constant:
         raise InputImageError(f"{name} is constant (every voxel is {lo}): nothing to segment")
 
 

@@ -481,3 +481,28 @@ def test_an_rtstruct_label_too_long_is_refused_not_cut(work, capfd, label):
     argv = ["export-rtstruct", "--ct", str(DICOM_CT), "--seg", str(work / "out.seg.nrrd"), "-o", str(work / "RS.dcm"),
             "--label", label]
     refuses(argv, work, capfd, "is not a Structure Set Label: 1 to 16 characters")
+
+
+def test_reference_masks_may_be_empty_and_bad_label_names_are_one_line(tmp_path, chest_ct, chest_ct_path, capsys):
+    """A reference labelmap of a case without the structure (all 0) is read, not refused as a constant image; a
+    damaged ``.labels.json`` beside a labelmap is a one-line error naming it; ``prompt-check -o`` into a missing
+    folder is refused before its runs."""
+    from PromptSegLib.errors import InputImageError
+    from PromptSegLib.export.segfile import read_segments
+
+    empty = sitk.Image(chest_ct.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(chest_ct)
+    sitk.WriteImage(empty, str(tmp_path / "ref.nii.gz"))
+    assert read_segments(tmp_path / "ref.nii.gz", chest_ct) == {}
+    with pytest.raises(InputImageError, match="is constant"):
+        read_image(tmp_path / "ref.nii.gz")  # as an image to segment it is still refused
+    (tmp_path / "ref.labels.json").write_text('{"labels": [{"value": 1}]}')
+    with pytest.raises(InputImageError, match=r"ref.labels.json cannot be read as label names \(KeyError"):
+        read_segments(tmp_path / "ref.nii.gz", chest_ct)
+    (tmp_path / "ref.labels.json").write_text('{"labels": [')
+    with pytest.raises(InputImageError, match=r"ref.labels.json cannot be read as label names \(JSONDecodeError"):
+        read_segments(tmp_path / "ref.nii.gz", chest_ct)
+    assert main(["prompt-check", str(chest_ct_path), "--modality", "CT", "--region", "thorax", "--target", "liver",
+                 "-o", str(tmp_path / "missing" / "check.json")]) == 2
+    printed = capsys.readouterr()
+    assert "output folder" in printed.err and "Dice" not in printed.out  # refused before the runs

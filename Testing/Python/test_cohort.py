@@ -233,12 +233,24 @@ def test_cases_found_in_a_folder_tree(tmp_path, chest_ct):
     write_ct_series(small, tmp_path / "p2" / "series")
     (tmp_path / "p3").mkdir()
     (tmp_path / "p3" / "IM1.dcm").write_bytes(b"not DICOM")  # a case that will fail with its reason
+    sitk.WriteImage(small, str(tmp_path / "p1" / "ct-2.mha"))  # an id a repeat would otherwise take
+    write_ct_series(small, tmp_path / "p4")
+    first = sorted((tmp_path / "p4").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:400])  # one damaged slice: this case fails, not the whole cohort
     cases = find_cases(tmp_path)
-    assert [c.case_id for c in cases] == ["p1_ct", "p1_ct-2", "p2_series", "p3"]
-    assert Path(cases[2].image) == tmp_path / "p2" / "series" and cases[2].series_uid is None
+    assert [c.case_id for c in cases] == ["p1_ct", "p1_ct-2", "p1_ct-3", "p2_series", "p3", "p4"]
+    assert {Path(c.image).name for c in cases[:3]} == {"ct.nii.gz", "ct.nrrd", "ct-2.mha"}
+    assert Path(cases[3].image) == tmp_path / "p2" / "series" and cases[3].series_uid is None
     assert [c.case_id for c in find_cases(tmp_path, "*/ct.nii.gz")] == ["p1_ct"]
     with pytest.raises(PromptSegError, match="no image file or DICOM series"):
-        find_cases(tmp_path, "*.mha")
+        find_cases(tmp_path, "*.hdr")
+
+
+def test_an_output_that_cannot_be_a_folder_is_one_line(cohort_csv, tiny_model_folder, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for output in (tmp_path / "file", tmp_path / "file" / "out"):
+        assert main(cli_args(cohort_csv, output, tiny_model_folder)) == 2
+        assert "cannot make the cohort's output folder" in capsys.readouterr().err
 
 
 def test_case_list_paths_and_errors(tmp_path):
