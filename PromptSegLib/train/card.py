@@ -31,7 +31,8 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
              f"Dual-prompt (DuPLUS) text-controlled 3D segmentation model, trained by `{trainer}`.", "",
              "## Command", "", "```", command, "```", "", "## Data and split (by patient)", "", *data]
     lines += ["", f"Targets: {', '.join(model_config.targets)}.", "",
-              "## Training", "", f"- steps: {config.steps}, batch {config.batch_size}, patch {list(config.patch_size)} "
+              "## Training", "", f"- steps: {_steps_text(config.steps, sessions)}, batch {config.batch_size}, "
+              f"patch {list(config.patch_size)} "
               f"voxels at {config.spacing_mm} mm, widths {list(config.widths)}, {parameters} parameters",
               f"- time: {sessions_text(sessions or [])} on {hardware}",
               f"- crops: {config.foreground_ratio:.0%} centred on a voxel of a target, each target of a dataset equally "
@@ -47,6 +48,12 @@ def model_card(config: TrainConfig, model_config: ModelConfig, data: list[str], 
         lines.append("Not measured in this run: no validation cases (`promptseg tune` and `promptseg evaluate` "
                      "measure a model folder afterwards).")
     return "\n".join(lines + init_card) + "\n"
+
+
+def _steps_text(planned: int, sessions: list[dict] | None) -> str:
+    """The steps a run took (its last session's end), and the planned count where a time budget cut it short."""
+    done = sessions[-1]["to"] if sessions else planned
+    return f"{done}" if done == planned else f"{done} (of {planned} planned: the time budget ended the run)"
 
 
 def case_lines(train_cases: list[PreparedCase], val_cases: list[PreparedCase]) -> list[str]:

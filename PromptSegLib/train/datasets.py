@@ -175,6 +175,11 @@ def load_spec(path: str | Path, vocabulary: Vocabulary | None = None, *, as_writ
                      else [_entry(path.parent, entry, names)])
             for spec in specs:
                 spec.evaluate = _evaluate(entry)
+            unknown = sorted({str(i) for split in ("val", "test") for i in entry.get(split, [])}
+                             - {case.id for spec in specs for case in spec.cases})
+            if unknown:  # a typo would leave that patient in the training split
+                raise PromptSegError(f"dataset spec {path}: entry {entry.get('name', '?')} lists "
+                                     f"{', '.join(unknown)} in its val/test split, but has no such case")
         except KeyError as exc:
             raise PromptSegError(f"dataset spec {path}: entry {entry.get('name', '?')} lacks {exc}") from exc
         for spec in specs:

@@ -170,6 +170,7 @@ def train(config: TrainConfig) -> Path:
     autocast = mixed_precision(device)
     board = _tensorboard(config.work_dir) if rank == 0 else None
     validation: dict[str, float] = {}
+    validated_at = -1  # the step whose weights ``validation`` measured
 
     def loss_of_step() -> tuple[torch.Tensor, dict]:
         """One batch of one dataset: crops, prompts (its targets and a few certainly absent), the loss."""
@@ -212,13 +213,14 @@ def train(config: TrainConfig) -> Path:
             parameter.grad /= world
 
     def after_step(step: int, loss: float) -> None:
-        nonlocal validation
+        nonlocal validation, validated_at
         if board:
             board.add_scalar("loss/train", loss, step)
         if val_cases and (step % config.validate_every == 0 or step == config.steps):
             if lora_params:
                 encoder.clear_cache()  # the adapters moved
             validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, step)
+            validated_at = step
             if board:
                 for target, value in validation.items():
                     board.add_scalar(f"dice/{target}", value, step)
@@ -233,7 +235,7 @@ def train(config: TrainConfig) -> Path:
         if board:
             board.close()
     if rank == 0:
-        if val_cases and not validation:
+        if val_cases and validated_at != loop.step:  # none yet, or the time budget ended the run between two
             validation = _validate(network, model_config, encoder, val_cases, device, config.work_dir, loop.step)
         card = model_card(config, model_config, case_lines(train_cases, val_cases), validation, device,
                           count_parameters(network), loop.sessions)

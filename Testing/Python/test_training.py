@@ -73,6 +73,23 @@ def test_loop_writes_a_loadable_model_with_its_card(trained):
     assert all(np.isfinite(float(r["loss"])) for r in rows)
 
 
+@needs_shared()
+def test_a_run_cut_short_by_its_time_budget_validates_the_weights_it_saves(tmp_path):
+    """``--minutes`` ends the run between two validations: the card's Dice is measured on the saved weights (the
+    last step), and its steps line says how many ran of those planned."""
+    spec = write_spec(tmp_path / "spec.json", [("STS_001", "train"), ("STS_025", "val")])
+    config = TrainConfig(spec=str(spec), output=str(tmp_path / "model"), name="tiny", widths=(4, 8),
+                         patch_size=(32, 32, 32), spacing_mm=6.0, batch_size=1, steps=100000, validate_every=3,
+                         checkpoint_every=50000, threads=1, minutes=0.15)
+    train(config)
+    rows = list(csv.DictReader(open(tmp_path / "model.work" / "log.csv")))
+    done = int(rows[-1]["step"])
+    validated = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "model.work" / "validation.csv"))]
+    assert 1 <= done < 100000 and validated[-1] == done
+    assert f"- steps: {done} (of 100000 planned: the time budget ended the run)" in (tmp_path / "model" / "README.md"
+                                                                                     ).read_text()
+
+
 def test_the_cards_command_parses_back_to_the_same_settings(tmp_path):
     """The command a card records is one the command line accepts, and it trains the same settings: a
     switched-off default is spelt ``--no-augment`` (it was once written as a non-existent ``--augment``)."""
@@ -215,6 +232,17 @@ def test_evaluate_refuses_a_missing_output_folder_before_any_case(trained, monke
     assert main(["evaluate", config.spec, "--model", config.output, "-o", str(root / "absent" / "scores.csv"),
                  "--device", "cpu"]) == 2
     assert "output folder" in capsys.readouterr().err and not (root / "absent").exists()
+
+
+def test_a_missed_organ_has_no_hd95_and_the_table_says_how_many_its_mean_covers():
+    from PromptSegLib.train.evaluation import Score, markdown_table
+
+    scores = [Score("pt_1", "kbp", "brain stem", 0.8, 4.0, 100, 90, 1.0, "x"),
+              Score("pt_2", "kbp", "brain stem", 0.0, float("nan"), 100, 0, 0.0, "x"),  # emptied: nothing found
+              Score("pt_1", "kbp", "mandible", 0.9, 2.0, 100, 100, 1.0, "x")]
+    rows = {line.split("|")[2].strip(): line.split("|") for line in markdown_table(scores).splitlines()[2:]}
+    assert rows["brain stem"][4].strip() == "0.400" and rows["brain stem"][5].strip() == "4.0 (1 of 2)"
+    assert rows["mandible"][5].strip() == "2.0"
 
 
 def test_loss_pulls_absent_targets_to_empty_by_bce_only():
@@ -413,6 +441,10 @@ def test_decathlon_and_nnunet_folders(tmp_path, layout):
     assert dataset.labels == {"gross tumor volume": (1,)}
     assert [(c.id, c.split) for c in dataset.cases] == [("STS_004", "train"), ("STS_005", "val")]
     assert prepare_split([dataset], "val", 6.0)[0].label.any()
+    spec.write_text(json.dumps({"datasets": [{"name": "sts_mr", "modality": "MR", "regions": ["lower limb"],
+                                              "folder": "Task01_Sarcoma", "val": ["STS_05"]}]}))
+    with pytest.raises(PromptSegError, match="lists STS_05 in its val/test split, but has no such case"):
+        load_spec(spec)  # a typo would have left STS_005 in the training split
 
 
 @needs_shared()
