@@ -27,7 +27,7 @@ import vtk
 from .dependencies import checkDependencies, ensureLibraryImportable
 from .jobs import SegmentationJob
 from .logic import PromptSegLogic
-from .nodes import (InputError, checkSameTransform, checkSegmentOnVolumeGrid, validateVolumeNode,
+from .nodes import (InputError, checkSameTransform, checkSegmentOnVolumeGrid, ijkToRasMatrix, validateVolumeNode,
                     volumeNodeToSimpleITK)
 from .requests import FillRequest, ModelChoice
 
@@ -52,9 +52,7 @@ def ijkToWorldMatrix(volumeNode) -> np.ndarray:
     Raises:
         InputError: a non-linear (warping) parent transform.
     """
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    ijkToRas = slicer.util.arrayFromVTKMatrix(matrix)
+    ijkToRas = ijkToRasMatrix(volumeNode)
     transform = volumeNode.GetParentTransformNode()
     if transform is None:
         return ijkToRas

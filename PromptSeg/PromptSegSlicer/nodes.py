@@ -64,8 +64,8 @@ def checkSegmentOnVolumeGrid(segmentationNode, segmentId: str, volumeNode, mask:
         return
     matrix = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(matrix)
-    own = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-    onVolume = np.linalg.inv(ijkToRasMatrix(volumeNode)) @ own  # the segment's voxel indices -> the volume's
+    # the segment's voxel indices -> the volume's
+    onVolume = np.linalg.inv(ijkToRasMatrix(volumeNode)) @ slicer.util.arrayFromVTKMatrix(matrix)
     lattice = np.allclose(onVolume[:3, :3], np.eye(3), atol=1e-3) and np.allclose(
         onVolume[:3, 3], np.round(onVolume[:3, 3]), atol=1e-3)
     if not lattice or count != int(np.count_nonzero(mask)):

@@ -89,13 +89,14 @@ def average_checkpoints(checkpoints: Sequence[str | Path], model: str | Path, ou
         raise ModelError("averaging checkpoints needs one or more checkpoint files")
     source = load_model(model)
     _check_compatible([source.config], [source.folder])  # a model with LoRA adapters is refused
+    fields = checkpoint_fields(source.config)
     states, steps = [], []
     for path in paths:
         state = _read_checkpoint(path)
         if state["network_config"] != source.config.network.to_dict():
             raise ModelError(f"{path} holds another architecture than model {source.folder}")
         recorded = state.get("model_fields", {})
-        differ = [f for f, value in recorded.items() if checkpoint_fields(source.config).get(f) != value]
+        differ = [f for f, value in recorded.items() if fields.get(f) != value]
         if differ:
             raise ModelError(f"{path} was trained with another {', '.join(differ)} than model {source.folder} has: "
                              "name the run's output")

@@ -175,8 +175,9 @@ class ModelConfig:
         unknown = sorted({a for a, _, _ in config.anchored.values()} - set(config.targets))
         if unknown:
             raise ModelError(f"anchors {', '.join(unknown)} are not targets of model {config.name}")
-        if anchored_anchors(config.anchored):
-            raise ModelError(f"anchors {', '.join(anchored_anchors(config.anchored))} are anchored themselves")
+        chained = anchored_anchors(config.anchored)
+        if chained:
+            raise ModelError(f"anchors {', '.join(chained)} are anchored themselves")
         return config
 
 
